@@ -1,0 +1,21 @@
+from django.apps import AppConfig
+from django.db.models.signals import post_migrate
+
+
+def _create_cache_table(**kwargs) -> None:
+    # The database cache (used when REDIS_URL is unset) needs its table; creating it on
+    # migrate means `migrate` alone prepares a database.
+    from django.core.management import call_command
+
+    call_command("createcachetable", database=kwargs.get("using", "default"), verbosity=0)
+
+
+class ProjectConfig(AppConfig):
+    name = "project"
+    verbose_name = "Platform"
+
+    def ready(self) -> None:
+        from project import metrics
+
+        metrics.register_db_collector(metrics.jobs_gauges)
+        post_migrate.connect(_create_cache_table, sender=self, dispatch_uid="project.create_cache_table")

@@ -1,0 +1,175 @@
+"""Typed readers for environment variables.
+
+Every setting the site reads from the environment goes through one of these helpers, so a
+bad value stops start-up with one line that names the variable and says what was expected.
+Secret values are never echoed back in those messages.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+from django.core.exceptions import ImproperlyConfigured
+
+T = TypeVar("T")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _raw(name: str) -> str | None:
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    return value.strip()
+
+
+def _bad(name: str, value: str, expected: str, *, secret: bool = False) -> ImproperlyConfigured:
+    shown = "<hidden>" if secret else repr(value)
+    return ImproperlyConfigured(f"{name}={shown} is invalid: expected {expected}")
+
+
+def env_str(name: str, default: str | None = None, *, required: bool = False) -> str | None:
+    value = _raw(name)
+    if value in (None, ""):
+        if required:
+            raise ImproperlyConfigured(f"{name} is required but not set")
+        return default
+    return value
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = _raw(name)
+    if value is None:
+        return default
+    lowered = value.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise _bad(name, value, "one of 1/0, true/false, yes/no, on/off")
+
+
+def _number(
+    name: str,
+    default: T,
+    cast: Callable[[str], T],
+    kind: str,
+    minimum: float | None,
+    maximum: float | None,
+) -> T:
+    value = _raw(name)
+    if value in (None, ""):
+        return default
+    try:
+        number = cast(value)
+    except ValueError:
+        raise _bad(name, value, kind) from None
+    if minimum is not None and number < minimum:  # type: ignore[operator]
+        raise _bad(name, value, f"{kind} >= {minimum}")
+    if maximum is not None and number > maximum:  # type: ignore[operator]
+        raise _bad(name, value, f"{kind} <= {maximum}")
+    return number
+
+
+def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    return _number(name, default, int, "an integer", minimum, maximum)
+
+
+def env_float(name: str, default: float, *, minimum: float | None = None, maximum: float | None = None) -> float:
+    return _number(name, default, float, "a number", minimum, maximum)
+
+
+def env_list(name: str, default: Sequence[str]) -> list[str]:
+    value = _raw(name)
+    if value is None:
+        return list(default)
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def env_choice(name: str, choices: Sequence[str], default: str) -> str:
+    value = _raw(name)
+    if value in (None, ""):
+        return default
+    if value.lower() not in choices:
+        raise _bad(name, value, "one of " + ", ".join(choices))
+    return value.lower()
+
+
+def env_delays(name: str, default: Sequence[float]) -> tuple[float, ...]:
+    """A retry policy: comma-separated non-negative seconds, for example ``4,16,64``."""
+    value = _raw(name)
+    if value is None:
+        return tuple(default)
+    if value == "":
+        return ()
+    try:
+        delays = tuple(float(part) for part in value.split(","))
+    except ValueError:
+        raise _bad(name, value, "comma-separated seconds such as 4,16,64") from None
+    if any(delay < 0 for delay in delays):
+        raise _bad(name, value, "non-negative seconds")
+    return delays
+
+
+def env_url(name: str, default: str | None, *, schemes: Sequence[str], secret: bool = False) -> str | None:
+    value = _raw(name)
+    if value in (None, ""):
+        return default
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not (parts.netloc or parts.query):
+        raise _bad(name, value, "a URL starting with " + " or ".join(f"{s}://" for s in schemes), secret=secret)
+    return value.rstrip("/") if parts.scheme in ("http", "https") else value
+
+
+def env_fernet_keys(name: str) -> str | None:
+    """One or more comma-separated Fernet keys (the first encrypts, all decrypt)."""
+    value = _raw(name)
+    if not value:
+        return None
+    from cryptography.fernet import Fernet
+
+    try:
+        for key in value.split(","):
+            Fernet(key.strip())
+    except (ValueError, TypeError):
+        raise _bad(
+            name,
+            value,
+            "Fernet keys (32 url-safe base64 bytes) such as the output of "
+            "`python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`",
+            secret=True,
+        ) from None
+    return value
+
+
+def database_from_url(name: str, url: str) -> dict:
+    """Django DATABASES entry for a PostgreSQL URL; any other engine is refused."""
+    from urllib.parse import parse_qsl, unquote
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise ImproperlyConfigured(
+            f"{name} is invalid: only PostgreSQL is supported (postgres://user@host:port/dbname)"
+        )
+    options = dict(parse_qsl(parts.query))
+    host = options.pop("host", None) or parts.hostname or ""
+    try:
+        port = parts.port
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} is invalid: the port is not a number") from None
+    dbname = unquote(parts.path.lstrip("/"))
+    if not dbname:
+        raise ImproperlyConfigured(f"{name} is invalid: it names no database (…/dbname)")
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": dbname,
+        "USER": unquote(parts.username or ""),
+        "PASSWORD": unquote(parts.password or ""),
+        "HOST": host,
+        "PORT": str(port or ""),
+        "OPTIONS": options,
+    }

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from django import forms
+
+from project.models import AccessToken, ApplicationSetting, User
+
+WRITE_ONLY = ("sdrs_jwt_signing_key", "sdrs_callback_secret")
+
+
+class AccessTokenCreateForm(forms.Form):
+    user = forms.ModelChoiceField(queryset=User.objects.filter(is_active=True).order_by("username"))
+    name = forms.CharField(max_length=255)
+    scopes = forms.MultipleChoiceField(
+        choices=[(scope, scope) for scope in AccessToken.SCOPES], widget=forms.CheckboxSelectMultiple
+    )
+    expires_at = forms.DateField(required=False, help_text="YYYY-MM-DD; empty for no expiry.")
+
+
+class ApplicationSettingForm(forms.ModelForm):
+    """Secrets are write-only: the form never shows them, and a blank field keeps the
+    stored value. Tick "clear" to remove one."""
+
+    sdrs_jwt_signing_key = forms.CharField(
+        label="SDRS JWT signing key",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 4, "placeholder": "unchanged (write-only)", "autocomplete": "off"}),
+        help_text="RSA private key in PEM form. Leave empty to keep the current key.",
+    )
+    sdrs_callback_secret = forms.CharField(
+        label="SDRS callback secret",
+        required=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"placeholder": "unchanged (write-only)"}),
+        help_text="Leave empty to keep the current secret.",
+    )
+    clear_sdrs_jwt_signing_key = forms.BooleanField(label="Clear the signing key", required=False)
+    clear_sdrs_callback_secret = forms.BooleanField(label="Clear the callback secret", required=False)
+
+    class Meta:
+        model = ApplicationSetting
+        fields = [
+            "project_export_enabled",
+            "project_export_limit",
+            "project_download_export_limit",
+            "catalog_sync_enabled",
+            "sdrs_enabled",
+            "sdrs_url",
+            "sdrs_timeout",
+        ]
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for name in WRITE_ONLY:
+            stored = bool(getattr(self.instance, name, ""))
+            self.fields[name].help_text += " A value is stored." if stored else " No value is stored."
+            self.initial[name] = ""
+
+    def clean_sdrs_jwt_signing_key(self) -> str:
+        value = self.cleaned_data["sdrs_jwt_signing_key"].strip()
+        if not value:
+            return value
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        try:
+            key = load_pem_private_key(value.encode(), password=None)
+        except (ValueError, TypeError):
+            raise forms.ValidationError("This is not an unencrypted PEM private key.") from None
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise forms.ValidationError("The key must be an RSA key (requests are signed with RS256).")
+        return value + "\n"
+
+    def save(self, commit: bool = True) -> ApplicationSetting:
+        instance = super().save(commit=False)
+        stored = ApplicationSetting.objects.filter(pk=instance.pk).first()
+        for name in WRITE_ONLY:
+            if self.cleaned_data.get(f"clear_{name}"):
+                setattr(instance, name, "")
+            elif self.cleaned_data.get(name):
+                setattr(instance, name, self.cleaned_data[name])
+            elif stored is not None:
+                setattr(instance, name, getattr(stored, name))
+        if commit:
+            instance.save()
+        return instance

@@ -1,0 +1,45 @@
+"""Readiness: the database answers and at least one job cluster is pulling work."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import DatabaseError, connection
+from django.utils import timezone
+
+
+def _check(fn) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        detail = fn() or {}
+        status = detail.pop("status", "ok")
+    except DatabaseError as exc:
+        status, detail = "failed", {"message": exc.__class__.__name__}
+    return {"status": status, "duration_ms": round((time.perf_counter() - started) * 1000, 1), **detail}
+
+
+def _db() -> dict[str, Any]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        cursor.fetchone()
+    return {}
+
+
+def _cluster() -> dict[str, Any]:
+    from project.jobs.models import ClusterHeartbeat
+
+    fresh = timezone.now() - timedelta(seconds=settings.JOBS_CLUSTER_STALE_AFTER)
+    alive = ClusterHeartbeat.objects.filter(last_seen__gte=fresh).count()
+    if not alive:
+        return {"status": "failed", "message": "no job cluster has pulled work recently", "clusters": 0}
+    return {"clusters": alive}
+
+
+def readiness_report() -> dict[str, Any]:
+    db = _check(_db)
+    cluster = _check(_cluster) if db["status"] == "ok" else {"status": "failed", "message": "database down"}
+    status = "ok" if db["status"] == cluster["status"] == "ok" else "failed"
+    return {"status": status, "db_check": [db], "cluster_check": [cluster]}

@@ -1,0 +1,183 @@
+"""django-q2 brokers that can hold a message until a due time.
+
+django-q2's scheduler ticks every 30 s, too coarse for retry delays of a few seconds, so a
+delayed retry is handed to the broker with its due time instead:
+
+* PostgreSQL (ORM broker): the ``lock`` column already means "nobody may pull this before",
+  so a delayed message is inserted with ``lock`` set to its due time. Pulling is one
+  ``UPDATE … RETURNING`` over ``FOR UPDATE SKIP LOCKED`` rows in due order, so several
+  clusters can pull from one table without handing out the same message twice.
+* Redis: delayed messages wait in a sorted set scored by due time and are moved onto the
+  list by a Lua script (atomic) just before each pull.
+
+Both record a heartbeat for the cluster whose pusher is pulling (readiness uses it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+
+import redis as redis_lib
+from django.conf import settings
+from django.db import connections, transaction
+from django.utils import timezone
+from django_q.brokers.orm import ORM
+from django_q.brokers.redis_broker import Redis
+from django_q.conf import Conf
+from django_q.models import OrmQ
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_EVERY = 5.0
+
+
+class _HeartbeatMixin:
+    broker_name = ""
+    _last_beat = 0.0
+
+    def _beat(self) -> None:
+        now = time.monotonic()
+        if now - self._last_beat < HEARTBEAT_EVERY:
+            return
+        self._last_beat = now
+        try:
+            cluster_heartbeat_record(broker=self.broker_name)
+        except Exception:
+            logger.warning("could not record the cluster heartbeat", exc_info=True)
+
+
+def cluster_heartbeat_record(*, broker: str) -> None:
+    host = socket.gethostname()
+    # The pusher's parent is the cluster's sentinel: one row per running cluster.
+    pid = os.getppid()
+    now = timezone.now()
+    with connections["default"].cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO job_cluster_heartbeats (key, cluster_name, host, pid, broker, first_seen, last_seen)
+            VALUES (%s, %s, %s, %s, %s, %s, %s)
+            ON CONFLICT (key) DO UPDATE SET last_seen = EXCLUDED.last_seen
+            """,
+            [f"{host}:{pid}", Conf.CLUSTER_NAME, host, pid, broker, now, now],
+        )
+
+
+class OrmBroker(_HeartbeatMixin, ORM):
+    broker_name = "orm"
+
+    def enqueue(self, task: str) -> int:
+        return self.enqueue_at(task, timezone.now())
+
+    def enqueue_at(self, task: str, due: dt.datetime) -> int:
+        return self.get_connection().create(key=self.list_key, payload=task, lock=due).pk
+
+    def enqueue_many_at(self, items: Sequence[tuple[str, dt.datetime]]) -> None:
+        rows = [OrmQ(key=self.list_key, payload=task, lock=due) for task, due in items]
+        with transaction.atomic(using=Conf.ORM):
+            self.get_connection().bulk_create(rows, batch_size=1000)
+
+    def dequeue(self):
+        self._beat()
+        self.get_connection()  # closes a stale connection between pulls
+        now = timezone.now()
+        with connections[Conf.ORM].cursor() as cursor:
+            cursor.execute(
+                """
+                UPDATE django_q_ormq SET lock = %s
+                WHERE id IN (
+                    SELECT id FROM django_q_ormq
+                    WHERE key = %s AND lock < %s
+                    ORDER BY lock, id
+                    LIMIT %s
+                    FOR UPDATE SKIP LOCKED
+                )
+                RETURNING id, payload
+                """,
+                [now + timedelta(seconds=Conf.RETRY), self.list_key, now, Conf.BULK],
+            )
+            rows = cursor.fetchall()
+        if rows:
+            return sorted(rows)
+        time.sleep(Conf.POLL)
+        return None
+
+
+_MOVE_DUE = """
+local items = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, item in ipairs(items) do
+  redis.call('RPUSH', KEYS[2], item)
+  redis.call('ZREM', KEYS[1], item)
+end
+return #items
+"""
+
+
+class RedisBroker(_HeartbeatMixin, Redis):
+    """Redis has no acknowledgements: a message taken by a worker that dies is gone, and
+    the toolkit's recovery sweep (heartbeats on our own rows) moves the run on."""
+
+    broker_name = "redis"
+
+    @property
+    def delayed_key(self) -> str:
+        return f"{self.list_key}:delayed"
+
+    def enqueue(self, task: str):
+        return self.connection.rpush(self.list_key, task)
+
+    def enqueue_at(self, task: str, due: dt.datetime):
+        if due <= timezone.now():
+            return self.connection.rpush(self.list_key, task)
+        return self.connection.zadd(self.delayed_key, {task: due.timestamp()})
+
+    def enqueue_many_at(self, items: Sequence[tuple[str, dt.datetime]]) -> None:
+        now = timezone.now()
+        pipe = self.connection.pipeline(transaction=False)
+        for task, due in items:
+            if due <= now:
+                pipe.rpush(self.list_key, task)
+            else:
+                pipe.zadd(self.delayed_key, {task: due.timestamp()})
+        pipe.execute()
+
+    def move_due(self, limit: int = 100) -> int:
+        script = self.connection.register_script(_MOVE_DUE)
+        return int(script(keys=[self.delayed_key, self.list_key], args=[time.time(), limit]))
+
+    def dequeue(self):
+        self._beat()
+        self.move_due()
+        task = self.connection.blpop(self.list_key, Conf.POLL)
+        if task:
+            return [(None, task[1])]
+        return None
+
+    def queue_size(self) -> int:
+        return self.connection.llen(self.list_key) + self.connection.zcard(self.delayed_key)
+
+    def purge_queue(self):
+        self.connection.delete(self.delayed_key)
+        return super().purge_queue()
+
+    @staticmethod
+    def get_connection(list_key: str | None = None) -> redis_lib.Redis:
+        return redis_lib.from_url(settings.REDIS_URL)
+
+
+_cache: dict[tuple[str, str], OrmBroker | RedisBroker] = {}
+
+
+def get_broker(queue: str | None = None) -> OrmBroker | RedisBroker:
+    """The broker for ``queue`` (a cluster name), of the kind ``JOBS_BROKER`` selects."""
+    list_key = queue or Conf.CLUSTER_NAME
+    kind = settings.JOBS_BROKER
+    key = (kind, list_key)
+    if key not in _cache:
+        _cache[key] = RedisBroker(list_key=list_key) if kind == "redis" else OrmBroker(list_key=list_key)
+    return _cache[key]

@@ -1,0 +1,261 @@
+"""The shared core: users, projects and their content, access tokens, application settings."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractUser
+from django.db import models
+from django.db.models import F, Q, Value
+from django.db.models.functions import Concat, Upper
+from django.utils import timezone
+
+from project.fields import EncryptedTextField
+
+
+class User(AbstractUser):
+    """A platform user. ``is_staff`` users are instance administrators (GitLab's admins)."""
+
+    class Meta:
+        db_table = "users"
+
+    @property
+    def is_admin(self) -> bool:
+        return self.is_active and self.is_staff
+
+
+class Visibility(models.IntegerChoices):
+    PRIVATE = 0, "private"
+    INTERNAL = 10, "internal"
+    PUBLIC = 20, "public"
+
+
+class AccessLevel(models.IntegerChoices):
+    GUEST = 10, "Guest"
+    REPORTER = 20, "Reporter"
+    DEVELOPER = 30, "Developer"
+    MAINTAINER = 40, "Maintainer"
+    OWNER = 50, "Owner"
+
+
+class Project(models.Model):
+    name = models.CharField(max_length=255)
+    path = models.SlugField(max_length=255)
+    namespace_path = models.CharField(max_length=255, help_text="The owning user or group path.")
+    path_with_namespace = models.GeneratedField(
+        expression=Concat(F("namespace_path"), Value("/"), F("path"), output_field=models.CharField()),
+        output_field=models.CharField(max_length=511),
+        db_persist=True,
+        unique=True,
+    )
+    description = models.TextField(blank=True, default="")
+    visibility_level = models.IntegerField(choices=Visibility.choices, default=Visibility.PRIVATE)
+    creator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "projects"
+        ordering = ["id"]
+        indexes = [
+            models.Index(fields=["namespace_path"]),
+            # GitLab matches full paths case-insensitively (iexact → UPPER(...)).
+            models.Index(Upper("path_with_namespace"), name="projects_full_path_upper"),
+        ]
+
+    def __str__(self) -> str:
+        return self.path_with_namespace
+
+    @property
+    def visibility(self) -> str:
+        return Visibility(self.visibility_level).label
+
+    @property
+    def web_url(self) -> str:
+        return f"{settings.EXTERNAL_URL}/{self.path_with_namespace}"
+
+
+class ProjectMember(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="members")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    access_level = models.IntegerField(choices=AccessLevel.choices)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        db_table = "project_members"
+        constraints = [models.UniqueConstraint(fields=["project", "user"], name="project_member_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.project} ({self.get_access_level_display()})"
+
+
+class Label(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="labels")
+    title = models.CharField(max_length=255)
+    color = models.CharField(max_length=7, default="#6699cc")
+    description = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "labels"
+        constraints = [models.UniqueConstraint(fields=["project", "title"], name="label_title_unique")]
+
+    def __str__(self) -> str:
+        return self.title
+
+
+class Issue(models.Model):
+    class State(models.TextChoices):
+        OPENED = "opened"
+        CLOSED = "closed"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="issues")
+    iid = models.IntegerField(help_text="The issue number within its project.")
+    title = models.CharField(max_length=255)
+    description = models.TextField(blank=True, default="")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.OPENED)
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    labels = models.ManyToManyField(Label, blank=True, related_name="issues", db_table="issue_labels")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "issues"
+        constraints = [models.UniqueConstraint(fields=["project", "iid"], name="issue_iid_unique")]
+
+    def __str__(self) -> str:
+        return f"#{self.iid} {self.title}"
+
+
+class Note(models.Model):
+    issue = models.ForeignKey(Issue, on_delete=models.CASCADE, related_name="notes")
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    note = models.TextField()
+    system = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "notes"
+        indexes = [models.Index(fields=["issue", "id"])]
+
+    def __str__(self) -> str:
+        return f"note {self.pk} on {self.issue_id}"
+
+
+class AccessTokenQuerySet(models.QuerySet):
+    def live(self) -> AccessTokenQuerySet:
+        today = timezone.localdate()
+        return self.filter(revoked_at__isnull=True).filter(Q(expires_at__isnull=True) | Q(expires_at__gt=today))
+
+
+class AccessToken(models.Model):
+    """A personal access token. Only a SHA-256 digest of the value is stored."""
+
+    SCOPES = ("api", "read_api", "read_user")
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="access_tokens")
+    name = models.CharField(max_length=255)
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    #: The first characters of the token (``glpat-ab``), safe to show.
+    prefix = models.CharField(max_length=16, editable=False)
+    scopes = models.JSONField(default=list)
+    expires_at = models.DateField(null=True, blank=True, help_text="The token stops working on this day.")
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    objects = AccessTokenQuerySet.as_manager()
+
+    class Meta:
+        db_table = "personal_access_tokens"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_live(self) -> bool:
+        if self.revoked_at is not None:
+            return False
+        return self.expires_at is None or self.expires_at > timezone.localdate()
+
+
+class ApplicationSetting(models.Model):
+    """The instance-wide settings an administrator changes at run time (one row)."""
+
+    # exports
+    project_export_enabled = models.BooleanField(default=True)
+    project_export_limit = models.PositiveIntegerField(
+        default=6, help_text="Export requests per user per minute (0 disables the limit)."
+    )
+    project_download_export_limit = models.PositiveIntegerField(
+        default=1, help_text="Export downloads per user and project per minute (0 disables the limit)."
+    )
+
+    # catalog
+    catalog_sync_enabled = models.BooleanField(
+        default=True,
+        help_text="Process CI catalog sync events. While off, events accumulate and nothing is lost.",
+    )
+
+    # secret detection: the partner token verification service (SDRS)
+    sdrs_enabled = models.BooleanField("SDRS enabled", default=False)
+    sdrs_url = models.URLField("SDRS URL", blank=True, default="")
+    sdrs_jwt_signing_key = EncryptedTextField(
+        "SDRS JWT signing key", blank=True, default="", help_text="RSA private key (PEM) that signs requests."
+    )
+    sdrs_callback_secret = EncryptedTextField(
+        "SDRS callback secret", blank=True, default="", help_text="Shared secret of the callback signature."
+    )
+    sdrs_timeout = models.FloatField(
+        "SDRS timeout (s)", default=10.0, help_text="Connect and read timeout of each call to SDRS."
+    )
+
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "application_settings"
+
+    def __str__(self) -> str:
+        return "Application settings"
+
+    @classmethod
+    def current(cls) -> ApplicationSetting:
+        """The settings row, created on first use with the values the environment gives."""
+        row = cls.objects.filter(pk=1).first()
+        if row is not None:
+            return row
+        row, _ = cls.objects.get_or_create(pk=1, defaults=cls.initial_values())
+        return row
+
+    @staticmethod
+    def initial_values() -> dict:
+        key = ""
+        if settings.SDRS_JWT_SIGNING_KEY_FILE:
+            with open(settings.SDRS_JWT_SIGNING_KEY_FILE, encoding="utf-8") as handle:
+                key = handle.read()
+        return {
+            "sdrs_enabled": settings.SDRS_ENABLED,
+            "sdrs_url": settings.SDRS_URL or "",
+            "sdrs_jwt_signing_key": key,
+            "sdrs_callback_secret": settings.SDRS_CALLBACK_SECRET or "",
+            "sdrs_timeout": settings.SDRS_TIMEOUT,
+        }
+
+
+class RateLimitCounter(models.Model):
+    """Hits per key and window; written by ``project.ratelimit`` with one upsert per hit."""
+
+    key = models.CharField(max_length=255)
+    window_start = models.DateTimeField()
+    hits = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        db_table = "rate_limit_counters"
+        constraints = [models.UniqueConstraint(fields=["key", "window_start"], name="rate_limit_window_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.key} @ {self.window_start:%H:%M}: {self.hits}"

@@ -1,0 +1,153 @@
+"""Business logic of the shared core: access tokens, project lookup and permissions."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+import string
+from collections.abc import Iterable
+from datetime import timedelta
+
+from django.db import transaction
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from project.errors import Forbidden, NotFound, Unauthorized, ValidationFailed
+from project.models import AccessLevel, AccessToken, Project, ProjectMember, User, Visibility
+
+TOKEN_PREFIX = "glpat-"  # noqa: S105 - a public prefix, not a secret
+_TOKEN_ALPHABET = string.ascii_letters + string.digits + "-_"
+_TOKEN_BODY_LENGTH = 20
+# Writing last_used_at on every request would turn reads into writes; once a minute is enough.
+_LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+def token_digest(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def access_token_create(
+    *, user: User, name: str, scopes: Iterable[str], expires_at: dt.date | None = None
+) -> tuple[AccessToken, str]:
+    """Create a personal access token; the value is returned once and stored only hashed."""
+    scopes = sorted(set(scopes))
+    unknown = [scope for scope in scopes if scope not in AccessToken.SCOPES]
+    if not scopes or unknown:
+        raise ValidationFailed(
+            f"scopes must be a non-empty subset of {', '.join(AccessToken.SCOPES)}"
+            + (f" (unknown: {', '.join(unknown)})" if unknown else "")
+        )
+    if expires_at is not None and expires_at <= timezone.localdate():
+        raise ValidationFailed("expires_at must be in the future")
+    value = TOKEN_PREFIX + "".join(secrets.choice(_TOKEN_ALPHABET) for _ in range(_TOKEN_BODY_LENGTH))
+    token = AccessToken.objects.create(
+        user=user,
+        name=name,
+        digest=token_digest(value),
+        prefix=value[: len(TOKEN_PREFIX) + 2],
+        scopes=scopes,
+        expires_at=expires_at,
+    )
+    return token, value
+
+
+def access_token_find_live(*, value: str) -> AccessToken | None:
+    """The live token with this value, if any (used by authentication and by the secret
+    detection verifier for tokens in our own format)."""
+    return AccessToken.objects.live().select_related("user").filter(digest=token_digest(value)).first()
+
+
+def access_token_authenticate(*, value: str) -> AccessToken:
+    token = access_token_find_live(value=value.strip()) if value else None
+    if token is None or not token.user.is_active:
+        raise Unauthorized("401 Unauthorized")
+    now = timezone.now()
+    if token.last_used_at is None or now - token.last_used_at > _LAST_USED_RESOLUTION:
+        AccessToken.objects.filter(pk=token.pk).update(last_used_at=now)
+    return token
+
+
+@transaction.atomic
+def access_token_revoke(*, token_id: int) -> bool:
+    return bool(AccessToken.objects.filter(pk=token_id, revoked_at__isnull=True).update(revoked_at=timezone.now()))
+
+
+def project_find(*, ref: str) -> Project | None:
+    """A project by numeric id or by its ``namespace/path``."""
+    ref = ref.strip("/")
+    if ref.isdigit():
+        return Project.objects.filter(pk=int(ref)).first()
+    if "/" not in ref:
+        return None
+    return Project.objects.filter(path_with_namespace__iexact=ref).first()
+
+
+def project_access_level(*, user: User, project: Project) -> int | None:
+    if not user.is_authenticated:
+        return None
+    return ProjectMember.objects.filter(project=project, user=user).values_list("access_level", flat=True).first()
+
+
+def project_visible(*, user: User, project: Project) -> bool:
+    if project.visibility_level == Visibility.PUBLIC:
+        return True
+    if not user.is_authenticated:
+        return False
+    if user.is_admin or project.visibility_level == Visibility.INTERNAL:
+        return True
+    return project_access_level(user=user, project=project) is not None
+
+
+def projects_visible(*, user: User) -> QuerySet[Project]:
+    projects = Project.objects.all()
+    if user.is_authenticated and user.is_admin:
+        return projects
+    visible = Q(visibility_level=Visibility.PUBLIC)
+    if user.is_authenticated:
+        visible |= Q(visibility_level=Visibility.INTERNAL) | Q(members__user=user)
+    return projects.filter(visible).distinct()
+
+
+def project_require(*, user: User, ref: str, min_access: int | None = None, member_required: bool = False) -> Project:
+    """The project the caller may act on, or the error GitLab gives.
+
+    Unknown, malformed and invisible projects are all 404, so that the answer does not
+    reveal whether a private project exists. A visible project where the caller's access
+    is too low is 403; with ``member_required``, non-members get 404 even on a public
+    project (as for exports).
+    """
+    project = project_find(ref=ref)
+    if project is None or not project_visible(user=user, project=project):
+        raise NotFound("404 Project Not Found")
+    if min_access is None or user.is_admin:
+        return project
+    level = project_access_level(user=user, project=project)
+    if level is None and member_required:
+        raise NotFound("404 Project Not Found")
+    if level is None or level < min_access:
+        raise Forbidden("403 Forbidden")
+    return project
+
+
+@transaction.atomic
+def project_create(
+    *,
+    namespace_path: str,
+    path: str,
+    name: str,
+    owner: User | None,
+    description: str = "",
+    visibility_level: int = Visibility.PRIVATE,
+) -> Project:
+    project = Project.objects.create(
+        namespace_path=namespace_path,
+        path=path,
+        name=name,
+        description=description,
+        visibility_level=visibility_level,
+        creator=owner,
+    )
+    if owner is not None:
+        ProjectMember.objects.create(project=project, user=owner, access_level=AccessLevel.OWNER)
+    return project

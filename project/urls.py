@@ -1,0 +1,32 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
+
+from project import views
+from project.api import json_error_view
+
+admin.site.site_header = "Background jobs administration"
+admin.site.site_title = "Background jobs"
+
+# Order matters: project routes take a <path:> id (namespace/path may contain "/"), so
+# the app routes with a suffix come before the bare project route.
+api_v4 = [
+    path("", include("exports.urls")),
+    path("", include("catalog.urls")),
+    path("", include("secret_detection.urls")),
+    path("user", views.CurrentUserView.as_view(), name="api-user"),
+    path("projects/<path:project_id>", views.ProjectView.as_view(), name="api-project"),
+]
+
+urlpatterns = [
+    path("api/v4/", include(api_v4)),
+    path("api/openapi.json", SpectacularAPIView.as_view(), name="openapi-schema"),
+    path("api/docs/", SpectacularRedocView.as_view(url_name="openapi-schema"), name="api-docs"),
+    path("-/liveness", views.liveness, name="liveness"),
+    path("-/readiness", views.readiness, name="readiness"),
+    path("metrics", views.metrics, name="metrics"),
+    path("admin/", admin.site.urls),
+]
+
+handler404 = json_error_view(404, "404 Not Found", "not_found")
+handler500 = json_error_view(500, "500 Internal Server Error", "internal_error")

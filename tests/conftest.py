@@ -1,0 +1,119 @@
+"""Shared fixtures: personas, a project with a member in every role, API clients, clusters."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from django.conf import settings
+from rest_framework.test import APIClient
+
+from project import services
+from project.models import AccessLevel, Project, ProjectMember, User, Visibility
+from tests.support.cluster import ClusterProcess
+
+ROLES = {
+    "guest": AccessLevel.GUEST,
+    "reporter": AccessLevel.REPORTER,
+    "developer": AccessLevel.DEVELOPER,
+    "maintainer": AccessLevel.MAINTAINER,
+}
+
+
+def _user(username: str, **extra) -> User:
+    return User.objects.create_user(username=username, email=f"{username}@example.com", password="pw", **extra)
+
+
+@pytest.fixture
+def owner(db) -> User:
+    return _user("owner")
+
+
+@pytest.fixture
+def maintainer(db) -> User:
+    return _user("maintainer")
+
+
+@pytest.fixture
+def developer(db) -> User:
+    return _user("developer")
+
+
+@pytest.fixture
+def reporter(db) -> User:
+    return _user("reporter")
+
+
+@pytest.fixture
+def guest(db) -> User:
+    return _user("guest")
+
+
+@pytest.fixture
+def outsider(db) -> User:
+    return _user("outsider")
+
+
+@pytest.fixture
+def admin_user(db) -> User:
+    return _user("admin", is_staff=True, is_superuser=True)
+
+
+@pytest.fixture
+def project(owner, maintainer, developer, reporter, guest) -> Project:
+    """A private project with a member in every role."""
+    created = services.project_create(
+        namespace_path="acme",
+        path="widgets",
+        name="Widgets",
+        owner=owner,
+        description="Widgets for everyone",
+        visibility_level=Visibility.PRIVATE,
+    )
+    for user, level in (
+        (maintainer, AccessLevel.MAINTAINER),
+        (developer, AccessLevel.DEVELOPER),
+        (reporter, AccessLevel.REPORTER),
+        (guest, AccessLevel.GUEST),
+    ):
+        ProjectMember.objects.create(project=created, user=user, access_level=level)
+    return created
+
+
+@pytest.fixture
+def token_for(db) -> Callable[..., str]:
+    def make(user: User, scopes: tuple[str, ...] = ("api",)) -> str:
+        return services.access_token_create(user=user, name="test", scopes=scopes)[1]
+
+    return make
+
+
+@pytest.fixture
+def api(token_for) -> Callable[..., APIClient]:
+    """``api(user)``: a client authenticated by personal access token (``PRIVATE-TOKEN``)."""
+
+    def make(user: User | None = None, scopes: tuple[str, ...] = ("api",)) -> APIClient:
+        client = APIClient()
+        if user is not None:
+            client.credentials(HTTP_PRIVATE_TOKEN=token_for(user, scopes))
+        return client
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def cluster(django_db_setup, django_db_blocker) -> Iterator[ClusterProcess]:
+    """One real django-q2 cluster (the configured broker) for the whole session, on the test database.
+
+    Tests that use it must be ``transaction=True`` so the cluster sees their rows.
+    """
+    with django_db_blocker.unblock():
+        process = ClusterProcess(broker=settings.JOBS_BROKER).start()
+    yield process
+    process.stop()
+
+
+BROKERS = [
+    "orm",
+    pytest.param("redis", marks=pytest.mark.skipif(not settings.REDIS_URL, reason="REDIS_URL is not set")),
+]

@@ -1,0 +1,64 @@
+"""Probe jobs for the toolkit's tests and the retry benchmark (``JOBS_EXTRA_MODULES``)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from project.errors import PermanentError, RetryableError
+from project.jobs import RetryPolicy, job
+from project.jobs.runner import current_run
+
+
+def _record(key: str) -> int:
+    from tests.support.models import ProbeExecution
+
+    run = current_run()
+    ProbeExecution.objects.create(key=key, run_id=run.pk, attempt=run.attempt, pid=os.getpid())
+    return ProbeExecution.objects.filter(key=key).count()
+
+
+@job("probe.ok")
+def ok(*, key: str) -> dict:
+    """Succeeds and records one execution."""
+    return {"executions": _record(key)}
+
+
+@job("probe.flaky", retry=RetryPolicy(delays=(1, 2)))
+def flaky(*, key: str, failures: int) -> dict:
+    """Fails with a retryable error ``failures`` times, then succeeds."""
+    executions = _record(key)
+    if executions <= failures:
+        raise RetryableError(f"transient failure {executions}", code="probe_transient")
+    return {"executions": executions}
+
+
+@job("probe.permanent", retry=RetryPolicy(delays=(1, 1)))
+def permanent(*, key: str) -> None:
+    """Fails permanently at once, although retries would be allowed."""
+    _record(key)
+    raise PermanentError("the probe was told to fail", code="probe_permanent")
+
+
+@job("probe.unexpected", retry=RetryPolicy(delays=(1,)))
+def unexpected(*, key: str) -> None:
+    """Raises an exception the toolkit does not know."""
+    _record(key)
+    return 1 / 0
+
+
+@job("probe.slow", retry=RetryPolicy(delays=(0.5,)), timeout=60)
+def slow(*, key: str, seconds: float, first_attempt_only: bool = True) -> dict:
+    """Records its start, then sleeps (long enough to be killed)."""
+    executions = _record(key)
+    run = current_run()
+    if run.attempt == 1 or not first_attempt_only:
+        time.sleep(seconds)
+    return {"executions": executions}
+
+
+@job("probe.fail_once", retry=RetryPolicy(delays=(1,)))
+def fail_once(*, delay: float) -> None:
+    """Fails its first attempt asking for a retry after ``delay`` s (the retry benchmark)."""
+    if current_run().attempt == 1:
+        raise RetryableError("first attempt fails on purpose", code="probe_transient", retry_after=delay)
