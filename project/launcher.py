@@ -143,7 +143,10 @@ def _print_banner(host: str, port: int, admin_line: str, children: dict[str, lis
     from django.conf import settings
 
     base = settings.EXTERNAL_URL
-    db = "embedded PostgreSQL in var/pgdata" if not os.environ.get("DATABASE_URL_GIVEN") else "DATABASE_URL"
+    if os.environ.get("DATABASE_URL_GIVEN"):
+        db = "DATABASE_URL"
+    else:
+        db = f"embedded PostgreSQL, data in {settings.EMBEDDED_PGDATA} (psql: .venv/bin/python manage.py dbshell)"
     print(
         "\n".join(
             [

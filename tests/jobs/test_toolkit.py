@@ -1,0 +1,241 @@
+"""The job toolkit in-process: policies, classification, claims, recovery, schedules."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import timedelta
+
+import pytest
+import time_machine
+from django.db import OperationalError
+from django.utils import timezone
+from django_q.models import OrmQ, Schedule
+
+from project import context
+from project.errors import PermanentError, RetryableError
+from project.jobs import RetryPolicy, recovery, registry, runner, schedules
+from project.jobs.models import JobRun
+from tests.support import jobs as probes
+from tests.support.models import ProbeExecution
+
+pytestmark = pytest.mark.django_db
+
+
+def test_retry_policy_gives_each_delay_then_none() -> None:
+    policy = RetryPolicy(delays=(4, 16, 64))
+    assert policy.max_attempts == 4
+    assert [policy.delay_after(n) for n in (1, 2, 3, 4)] == [4, 16, 64, None]
+
+
+def test_retry_policy_reads_its_setting(settings) -> None:
+    settings.SDRS_RETRY_DELAYS = (1, 2)
+    assert RetryPolicy(setting="SDRS_RETRY_DELAYS").delay_after(2) == 2
+    assert RetryPolicy(setting="SDRS_RETRY_DELAYS").max_attempts == 3
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind", "code"),
+    [
+        (RetryableError("x", code="sdrs_unavailable"), "retryable", "sdrs_unavailable"),
+        (PermanentError("x", code="sdrs_auth"), "permanent", "sdrs_auth"),
+        (OperationalError("server closed the connection"), "retryable", "database_unavailable"),
+        (KeyError("boom"), "unexpected", "unexpected_error"),
+    ],
+)
+def test_errors_are_classified(exc, kind, code) -> None:
+    assert runner.classify(exc)[:2] == (kind, code)
+
+
+def test_job_names_are_a_closed_set() -> None:
+    assert {"jobs.recover", "jobs.prune_runs", "probe.ok"} <= set(registry.names())
+    run = JobRun.objects.create(name="no.such.job")
+    assert runner.execute(run.pk, 1) == "failed"
+    run.refresh_from_db()
+    assert run.error_code == "unknown_job"
+
+
+def test_job_arguments_must_be_ids_or_flags() -> None:
+    with pytest.raises(TypeError, match="must be an id"):
+        probes.ok.enqueue(key={"nested": "secret"})
+
+
+def test_enqueue_pushes_only_after_commit(django_capture_on_commit_callbacks) -> None:
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        run = probes.ok.enqueue(key="a")
+    assert run.status == "queued"
+    assert not OrmQ.objects.exists()
+    assert len(callbacks) == 1
+    callbacks[0]()
+    assert OrmQ.objects.count() == 1
+
+
+def test_enqueue_records_the_request_id(django_capture_on_commit_callbacks) -> None:
+    with context.bind(request_id="req-42"), django_capture_on_commit_callbacks(execute=True):
+        run = probes.ok.enqueue(key="a")
+    assert run.request_id == "req-42"
+
+
+def test_enqueue_many_inserts_runs_and_messages_in_bulk(django_capture_on_commit_callbacks) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        runs = probes.ok.enqueue_many([{"key": str(n)} for n in range(50)])
+    assert len({run.pk for run in runs}) == 50
+    assert OrmQ.objects.count() == 50
+
+
+def test_delayed_message_is_held_until_its_due_time(django_capture_on_commit_callbacks) -> None:
+    from project.jobs.brokers import get_broker
+
+    with django_capture_on_commit_callbacks(execute=True):
+        probes.ok.enqueue(key="later", _delay=30)
+    broker = get_broker()
+    assert broker.dequeue() is None
+    with time_machine.travel(timezone.now() + timedelta(seconds=31)):
+        assert len(broker.dequeue()) == 1
+
+
+def test_a_claimed_run_is_not_run_twice() -> None:
+    run = JobRun.objects.create(name="probe.ok", kwargs={"key": "once"})
+    assert runner.execute(run.pk, 1) == "succeeded"
+    assert runner.execute(run.pk, 1) == "duplicate"
+    assert ProbeExecution.objects.filter(key="once").count() == 1
+
+
+def test_a_stale_message_for_an_older_attempt_is_ignored() -> None:
+    run = JobRun.objects.create(name="probe.ok", kwargs={"key": "stale"}, attempt=2)
+    assert runner.execute(run.pk, 1) == "duplicate"
+    assert not ProbeExecution.objects.exists()
+
+
+def test_retryable_failure_schedules_the_next_attempt_after_the_policy_delay(
+    django_capture_on_commit_callbacks,
+) -> None:
+    run = JobRun.objects.create(name="probe.flaky", kwargs={"key": "f", "failures": 5})
+    with (
+        time_machine.travel("2026-11-23 10:00:00Z", tick=False),
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        assert runner.execute(run.pk, 1) == "retried"
+    run.refresh_from_db()
+    assert (run.status, run.attempt, run.error_code) == ("queued", 2, "probe_transient")
+    assert run.due_at.isoformat() == "2026-11-23T10:00:01+00:00"
+    assert OrmQ.objects.get().lock == run.due_at
+
+
+def test_retry_after_hint_lengthens_the_delay() -> None:
+    run = JobRun.objects.create(name="probe.fail_once", kwargs={"delay": 3.5})
+    with time_machine.travel("2026-11-23 10:00:00Z", tick=False):
+        runner.execute(run.pk, 1)
+    run.refresh_from_db()
+    assert run.due_at.isoformat() == "2026-11-23T10:00:03.500000+00:00"
+
+
+def test_permanent_failure_runs_the_failure_hook_once(monkeypatch) -> None:
+    calls = []
+    monkeypatch.setattr(probes.permanent, "on_failure", lambda run, code, message: calls.append((run.pk, code)))
+    run = JobRun.objects.create(name="probe.permanent", kwargs={"key": "p"})
+    assert runner.execute(run.pk, 1) == "failed"
+    assert calls == [(run.pk, "probe_permanent")]
+
+
+def test_a_failing_hook_still_fails_the_run(monkeypatch) -> None:
+    def broken(run, code, message):
+        raise RuntimeError("hook bug")
+
+    monkeypatch.setattr(probes.permanent, "on_failure", broken)
+    run = JobRun.objects.create(name="probe.permanent", kwargs={"key": "p"})
+    runner.execute(run.pk, 1)
+    run.refresh_from_db()
+    assert run.status == "failed"
+
+
+def test_lost_run_is_retried_by_the_sweep_then_failed_when_attempts_run_out(monkeypatch) -> None:
+    hooked = []
+    monkeypatch.setattr(probes.slow, "on_failure", lambda run, code, message: hooked.append(code))
+    start = timezone.now()
+    run = JobRun.objects.create(
+        name="probe.slow", kwargs={"key": "k", "seconds": 0}, status="running", heartbeat_at=start, started_at=start
+    )
+    assert recovery.runs_recover() == {"lost_retried": 0, "lost_failed": 0, "repushed": 0}
+    with time_machine.travel(start + timedelta(seconds=60)):
+        assert recovery.runs_recover()["lost_retried"] == 1
+    run.refresh_from_db()
+    assert (run.status, run.attempt, run.error_code) == ("queued", 2, "worker_lost")
+    JobRun.objects.filter(pk=run.pk).update(status="running", heartbeat_at=start)
+    with time_machine.travel(start + timedelta(seconds=120)):
+        assert recovery.runs_recover()["lost_failed"] == 1
+    run.refresh_from_db()
+    assert run.status == "failed"
+    assert hooked == ["worker_lost"]
+
+
+def test_queued_run_whose_message_was_lost_is_pushed_again(django_capture_on_commit_callbacks) -> None:
+    old = timezone.now() - timedelta(hours=1)
+    JobRun.objects.create(name="probe.ok", kwargs={"key": "lost"}, due_at=old, pushed_at=old)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert recovery.runs_recover()["repushed"] == 1
+    assert OrmQ.objects.count() == 1
+    assert recovery.runs_recover()["repushed"] == 0
+
+
+def test_mark_failed_by_hand_runs_the_hook(monkeypatch) -> None:
+    hooked = []
+    monkeypatch.setattr(probes.ok, "on_failure", lambda run, code, message: hooked.append((code, message)))
+    run = JobRun.objects.create(name="probe.ok", kwargs={"key": "x"})
+    assert recovery.run_mark_failed(run_id=run.pk, reason="stop it") is True
+    assert recovery.run_mark_failed(run_id=run.pk, reason="again") is False
+    assert hooked == [("cancelled", "stop it")]
+
+
+def test_finished_runs_are_pruned_after_retention() -> None:
+    old = timezone.now() - timedelta(days=8)
+    JobRun.objects.create(name="probe.ok", status="succeeded", finished_at=old)
+    JobRun.objects.create(name="probe.ok", status="failed", finished_at=old)
+    keep = JobRun.objects.create(name="probe.ok", status="succeeded", finished_at=timezone.now())
+    queued = JobRun.objects.create(name="probe.ok")
+    assert recovery.runs_prune(batch_size=1) == 2
+    assert set(JobRun.objects.values_list("pk", flat=True)) == {keep.pk, queued.pk}
+
+
+def test_schedules_are_upserted_by_name() -> None:
+    Schedule.objects.all().delete()
+    Schedule.objects.create(
+        name="gone.job", func=schedules.SCHEDULED_FUNC, schedule_type=Schedule.CRON, cron="* * * * *"
+    )
+    assert schedules.schedules_sync()["removed"] == 1
+    recover = Schedule.objects.get(name="jobs.recover")
+    assert (recover.cron, recover.func, recover.args) == ("* * * * *", schedules.SCHEDULED_FUNC, "('jobs.recover',)")
+    recover.cron = "5 * * * *"
+    recover.save()
+    assert schedules.schedules_sync() == {"created": 0, "updated": 1, "removed": 0}
+    assert Schedule.objects.get(name="jobs.recover").cron == "* * * * *"
+    assert schedules.schedules_sync() == {"created": 0, "updated": 0, "removed": 0}
+
+
+def test_scheduled_run_is_recorded_and_executed() -> None:
+    assert runner.run_scheduled("jobs.prune_runs") == "succeeded"
+    run = JobRun.objects.get(name="jobs.prune_runs")
+    assert run.scheduled
+    assert run.result == {"deleted": 0}
+
+
+def test_log_lines_carry_the_job_context(caplog) -> None:
+    from project.logs import ContextFilter, JsonFormatter
+
+    run = JobRun.objects.create(name="probe.flaky", kwargs={"key": "ctx", "failures": 1}, request_id="req-7")
+    with caplog.at_level(logging.INFO, logger="project.jobs"):
+        handler_filter = ContextFilter()
+        for logger_name in ("project.jobs",):
+            logging.getLogger(logger_name).addFilter(handler_filter)
+        try:
+            runner.execute(run.pk, 1)
+        finally:
+            logging.getLogger("project.jobs").removeFilter(handler_filter)
+    record = next(r for r in caplog.records if "retry in" in r.getMessage())
+    line = json.loads(JsonFormatter().format(record))
+    assert line["job"] == "probe.flaky"
+    assert line["run_id"] == run.pk
+    assert line["attempt"] == 1
+    assert line["request_id"] == "req-7"
+    assert line["error_code"] == "probe_transient"
+    assert line["level"] == "warning"
