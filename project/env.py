@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
@@ -30,6 +31,28 @@ def _raw(name: str) -> str | None:
 def _bad(name: str, value: str, expected: str, *, secret: bool = False) -> ImproperlyConfigured:
     shown = "<hidden>" if secret else repr(value)
     return ImproperlyConfigured(f"{name}={shown} is invalid: expected {expected}")
+
+
+def load_env_file(path: Path) -> None:
+    """Read ``KEY=VALUE`` lines into the environment without overriding what is set.
+
+    Lets an operator keep settings in ``.env``, and lets any ``manage.py`` command find the
+    keys ``make run`` generated into ``var/secrets.env``.
+    """
+    if not path.is_file():
+        return
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        key = key.removeprefix("export ").strip()
+        if not sep or not key.isidentifier():
+            raise ImproperlyConfigured(f"{path}:{number}: expected KEY=VALUE")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        os.environ.setdefault(key, value)
 
 
 def env_str(name: str, default: str | None = None, *, required: bool = False) -> str | None:

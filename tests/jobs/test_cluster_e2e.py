@@ -152,3 +152,11 @@ def test_delayed_retry_waits_in_the_broker_until_due(broker) -> None:
     first = run.history[0]
     delay = (datetime.fromisoformat(retry["due_at"]) - datetime.fromisoformat(first["finished_at"])).total_seconds()
     assert abs(delay - 2) < 0.1
+
+
+def test_attempt_over_its_time_budget_is_failed_with_timeout(cluster) -> None:
+    run = _finished(probes.too_slow.enqueue(key="slow"), timeout=30)
+    assert run.status == "failed"
+    assert run.error_code == "timeout"
+    assert "1 s budget" in run.error
+    assert ProbeExecution.objects.filter(key="slow").count() == 1

@@ -36,14 +36,18 @@ def _get(url: str) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def _launch(var_dir: Path, port: int, log: Path) -> subprocess.Popen:
+def _fresh_env(var_dir: Path, port: int) -> dict[str, str]:
     # A fresh machine's environment: nothing configured.
     env = {key: os.environ[key] for key in ("PATH", "HOME", "LANG") if key in os.environ}
     env.update({"VAR_DIR": str(var_dir), "PORT": str(port), "WEB_CONCURRENCY": "1", "Q_WORKERS": "1"})
+    return env
+
+
+def _launch(var_dir: Path, port: int, log: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "project.launcher"],
         cwd=ROOT,
-        env=env,
+        env=_fresh_env(var_dir, port),
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
     )
@@ -100,6 +104,19 @@ def test_make_run_starts_everything_on_an_embedded_database_and_stops_cleanly(tm
         assert status == 200
         assert b"jobs_clusters_alive 1.0" in body
         assert _get(f"http://127.0.0.1:{port}/api/v4/user")[0] == 401
+        # A command in a second terminal finds the same database and keys.
+        token = subprocess.run(
+            [sys.executable, "manage.py", "create_access_token", "admin", "--scopes", "read_user"],
+            cwd=ROOT,
+            env=_fresh_env(var_dir, port),
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout.splitlines()[-1]
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/v4/user", headers={"PRIVATE-TOKEN": token})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert b'"username":"admin"' in response.read()
     finally:
         _stop(first, log)
     assert not _postgres_running(var_dir / "pgdata"), "the embedded database was left running"

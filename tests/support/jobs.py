@@ -62,3 +62,10 @@ def fail_once(*, delay: float) -> None:
     """Fails its first attempt asking for a retry after ``delay`` s (the retry benchmark)."""
     if current_run().attempt == 1:
         raise RetryableError("first attempt fails on purpose", code="probe_transient", retry_after=delay)
+
+
+@job("probe.too_slow", retry=RetryPolicy(delays=(1,)), timeout=1)
+def too_slow(*, key: str) -> None:
+    """Sleeps past its 1 s budget."""
+    _record(key)
+    time.sleep(10)
