@@ -113,7 +113,5 @@ def cluster(django_db_setup, django_db_blocker) -> Iterator[ClusterProcess]:
     process.stop()
 
 
-BROKERS = [
-    "orm",
-    pytest.param("redis", marks=pytest.mark.skipif(not settings.REDIS_URL, reason="REDIS_URL is not set")),
-]
+needs_redis = pytest.mark.skipif(not settings.REDIS_URL, reason="REDIS_URL is not set")
+BROKERS = ["orm", pytest.param("redis", marks=needs_redis)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -15,11 +16,19 @@ from django_q.models import OrmQ, Schedule
 from project import context
 from project.errors import PermanentError, RetryableError
 from project.jobs import RetryPolicy, recovery, registry, runner, schedules
+from project.jobs.brokers import OrmBroker, RedisBroker
 from project.jobs.models import JobRun
+from tests.conftest import needs_redis
 from tests.support import jobs as probes
 from tests.support.models import ProbeExecution
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _orm_broker(settings) -> None:
+    # These tests inspect django-q2's queue table; the Redis broker has its own test below.
+    settings.JOBS_BROKER = "orm"
 
 
 def test_retry_policy_gives_each_delay_then_none() -> None:
@@ -83,15 +92,28 @@ def test_enqueue_many_inserts_runs_and_messages_in_bulk(django_capture_on_commit
     assert OrmQ.objects.count() == 50
 
 
-def test_delayed_message_is_held_until_its_due_time(django_capture_on_commit_callbacks) -> None:
-    from project.jobs.brokers import get_broker
+@pytest.mark.parametrize("broker_class", [OrmBroker, pytest.param(RedisBroker, marks=needs_redis)])
+def test_delayed_message_is_held_until_its_due_time(broker_class) -> None:
+    broker = broker_class(list_key=f"delay-test-{uuid.uuid4().hex[:8]}")
+    try:
+        broker.enqueue_at("later", timezone.now() + timedelta(seconds=30))
+        broker.enqueue_at("now", timezone.now())
+        ((ack_id, payload),) = broker.dequeue()
+        assert payload in ("now", b"now")
+        broker.acknowledge(ack_id)
+        assert broker.dequeue() is None
+        with time_machine.travel(timezone.now() + timedelta(seconds=31)):
+            assert [payload for _, payload in broker.dequeue()] in (["later"], [b"later"])
+    finally:
+        broker.purge_queue()
 
-    with django_capture_on_commit_callbacks(execute=True):
-        probes.ok.enqueue(key="later", _delay=30)
-    broker = get_broker()
-    assert broker.dequeue() is None
-    with time_machine.travel(timezone.now() + timedelta(seconds=31)):
-        assert len(broker.dequeue()) == 1
+
+def test_orm_broker_hands_out_due_messages_oldest_due_first() -> None:
+    broker = OrmBroker(list_key="order-test")
+    now = timezone.now()
+    for name, seconds_ago in (("b", 5), ("c", 1), ("a", 10)):
+        broker.enqueue_at(name, now - timedelta(seconds=seconds_ago))
+    assert [broker.dequeue()[0][1] for _ in range(3)] == ["a", "b", "c"]
 
 
 def test_a_claimed_run_is_not_run_twice() -> None:
