@@ -10,7 +10,9 @@ delayed retry is handed to the broker with its due time instead:
 * Redis: delayed messages wait in a sorted set scored by due time and are moved onto the
   list by a Lua script (atomic) just before each pull.
 
-Both record a heartbeat for the cluster whose pusher is pulling (readiness uses it).
+Both record a heartbeat for their cluster in PostgreSQL (readiness uses it). It is written
+from the sentinel's guard loop (django-q2 saves the cluster's status through the broker
+every half second), not from the pusher, which blocks while the workers are all busy.
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ class _HeartbeatMixin:
     broker_name = ""
     _last_beat = 0.0
 
+    def set_stat(self, key: str, value: str, timeout: int):
+        self._beat()
+        return super().set_stat(key, value, timeout)
+
     def _beat(self) -> None:
         now = time.monotonic()
         if now - self._last_beat < HEARTBEAT_EVERY:
@@ -48,14 +54,14 @@ class _HeartbeatMixin:
         self._last_beat = now
         try:
             cluster_heartbeat_record(broker=self.broker_name)
-        except Exception:
+        except Exception:  # a missed heartbeat must not stop the sentinel
             logger.warning("could not record the cluster heartbeat", exc_info=True)
 
 
 def cluster_heartbeat_record(*, broker: str) -> None:
+    """One row per running cluster, keyed by host and sentinel pid."""
     host = socket.gethostname()
-    # The pusher's parent is the cluster's sentinel: one row per running cluster.
-    pid = os.getppid()
+    pid = os.getpid()
     now = timezone.now()
     with connections["default"].cursor() as cursor:
         cursor.execute(
@@ -83,7 +89,6 @@ class OrmBroker(_HeartbeatMixin, ORM):
             self.get_connection().bulk_create(rows, batch_size=1000)
 
     def dequeue(self):
-        self._beat()
         self.get_connection()  # closes a stale connection between pulls
         now = timezone.now()
         with connections[Conf.ORM].cursor() as cursor:
@@ -151,7 +156,6 @@ class RedisBroker(_HeartbeatMixin, Redis):
         return int(script(keys=[self.delayed_key, self.list_key], args=[time.time(), limit]))
 
     def dequeue(self):
-        self._beat()
         self.move_due()
         task = self.connection.blpop(self.list_key, Conf.POLL)
         if task:
