@@ -114,6 +114,7 @@ def export_archives_cleanup() -> dict[str, int]:
     refers to, and scratch directories left by killed workers."""
     now = timezone.now()
     deleted = freed = 0
+    removed_names = set()
     for archive_id in list(ProjectExportArchive.objects.filter(expires_at__lte=now).values_list("pk", flat=True)):
         with transaction.atomic():
             archive = (
@@ -126,12 +127,13 @@ def export_archives_cleanup() -> dict[str, int]:
             name, size = archive.file.name, archive.size
             archive.delete()
             transaction.on_commit(lambda name=name: services.storage_delete(name), robust=True)
+        removed_names.add(name)
         deleted += 1
         freed += size
     result = {
         "archives_deleted": deleted,
         "bytes_freed": freed,
-        "orphans_deleted": _orphans_delete(now),
+        "orphans_deleted": _orphans_delete(now, skip=removed_names),
         "workdirs_removed": workdirs_cleanup(),
     }
     if any(result.values()):
@@ -139,7 +141,7 @@ def export_archives_cleanup() -> dict[str, int]:
     return result
 
 
-def _orphans_delete(now) -> int:
+def _orphans_delete(now, *, skip: set[str]) -> int:
     """Files under exports/ that no archive row names: left when a worker died between
     moving a file into place and committing, or before deleting a replaced file."""
     storage = default_storage
@@ -147,7 +149,7 @@ def _orphans_delete(now) -> int:
         projects, _ = storage.listdir("exports")
     except (FileNotFoundError, NotImplementedError):
         return 0
-    known = set(ProjectExportArchive.objects.values_list("file", flat=True))
+    known = set(ProjectExportArchive.objects.values_list("file", flat=True)) | skip
     deleted = 0
     for project_dir in projects:
         users, _ = storage.listdir(f"exports/{project_dir}")

@@ -341,9 +341,9 @@ def archive_filename(project: Project, *, at: Any) -> str:
     return f"{stamp}_{project.path_with_namespace.replace('/', '_')}_export.tar.gz"
 
 
-def _publish(job: ProjectExportJob, result: archive_writer.ArchiveResult, *, finish: bool) -> ProjectExportArchive:
-    """Move the written archive into storage and make it the user's archive, replacing the
-    previous one in the same transaction (and finishing the job, unless an upload follows)."""
+def _publish(job: ProjectExportJob, result: archive_writer.ArchiveResult) -> ProjectExportArchive:
+    """Move the written archive into storage, make it the user's archive and finish the
+    job, in one transaction; the replaced file is deleted once that commits."""
     # Ids and a random token only: nothing the user typed reaches a file path.
     name = f"exports/{job.project_id}/{job.user_id}/{secrets.token_hex(16)}.tar.gz"
     try:
@@ -372,7 +372,7 @@ def _publish(job: ProjectExportJob, result: archive_writer.ArchiveResult, *, fin
                     setattr(archive, key, value)
                 archive.save()
                 transaction.on_commit(lambda: storage_delete(previous), robust=True)
-            if finish and not export_job_finish(
+            if not export_job_finish(
                 export_job_id=job.pk,
                 heartbeat_at=now,
                 relations_done=len(archive_writer.relations.TREE),
@@ -386,55 +386,48 @@ def _publish(job: ProjectExportJob, result: archive_writer.ArchiveResult, *, fin
     return archive
 
 
-def _upload(job: ProjectExportJob, archive: ProjectExportArchive, progress: archive_writer.Progress) -> None:
-    try:
-        handle = default_storage.open(archive.file.name, "rb")
-    except OSError as exc:
-        raise ExportStorageError("The archive to upload is not readable.") from exc
-    with handle, _Heartbeat(job.pk, progress):
-        clients.archive_upload(url=job.upload_url, method=job.upload_method or "PUT", body=handle, size=archive.size)
+def _upload(job: ProjectExportJob, result: archive_writer.ArchiveResult) -> None:
+    with open(result.path, "rb") as handle:
+        clients.archive_upload(url=job.upload_url, method=job.upload_method or "PUT", body=handle, size=result.size)
+    ProjectExportJob.objects.filter(pk=job.pk).update(uploaded_at=timezone.now())
 
 
 def export_run(*, export_job_id: int, task_id: str = "") -> dict:
-    """The export job: claim, write the archive, publish it, upload it if asked, finish.
+    """The export job: claim, write the archive, upload it if asked, then publish it and
+    finish the job in one transaction.
 
-    Safe to run twice: the claim lets one attempt in, and an attempt that finds its own
-    archive already published (it died during the upload) only redoes the upload.
+    Nothing becomes visible before the end: a failure at any step (the upload included)
+    leaves the user's previous archive in place. Safe to run twice: the claim lets one
+    attempt in, and a re-run starts over in a fresh scratch directory.
     """
     job = _gate_claim(export_job_id, task_id=task_id)
     if job is None:
         return {"skipped": True}
     workdirs_remove(export_job_id=job.pk)  # what a killed earlier attempt left behind
     progress = archive_writer.Progress()
-    archive = ProjectExportArchive.objects.filter(project_id=job.project_id, user_id=job.user_id, job=job).first()
-    rows = 0
-    if archive is None:
-        workdir = workdir_root() / f"job-{job.pk}-{secrets.token_hex(4)}"
-        try:
-            workdir.mkdir(parents=True)
-            with _Heartbeat(job.pk, progress):
-                result = archive_writer.archive_write(
-                    project_id=job.project_id, description=job.description, workdir=workdir, progress=progress
-                )
-                archive = _publish(job, result, finish=not job.upload_url)
-            rows = result.rows
-            metrics.EXPORT_DURATION.observe(result.seconds)
-            metrics.EXPORT_ROWS.inc(result.rows)
-            metrics.EXPORT_BYTES.inc(result.size)
-        except OSError as exc:
-            raise ExportStorageError(f"Storage error while exporting: {exc.strerror or type(exc).__name__}.") from exc
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-    if job.upload_url:
-        _upload(job, archive, progress)
-        if not export_job_finish(export_job_id=job.pk, uploaded_at=timezone.now(), heartbeat_at=timezone.now()):
-            raise archive_writer.ExportCancelled()
+    workdir = workdir_root() / f"job-{job.pk}-{secrets.token_hex(4)}"
+    try:
+        workdir.mkdir(parents=True)
+        with _Heartbeat(job.pk, progress):
+            result = archive_writer.archive_write(
+                project_id=job.project_id, description=job.description, workdir=workdir, progress=progress
+            )
+            if job.upload_url:
+                _upload(job, result)
+            archive = _publish(job, result)
+    except OSError as exc:
+        raise ExportStorageError(f"Storage error while exporting: {exc.strerror or type(exc).__name__}.") from exc
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    metrics.EXPORT_DURATION.observe(result.seconds)
+    metrics.EXPORT_ROWS.inc(result.rows)
+    metrics.EXPORT_BYTES.inc(result.size)
     metrics.EXPORTS_COMPLETED.labels(outcome="finished").inc()
     logger.info(
         "project export finished",
-        extra={"export_job_id": job.pk, "size": archive.size, "rows": rows, "upload": bool(job.upload_url)},
+        extra={"export_job_id": job.pk, "size": archive.size, "rows": result.rows, "upload": bool(job.upload_url)},
     )
-    return {"export_job_id": job.pk, "size": archive.size, "sha256": archive.sha256, "rows": rows}
+    return {"export_job_id": job.pk, "size": archive.size, "sha256": archive.sha256, "rows": result.rows}
 
 
 def export_run_failed(*, export_job_id: int | None, code: str, message: str, run_id: int | None = None) -> bool:
