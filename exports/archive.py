@@ -1,21 +1,26 @@
 """Writing an export archive: a tar.gz in GitLab's layout, streamed with flat memory.
 
-Each relation is streamed from PostgreSQL (``COPY … TO STDOUT``) into a plain temporary
-file, because a tar header needs the member's size before its data; the file is then
-copied into the gzip'd tar and deleted. Nothing is held in memory beyond one COPY row and
-one copy buffer, however large the project. Every relation is read in one REPEATABLE READ
-snapshot, so issues, labels and members agree with each other.
+A tar header must state its member's size before the data, which a stream does not know.
+So each relation is streamed from PostgreSQL (``COPY … TO STDOUT``) and gzip-compressed on
+the fly into a scratch file, counting its size; then the header, the already-compressed
+data and the padding are appended to the archive as consecutive gzip members. Gzip readers
+(gunzip, ``tar xzf``, Python's tarfile) read concatenated members as one stream, so the
+result is an ordinary .tar.gz. Compression overlaps with the database producing rows, the
+scratch file is compressed, and memory holds one COPY row and one copy buffer, however
+large the project. Every relation is read in one REPEATABLE READ snapshot, so issues,
+labels and members agree with each other.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import os
+import shutil
 import tarfile
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,8 +66,8 @@ class ArchiveResult:
     seconds: float
 
 
-class _HashingWriter(io.RawIOBase):
-    """Counts and hashes the compressed bytes on their way to the file, so the checksum
+class _HashingWriter:
+    """Counts and hashes the bytes on their way to the archive file, so the checksum
     needs no second read."""
 
     def __init__(self, raw: BinaryIO) -> None:
@@ -70,16 +75,18 @@ class _HashingWriter(io.RawIOBase):
         self.size = 0
         self._digest = hashlib.sha256()
 
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data) -> int:  # type: ignore[override]
+    def write(self, data: bytes) -> None:
         self._digest.update(data)
         self.size += len(data)
-        return self._raw.write(data)
+        self._raw.write(data)
 
     def hexdigest(self) -> str:
         return self._digest.hexdigest()
+
+
+def _gzip_member(data: bytes) -> bytes:
+    compressor = zlib.compressobj(COMPRESS_LEVEL, zlib.DEFLATED, 31)  # 31: gzip framing
+    return compressor.compress(data) + compressor.flush()
 
 
 @contextlib.contextmanager
@@ -94,9 +101,11 @@ def _snapshot() -> Iterator[None]:
         yield
 
 
-def copy_relation(relation: relations.Relation, params: dict, path: Path, progress: Progress) -> int:
-    """Stream one relation's JSON lines into ``path``; returns the number of lines."""
-    rows = 0
+def copy_relation(relation: relations.Relation, params: dict, path: Path, progress: Progress) -> tuple[int, int]:
+    """Stream one relation's JSON lines into ``path`` as one gzip member; returns
+    (lines, uncompressed bytes)."""
+    rows = size = 0
+    compressor = zlib.compressobj(COMPRESS_LEVEL, zlib.DEFLATED, 31)
     with (
         open(path, "wb", buffering=COPY_BUFFER) as out,
         connection.cursor() as cursor,
@@ -104,31 +113,29 @@ def copy_relation(relation: relations.Relation, params: dict, path: Path, progre
         cursor.cursor.copy(relations.copy_statement(relation), params) as copy,
     ):
         for block in copy:
-            out.write(block)
+            data = bytes(block)
+            out.write(compressor.compress(data))
+            size += len(data)
             # libpq hands out COPY data one row at a time; count lines anyway, in case.
-            lines = bytes(block).count(b"\n")
+            lines = data.count(b"\n")
             rows += lines
             progress.rows_written += lines
             if rows % _CANCEL_CHECK_EVERY == 0:
                 progress.check()
-    return rows
+        out.write(compressor.flush())
+    return rows, size
 
 
-def _add_file(tar: tarfile.TarFile, name: str, path: Path) -> None:
+def _header(name: str, size: int) -> bytes:
     info = tarfile.TarInfo(name)
-    info.size = path.stat().st_size
+    info.size = size
     info.mtime = int(time.time())
     info.mode = 0o644
-    with open(path, "rb") as handle:
-        tar.addfile(info, handle)
+    return info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="strict")
 
 
-def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = int(time.time())
-    info.mode = 0o644
-    tar.addfile(info, io.BytesIO(data))
+def _padding(size: int) -> bytes:
+    return b"\0" * (-size % tarfile.BLOCKSIZE)
 
 
 def archive_write(*, project_id: int, description: str | None, workdir: Path, progress: Progress) -> ArchiveResult:
@@ -139,21 +146,30 @@ def archive_write(*, project_id: int, description: str | None, workdir: Path, pr
     part = workdir / "archive.tar.gz.part"
     rows = 0
     with open(part, "wb") as raw:
-        hashing = _HashingWriter(raw)
-        with tarfile.open(fileobj=hashing, mode="w:gz", compresslevel=COMPRESS_LEVEL, format=tarfile.PAX_FORMAT) as tar:
-            tar.copybufsize = COPY_BUFFER
-            _add_bytes(tar, "VERSION", relations.VERSION.encode())
-            with _snapshot():
-                for relation in relations.TREE:
-                    member = workdir / f"{relation.name}.ndjson"
-                    rows += copy_relation(relation, params, member, progress)
-                    progress.check()
-                    _add_file(tar, relation.path, member)
-                    member.unlink()
-                    progress.relations_done += 1
+        out = _HashingWriter(raw)
+        version = relations.VERSION.encode()
+        out.write(_gzip_member(_header("VERSION", len(version)) + version + _padding(len(version))))
+        total = tarfile.BLOCKSIZE + len(version) + len(_padding(len(version)))
+        with _snapshot():
+            for relation in relations.TREE:
+                member = workdir / f"{relation.name}.ndjson.gz"
+                lines, size = copy_relation(relation, params, member, progress)
+                progress.check()
+                header = _header(relation.path, size)
+                out.write(_gzip_member(header))
+                with open(member, "rb") as compressed:
+                    shutil.copyfileobj(compressed, out, COPY_BUFFER)
+                out.write(_gzip_member(_padding(size)))
+                total += len(header) + size + len(_padding(size))
+                member.unlink()
+                rows += lines
+                progress.relations_done += 1
+        # Two zero blocks end a tar; tar pads the whole to a multiple of its record size.
+        end = 2 * tarfile.BLOCKSIZE
+        out.write(_gzip_member(b"\0" * (end + (-(total + end) % tarfile.RECORDSIZE))))
         raw.flush()
         # Durable before it is renamed into place: a crash must not publish a torn file.
         os.fsync(raw.fileno())
     return ArchiveResult(
-        path=part, size=hashing.size, sha256=hashing.hexdigest(), rows=rows, seconds=time.monotonic() - started
+        path=part, size=out.size, sha256=out.hexdigest(), rows=rows, seconds=time.monotonic() - started
     )
