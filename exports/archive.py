@@ -109,7 +109,10 @@ def copy_relation(relation: relations.Relation, params: dict, path: Path, progre
     with (
         open(path, "wb", buffering=COPY_BUFFER) as out,
         connection.cursor() as cursor,
-        # The driver's own cursor: Django's debug wrapper takes no parameters for COPY.
+        # The driver's own cursor (Django's debug wrapper takes no parameters for COPY), so
+        # its errors are translated here: a lost connection must reach the job toolkit as
+        # Django's OperationalError, which it retries.
+        connection.wrap_database_errors,
         cursor.cursor.copy(relations.copy_statement(relation), params) as copy,
     ):
         for block in copy:

@@ -21,8 +21,6 @@ from exports.models import ProjectExportArchive, ProjectExportJob
 logger = logging.getLogger(__name__)
 
 Status = ProjectExportJob.Status
-#: An archive file no row points to is deleted once this old (it may be mid-publish).
-ORPHAN_GRACE = timedelta(hours=1)
 
 
 def export_jobs_fail_stuck() -> dict[str, int]:
@@ -163,7 +161,8 @@ def _orphans_delete(now, *, skip: set[str]) -> int:
                     modified = storage.get_modified_time(name)
                 except (OSError, NotImplementedError):
                     continue
-                if now - modified > ORPHAN_GRACE:
+                # Younger files may be mid-publish (moved into place, not yet committed).
+                if now - modified > timedelta(seconds=settings.EXPORT_ORPHAN_GRACE):
                     services.storage_delete(name)
                     deleted += 1
     return deleted

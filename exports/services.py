@@ -25,7 +25,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from exports import archive as archive_writer
-from exports import clients, metrics
+from exports import clients, metrics, relations
 from exports.models import MAX_ERROR_LENGTH, ProjectExportArchive, ProjectExportJob
 from project.errors import Conflict, NotFound, RetryableError, ValidationFailed
 from project.jobs import Defer
@@ -143,6 +143,7 @@ def export_request(
             description=description,
             upload_url=upload_url,
             upload_method=method,
+            relations_total=len(relations.TREE),
             created_at=now,
             updated_at=now,
         )
@@ -375,8 +376,8 @@ def _publish(job: ProjectExportJob, result: archive_writer.ArchiveResult) -> Pro
             if not export_job_finish(
                 export_job_id=job.pk,
                 heartbeat_at=now,
-                relations_done=len(archive_writer.relations.TREE),
-                relations_total=len(archive_writer.relations.TREE),
+                relations_done=len(relations.TREE),
+                relations_total=len(relations.TREE),
                 rows_written=result.rows,
             ):
                 raise archive_writer.ExportCancelled()

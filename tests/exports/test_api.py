@@ -103,7 +103,7 @@ def test_status_has_gitlab_project_fields_and_links_only_when_finished(api, main
     assert "_links" not in queued
     assert queued["export_progress"] == {
         "relations_done": 0,
-        "relations_total": 0,
+        "relations_total": 4,
         "rows_written": 0,
         "started_at": None,
     }
@@ -306,3 +306,11 @@ def test_overlong_description_gets_400(api, maintainer, project) -> None:
     response = api(maintainer).post(f"/api/v4/projects/{project.pk}/export", {"description": "x" * 5001})
     assert response.status_code == 400
     assert response.json()["message"] == "description is too long (maximum is 5000 characters)"
+
+
+def test_metrics_show_export_jobs_and_archives(client, api, maintainer, project) -> None:
+    api(maintainer).post(f"/api/v4/projects/{project.pk}/export")
+    body = client.get("/metrics").content.decode()
+    assert 'exports_jobs{status="queued"} 1.0' in body
+    assert "exports_archives 0.0" in body
+    assert "exports_requested_total" in body
