@@ -8,13 +8,15 @@ data and the padding are appended to the archive as consecutive gzip members. Gz
 result is an ordinary .tar.gz. Compression overlaps with the database producing rows, the
 scratch file is compressed, and memory holds one COPY row and one copy buffer, however
 large the project. Every relation is read in one REPEATABLE READ snapshot, so issues,
-labels and members agree with each other.
+labels and members agree with each other. Meanwhile a heartbeat thread publishes the
+progress on the job's row.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import shutil
 import tarfile
@@ -26,10 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from django.db import connection, transaction
+from django.conf import settings
+from django.db import DatabaseError, connection, connections, transaction
+from django.utils import timezone
 
 from exports import relations
+from exports.models import ProjectExportJob
 from project.errors import PermanentError
+
+logger = logging.getLogger(__name__)
 
 COMPRESS_LEVEL = 6  # gzip's default, as `tar czf` (GitLab) uses; 9 costs ~2x CPU for ~3 % size
 COPY_BUFFER = 1 << 20
@@ -55,6 +62,52 @@ class Progress:
     def check(self) -> None:
         if self.cancelled.is_set():
             raise ExportCancelled()
+
+
+class Heartbeat:
+    """Publishes the export's heartbeat and progress from a side thread (its own database
+    connection, so it works while the export reads inside a long snapshot transaction),
+    and notices when the job was failed under it (admin, sweep) so the export stops."""
+
+    def __init__(self, export_job_id: int, progress: Progress) -> None:
+        self.export_job_id = export_job_id
+        self.progress = progress
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"export-heartbeat-{export_job_id}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def beat(self) -> None:
+        progress = self.progress
+        updated = ProjectExportJob.objects.filter(pk=self.export_job_id, status=ProjectExportJob.Status.STARTED).update(
+            heartbeat_at=timezone.now(),
+            relations_done=progress.relations_done,
+            relations_total=progress.relations_total,
+            rows_written=progress.rows_written,
+            updated_at=timezone.now(),
+        )
+        if not updated:
+            status = ProjectExportJob.objects.filter(pk=self.export_job_id).values_list("status", flat=True).first()
+            # None: the row is not visible from here (only inside a test's transaction).
+            if status is not None and status != ProjectExportJob.Status.STARTED:
+                progress.cancelled.set()
+
+    def _loop(self) -> None:
+        try:
+            while not self._stop.wait(settings.JOBS_HEARTBEAT_INTERVAL):
+                try:
+                    self.beat()
+                except DatabaseError:
+                    logger.warning("export heartbeat not recorded", exc_info=True)
+                    connections.close_all()
+        finally:
+            connections.close_all()  # this thread's connection only
 
 
 @dataclass(frozen=True)
@@ -90,9 +143,11 @@ def _gzip_member(data: bytes) -> bytes:
 
 
 @contextlib.contextmanager
-def _snapshot() -> Iterator[None]:
+def read_snapshot() -> Iterator[None]:
+    """Run the block's reads in one REPEATABLE READ, READ ONLY transaction, so they see
+    the database at a single moment."""
     if connection.in_atomic_block:
-        # Inside a caller's transaction (the test suite's): it already sees one snapshot.
+        # Inside a caller's transaction (the test suite's): it decides what it sees.
         yield
         return
     with transaction.atomic():
@@ -153,7 +208,7 @@ def archive_write(*, project_id: int, description: str | None, workdir: Path, pr
         version = relations.VERSION.encode()
         out.write(_gzip_member(_header("VERSION", len(version)) + version + _padding(len(version))))
         total = tarfile.BLOCKSIZE + len(version) + len(_padding(len(version)))
-        with _snapshot():
+        with read_snapshot():
             for relation in relations.TREE:
                 member = workdir / f"{relation.name}.ndjson.gz"
                 lines, size = copy_relation(relation, params, member, progress)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import secrets
 import shutil
-import threading
 import zlib
 from dataclasses import dataclass
 from datetime import timedelta
@@ -20,7 +19,7 @@ from typing import Any, BinaryIO
 from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import default_storage
-from django.db import DatabaseError, connection, connections, transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -182,9 +181,12 @@ def export_state(*, project: Project, user: User) -> ExportState:
     the user's latest job failed and there is no archive to fall back on.
     """
     jobs = ProjectExportJob.objects.filter(project=project, user=user)
-    active = list(jobs.filter(status__in=ProjectExportJob.ACTIVE).order_by("id"))
-    latest = jobs.order_by("-id").first()
-    archive = ProjectExportArchive.objects.filter(project=project, user=user, expires_at__gt=timezone.now()).first()
+    # One snapshot: read separately, a job finishing between the reads would show as
+    # "started" plus an archive, that is regeneration_in_progress.
+    with archive_writer.read_snapshot():
+        active = list(jobs.filter(status__in=ProjectExportJob.ACTIVE).order_by("id"))
+        latest = jobs.order_by("-id").first()
+        archive = ProjectExportArchive.objects.filter(project=project, user=user, expires_at__gt=timezone.now()).first()
     statuses = {job.status for job in active}
     if active and archive is not None:
         status = "regeneration_in_progress"
@@ -213,10 +215,19 @@ def archive_open(*, archive: ProjectExportArchive) -> BinaryIO:
 
 def export_download_open(*, project: Project, user: User) -> tuple[BinaryIO, ProjectExportArchive]:
     """The user's archive, opened for streaming, or GitLab's two 404s."""
-    archive = ProjectExportArchive.objects.filter(project=project, user=user, expires_at__gt=timezone.now()).first()
+    live = ProjectExportArchive.objects.filter(project=project, user=user, expires_at__gt=timezone.now())
+    archive = live.first()
     if archive is None:
         raise NotFound(NOT_FOUND_OR_EXPIRED)
-    return archive_open(archive=archive), archive
+    try:
+        return archive_open(archive=archive), archive
+    except NotFound:
+        # A new export may have replaced the file between reading the record and opening
+        # it; the record then names the new file.
+        fresh = live.first()
+        if fresh is None or fresh.file.name == archive.file.name:
+            raise
+        return archive_open(archive=fresh), fresh
 
 
 # --- running an export ------------------------------------------------------------------
@@ -274,52 +285,6 @@ def _gate_claim(export_job_id: int, *, task_id: str) -> ProjectExportJob | None:
                 return None
         job.refresh_from_db()
         return job
-
-
-class _Heartbeat:
-    """Publishes the export's heartbeat and progress from a side thread (its own database
-    connection, so it works while the export reads inside a long snapshot transaction),
-    and notices when the job was failed under it (admin, sweep) so the export stops."""
-
-    def __init__(self, export_job_id: int, progress: archive_writer.Progress) -> None:
-        self.export_job_id = export_job_id
-        self.progress = progress
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"export-heartbeat-{export_job_id}", daemon=True)
-
-    def __enter__(self) -> _Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def beat(self) -> None:
-        progress = self.progress
-        updated = ProjectExportJob.objects.filter(pk=self.export_job_id, status=Status.STARTED).update(
-            heartbeat_at=timezone.now(),
-            relations_done=progress.relations_done,
-            relations_total=progress.relations_total,
-            rows_written=progress.rows_written,
-            updated_at=timezone.now(),
-        )
-        if not updated:
-            status = ProjectExportJob.objects.filter(pk=self.export_job_id).values_list("status", flat=True).first()
-            # None: the row is not visible from here (only inside a test's transaction).
-            if status is not None and status != Status.STARTED:
-                progress.cancelled.set()
-
-    def _loop(self) -> None:
-        try:
-            while not self._stop.wait(settings.JOBS_HEARTBEAT_INTERVAL):
-                try:
-                    self.beat()
-                except DatabaseError:
-                    logger.warning("export heartbeat not recorded", exc_info=True)
-                    connections.close_all()
-        finally:
-            connections.close_all()  # this thread's connection only
 
 
 class _TemporaryFile(File):
@@ -409,7 +374,7 @@ def export_run(*, export_job_id: int, task_id: str = "") -> dict:
     workdir = workdir_root() / f"job-{job.pk}-{secrets.token_hex(4)}"
     try:
         workdir.mkdir(parents=True)
-        with _Heartbeat(job.pk, progress):
+        with archive_writer.Heartbeat(job.pk, progress):
             result = archive_writer.archive_write(
                 project_id=job.project_id, description=job.description, workdir=workdir, progress=progress
             )

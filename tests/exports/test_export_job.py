@@ -149,7 +149,7 @@ def test_a_run_of_a_finished_or_failed_job_does_nothing(project, maintainer) -> 
 def test_heartbeat_publishes_progress(project, maintainer) -> None:
     job = _job(project, maintainer, status="started")
     progress = archive.Progress(relations_done=2, rows_written=1234)
-    services._Heartbeat(job.pk, progress).beat()
+    archive.Heartbeat(job.pk, progress).beat()
     job.refresh_from_db()
     assert (job.relations_done, job.relations_total, job.rows_written) == (2, 4, 1234)
     assert timezone.now() - job.heartbeat_at < timedelta(seconds=5)
@@ -160,7 +160,7 @@ def test_heartbeat_stops_an_export_whose_job_was_failed_meanwhile(project, maint
     job = _job(project, maintainer, status="started")
     services.export_job_mark_failed(export_job_id=job.pk, reason="stop it")
     progress = archive.Progress()
-    services._Heartbeat(job.pk, progress).beat()
+    archive.Heartbeat(job.pk, progress).beat()
     assert progress.cancelled.is_set()
     with pytest.raises(archive.ExportCancelled):
         progress.check()

@@ -26,7 +26,9 @@ def _pausing_copy_relation(relation, params, path, progress):
     if PAUSE_DIR and relation.name == "issues" and (run is None or run.attempt == 1):
         flag = Path(PAUSE_DIR) / str(params["project_id"])
         if flag.exists():
-            Path(f"{flag}.paused").write_text(str(os.getpid()))
+            # Written then renamed, so the test never reads a half-written pid.
+            Path(f"{flag}.tmp").write_text(str(os.getpid()))
+            Path(f"{flag}.tmp").rename(f"{flag}.paused")
             while flag.exists():
                 progress.check()  # a job failed under us stops here, as it would mid-COPY
                 time.sleep(0.05)
