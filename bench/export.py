@@ -7,7 +7,8 @@ notes per issue and two labels per issue, starts a fresh one-worker django-q2 cl
 exports the project through ``exports.run`` ``--repeat`` times, and polls the worker's RSS
 with psutil every 20 ms. The baseline, in the same run and on the same data, is the time
 PostgreSQL takes to produce the same NDJSON with ``COPY (SELECT json_build_object(…)) TO
-STDOUT``, gzipped at the same level in this process. Prints one JSON document.
+STDOUT``, gzipped at the same level in this process (and, for reference, the same with the
+exporter's own ``row_to_json`` statement). Prints one JSON document.
 
 Goals (issue 3): throughput at least half of the baseline; worker peak RSS under 200 MB;
 peak RSS within 20 % between the smallest and the largest size.
@@ -261,7 +262,7 @@ BASELINE_ISSUES = """
 """
 
 
-def _baseline_once(project) -> dict:
+def _baseline_once(project, select: str = BASELINE_ISSUES) -> dict:
     """PostgreSQL alone: COPY the issues NDJSON (the bulk of the archive) and gzip it."""
     from django.db import connection
 
@@ -270,7 +271,7 @@ def _baseline_once(project) -> dict:
     started = time.perf_counter()
     compressor = zlib.compressobj(COMPRESS_LEVEL, zlib.DEFLATED, 31)
     size = lines = 0
-    statement = f"COPY ({BASELINE_ISSUES}) TO STDOUT WITH (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')"
+    statement = f"COPY ({select}) TO STDOUT WITH (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')"
     with connection.cursor() as cursor, cursor.cursor.copy(statement, {"project_id": project.pk}) as copy:
         for block in copy:
             size += len(compressor.compress(block))
@@ -299,7 +300,11 @@ def _measure(size: int, repeat: int, media: Path) -> dict:
 
     project, user = _seed(size)
     records = size * (1 + NOTES_PER_ISSUE)
+    from exports.relations import ISSUES
+
     baselines = [_baseline_once(project) for _ in range(repeat)]
+    # The exporter's own statement (row_to_json), for the cost of everything around it.
+    same_query = [_baseline_once(project, ISSUES.sql) for _ in range(repeat)]
     with Cluster(media) as cluster:
         idle_rss = cluster.rss()
         runs = [_export_once(cluster, project, user) for _ in range(repeat)]
@@ -325,6 +330,10 @@ def _measure(size: int, repeat: int, media: Path) -> dict:
             "seconds_all": [round(b["seconds"], 3) for b in baselines],
             "rows_per_second": round(records / baseline_seconds),
             "gzip_mb": round(baselines[0]["gzip_bytes"] / mb, 2),
+        },
+        "copy_gzip_of_the_exporters_own_query": {
+            "seconds_median": round(statistics.median(b["seconds"] for b in same_query), 3),
+            "rows_per_second": round(records / statistics.median(b["seconds"] for b in same_query)),
         },
         "throughput_vs_baseline": round(baseline_seconds / seconds, 3),
         "machine": {"cpus": psutil.cpu_count(), "python": platform.python_version()},

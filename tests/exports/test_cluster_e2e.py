@@ -101,6 +101,9 @@ def test_polling_client_sees_none_queued_started_finished(on_cluster, poller, ma
     wait_for(lambda: client.poll()["export_status"] == "finished", timeout=20)
 
     assert client.seen == ["none", "queued", "started", "finished"]
+    job = ProjectExportJob.objects.get()
+    assert job.task_id == JobRun.objects.get(pk=job.job_run_id).task_id != ""  # django-q2's task
+    assert (job.attempts, job.relations_done, job.rows_written) == (1, 4, 1 + 5 + 2 + 3)
     archive = ProjectExportArchive.objects.get()
     assert (
         b"Crash on start" in read_archive(b"".join(client.download().streaming_content))["tree/project/issues.ndjson"]
