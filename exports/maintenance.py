@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from exports import services
 from exports.models import ProjectExportArchive, ProjectExportJob
+from project.jobs.models import JobRun
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def export_jobs_fail_stuck() -> dict[str, int]:
         "no_heartbeat": (
             active.filter(status=Status.STARTED, created_at__gte=budget)
             .filter(Q(heartbeat_at__lt=stale) | Q(heartbeat_at__isnull=True))
-            .exclude(job_run__status=services.JobRun.Status.QUEUED),
+            .exclude(job_run__status=JobRun.Status.QUEUED),
             "worker_lost",
             "The worker running the export stopped.",
         ),
