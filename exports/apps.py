@@ -4,3 +4,9 @@ from django.apps import AppConfig
 class ExportsConfig(AppConfig):
     name = "exports"
     verbose_name = "Project exports"
+
+    def ready(self) -> None:
+        from exports import metrics
+        from project.metrics import register_db_collector
+
+        register_db_collector(metrics.exports_gauges)

@@ -194,6 +194,8 @@ EXPORT_SLOT_WAIT = env_float("EXPORT_SLOT_WAIT", 2, minimum=0.1)
 EXPORT_MAX_AGE = env_int("EXPORT_MAX_AGE", 6 * 3600, minimum=60)
 EXPORT_STUCK_AFTER = env_int("EXPORT_STUCK_AFTER", 300, minimum=10)
 EXPORT_ARCHIVE_TTL = env_int("EXPORT_ARCHIVE_TTL", 24 * 3600, minimum=60)
+# An archive file no record refers to is deleted by the cleanup once this old (seconds).
+EXPORT_ORPHAN_GRACE = env_int("EXPORT_ORPHAN_GRACE", 3600, minimum=60)
 EXPORT_JOB_RETENTION_DAYS = env_int("EXPORT_JOB_RETENTION_DAYS", 7, minimum=1)
 EXPORT_PRUNE_BATCH_SIZE = env_int("EXPORT_PRUNE_BATCH_SIZE", 1000, minimum=1)
 EXPORT_UPLOAD_TIMEOUT = env_float("EXPORT_UPLOAD_TIMEOUT", 60, minimum=1)

@@ -1,0 +1,165 @@
+"""The after-export upload (GitLab's ``WebUploadStrategy``): stream the archive to a URL.
+
+Only http(s) is allowed, and every address the host resolves to must be public unless
+``ALLOW_LOCAL_REQUESTS`` is set (GitLab's ``UrlBlocker``). The connection then goes to the
+address that was checked, with the original host in ``Host`` and in TLS, so a DNS answer
+that changes between the check and the request cannot point the upload inward.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+from dataclasses import dataclass
+from typing import BinaryIO
+from urllib.parse import urlsplit
+
+import certifi
+import urllib3
+from django.conf import settings
+
+from project.errors import PermanentError, RetryableError, ValidationFailed
+
+logger = logging.getLogger(__name__)
+
+SCHEMES = ("http", "https")
+METHODS = ("PUT", "POST")
+_USER_AGENT = "gitlab-background-jobs project-export"
+
+
+class UploadUrlBlocked(ValidationFailed):
+    """The URL is not one we may send an archive to (message names the reason)."""
+
+    code = "upload_url_blocked"
+
+
+class UploadUnavailable(RetryableError):
+    code = "upload_unavailable"
+
+
+class UploadFailed(PermanentError):
+    code = "upload_failed"
+
+
+@dataclass(frozen=True)
+class UploadTarget:
+    scheme: str
+    host: str
+    port: int
+    request_path: str
+    addresses: tuple[str, ...]
+
+    @property
+    def host_header(self) -> str:
+        default = 443 if self.scheme == "https" else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+def _blocked(reason: str) -> UploadUrlBlocked:
+    return UploadUrlBlocked(f"upload[url] is blocked: {reason}")
+
+
+def _check_address(address: str) -> None:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone id
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback or ip.is_unspecified:
+        raise _blocked("Requests to localhost are not allowed")
+    if ip.is_link_local:
+        raise _blocked("Requests to the link local network are not allowed")
+    if ip.is_private or ip.is_multicast or ip.is_reserved or not ip.is_global:
+        raise _blocked("Requests to the local network are not allowed")
+
+
+def upload_target_resolve(url: str) -> UploadTarget:
+    """Parse, resolve and check an upload URL; raises ``UploadUrlBlocked`` with the reason."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise _blocked("URL is invalid") from None
+    if parts.scheme not in SCHEMES:
+        raise _blocked("Only allowed schemes are http, https")
+    host = parts.hostname
+    if not host:
+        raise _blocked("URL is invalid")
+    port = port or (443 if parts.scheme == "https" else 80)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        raise _blocked("Host cannot be resolved or invalid") from None
+    addresses = tuple(dict.fromkeys(str(info[4][0]) for info in infos))
+    if not addresses:
+        raise _blocked("Host cannot be resolved or invalid")
+    if not settings.ALLOW_LOCAL_REQUESTS:
+        for address in addresses:
+            _check_address(address)
+    path = parts.path or "/"
+    if parts.query:
+        path = f"{path}?{parts.query}"
+    return UploadTarget(scheme=parts.scheme, host=host, port=port, request_path=path, addresses=addresses)
+
+
+def upload_method_clean(value: str | None) -> str:
+    method = (value or "PUT").strip().upper()
+    if method not in METHODS:
+        raise ValidationFailed("upload[http_method] does not have a valid value")
+    return method
+
+
+def archive_upload(*, url: str, method: str, body: BinaryIO, size: int) -> int:
+    """Stream ``body`` (``size`` bytes) to ``url``; returns the HTTP status.
+
+    Network failures are retryable; an answer other than 2xx fails the export with its
+    code, as GitLab's "Error uploading the project. Code …". Messages name the host only:
+    the URL may carry a signature.
+    """
+    try:
+        target = upload_target_resolve(url)
+    except UploadUrlBlocked as exc:
+        if "cannot be resolved" in str(exc.message):
+            raise UploadUnavailable("The upload host cannot be resolved.") from None
+        raise PermanentError(str(exc.message), code=exc.code) from None
+    timeout = urllib3.Timeout(connect=settings.EXPORT_UPLOAD_TIMEOUT, read=settings.EXPORT_UPLOAD_TIMEOUT)
+    if target.scheme == "https":
+        pool: urllib3.HTTPConnectionPool = urllib3.HTTPSConnectionPool(
+            target.addresses[0],
+            target.port,
+            timeout=timeout,
+            retries=False,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=certifi.where(),
+            assert_hostname=target.host,
+            server_hostname=target.host,
+        )
+    else:
+        pool = urllib3.HTTPConnectionPool(target.addresses[0], target.port, timeout=timeout, retries=False)
+    headers = {
+        "Host": target.host_header,
+        "Content-Length": str(size),
+        "Content-Type": "application/gzip",
+        "User-Agent": _USER_AGENT,
+    }
+    try:
+        response = pool.urlopen(
+            method,
+            target.request_path,
+            body=body,
+            headers=headers,
+            redirect=False,
+            assert_same_host=False,
+            preload_content=False,
+        )
+        status, reason = response.status, response.reason or ""
+        response.drain_conn()
+    except urllib3.exceptions.HTTPError as exc:
+        logger.warning("export upload failed", extra={"host": target.host, "error": type(exc).__name__})
+        raise UploadUnavailable(f"Could not upload the project to {target.host}: {type(exc).__name__}.") from None
+    finally:
+        pool.close()
+    logger.info("export uploaded", extra={"host": target.host, "status": status, "bytes": size})
+    if not 200 <= status < 300:
+        raise UploadFailed(f"Error uploading the project. Code {status}: {reason}".rstrip(": "))
+    return status

@@ -1,0 +1,186 @@
+"""The scheduled upkeep of exports (GitLab's StuckExportJobsWorker, the export cleanup
+and PruneProjectExportJobsWorker): stuck jobs are failed, old archives and leftovers of
+killed workers are deleted, and old job rows are pruned in batches."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from exports import services
+from exports.models import ProjectExportArchive, ProjectExportJob
+from project.jobs.models import JobRun
+
+logger = logging.getLogger(__name__)
+
+Status = ProjectExportJob.Status
+
+
+def export_jobs_fail_stuck() -> dict[str, int]:
+    """Fail the queued and started jobs nothing will move on any more:
+
+    * older than the EXPORT_MAX_AGE budget (6 h), whatever their state;
+    * started, with no heartbeat for EXPORT_STUCK_AFTER, and no retry waiting (their
+      worker is gone);
+    * queued for EXPORT_STUCK_AFTER while their job run is no longer queued or running
+      (the run ended without taking the job along).
+    """
+    now = timezone.now()
+    budget = now - timedelta(seconds=settings.EXPORT_MAX_AGE)
+    stale = now - timedelta(seconds=settings.EXPORT_STUCK_AFTER)
+    active = ProjectExportJob.objects.filter(status__in=ProjectExportJob.ACTIVE)
+    hours = settings.EXPORT_MAX_AGE / 3600
+    groups = {
+        "over_budget": (
+            active.filter(created_at__lt=budget),
+            "export_expired",
+            f"The export did not finish within its {hours:g} h budget.",
+        ),
+        "no_heartbeat": (
+            active.filter(status=Status.STARTED, created_at__gte=budget)
+            .filter(Q(heartbeat_at__lt=stale) | Q(heartbeat_at__isnull=True))
+            .exclude(job_run__status=JobRun.Status.QUEUED),
+            "worker_lost",
+            "The worker running the export stopped.",
+        ),
+        "never_started": (
+            active.filter(status=Status.QUEUED, created_at__gte=budget, created_at__lt=stale).exclude(
+                job_run__status__in=services.LIVE_RUN_STATUSES
+            ),
+            "not_started",
+            "The export job was lost before it started.",
+        ),
+    }
+    result = {}
+    for key, (queryset, code, message) in groups.items():
+        failed = 0
+        for job_id in list(queryset.values_list("pk", flat=True)):
+            if services.export_job_fail(export_job_id=job_id, code=code, error=message):
+                services.export_run_cancel(export_job_id=job_id, reason=message)
+                failed += 1
+        result[key] = failed
+    result["workdirs_removed"] = workdirs_cleanup()
+    if result["over_budget"] or result["no_heartbeat"] or result["never_started"]:
+        logger.warning("stuck export jobs failed", extra=result)
+    return result
+
+
+def workdirs_cleanup() -> int:
+    """Delete the scratch directories of jobs that are no longer running (a killed worker
+    leaves its half-written archive there), and any older than the export budget."""
+    root = services.workdir_root()
+    if not root.is_dir():
+        return 0
+    too_old = time.time() - settings.EXPORT_MAX_AGE
+    paths = list(root.iterdir())
+    ids = {}
+    for path in paths:
+        try:
+            ids[path] = int(path.name.split("-")[1])
+        except (IndexError, ValueError):
+            ids[path] = None
+    running = set(
+        ProjectExportJob.objects.filter(
+            pk__in=[pk for pk in ids.values() if pk is not None], status__in=ProjectExportJob.ACTIVE
+        ).values_list("pk", flat=True)
+    )
+    removed = 0
+    for path, job_id in ids.items():
+        try:
+            old = path.stat().st_mtime < too_old
+        except FileNotFoundError:
+            continue
+        if job_id in running and not old:
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def export_archives_cleanup() -> dict[str, int]:
+    """Delete archives past their expiry (EXPORT_ARCHIVE_TTL, 24 h), archive files no row
+    refers to, and scratch directories left by killed workers."""
+    now = timezone.now()
+    deleted = freed = 0
+    removed_names = set()
+    for archive_id in list(ProjectExportArchive.objects.filter(expires_at__lte=now).values_list("pk", flat=True)):
+        with transaction.atomic():
+            archive = (
+                ProjectExportArchive.objects.select_for_update(skip_locked=True)
+                .filter(pk=archive_id, expires_at__lte=now)
+                .first()
+            )
+            if archive is None:
+                continue  # replaced by a new export meanwhile, or being replaced now
+            name, size = archive.file.name, archive.size
+            archive.delete()
+            transaction.on_commit(lambda name=name: services.storage_delete(name), robust=True)
+        removed_names.add(name)
+        deleted += 1
+        freed += size
+    result = {
+        "archives_deleted": deleted,
+        "bytes_freed": freed,
+        "orphans_deleted": _orphans_delete(now, skip=removed_names),
+        "workdirs_removed": workdirs_cleanup(),
+    }
+    if any(result.values()):
+        logger.info("export archives cleaned up", extra=result)
+    return result
+
+
+def _orphans_delete(now, *, skip: set[str]) -> int:
+    """Files under exports/ that no archive row names: left when a worker died between
+    moving a file into place and committing, or before deleting a replaced file."""
+    storage = default_storage
+    try:
+        projects, _ = storage.listdir("exports")
+    except (FileNotFoundError, NotImplementedError):
+        return 0
+    known = set(ProjectExportArchive.objects.values_list("file", flat=True)) | skip
+    deleted = 0
+    for project_dir in projects:
+        users, _ = storage.listdir(f"exports/{project_dir}")
+        for user_dir in users:
+            _, files = storage.listdir(f"exports/{project_dir}/{user_dir}")
+            for filename in files:
+                name = f"exports/{project_dir}/{user_dir}/{filename}"
+                if name in known:
+                    continue
+                try:
+                    modified = storage.get_modified_time(name)
+                except (OSError, NotImplementedError):
+                    continue
+                # Younger files may be mid-publish (moved into place, not yet committed).
+                if now - modified > timedelta(seconds=settings.EXPORT_ORPHAN_GRACE):
+                    services.storage_delete(name)
+                    deleted += 1
+    return deleted
+
+
+def export_jobs_prune(*, batch_size: int | None = None) -> int:
+    """Delete finished and failed jobs not updated for EXPORT_JOB_RETENTION_DAYS, in
+    batches so that no statement holds locks for long (GitLab's prune_expired_jobs)."""
+    size = batch_size or settings.EXPORT_PRUNE_BATCH_SIZE
+    cutoff = timezone.now() - timedelta(days=settings.EXPORT_JOB_RETENTION_DAYS)
+    prunable = ProjectExportJob.objects.filter(updated_at__lt=cutoff, status__in=ProjectExportJob.TERMINAL)
+    deleted = 0
+    while True:
+        ids = list(prunable.order_by("pk").values_list("pk", flat=True)[:size])
+        if not ids:
+            break
+        deleted += ProjectExportJob.objects.filter(pk__in=ids).delete()[0]
+    if deleted:
+        logger.info("export jobs pruned", extra={"deleted": deleted})
+    return deleted

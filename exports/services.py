@@ -1,0 +1,465 @@
+"""Business logic of project exports: requests, the per-user status, running an export,
+publishing its archive, and the admin's actions on jobs and archives.
+
+The schedules that keep jobs and files from piling up or getting stuck are in
+``exports.maintenance``.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import shutil
+import zlib
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from django.conf import settings
+from django.core.files import File
+from django.core.files.storage import default_storage
+from django.db import connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from exports import archive as archive_writer
+from exports import clients, metrics, relations
+from exports.models import MAX_ERROR_LENGTH, ProjectExportArchive, ProjectExportJob
+from project.errors import Conflict, NotFound, RetryableError, ValidationFailed
+from project.jobs import Defer
+from project.jobs.models import JobRun
+from project.models import Project, User
+
+logger = logging.getLogger(__name__)
+
+Status = ProjectExportJob.Status
+MAX_DESCRIPTION_LENGTH = 5000
+# One cluster-wide lock serialises the "may this export start?" decisions.
+GATE_LOCK_KEY = zlib.crc32(b"exports.concurrency_gate")
+LIVE_RUN_STATUSES = (JobRun.Status.QUEUED, JobRun.Status.RUNNING)
+
+NOT_FOUND_OR_EXPIRED = "404 Not found or has expired"
+FILE_NOT_AVAILABLE = "The project export file is not available yet"
+
+
+class ExportStorageError(RetryableError):
+    code = "storage_error"
+
+
+# --- status transitions -----------------------------------------------------------------
+
+
+def _transition(export_job_id: int, *, from_: tuple[str, ...], to: str, **fields: Any) -> bool:
+    """One conditional UPDATE. False (and nothing changed) when the job is not in ``from_``."""
+    now = timezone.now()
+    fields.setdefault("updated_at", now)
+    if to in ProjectExportJob.TERMINAL:
+        fields.setdefault("finished_at", now)
+    changed = ProjectExportJob.objects.filter(pk=export_job_id, status__in=from_).update(status=to, **fields)
+    if not changed:
+        current = ProjectExportJob.objects.filter(pk=export_job_id).values_list("status", flat=True).first()
+        logger.info(
+            "export job transition refused",
+            extra={"export_job_id": export_job_id, "to": to, "status": current or "missing"},
+        )
+    return bool(changed)
+
+
+def export_job_start(*, export_job_id: int, task_id: str = "") -> bool:
+    """queued → started."""
+    now = timezone.now()
+    return _transition(
+        export_job_id,
+        from_=(Status.QUEUED,),
+        to=Status.STARTED,
+        started_at=now,
+        heartbeat_at=now,
+        task_id=task_id,
+        attempts=F("attempts") + 1,
+    )
+
+
+def export_job_finish(*, export_job_id: int, **fields: Any) -> bool:
+    """started → finished."""
+    return _transition(export_job_id, from_=(Status.STARTED,), to=Status.FINISHED, **fields)
+
+
+def error_sanitize(code: str, message: str) -> str:
+    """One short line: no control characters, at most 300 characters."""
+    text = message or code.replace("_", " ")
+    text = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
+    if len(text) > MAX_ERROR_LENGTH:
+        text = text[: MAX_ERROR_LENGTH - 1] + "…"
+    return text
+
+
+def export_job_fail(*, export_job_id: int, code: str, error: str) -> bool:
+    """queued or started → failed, with a sanitized error."""
+    failed = _transition(
+        export_job_id,
+        from_=ProjectExportJob.ACTIVE,
+        to=Status.FAILED,
+        error_code=code[:64],
+        error=error_sanitize(code, error),
+    )
+    if failed:
+        metrics.EXPORTS_COMPLETED.labels(outcome="failed").inc()
+        logger.warning("project export failed", extra={"export_job_id": export_job_id, "error_code": code})
+    return failed
+
+
+# --- requesting an export ---------------------------------------------------------------
+
+
+def export_request(
+    *,
+    project: Project,
+    user: User,
+    description: str | None = None,
+    upload_url: str = "",
+    upload_method: str = "",
+) -> ProjectExportJob:
+    """Queue an export of ``project`` for ``user``.
+
+    The user's current archive stays downloadable until the new one replaces it (the
+    status says regeneration_in_progress meanwhile), and stays if the new export fails.
+    """
+    if description is not None and len(description) > MAX_DESCRIPTION_LENGTH:
+        raise ValidationFailed(f"description is too long (maximum is {MAX_DESCRIPTION_LENGTH} characters)")
+    method = ""
+    if upload_url:
+        clients.upload_target_resolve(upload_url)
+        method = clients.upload_method_clean(upload_method)
+    from exports import tasks
+
+    with transaction.atomic():
+        now = timezone.now()
+        job = ProjectExportJob.objects.create(
+            project=project,
+            user=user,
+            exported_by_admin=user.is_admin,
+            description=description,
+            upload_url=upload_url,
+            upload_method=method,
+            relations_total=len(relations.TREE),
+            created_at=now,
+            updated_at=now,
+        )
+        job.job_run = tasks.run_export.enqueue(export_job_id=job.pk)
+        job.save(update_fields=["job_run"])
+    metrics.EXPORTS_REQUESTED.inc()
+    logger.info(
+        "project export requested",
+        extra={
+            "export_job_id": job.pk,
+            "project_id": project.pk,
+            "user_id": user.pk,
+            "exported_by_admin": job.exported_by_admin,
+            "upload": bool(upload_url),
+        },
+    )
+    return job
+
+
+# --- the per-user status ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExportState:
+    status: str
+    archive: ProjectExportArchive | None
+    active_job: ProjectExportJob | None
+    latest_job: ProjectExportJob | None
+
+
+def export_state(*, project: Project, user: User) -> ExportState:
+    """The status a user sees, derived in GitLab's order (``Project#export_status``):
+    regeneration_in_progress, queued, started, finished, failed, none.
+
+    "finished" means this user has a downloadable (unexpired) archive. "failed" means
+    the user's latest job failed and there is no archive to fall back on.
+    """
+    jobs = ProjectExportJob.objects.filter(project=project, user=user)
+    # One snapshot: read separately, a job finishing between the reads would show as
+    # "started" plus an archive, that is regeneration_in_progress.
+    with archive_writer.read_snapshot():
+        active = list(jobs.filter(status__in=ProjectExportJob.ACTIVE).order_by("id"))
+        latest = jobs.order_by("-id").first()
+        archive = ProjectExportArchive.objects.filter(project=project, user=user, expires_at__gt=timezone.now()).first()
+    statuses = {job.status for job in active}
+    if active and archive is not None:
+        status = "regeneration_in_progress"
+    elif Status.QUEUED in statuses:
+        status = "queued"
+    elif Status.STARTED in statuses:
+        status = "started"
+    elif archive is not None:
+        status = "finished"
+    elif latest is not None and latest.status == Status.FAILED:
+        status = "failed"
+    else:
+        status = "none"
+    return ExportState(status=status, archive=archive, active_job=active[-1] if active else None, latest_job=latest)
+
+
+def archive_open(*, archive: ProjectExportArchive) -> BinaryIO:
+    """The archive's file, opened for streaming; 404 "not available yet" when the record
+    exists but storage does not have the file."""
+    try:
+        return default_storage.open(archive.file.name, "rb")
+    except OSError:
+        logger.warning("export archive missing from storage", extra={"archive_id": archive.pk})
+        raise NotFound(FILE_NOT_AVAILABLE) from None
+
+
+def export_download_open(*, project: Project, user: User) -> tuple[BinaryIO, ProjectExportArchive]:
+    """The user's archive, opened for streaming, or GitLab's two 404s."""
+    live = ProjectExportArchive.objects.filter(project=project, user=user, expires_at__gt=timezone.now())
+    archive = live.first()
+    if archive is None:
+        raise NotFound(NOT_FOUND_OR_EXPIRED)
+    try:
+        return archive_open(archive=archive), archive
+    except NotFound:
+        # A new export may have replaced the file between reading the record and opening
+        # it; the record then names the new file.
+        fresh = live.first()
+        if fresh is None or fresh.file.name == archive.file.name:
+            raise
+        return archive_open(archive=fresh), fresh
+
+
+# --- running an export ------------------------------------------------------------------
+
+
+def workdir_root() -> Path:
+    """Scratch space for archives being written: next to the storage root, so that the
+    finished file is renamed (not copied) into place."""
+    return Path(settings.MEDIA_ROOT) / "exports-tmp"
+
+
+def workdirs_remove(*, export_job_id: int) -> int:
+    removed = 0
+    root = workdir_root()
+    if root.is_dir():
+        for path in root.glob(f"job-{export_job_id}-*"):
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _gate_claim(export_job_id: int, *, task_id: str) -> ProjectExportJob | None:
+    """Take an export slot and claim the job (queued → started), oldest job first.
+
+    A job already started (a retry, or a re-run after its worker died) keeps its slot.
+    Otherwise it may start only while fewer than EXPORT_MAX_CONCURRENT exports are alive
+    and no older job is waiting; else it is deferred without spending an attempt.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [GATE_LOCK_KEY])
+        job = ProjectExportJob.objects.filter(pk=export_job_id).first()
+        if job is None or job.status in ProjectExportJob.TERMINAL:
+            return None
+        if job.status == Status.STARTED:
+            ProjectExportJob.objects.filter(pk=job.pk, status=Status.STARTED).update(
+                attempts=F("attempts") + 1,
+                heartbeat_at=now,
+                task_id=task_id,
+                relations_done=0,
+                rows_written=0,
+                updated_at=now,
+            )
+        else:
+            alive = ProjectExportJob.objects.filter(
+                status=Status.STARTED, heartbeat_at__gte=now - timedelta(seconds=settings.EXPORT_STUCK_AFTER)
+            ).count()
+            older_waiting = ProjectExportJob.objects.filter(
+                status=Status.QUEUED, pk__lt=job.pk, job_run__status__in=LIVE_RUN_STATUSES
+            ).exists()
+            if alive >= settings.EXPORT_MAX_CONCURRENT or older_waiting:
+                raise Defer(settings.EXPORT_SLOT_WAIT, "waiting for an export slot")
+            if not export_job_start(export_job_id=job.pk, task_id=task_id):
+                return None
+        job.refresh_from_db()
+        return job
+
+
+class _TemporaryFile(File):
+    """Lets FileSystemStorage rename the finished file into place instead of copying it."""
+
+    def temporary_file_path(self) -> str:
+        return self.file.name
+
+
+def storage_delete(name: str) -> None:
+    try:
+        default_storage.delete(name)
+    except OSError:
+        logger.warning("could not delete an export file", exc_info=True, extra={"file": name})
+
+
+def archive_filename(project: Project, *, at: Any) -> str:
+    """GitLab's download name: ``<time>_<full path with _>_export.tar.gz``."""
+    stamp = at.strftime("%Y-%m-%d_%H-%M-") + f"{at.microsecond // 1000:03d}"
+    return f"{stamp}_{project.path_with_namespace.replace('/', '_')}_export.tar.gz"
+
+
+def _publish(job: ProjectExportJob, result: archive_writer.ArchiveResult) -> ProjectExportArchive:
+    """Move the written archive into storage, make it the user's archive and finish the
+    job, in one transaction; the replaced file is deleted once that commits."""
+    # Ids and a random token only: nothing the user typed reaches a file path.
+    name = f"exports/{job.project_id}/{job.user_id}/{secrets.token_hex(16)}.tar.gz"
+    try:
+        with open(result.path, "rb") as handle:
+            stored = default_storage.save(name, _TemporaryFile(handle, name=result.path.name))
+    except OSError as exc:
+        raise ExportStorageError(f"Could not store the archive: {exc.strerror or type(exc).__name__}.") from exc
+    try:
+        with transaction.atomic():
+            now = timezone.now()
+            values = {
+                "job": job,
+                "file": stored,
+                "filename": archive_filename(job.project, at=now),
+                "size": result.size,
+                "sha256": result.sha256,
+                "created_at": now,
+                "expires_at": now + timedelta(seconds=settings.EXPORT_ARCHIVE_TTL),
+            }
+            archive, created = ProjectExportArchive.objects.select_for_update().get_or_create(
+                project_id=job.project_id, user_id=job.user_id, defaults=values
+            )
+            if not created:
+                previous = archive.file.name
+                for key, value in values.items():
+                    setattr(archive, key, value)
+                archive.save()
+                transaction.on_commit(lambda: storage_delete(previous), robust=True)
+            if not export_job_finish(
+                export_job_id=job.pk,
+                heartbeat_at=now,
+                relations_done=len(relations.TREE),
+                relations_total=len(relations.TREE),
+                rows_written=result.rows,
+            ):
+                raise archive_writer.ExportCancelled()
+    except BaseException:
+        storage_delete(stored)
+        raise
+    return archive
+
+
+def _upload(job: ProjectExportJob, result: archive_writer.ArchiveResult) -> None:
+    with open(result.path, "rb") as handle:
+        clients.archive_upload(url=job.upload_url, method=job.upload_method or "PUT", body=handle, size=result.size)
+    ProjectExportJob.objects.filter(pk=job.pk).update(uploaded_at=timezone.now())
+
+
+def export_run(*, export_job_id: int, task_id: str = "") -> dict:
+    """The export job: claim, write the archive, upload it if asked, then publish it and
+    finish the job in one transaction.
+
+    Nothing becomes visible before the end: a failure at any step (the upload included)
+    leaves the user's previous archive in place. Safe to run twice: the claim lets one
+    attempt in, and a re-run starts over in a fresh scratch directory.
+    """
+    job = _gate_claim(export_job_id, task_id=task_id)
+    if job is None:
+        return {"skipped": True}
+    workdirs_remove(export_job_id=job.pk)  # what a killed earlier attempt left behind
+    progress = archive_writer.Progress()
+    workdir = workdir_root() / f"job-{job.pk}-{secrets.token_hex(4)}"
+    try:
+        workdir.mkdir(parents=True)
+        with archive_writer.Heartbeat(job.pk, progress):
+            result = archive_writer.archive_write(
+                project_id=job.project_id, description=job.description, workdir=workdir, progress=progress
+            )
+            if job.upload_url:
+                _upload(job, result)
+            archive = _publish(job, result)
+    except OSError as exc:
+        raise ExportStorageError(f"Storage error while exporting: {exc.strerror or type(exc).__name__}.") from exc
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    metrics.EXPORT_DURATION.observe(result.seconds)
+    metrics.EXPORT_ROWS.inc(result.rows)
+    metrics.EXPORT_BYTES.inc(result.size)
+    metrics.EXPORTS_COMPLETED.labels(outcome="finished").inc()
+    logger.info(
+        "project export finished",
+        extra={"export_job_id": job.pk, "size": archive.size, "rows": result.rows, "upload": bool(job.upload_url)},
+    )
+    return {"export_job_id": job.pk, "size": archive.size, "sha256": archive.sha256, "rows": result.rows}
+
+
+def export_run_failed(*, export_job_id: int | None, code: str, message: str, run_id: int | None = None) -> bool:
+    """The toolkit gave up on the run (retries spent, permanent error, lost worker).
+
+    Errors we raise on purpose carry messages written for the user. Anything else may
+    hold internals (host names, SQL, a traceback's last line), so the job gets a plain
+    message and the job run keeps the details for the admin.
+    """
+    if export_job_id is None:
+        return False
+    public = {
+        "database_unavailable": "The database was unavailable during the export.",
+        "worker_lost": "The worker running the export stopped.",
+        "timeout": f"The export took longer than its {settings.EXPORT_JOB_TIMEOUT} s budget.",
+        "unexpected_error": "The export failed with an unexpected error"
+        + (f" (job run #{run_id})." if run_id is not None else "."),
+    }
+    failed = export_job_fail(export_job_id=export_job_id, code=code, error=public.get(code, message))
+    workdirs_remove(export_job_id=export_job_id)
+    return failed
+
+
+# --- admin actions ----------------------------------------------------------------------
+
+
+def export_job_retry(*, export_job_id: int) -> ProjectExportJob:
+    """Queue a new export for the same project, user, description and upload."""
+    job = ProjectExportJob.objects.select_related("project", "user").get(pk=export_job_id)
+    if job.is_active:
+        raise Conflict(f"export #{job.pk} is still {job.status}", code="export_active")
+    return export_request(
+        project=job.project,
+        user=job.user,
+        description=job.description,
+        upload_url=job.upload_url,
+        upload_method=job.upload_method,
+    )
+
+
+def export_job_mark_failed(*, export_job_id: int, reason: str) -> bool:
+    """Fail a queued or started job by hand; its run is cancelled so no worker picks it up,
+    and a worker still exporting it stops at its next heartbeat."""
+    failed = export_job_fail(export_job_id=export_job_id, code="cancelled", error=reason)
+    if failed:
+        export_run_cancel(export_job_id=export_job_id, reason=reason)
+    return failed
+
+
+def export_run_cancel(*, export_job_id: int, reason: str) -> None:
+    """Fail the toolkit run of an export we failed, so no worker starts it again."""
+    from project.jobs.recovery import run_mark_failed
+
+    run_id = ProjectExportJob.objects.filter(pk=export_job_id).values_list("job_run_id", flat=True).first()
+    if run_id is not None:
+        run_mark_failed(run_id=run_id, reason=reason)
+
+
+def export_archive_delete(*, archive_id: int) -> bool:
+    """Delete an archive and its file (the file once the deletion is committed)."""
+    with transaction.atomic():
+        archive = ProjectExportArchive.objects.select_for_update().filter(pk=archive_id).first()
+        if archive is None:
+            return False
+        name = archive.file.name
+        archive.delete()
+        transaction.on_commit(lambda: storage_delete(name), robust=True)
+    logger.info("export archive deleted", extra={"archive_id": archive_id})
+    return True

@@ -1,0 +1,44 @@
+"""Job entry points of exports: thin doors into ``exports.services`` and ``exports.maintenance``."""
+
+from __future__ import annotations
+
+from django.conf import settings
+
+from exports import maintenance, services
+from project.jobs import RetryPolicy, job
+from project.jobs.models import JobRun
+from project.jobs.runner import current_run
+
+
+def _export_failed(run: JobRun, code: str, message: str) -> None:
+    services.export_run_failed(export_job_id=run.kwargs.get("export_job_id"), code=code, message=message, run_id=run.pk)
+
+
+@job(
+    "exports.run",
+    retry=RetryPolicy(setting="EXPORT_RETRY_DELAYS"),
+    timeout="EXPORT_JOB_TIMEOUT",
+    on_failure=_export_failed,
+)
+def run_export(*, export_job_id: int) -> dict:
+    """Write a project's export archive (and upload it when asked)."""
+    run = current_run()
+    return services.export_run(export_job_id=export_job_id, task_id=run.task_id if run else "")
+
+
+@job("exports.fail_stuck", cron=settings.EXPORT_STUCK_SWEEP_CRON, timeout=600)
+def fail_stuck() -> dict:
+    """Fail export jobs whose worker is gone or that exceeded the 6 h budget."""
+    return maintenance.export_jobs_fail_stuck()
+
+
+@job("exports.cleanup_archives", cron=settings.EXPORT_CLEANUP_CRON, timeout=900)
+def cleanup_archives() -> dict:
+    """Delete expired export archives, orphaned files and scratch directories."""
+    return maintenance.export_archives_cleanup()
+
+
+@job("exports.prune_jobs", cron=settings.EXPORT_PRUNE_CRON, timeout=900)
+def prune_jobs() -> dict:
+    """Delete export jobs not updated for the retention period, in batches."""
+    return {"deleted": maintenance.export_jobs_prune()}

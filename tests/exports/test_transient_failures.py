@@ -1,0 +1,52 @@
+"""Transient failures are retried by the toolkit: a database connection lost mid-export."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from django.db import connection
+
+from exports.models import ProjectExportArchive
+from project.jobs.models import JobRun
+from tests.exports.conftest import latest_job, run_attempt
+from tests.support.cluster import database_url
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def no_broker(monkeypatch) -> None:
+    """Runs execute here only: no message may reach a cluster another test started."""
+    monkeypatch.setattr("project.jobs.queue.runs_push", lambda **kwargs: None)
+    monkeypatch.setattr("project.jobs.runner.runs_push", lambda **kwargs: None)
+
+
+def test_connection_lost_mid_export_is_retried_and_the_export_finishes(
+    no_broker, maintainer, project, issues, during_export, settings
+) -> None:
+    from exports import services
+
+    settings.EXPORT_RETRY_DELAYS = (0,)
+    job = services.export_request(project=project, user=maintainer)
+    killed = []
+
+    def terminate_backend(relation: str) -> None:
+        if relation == "labels" and not killed:
+            backend = connection.connection.info.backend_pid
+            with psycopg.connect(database_url(), autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", [backend])
+            killed.append(backend)
+
+    during_export(terminate_backend)
+    assert run_attempt(job) == "retried"
+    run = JobRun.objects.get(pk=job.job_run_id)
+    assert run.history[0]["error_code"] == "database_unavailable"
+    job.refresh_from_db()
+    assert (job.status, job.attempts) == ("started", 1)  # the client still sees "started"
+    assert not ProjectExportArchive.objects.exists()
+
+    assert run_attempt(job) == "succeeded"
+    job = latest_job(maintainer, project)
+    assert (job.status, job.attempts) == ("finished", 2)
+    assert ProjectExportArchive.objects.get().job_id == job.pk
+    assert killed
