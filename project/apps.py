@@ -15,7 +15,7 @@ class ProjectConfig(AppConfig):
     verbose_name = "Platform"
 
     def ready(self) -> None:
-        from project import metrics
+        from project import metrics, schema  # noqa: F401 - registers the schema extensions
 
         metrics.register_db_collector(metrics.jobs_gauges)
         post_migrate.connect(_create_cache_table, sender=self, dispatch_uid="project.create_cache_table")

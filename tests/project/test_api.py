@@ -165,3 +165,15 @@ def test_tokens_are_stored_hashed(owner) -> None:
     stored = AccessToken.objects.filter(pk=token.pk).values().get()
     assert value not in str(stored)
     assert token.prefix == value[:8]
+
+
+def test_openapi_schema_describes_token_authentication(client) -> None:
+    schema = client.get("/api/openapi.json").json()
+    schemes = schema["components"]["securitySchemes"]
+    assert schemes["PrivateToken"] == {
+        "type": "apiKey",
+        "in": "header",
+        "name": "PRIVATE-TOKEN",
+        "description": "Personal access token",
+    }
+    assert schemes["BearerToken"]["scheme"] == "bearer"
