@@ -1,6 +1,6 @@
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
+from drf_spectacular.views import SpectacularJSONAPIView, SpectacularRedocView
 
 from project import views
 from project.api import json_error_view
@@ -20,7 +20,7 @@ api_v4 = [
 
 urlpatterns = [
     path("api/v4/", include(api_v4)),
-    path("api/openapi.json", SpectacularAPIView.as_view(), name="openapi-schema"),
+    path("api/openapi.json", SpectacularJSONAPIView.as_view(), name="openapi-schema"),
     path("api/docs/", SpectacularRedocView.as_view(url_name="openapi-schema"), name="api-docs"),
     path("-/liveness", views.liveness, name="liveness"),
     path("-/readiness", views.readiness, name="readiness"),

@@ -168,7 +168,9 @@ def test_tokens_are_stored_hashed(owner) -> None:
 
 
 def test_openapi_schema_describes_token_authentication(client) -> None:
-    schema = client.get("/api/openapi.json").json()
+    response = client.get("/api/openapi.json")
+    assert response["Content-Type"].startswith("application/vnd.oai.openapi+json")
+    schema = response.json()
     schemes = schema["components"]["securitySchemes"]
     assert schemes["PrivateToken"] == {
         "type": "apiKey",
