@@ -269,6 +269,12 @@ def report_import(*, project: Project, user: User | None, report: Any) -> Import
     metrics.FINDINGS_IMPORTED.inc(len(new))
     logger.info(
         "secret detection report imported",
-        extra={"project_id": project.pk, **{k: v for k, v in result.as_dict().items() if k != "routing_job_id"}},
+        extra={
+            "project_id": project.pk,
+            "findings": result.findings,
+            "findings_created": result.created,
+            "findings_updated": result.updated,
+            "findings_unchanged": result.unchanged,
+        },
     )
     return result

@@ -76,6 +76,8 @@ class Failures:
     retry_after: int | None = None
     fail_once_percent: float = 0.0
     next_statuses: list[int] = field(default_factory=list)
+    #: Accept requests but never call back (SDRS lost them).
+    drop_callbacks: bool = False
 
 
 @dataclass
@@ -127,6 +129,9 @@ class SdrsServer:
         self._thread: threading.Thread | None = None
         self._callback_queue: queue.Queue = queue.Queue()
         self._pending_callbacks = 0
+        self._in_flight = 0
+        #: The most verify requests it was handling at once.
+        self.max_in_flight = 0
         self._callback_threads = [
             threading.Thread(target=self._callback_worker, name=f"sdrs-callback-{n}", daemon=True)
             for n in range(callback_workers)
@@ -220,6 +225,16 @@ class SdrsServer:
         return claims
 
     def handle_verify(self, headers: Any, body: bytes) -> tuple[int, dict[str, Any], dict[str, str]]:
+        with self._lock:
+            self._in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self._in_flight)
+        try:
+            return self._verify(headers, body)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def _verify(self, headers: Any, body: bytes) -> tuple[int, dict[str, Any], dict[str, str]]:
         if self.failures.latency:
             time.sleep(self.failures.latency)
         request_id = headers.get("X-Request-ID", "")
@@ -244,6 +259,8 @@ class SdrsServer:
             self._record(request_id, payload, 400, claims)
             return 400, {"error": problem}, {}
         self._record(request_id, payload, 202, claims)
+        if self.failures.drop_callbacks:
+            return 202, {"status": "accepted", "request_id": request_id}, {}
         status = self.decide(payload["token_type"], payload["token_value"])
         with self._lock:
             self._pending_callbacks += 1
