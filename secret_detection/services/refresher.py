@@ -145,7 +145,9 @@ def _claim_due(*, batch_size: int) -> list[FindingTokenStatus]:
         if not ids:
             return []
         FindingTokenStatus.objects.filter(pk__in=ids).update(next_refresh_at=lease, updated_at=now)
-    return list(FindingTokenStatus.objects.filter(pk__in=ids).select_related("finding", "finding__project"))
+    rows = FindingTokenStatus.objects.filter(pk__in=ids).select_related("finding", "finding__project")
+    order = {pk: position for position, pk in enumerate(ids)}  # oldest due first
+    return sorted(rows, key=lambda row: order[row.pk])
 
 
 def _back_off(ids: list[int], *, code: str, seconds: float) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import socket
@@ -67,22 +68,35 @@ def sdrs_settings(db, rsa_keys) -> Callable[..., ApplicationSetting]:
 
 @pytest.fixture
 def sdrs_server(rsa_keys) -> Iterator[SdrsServer]:
-    """A running local SDRS server; its callbacks go to the callback_url each request names."""
+    """A running local SDRS server that accepts but does not call back (no web server
+    listens at the test settings' EXTERNAL_URL); the end-to-end tests make their own."""
     server = SdrsServer(public_key=rsa_keys[1], callback_secret=CALLBACK_SECRET).start()
+    server.failures.drop_callbacks = True
     yield server
     server.close()
 
 
-def report_with(findings: list[tuple[str, str]], *, base: dict) -> dict:
-    """A report of ``(token_type, value)`` findings, each in its own file."""
+@pytest.fixture(autouse=True)
+def partner_types(db) -> None:
+    """The partner token types the migration seeds. Transactional tests (anyone's) flush
+    every table afterwards, seeded rows included, so they are seeded again here."""
+    import importlib
+
+    from django.apps import apps
+
+    importlib.import_module("secret_detection.migrations.0002_partner_token_types").seed(apps, None)
+
+
+def report_with(findings: list[tuple[str, str]], *, base: dict, prefix: str = "generated") -> dict:
+    """A report of ``(token_type, value)`` findings, each in its own file under ``prefix/``."""
     template = base["vulnerabilities"][0]
     report = copy.deepcopy(base)
     report["vulnerabilities"] = []
     for index, (token_type, value) in enumerate(findings):
         vuln = copy.deepcopy(template)
-        vuln["id"] = f"generated-{index}"
+        vuln["id"] = f"{prefix}-{index}"
         vuln["raw_source_code_extract"] = value
-        vuln["location"]["file"] = f"generated/file-{index}.txt"
+        vuln["location"]["file"] = f"{prefix}/file-{index}.txt"
         vuln["identifiers"] = [
             {"type": "gitleaks_rule_id", "name": f"Gitleaks rule ID {token_type}", "value": token_type}
         ]
@@ -92,13 +106,12 @@ def report_with(findings: list[tuple[str, str]], *, base: dict) -> dict:
 
 @pytest.fixture
 def import_findings(sample_report) -> Callable[..., list[Finding]]:
-    """``import_findings(project, [(token_type, value), ...])`` → the stored findings, in order."""
+    """``import_findings(project, [(token_type, value), ...])`` → those findings, in order."""
 
-    def make(project: Project, findings: list[tuple[str, str]], user=None) -> list[Finding]:
-        services.report_import(
-            project=project, user=user or project.creator, report=report_with(findings, base=sample_report)
-        )
-        return list(Finding.objects.filter(project=project).order_by("id"))
+    def make(project: Project, findings: list[tuple[str, str]], user=None, prefix: str = "generated") -> list[Finding]:
+        report = report_with(findings, base=sample_report, prefix=prefix)
+        services.report_import(project=project, user=user or project.creator, report=report)
+        return list(Finding.objects.filter(project=project, file_path__startswith=f"{prefix}/").order_by("id"))
 
     return make
 
@@ -117,7 +130,6 @@ def isolated_queue(settings) -> Iterator[None]:
     name = f"{Conf.CLUSTER_NAME}-manual-{uuid.uuid4().hex[:8]}"
     with mock.patch.object(Conf, "CLUSTER_NAME", name):
         yield
-        try:
+        # Cleanup only: the ORM broker's rows go with the test database anyway.
+        with contextlib.suppress(Exception):
             get_broker(name).purge_queue()
-        except Exception:  # noqa: BLE001 - cleanup only; the ORM queue goes with the test database
-            pass

@@ -58,7 +58,8 @@ def test_raw_token_is_encrypted_at_rest_and_only_its_fingerprint_is_kept_in_clea
         (plaintext_rows,) = cursor.fetchone()
     assert "ghp_" not in stored
     assert plaintext_rows == 0
-    assert fingerprint.startswith("ghp_…") and "EXAMPLE" not in fingerprint
+    assert fingerprint.startswith("ghp_…")
+    assert "EXAMPLE" not in fingerprint
 
 
 def test_importing_the_same_report_twice_changes_nothing(project, developer, sample_report):

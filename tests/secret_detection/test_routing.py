@@ -58,7 +58,7 @@ def test_sample_report_is_routed_by_token_type(project, developer, sample_report
 
 
 def test_our_own_token_is_active_when_it_matches_a_live_token(project, developer, import_findings):
-    token, value = core.access_token_create(user=developer, name="leaked", scopes=["api"])
+    _token, value = core.access_token_create(user=developer, name="leaked", scopes=["api"])
     revoked, revoked_value = core.access_token_create(user=developer, name="revoked", scopes=["api"])
     core.access_token_revoke(token_id=revoked.pk)
     live, dead = import_findings(

@@ -76,6 +76,8 @@ class Failures:
     retry_after: int | None = None
     fail_once_percent: float = 0.0
     next_statuses: list[int] = field(default_factory=list)
+    #: Answer every request for these token types with this status (a partner's outage).
+    status_by_token_type: dict[str, int] = field(default_factory=dict)
     #: Accept requests but never call back (SDRS lost them).
     drop_callbacks: bool = False
 
@@ -188,12 +190,14 @@ class SdrsServer:
 
     # --- verify requests ------------------------------------------------------------
 
-    def _injected_status(self, finding_id: int | None) -> int | None:
+    def _injected_status(self, finding_id: int | None, token_type: Any) -> int | None:
         with self._lock:
             if self.failures.next_statuses:
                 return self.failures.next_statuses.pop(0)
             if self.failures.status is not None:
                 return self.failures.status
+            if token_type in self.failures.status_by_token_type:
+                return self.failures.status_by_token_type[token_type]
             if finding_id is not None and self.failures.fail_once_percent > 0 and finding_id not in self._failed_once:
                 bucket = int(hashlib.sha256(str(finding_id).encode()).hexdigest(), 16) % 10000
                 if bucket < self.failures.fail_once_percent * 100:
@@ -243,7 +247,8 @@ class SdrsServer:
         except ValueError:
             payload = None
         finding_id = payload.get("finding_id") if isinstance(payload, dict) else None
-        forced = self._injected_status(finding_id if isinstance(finding_id, int) else None)
+        token_type = payload.get("token_type") if isinstance(payload, dict) else None
+        forced = self._injected_status(finding_id if isinstance(finding_id, int) else None, token_type)
         if forced is not None:
             extra = {}
             if forced in (429, 503) and self.failures.retry_after is not None:
