@@ -13,7 +13,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
 import requests
@@ -22,6 +22,9 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from django.utils import timezone
 
 from project.errors import PermanentError, RetryableError
+
+if TYPE_CHECKING:
+    from project.models import ApplicationSetting
 
 VERIFY_PATH = "/api/v1/token/verify"
 JWT_ISSUER = "sdrs-client"
@@ -82,11 +85,14 @@ class SdrsConfig:
     timeout: float
 
     @classmethod
+    def from_settings(cls, row: ApplicationSetting) -> SdrsConfig:
+        return cls(url=row.sdrs_url.rstrip("/"), signing_key=row.sdrs_jwt_signing_key, timeout=row.sdrs_timeout)
+
+    @classmethod
     def current(cls) -> SdrsConfig:
         from project.models import ApplicationSetting
 
-        row = ApplicationSetting.current()
-        return cls(url=row.sdrs_url.rstrip("/"), signing_key=row.sdrs_jwt_signing_key, timeout=row.sdrs_timeout)
+        return cls.from_settings(ApplicationSetting.current())
 
 
 @functools.lru_cache(maxsize=4)

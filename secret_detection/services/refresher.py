@@ -191,6 +191,7 @@ class _Batch:
         finding = row.finding
         request_id = uuid.uuid4().hex
         lease = sum(self.client.timeout) + 5
+        previous_status = row.status  # as claimed by this tick; pending rows are never claimed
         claim = verification._claim(finding_id=row.pk, request_id=request_id, attempt=1, lease=lease, force=False)
         if claim.outcome != "claimed":
             return "skipped_busy"
@@ -216,7 +217,7 @@ class _Batch:
         verification._record(
             finding_id=row.pk,
             request_id=request_id,
-            status=claim.previous_status,
+            status=previous_status,
             pending_since=None,
             last_error_code=error.code,
             next_refresh_at=timezone.now() + timedelta(seconds=delay),
@@ -233,7 +234,7 @@ def _refresh_batch(rows: list[FindingTokenStatus], pool: _Pool, state: _TickStat
     client_error = "verification_disabled"
     if app.sdrs_enabled:
         try:
-            client = SdrsClient(SdrsConfig.current())
+            client = SdrsClient(SdrsConfig.from_settings(app))
         except SdrsMisconfigured as exc:
             client_error = exc.code
     unverifiable: dict[str, list[int]] = defaultdict(list)

@@ -12,6 +12,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from project import crypto
@@ -43,34 +44,39 @@ def _system_user_id(finding: Finding) -> int:
 @dataclass(frozen=True)
 class Claim:
     outcome: str  # claimed, missing, already_accepted, in_flight
-    previous_status: str = ""
     wait_seconds: float = 0.0
 
 
 def _claim(*, finding_id: int, request_id: str, attempt: int, lease: float, force: bool) -> Claim:
-    """Mark the status pending for this request, unless a request for it is being sent right
-    now or SDRS already accepted one that still awaits its callback."""
+    """Mark the status pending for this request, in one conditional UPDATE, unless a
+    request for it is being sent right now or SDRS already accepted one that still awaits
+    its callback (then nothing is sent)."""
     now = timezone.now()
-    with transaction.atomic():
-        row = FindingTokenStatus.objects.select_for_update().filter(pk=finding_id).first()
-        if row is None:
-            return Claim("missing")
-        if row.sending_until and row.sending_until > now:
-            return Claim("in_flight", wait_seconds=(row.sending_until - now).total_seconds())
-        accepted_recently = row.accepted_at and row.accepted_at > now - timedelta(seconds=settings.SDRS_PENDING_TIMEOUT)
-        if not force and row.status == TokenStatus.PENDING and accepted_recently:
-            return Claim("already_accepted")
-        FindingTokenStatus.objects.filter(pk=finding_id).update(
-            status=TokenStatus.PENDING,
-            verifier=Verifier.PARTNER,
-            pending_since=now,
-            sending_until=now + timedelta(seconds=lease),
-            last_request_id=request_id,
-            attempts=attempt,
-            accepted_at=None,
-            updated_at=now,
-        )
-    return Claim("claimed", previous_status=row.status)
+    claimable = FindingTokenStatus.objects.filter(pk=finding_id).filter(
+        Q(sending_until__isnull=True) | Q(sending_until__lte=now)
+    )
+    if not force:
+        recent = now - timedelta(seconds=settings.SDRS_PENDING_TIMEOUT)
+        claimable = claimable.exclude(status=TokenStatus.PENDING, accepted_at__gt=recent)
+    claimed = claimable.update(
+        status=TokenStatus.PENDING,
+        verifier=Verifier.PARTNER,
+        pending_since=now,
+        sending_until=now + timedelta(seconds=lease),
+        last_request_id=request_id,
+        attempts=attempt,
+        accepted_at=None,
+        updated_at=now,
+    )
+    if claimed:
+        return Claim("claimed")
+    # Say why: this is the rare path.
+    row = FindingTokenStatus.objects.filter(pk=finding_id).values("sending_until").first()
+    if row is None:
+        return Claim("missing")
+    if row["sending_until"] and row["sending_until"] > now:
+        return Claim("in_flight", wait_seconds=(row["sending_until"] - now).total_seconds())
+    return Claim("already_accepted")
 
 
 def _record(*, finding_id: int, request_id: str, **fields) -> bool:
@@ -160,7 +166,7 @@ def token_verification_run(*, finding_id: int, user_id: int | None = None, force
             raise SdrsMisconfigured("no SDRS JWT signing key is configured", code="signing_key_missing")
         if not finding.raw_value or not finding.token_type:
             raise PermanentError("the finding has no token value or no token type", code="finding_without_token")
-        client = SdrsClient(SdrsConfig.current())
+        client = SdrsClient(SdrsConfig.from_settings(row))
     except AppError as exc:
         log_attempt(finding=finding, attempt=attempt, request_id=request_id, decision=f"failed: {exc.code}", error=exc)
         metrics.VERIFICATION_REQUESTS.labels(partner=partner or "none", outcome="permanent").inc()

@@ -63,8 +63,13 @@ def sign(*, secret: str, timestamp: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
-def default_decision(token_type: str, token_value: str) -> str:
-    return "inactive" if any(marker in token_value.lower() for marker in INACTIVE_MARKERS) else "active"
+def default_decision(token_type: str, token_value: str) -> str | None:
+    """The partner's verdict: inactive when the value says so, otherwise active; a value
+    containing "lost" gets no callback at all (SDRS accepted it, then lost it)."""
+    lowered = token_value.lower()
+    if "lost" in lowered:
+        return None
+    return "inactive" if any(marker in lowered for marker in INACTIVE_MARKERS) else "active"
 
 
 @dataclass
@@ -264,9 +269,10 @@ class SdrsServer:
             self._record(request_id, payload, 400, claims)
             return 400, {"error": problem}, {}
         self._record(request_id, payload, 202, claims)
-        if self.failures.drop_callbacks:
-            return 202, {"status": "accepted", "request_id": request_id}, {}
         status = self.decide(payload["token_type"], payload["token_value"])
+        if self.failures.drop_callbacks or status is None:
+            # Accepted, then lost: no callback will ever come for this request.
+            return 202, {"status": "accepted", "request_id": request_id}, {}
         with self._lock:
             self._pending_callbacks += 1
         self._callback_queue.put(
