@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from project.errors import NotFound, Unauthorized, ValidationFailed
@@ -108,28 +108,32 @@ def callback_apply(*, body: bytes, timestamp: str | None, signature: str | None)
     callback_authenticate(body=body, timestamp=timestamp, signature=signature)
     finding_id, status, verified_at, request_id = _parse(body)
     now = timezone.now()
-    with transaction.atomic():
-        row = FindingTokenStatus.objects.select_for_update().filter(pk=finding_id).first()
-        if row is None:
+    # One conditional UPDATE applies the result only when it is newer than the stored one
+    # (or the same time with another status), so concurrent deliveries cannot reorder.
+    newer = (
+        Q(last_verified_at__isnull=True)
+        | Q(last_verified_at__lt=verified_at)
+        | (Q(last_verified_at=verified_at) & ~Q(status=status))
+    )
+    applied = FindingTokenStatus.objects.filter(newer, pk=finding_id).update(
+        status=status,
+        last_verified_at=verified_at,
+        last_request_id=request_id,
+        last_error_code="",
+        pending_since=None,
+        accepted_at=None,
+        result_received_at=now,
+        next_refresh_at=_next_refresh(status, now),
+        updated_at=now,
+    )
+    if applied:
+        outcome = "applied"
+    else:
+        stored = FindingTokenStatus.objects.filter(pk=finding_id).values("last_verified_at").first()
+        if stored is None:
             metrics.CALLBACKS.labels(result="not_found").inc()
             raise NotFound("404 Finding Not Found", code="finding_not_found")
-        if row.last_verified_at is not None and verified_at < row.last_verified_at:
-            outcome = "stale"
-        elif row.last_verified_at == verified_at and row.status == status:
-            outcome = "duplicate"
-        else:
-            FindingTokenStatus.objects.filter(pk=finding_id).update(
-                status=status,
-                last_verified_at=verified_at,
-                last_request_id=request_id,
-                last_error_code="",
-                pending_since=None,
-                accepted_at=None,
-                result_received_at=now,
-                next_refresh_at=_next_refresh(status, now),
-                updated_at=now,
-            )
-            outcome = "applied"
+        outcome = "duplicate" if stored["last_verified_at"] == verified_at else "stale"
     metrics.CALLBACKS.labels(result=outcome).inc()
     logger.info(
         "SDRS callback %s",

@@ -409,17 +409,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--callback-delay", type=float, default=2.0, help="seconds before calling back")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before answering each request")
     parser.add_argument("--fail-once-percent", type=float, default=0.0, help="500 once for this share of findings")
+    parser.add_argument("--drop-callbacks", action="store_true", help="accept requests but never call back")
+    parser.add_argument("--callback-workers", type=int, default=4, help="threads sending callbacks")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s sdrs: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s sdrs: %(message)s")
     server = SdrsServer(
         public_key=Path(args.public_key).read_text(),
         callback_secret=Path(args.callback_secret_file).read_text().strip(),
         host=args.host,
         port=args.port,
         callback_delay=args.callback_delay,
+        callback_workers=args.callback_workers,
     )
     server.failures.latency = args.latency
     server.failures.fail_once_percent = args.fail_once_percent
+    server.failures.drop_callbacks = args.drop_callbacks
     server.start()
     logger.info("listening on %s (callbacks after %.1f s)", server.url, args.callback_delay)
     stop = threading.Event()
