@@ -162,6 +162,24 @@ class Sdrs:
             os.killpg(self.process.pid, signal.SIGKILL)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its live children."""
+    import psutil
+
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        for process in [root, *root.children(recursive=True)]:
+            try:
+                times = process.cpu_times()
+                total += times.user + times.system
+            except psutil.NoSuchProcess:
+                pass
+    except psutil.NoSuchProcess:
+        pass
+    return total
+
+
 def _baseline(sdrs, count: int, concurrency: int, private_key: str) -> dict:
     """Bare threads, same client, same server: no jobs, no database."""
     from secret_detection.clients import SdrsClient, SdrsConfig, VerifyRequest
@@ -359,12 +377,19 @@ def main() -> int:
             for label, percent in (("clean", 0.0), ("fail_once", args.fail_once_percent)):
                 sdrs = Sdrs(keys_dir=keys_dir, latency=args.latency, fail_once_percent=percent)
                 ApplicationSetting.objects.filter(pk=row.pk).update(sdrs_url=sdrs.url)
+                workers = cluster.process.pid if cluster else os.getpid()
+                pids = {"product": workers, "web": web.process.pid, "sdrs": sdrs.process.pid}
+                cpu_before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
                 try:
                     project = core.project_create(
                         namespace_path="bench", path=f"{mode}-{label}", name=f"{mode} {label}", owner=user
                     )
                     run = _run_jobs if mode == "jobs" else _run_refresher
                     outcome = run(project, user, args.findings, f"{mode}-{label}", timeout=600)
+                    # CPU used, so that the figures can be judged on a busy machine too.
+                    outcome["cpu_s"] = {
+                        name: round(_cpu_seconds(pid) - cpu_before[name], 2) for name, pid in pids.items()
+                    }
                 finally:
                     sdrs.stop()
                 outcome["vs_ideal"] = round(outcome["wall_s"] / ideal, 2)

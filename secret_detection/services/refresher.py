@@ -68,41 +68,56 @@ class _Pool:
 
     def __init__(self, size: int) -> None:
         self.size = size
+        self.outcomes: Counter[str] = Counter()
         self._queue: queue.Queue = queue.Queue()
         self._threads: list[threading.Thread] = []
+        self._pending = 0
+        self._done = threading.Condition()
 
     def _worker(self) -> None:
         try:
             while True:
                 item = self._queue.get()
                 if item is None:
-                    self._queue.task_done()
                     return
-                ctx, fn, arg, results, index = item
+                ctx, fn, arg = item
                 try:
-                    results[index] = ctx.run(fn, arg)
+                    outcome = ctx.run(fn, arg)
                 except Exception:
                     # The row keeps the lease its claim gave it, so it comes back later.
                     logger.exception("refreshing a token status failed")
-                    results[index] = "error"
-                finally:
-                    self._queue.task_done()
+                    outcome = "error"
+                metrics.REFRESH_ROWS.labels(outcome=outcome).inc()
+                with self._done:
+                    self.outcomes[outcome] += 1
+                    self._pending -= 1
+                    self._done.notify_all()
         finally:
             connections.close_all()  # this thread's connections only
 
-    def map(self, fn: Callable[[Any], str], items: list[Any]) -> list[str]:
-        while len(self._threads) < min(self.size, len(items)):
+    def submit(self, fn: Callable[[Any], str], items: list[Any]) -> None:
+        while len(self._threads) < min(self.size, len(items) + self._pending):
             thread = threading.Thread(target=self._worker, name=f"token-refresh-{len(self._threads)}", daemon=True)
             thread.start()
             self._threads.append(thread)
-        results: list[str] = [""] * len(items)
-        for index, item in enumerate(items):
+        with self._done:
+            self._pending += len(items)
+        for item in items:
             # Each task runs in a copy of this context, so its log lines carry the job's.
-            self._queue.put((contextvars.copy_context(), fn, item, results, index))
-        self._queue.join()
-        return results
+            self._queue.put((contextvars.copy_context(), fn, item))
+
+    @property
+    def busy(self) -> bool:
+        with self._done:
+            return self._pending > 0
+
+    def wait(self, *, at_most: int = 0) -> None:
+        """Until no more than ``at_most`` rows are waiting or in flight."""
+        with self._done:
+            self._done.wait_for(lambda: self._pending <= at_most)
 
     def close(self) -> None:
+        self.wait()
         for _ in self._threads:
             self._queue.put(None)
         for thread in self._threads:
@@ -259,11 +274,11 @@ def _refresh_batch(rows: list[FindingTokenStatus], pool: _Pool, state: _TickStat
     for code, ids in unverifiable.items():
         _back_off(ids, code=code, seconds=settings.TOKEN_REFRESH_NO_VERIFIER_BACKOFF)
         counts["no_verifier"] += len(ids)
-    if groups and client is not None:
-        batch = _Batch(client, state)
-        counts.update(pool.map(batch.refresh_one, _interleave(groups)))
     for outcome, number in counts.items():
-        metrics.REFRESH_ROWS.labels(outcome=outcome if outcome in metrics.REFRESH_OUTCOMES else "other").inc(number)
+        metrics.REFRESH_ROWS.labels(outcome=outcome).inc(number)
+    if groups and client is not None:
+        # Sent by the pool; their outcomes are counted there.
+        pool.submit(_Batch(client, state).refresh_one, _interleave(groups))
     return counts
 
 
@@ -289,14 +304,23 @@ def token_statuses_refresh() -> dict[str, Any]:
         try:
             while True:
                 rows = _claim_due(batch_size=settings.TOKEN_REFRESH_BATCH_SIZE)
+                if not rows and pool.busy:
+                    # Rows in flight may fail and be due again at once (a short
+                    # Retry-After): look once more when the pool is idle.
+                    pool.wait()
+                    rows = _claim_due(batch_size=settings.TOKEN_REFRESH_BATCH_SIZE)
                 if not rows:
                     break
                 totals["claimed"] += len(rows)
                 totals += _refresh_batch(rows, pool, state)
+                # Claim the next batch while the last rows of this one are still in flight,
+                # so the pool never idles between batches.
+                pool.wait(at_most=pool.size)
                 if time.monotonic() - started >= budget:
                     break
         finally:
             pool.close()
+        totals += pool.outcomes
     result = {**totals, "duration_s": round(time.monotonic() - started, 3)}
     if totals:
         logger.info("token refresh tick finished", extra=result)
