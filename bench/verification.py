@@ -163,13 +163,15 @@ class Sdrs:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its live children."""
+    """User + system CPU of a process and its live children (only its own for this
+    process, whose children are the web server and SDRS, counted apart)."""
     import psutil
 
     total = 0.0
     try:
         root = psutil.Process(pid)
-        for process in [root, *root.children(recursive=True)]:
+        family = [root] if pid == os.getpid() else [root, *root.children(recursive=True)]
+        for process in family:
             try:
                 times = process.cpu_times()
                 total += times.user + times.system

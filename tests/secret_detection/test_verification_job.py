@@ -270,3 +270,40 @@ def test_429_retry_after_longer_than_the_policy_delay_is_honoured(finding, sdrs,
         run.refresh_from_db()
         assert run.status == JobRun.Status.QUEUED
         assert run.due_at == timezone.now() + timedelta(seconds=90)
+
+
+# --- against the local SDRS server, over real HTTP ----------------------------------
+
+
+def test_the_local_sdrs_accepts_a_real_request_and_checks_our_jwt(finding, developer, sdrs_server, sdrs_settings):
+    sdrs_settings(url=sdrs_server.url)
+    services.token_verification_run(finding_id=finding.pk)
+    (record,) = sdrs_server.verifies
+    assert (record.answered, record.finding_id, record.subject) == (202, finding.pk, f"user:{developer.pk}")
+    assert record.request_id == _status(finding).last_request_id
+
+
+def test_a_slow_sdrs_is_a_retryable_timeout(finding, sdrs_server, sdrs_settings):
+    sdrs_settings(url=sdrs_server.url, sdrs_timeout=0.3)
+    sdrs_server.failures.latency = 1.0
+    with pytest.raises(RetryableError) as caught:
+        services.token_verification_run(finding_id=finding.pk)
+    assert caught.value.code == "sdrs_timeout"
+
+
+def test_sdrs_refusing_our_key_is_permanent(finding, sdrs_server, sdrs_settings):
+    from tests.support.sdrs import keypair
+
+    sdrs_settings(url=sdrs_server.url, sdrs_jwt_signing_key=keypair()[0])
+    with pytest.raises(PermanentError) as caught:
+        services.token_verification_run(finding_id=finding.pk)
+    assert caught.value.code == "sdrs_auth_rejected"
+    assert sdrs_server.rejections["InvalidSignatureError"] == 1
+
+
+def test_a_429_from_the_local_sdrs_carries_its_retry_after(finding, sdrs_server, sdrs_settings):
+    sdrs_settings(url=sdrs_server.url)
+    sdrs_server.failures.status, sdrs_server.failures.retry_after = 429, 45
+    with pytest.raises(RetryableError) as caught:
+        services.token_verification_run(finding_id=finding.pk)
+    assert (caught.value.code, caught.value.retry_after) == ("sdrs_rate_limited", 45)
