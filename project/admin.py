@@ -6,6 +6,7 @@ from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils.html import format_html
 
 from project import services
 from project.errors import AppError
@@ -140,7 +141,7 @@ class ApplicationSettingAdmin(admin.ModelAdmin):
     """A single row: the list page opens it directly."""
 
     form = ApplicationSettingForm
-    readonly_fields = ("updated_at",)
+    readonly_fields = ("updated_at", "sdrs_connection")
     fieldsets = [
         (
             "Project exports",
@@ -158,6 +159,7 @@ class ApplicationSettingAdmin(admin.ModelAdmin):
                     "sdrs_callback_secret",
                     "clear_sdrs_callback_secret",
                     "sdrs_timeout",
+                    "sdrs_connection",
                 )
             },
         ),
@@ -169,6 +171,14 @@ class ApplicationSettingAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: ApplicationSetting | None = None) -> bool:
         return False
+
+    @admin.display(description="Connection")
+    def sdrs_connection(self, obj: ApplicationSetting) -> str:
+        return format_html(
+            '<a class="button" href="{}">Check connection</a>&nbsp; Probes SDRS with the saved settings and a '
+            "signed request that carries no token. Save changes first.",
+            reverse("admin:secret_detection_sdrs_check"),
+        )
 
     def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
         row = ApplicationSetting.current()

@@ -130,7 +130,12 @@ def _children(host: str, port: int, args: argparse.Namespace) -> dict[str, list[
 
 def _demo_processes(args: argparse.Namespace) -> dict[str, list[str]]:
     """Extra processes for ``make demo`` (sample data and stand-ins for outside services)."""
-    return {}
+    if not args.demo:
+        return {}
+    from secret_detection.demo import local_sdrs_command
+
+    # A local SDRS-compatible server; the application settings are pointed at it.
+    return {"sdrs": local_sdrs_command(var_dir=VAR, python=PYTHON)}
 
 
 def _print_banner(host: str, port: int, admin_line: str, children: dict[str, list[str]]) -> None:

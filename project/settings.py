@@ -230,6 +230,10 @@ TOKEN_REFRESH_CONCURRENCY = env_int("TOKEN_REFRESH_CONCURRENCY", 10, minimum=1)
 TOKEN_REFRESH_NO_VERIFIER_BACKOFF = env_int("TOKEN_REFRESH_NO_VERIFIER_BACKOFF", 600, minimum=1)
 TOKEN_REFRESH_CRON = env_str("TOKEN_REFRESH_CRON", "* * * * *")
 TOKEN_REFRESH_TICK_TIMEOUT = env_int("TOKEN_REFRESH_TICK_TIMEOUT", 240, minimum=1)
+# A verification that failed (retries spent, no callback in time, an SDRS error during a
+# refresh) is tried again by the refresher after this long.
+TOKEN_REFRESH_RETRY_AFTER = env_int("TOKEN_REFRESH_RETRY_AFTER", 600, minimum=1)
+SDRS_PENDING_SWEEP_CRON = env_str("SDRS_PENDING_SWEEP_CRON", "* * * * *")
 
 # --- REST API -------------------------------------------------------------------------
 

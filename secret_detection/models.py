@@ -1,0 +1,154 @@
+"""Secret detection findings, their token statuses, and the registry of partner token types."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.db.models.functions import Lower
+from django.utils import timezone
+
+from project.fields import EncryptedTextField
+from project.models import Project
+
+
+class Partner(models.TextChoices):
+    """Who verifies a token type through SDRS; also the rate-limit group of the refresher
+    (a 429 for one partner pauses that partner's rows only), as GitLab's ``rate_limit_key``."""
+
+    AWS = "aws", "Amazon Web Services"
+    GCP = "gcp", "Google Cloud"
+    POSTMAN = "postman", "Postman"
+    GITHUB = "github", "GitHub"
+
+
+class PartnerTokenType(models.Model):
+    """A gitleaks rule id whose tokens are sent to SDRS for verification (GitLab's
+    ``PartnerTokens::Registry``), with a switch per type."""
+
+    token_type = models.CharField(
+        max_length=255, help_text="The gitleaks rule id, as in the report's identifiers (case-insensitive)."
+    )
+    partner = models.CharField(max_length=32, choices=Partner.choices)
+    enabled = models.BooleanField(default=True, help_text="Send tokens of this type to SDRS.")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "secret_detection_partner_token_types"
+        ordering = ["partner", "token_type"]
+        constraints = [models.UniqueConstraint(Lower("token_type"), name="partner_token_type_unique_ci")]
+
+    def __str__(self) -> str:
+        return self.token_type
+
+
+class Severity(models.TextChoices):
+    INFO = "Info"
+    UNKNOWN = "Unknown"
+    LOW = "Low"
+    MEDIUM = "Medium"
+    HIGH = "High"
+    CRITICAL = "Critical"
+
+
+class Finding(models.Model):
+    """One leaked secret found by a secret detection report.
+
+    ``identity`` is stable across imports (see ``services.reports``), so importing the same
+    report again finds the existing rows. The raw value is stored encrypted because it must
+    be sent to SDRS; everywhere else only ``value_fingerprint`` is shown.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="secret_detection_findings")
+    identity = models.CharField(max_length=64, editable=False)
+    report_finding_id = models.CharField("report id", max_length=255, blank=True, default="")
+    name = models.CharField(max_length=255, blank=True, default="")
+    description = models.TextField(blank=True, default="")
+    severity = models.CharField(max_length=16, choices=Severity.choices, default=Severity.UNKNOWN)
+    confidence = models.CharField(max_length=16, blank=True, default="")
+    token_type = models.CharField(max_length=255, blank=True, default="", help_text="The gitleaks rule id.")
+    file_path = models.CharField(max_length=1024, blank=True, default="")
+    start_line = models.PositiveIntegerField(null=True, blank=True)
+    end_line = models.PositiveIntegerField(null=True, blank=True)
+    commit_sha = models.CharField(max_length=64, blank=True, default="")
+    identifiers = models.JSONField(default=list, blank=True)
+    scanner_id = models.CharField(max_length=64, blank=True, default="")
+    raw_value = EncryptedTextField(blank=True, default="")
+    value_fingerprint = models.CharField("token", max_length=32, blank=True, default="")
+    imported_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        db_table = "secret_detection_findings"
+        ordering = ["-id"]
+        constraints = [models.UniqueConstraint(fields=["project", "identity"], name="finding_identity_unique")]
+        indexes = [models.Index(fields=["token_type"], name="sd_findings_token_type")]
+
+    def __str__(self) -> str:
+        return f"{self.token_type or self.name} in {self.location}"
+
+    @property
+    def location(self) -> str:
+        return f"{self.file_path}:{self.start_line}" if self.start_line else self.file_path
+
+
+class TokenStatus(models.TextChoices):
+    UNKNOWN = "unknown"
+    PENDING = "pending"
+    ACTIVE = "active"
+    INACTIVE = "inactive"
+
+
+class Verifier(models.TextChoices):
+    PARTNER = "partner", "partner (SDRS)"
+    LOCAL = "local", "local (our tokens)"
+    NONE = "none", "none"
+
+
+class FindingTokenStatus(models.Model):
+    """Whether a finding's token still works (GitLab's ``secret_detection_token_statuses``).
+
+    ``pending`` means a verification request is in flight or accepted by SDRS and waiting
+    for its callback; ``pending_since`` lets the sweep return it to unknown if the callback
+    never comes. ``sending_until`` is the lease of the attempt sending right now, so two
+    workers never send the same finding at once.
+    """
+
+    finding = models.OneToOneField(Finding, primary_key=True, on_delete=models.CASCADE, related_name="token_status")
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    status = models.CharField(max_length=16, choices=TokenStatus.choices, default=TokenStatus.UNKNOWN)
+    verifier = models.CharField(max_length=16, choices=Verifier.choices, blank=True, default="")
+    routed_at = models.DateTimeField(null=True, blank=True, help_text="When the routing job handled it.")
+    last_verified_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0, help_text="Requests sent in the latest verification.")
+    last_error_code = models.CharField(max_length=64, blank=True, default="")
+    last_request_id = models.CharField(max_length=64, blank=True, default="")
+    next_refresh_at = models.DateTimeField(null=True, blank=True)
+    pending_since = models.DateTimeField(null=True, blank=True)
+    accepted_at = models.DateTimeField(null=True, blank=True, help_text="SDRS accepted the latest request.")
+    sending_until = models.DateTimeField(null=True, blank=True, editable=False)
+    result_received_at = models.DateTimeField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "secret_detection_token_statuses"
+        verbose_name = "token status"
+        verbose_name_plural = "token statuses"
+        ordering = ["-finding_id"]
+        indexes = [
+            models.Index(
+                fields=["next_refresh_at"], name="sd_status_refresh_due", condition=Q(next_refresh_at__isnull=False)
+            ),
+            models.Index(fields=["pending_since"], name="sd_status_pending", condition=Q(status="pending")),
+            models.Index(
+                fields=["project", "routed_at"], name="sd_status_unrouted", condition=Q(routed_at__isnull=True)
+            ),
+            models.Index(fields=["status"], name="sd_status_status"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.status} (finding {self.finding_id})"

@@ -1,0 +1,35 @@
+"""Business logic of secret detection, by concern:
+
+* ``reports``: validate and import gl-secret-detection-report.json;
+* ``routing``: which verifier a token type has; the routing job (UpdateTokenStatus);
+* ``verification``: the PartnerTokenVerification job and the pending sweep;
+* ``callbacks``: SDRS's signed callbacks;
+* ``refresher``: the scheduled re-verification of stale statuses;
+* ``connection``: the admin's "check connection".
+"""
+
+from secret_detection.services.callbacks import callback_apply, callback_signature
+from secret_detection.services.connection import ConnectionCheck, sdrs_connection_check
+from secret_detection.services.refresher import token_statuses_refresh, token_statuses_refresh_now
+from secret_detection.services.reports import ImportResult, InvalidReport, report_import, report_parse, report_validate
+from secret_detection.services.routing import token_statuses_route, token_statuses_verify_now
+from secret_detection.services.verification import pending_expire, token_verification_failed, token_verification_run
+
+__all__ = [
+    "ConnectionCheck",
+    "ImportResult",
+    "InvalidReport",
+    "callback_apply",
+    "callback_signature",
+    "pending_expire",
+    "report_import",
+    "report_parse",
+    "report_validate",
+    "sdrs_connection_check",
+    "token_statuses_refresh",
+    "token_statuses_refresh_now",
+    "token_statuses_route",
+    "token_statuses_verify_now",
+    "token_verification_failed",
+    "token_verification_run",
+]

@@ -1,0 +1,143 @@
+"""SDRS's signed callbacks: authenticate them like webhooks, then apply results in order."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import logging
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+
+from project.errors import NotFound, Unauthorized, ValidationFailed
+from project.models import ApplicationSetting
+from secret_detection import metrics
+from secret_detection.models import FindingTokenStatus, TokenStatus
+
+logger = logging.getLogger(__name__)
+
+SIGNATURE_PREFIX = "sha256="
+MAX_BODY_BYTES = 64 * 1024
+RESULT_STATUSES = (TokenStatus.ACTIVE, TokenStatus.INACTIVE, TokenStatus.UNKNOWN)
+
+
+def callback_signature(*, secret: str, timestamp: str, body: bytes) -> str:
+    """``sha256=<hex>``: HMAC-SHA256 of ``timestamp + "." + body`` under the shared secret."""
+    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return SIGNATURE_PREFIX + digest
+
+
+def _rejected(reason: str, message: str) -> Unauthorized:
+    metrics.CALLBACKS.labels(result=reason).inc()
+    logger.warning("SDRS callback rejected: %s", message, extra={"reason": reason})
+    return Unauthorized("401 Unauthorized", code=reason)
+
+
+def callback_authenticate(*, body: bytes, timestamp: str | None, signature: str | None) -> None:
+    secret = ApplicationSetting.current().sdrs_callback_secret
+    if not secret:
+        raise _rejected("callback_secret_missing", "no SDRS callback secret is configured")
+    if not timestamp or not signature:
+        raise _rejected("signature_missing", "X-SDRS-Timestamp or X-SDRS-Signature is missing")
+    if not timestamp.isdigit() or len(timestamp) > 12:
+        raise _rejected("timestamp_invalid", "X-SDRS-Timestamp is not unix seconds")
+    expected = callback_signature(secret=secret, timestamp=timestamp, body=body)
+    if not hmac.compare_digest(expected.encode(), signature.strip().encode()):
+        raise _rejected("signature_invalid", "the signature does not match")
+    # Checked after the signature, so an unsigned request learns nothing about our clock.
+    skew = abs(timezone.now().timestamp() - int(timestamp))
+    if skew > settings.SDRS_CALLBACK_MAX_SKEW:
+        raise _rejected("timestamp_expired", f"the timestamp is {skew:.0f} s off")
+
+
+def _invalid(message: str) -> ValidationFailed:
+    metrics.CALLBACKS.labels(result="invalid").inc()
+    return ValidationFailed(message, code="invalid_callback")
+
+
+def _parse(body: bytes) -> tuple[int, str, dt.datetime, str]:
+    try:
+        payload: Any = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise _invalid("the body is not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise _invalid("the body must be a JSON object")
+    finding_id = payload.get("finding_id")
+    if not isinstance(finding_id, int) or isinstance(finding_id, bool) or finding_id < 1:
+        raise _invalid("finding_id must be a positive integer")
+    status = payload.get("status")
+    if status not in RESULT_STATUSES:
+        raise _invalid(f"status must be one of {', '.join(RESULT_STATUSES)}")
+    request_id = payload.get("request_id")
+    if not isinstance(request_id, str) or not 0 < len(request_id) <= 64:
+        raise _invalid("request_id must be a string of 1 to 64 characters")
+    raw_time = payload.get("verified_at")
+    try:
+        verified_at = dt.datetime.fromisoformat(raw_time.replace("Z", "+00:00")) if isinstance(raw_time, str) else None
+    except ValueError:
+        verified_at = None
+    if verified_at is None or verified_at.tzinfo is None:
+        raise _invalid("verified_at must be an ISO-8601 time with a time zone")
+    if verified_at > timezone.now() + timedelta(seconds=settings.SDRS_CALLBACK_MAX_SKEW):
+        # A time in the future would block every later result.
+        raise _invalid("verified_at is in the future")
+    return finding_id, status, verified_at, request_id
+
+
+def _next_refresh(status: str, now: dt.datetime) -> dt.datetime | None:
+    if status == TokenStatus.ACTIVE:
+        return now + timedelta(seconds=settings.TOKEN_REFRESH_ACTIVE_AFTER)
+    if status == TokenStatus.UNKNOWN:
+        return now + timedelta(seconds=settings.TOKEN_REFRESH_RETRY_AFTER)
+    return None  # inactive: a revoked token does not come back
+
+
+def callback_apply(*, body: bytes, timestamp: str | None, signature: str | None) -> str:
+    """Authenticate and apply one callback; returns ``applied``, ``duplicate`` or ``stale``.
+
+    A repeat of the stored result is a no-op, and a result verified before the stored
+    ``last_verified_at`` never replaces it, so replays and late deliveries change nothing.
+    """
+    if len(body) > MAX_BODY_BYTES:
+        raise _invalid("the body is too large")
+    callback_authenticate(body=body, timestamp=timestamp, signature=signature)
+    finding_id, status, verified_at, request_id = _parse(body)
+    now = timezone.now()
+    # One conditional UPDATE applies the result only when it is newer than the stored one
+    # (or the same time with another status), so concurrent deliveries cannot reorder.
+    newer = (
+        Q(last_verified_at__isnull=True)
+        | Q(last_verified_at__lt=verified_at)
+        | (Q(last_verified_at=verified_at) & ~Q(status=status))
+    )
+    applied = FindingTokenStatus.objects.filter(newer, pk=finding_id).update(
+        status=status,
+        last_verified_at=verified_at,
+        last_request_id=request_id,
+        last_error_code="",
+        pending_since=None,
+        accepted_at=None,
+        result_received_at=now,
+        next_refresh_at=_next_refresh(status, now),
+        updated_at=now,
+    )
+    if applied:
+        outcome = "applied"
+    else:
+        stored = FindingTokenStatus.objects.filter(pk=finding_id).values("last_verified_at").first()
+        if stored is None:
+            metrics.CALLBACKS.labels(result="not_found").inc()
+            raise NotFound("404 Finding Not Found", code="finding_not_found")
+        outcome = "duplicate" if stored["last_verified_at"] == verified_at else "stale"
+    metrics.CALLBACKS.labels(result=outcome).inc()
+    logger.info(
+        "SDRS callback %s",
+        outcome,
+        extra={"finding_id": finding_id, "status": status, "sdrs_request_id": request_id},
+    )
+    return outcome

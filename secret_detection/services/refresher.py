@@ -1,0 +1,343 @@
+"""The status refresher, on the pattern of coder's gitsync worker.
+
+Each tick claims statuses whose ``next_refresh_at`` has passed, in batches, with
+``FOR UPDATE SKIP LOCKED``; the claim itself pushes ``next_refresh_at`` forward by the
+tick's time budget, so a tick that dies only delays its rows. Outbound calls run on a
+bounded pool of threads. A 429 pauses that partner for the rest of the tick (its rows wait
+for ``Retry-After``); SDRS being unreachable or refusing our key pauses every partner.
+Rows that nothing can verify back off instead of coming back every tick.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import math
+import queue
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from itertools import chain, zip_longest
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, connections, transaction
+from django.utils import timezone
+
+from project.errors import AppError
+from project.models import ApplicationSetting
+from secret_detection import metrics
+from secret_detection.clients import SdrsClient, SdrsConfig, SdrsMisconfigured, SdrsRateLimited
+from secret_detection.models import FindingTokenStatus, TokenStatus, Verifier
+from secret_detection.services import verification
+from secret_detection.services.routing import (
+    local_result_fields,
+    local_token_status,
+    partner_types_enabled,
+    verifier_resolve,
+)
+
+logger = logging.getLogger(__name__)
+
+_LOCK_KEY = "secret_detection.refresh"
+_PAUSE_ALL_CODES = {"sdrs_unavailable", "sdrs_timeout", "sdrs_auth_rejected"}
+
+
+@contextlib.contextmanager
+def _tick_lock() -> Iterator[bool]:
+    """One tick at a time across the cluster: a tick that outlives its interval makes the
+    next one return at once instead of doubling the outbound concurrency."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(hashtext(%s))", [_LOCK_KEY])
+        (locked,) = cursor.fetchone()
+    try:
+        yield locked
+    finally:
+        if locked:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(hashtext(%s))", [_LOCK_KEY])
+
+
+class _Pool:
+    """A fixed set of threads for one tick. Each thread keeps its database connection for
+    the whole tick and closes it when the tick ends."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.outcomes: Counter[str] = Counter()
+        self._queue: queue.Queue = queue.Queue()
+        self._threads: list[threading.Thread] = []
+        self._pending = 0
+        self._done = threading.Condition()
+
+    def _worker(self) -> None:
+        try:
+            while True:
+                item = self._queue.get()
+                if item is None:
+                    return
+                ctx, fn, arg = item
+                try:
+                    outcome = ctx.run(fn, arg)
+                except Exception:
+                    # The row keeps the lease its claim gave it, so it comes back later.
+                    logger.exception("refreshing a token status failed")
+                    outcome = "error"
+                metrics.REFRESH_ROWS.labels(outcome=outcome).inc()
+                with self._done:
+                    self.outcomes[outcome] += 1
+                    self._pending -= 1
+                    self._done.notify_all()
+        finally:
+            connections.close_all()  # this thread's connections only
+
+    def submit(self, fn: Callable[[Any], str], items: list[Any]) -> None:
+        while len(self._threads) < min(self.size, len(items) + self._pending):
+            thread = threading.Thread(target=self._worker, name=f"token-refresh-{len(self._threads)}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        with self._done:
+            self._pending += len(items)
+        for item in items:
+            # Each task runs in a copy of this context, so its log lines carry the job's.
+            self._queue.put((contextvars.copy_context(), fn, item))
+
+    @property
+    def busy(self) -> bool:
+        with self._done:
+            return self._pending > 0
+
+    def wait(self, *, at_most: int = 0) -> None:
+        """Until no more than ``at_most`` rows are waiting or in flight."""
+        with self._done:
+            self._done.wait_for(lambda: self._pending <= at_most)
+
+    def close(self) -> None:
+        self.wait()
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+
+class _TickState:
+    """Partners paused in this tick, shared by the pool's threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._paused: dict[str, tuple[str, float]] = {}
+        self._all: tuple[str, float] | None = None
+
+    def pause(self, partner: str, code: str, seconds: float) -> None:
+        with self._lock:
+            self._paused.setdefault(partner, (code, seconds))
+
+    def pause_all(self, code: str, seconds: float) -> None:
+        with self._lock:
+            if self._all is None:
+                self._all = (code, seconds)
+
+    def paused(self, partner: str) -> tuple[str, float] | None:
+        with self._lock:
+            return self._all or self._paused.get(partner)
+
+
+def _claim_due(*, batch_size: int) -> list[FindingTokenStatus]:
+    now = timezone.now()
+    lease = now + timedelta(seconds=settings.TOKEN_REFRESH_TICK_TIMEOUT)
+    with transaction.atomic():
+        ids = list(
+            FindingTokenStatus.objects.select_for_update(skip_locked=True)
+            .filter(next_refresh_at__lte=now)
+            .exclude(status=TokenStatus.PENDING)
+            .order_by("next_refresh_at")
+            .values_list("pk", flat=True)[:batch_size]
+        )
+        if not ids:
+            return []
+        FindingTokenStatus.objects.filter(pk__in=ids).update(next_refresh_at=lease, updated_at=now)
+    rows = FindingTokenStatus.objects.filter(pk__in=ids).select_related("finding", "finding__project")
+    order = {pk: position for position, pk in enumerate(ids)}  # oldest due first
+    return sorted(rows, key=lambda row: order[row.pk])
+
+
+def _back_off(ids: list[int], *, code: str, seconds: float) -> None:
+    if not ids:
+        return
+    now = timezone.now()
+    FindingTokenStatus.objects.filter(pk__in=ids).exclude(status=TokenStatus.PENDING).update(
+        last_error_code=code, next_refresh_at=now + timedelta(seconds=seconds), updated_at=now
+    )
+
+
+def _interleave(groups: dict[str, list]) -> list[tuple[str, Any]]:
+    # Alternate partners so that one paused (rate limited) partner does not hold a run
+    # of the pool's slots while the others wait.
+    lanes = [[(partner, row) for row in rows] for partner, rows in groups.items()]
+    return [item for item in chain.from_iterable(zip_longest(*lanes)) if item is not None]
+
+
+class _Batch:
+    def __init__(self, client: SdrsClient, state: _TickState) -> None:
+        self.client = client
+        self.state = state
+
+    def decide(self, partner: str) -> Callable[[AppError, int], str]:
+        def decision(error: AppError, attempt: int) -> str:
+            if isinstance(error, SdrsRateLimited):
+                return f"rate limited: {partner} paused for this tick, retry in {error.retry_after:g} s"
+            if error.code in _PAUSE_ALL_CODES:
+                return f"failed: {error.code}; every partner paused for this tick"
+            return f"failed: {error.code}; retry in {settings.TOKEN_REFRESH_RETRY_AFTER} s"
+
+        return decision
+
+    def refresh_one(self, item: tuple[str, FindingTokenStatus]) -> str:
+        partner, row = item
+        paused = self.state.paused(partner)
+        if paused is not None:
+            code, seconds = paused
+            _back_off([row.pk], code=code, seconds=seconds)
+            return "skipped_paused"
+        finding = row.finding
+        request_id = uuid.uuid4().hex
+        lease = sum(self.client.timeout) + 5
+        previous_status = row.status  # as claimed by this tick; pending rows are never claimed
+        claim = verification._claim(finding_id=row.pk, request_id=request_id, attempt=1, lease=lease, force=False)
+        if claim.outcome != "claimed":
+            return "skipped_busy"
+        error = verification.verification_send(
+            finding=finding,
+            client=self.client,
+            request_id=request_id,
+            attempt=1,
+            user_id=None,
+            partner=partner,
+            decide=self.decide(partner),
+        )
+        if error is None:
+            return "accepted"
+        delay = float(settings.TOKEN_REFRESH_RETRY_AFTER)
+        if isinstance(error, SdrsRateLimited):
+            delay = float(error.retry_after or delay)
+            self.state.pause(partner, error.code, delay)
+        elif error.code in _PAUSE_ALL_CODES:
+            self.state.pause_all(error.code, delay)
+        # A refresh that could not be made keeps what we knew (an active token stays
+        # active); the error code and the back-off say what happened.
+        verification._record(
+            finding_id=row.pk,
+            request_id=request_id,
+            status=previous_status,
+            pending_since=None,
+            last_error_code=error.code,
+            next_refresh_at=timezone.now() + timedelta(seconds=delay),
+        )
+        return "rate_limited" if isinstance(error, SdrsRateLimited) else "failed"
+
+
+def _refresh_batch(rows: list[FindingTokenStatus], pool: _Pool, state: _TickState) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    now = timezone.now()
+    app = ApplicationSetting.current()
+    partner_types = partner_types_enabled()
+    client: SdrsClient | None = None
+    client_error = "verification_disabled"
+    if app.sdrs_enabled:
+        try:
+            client = SdrsClient(SdrsConfig.from_settings(app))
+        except SdrsMisconfigured as exc:
+            client_error = exc.code
+    unverifiable: dict[str, list[int]] = defaultdict(list)
+    groups: dict[str, list[FindingTokenStatus]] = defaultdict(list)
+    for row in rows:
+        finding = row.finding
+        route = verifier_resolve(token_type=finding.token_type, partner_types=partner_types, sdrs_enabled=True)
+        if not finding.raw_value:
+            unverifiable["finding_without_token"].append(row.pk)
+        elif route.verifier == Verifier.LOCAL:
+            status = local_token_status(value=finding.raw_value)
+            FindingTokenStatus.objects.filter(pk=row.pk).exclude(status=TokenStatus.PENDING).update(
+                **local_result_fields(status=status, now=now)
+            )
+            counts[f"local_{status}"] += 1
+        elif route.reason:
+            unverifiable[route.reason].append(row.pk)
+        elif client is None:
+            unverifiable[client_error].append(row.pk)
+        else:
+            groups[route.partner].append(row)
+    for code, ids in unverifiable.items():
+        _back_off(ids, code=code, seconds=settings.TOKEN_REFRESH_NO_VERIFIER_BACKOFF)
+        counts["no_verifier"] += len(ids)
+    for outcome, number in counts.items():
+        metrics.REFRESH_ROWS.labels(outcome=outcome).inc(number)
+    if groups and client is not None:
+        # Sent by the pool; their outcomes are counted there.
+        pool.submit(_Batch(client, state).refresh_one, _interleave(groups))
+    return counts
+
+
+def _claim_budget() -> float:
+    """Seconds after which a tick stops claiming, so that its last batch still finishes
+    within the job's time budget (TOKEN_REFRESH_TICK_TIMEOUT)."""
+    per_call = 2 * min(ApplicationSetting.current().sdrs_timeout, 60.0)
+    rounds = math.ceil(settings.TOKEN_REFRESH_BATCH_SIZE / settings.TOKEN_REFRESH_CONCURRENCY) + 1
+    return max(0.0, settings.TOKEN_REFRESH_TICK_TIMEOUT - rounds * per_call)
+
+
+def token_statuses_refresh() -> dict[str, Any]:
+    """One refresher tick: claim due statuses batch after batch and re-verify them."""
+    started = time.monotonic()
+    with _tick_lock() as locked:
+        if not locked:
+            logger.info("token refresh tick skipped: the previous tick is still running")
+            return {"skipped": "previous tick still running"}
+        budget = _claim_budget()
+        totals: Counter[str] = Counter()
+        pool = _Pool(settings.TOKEN_REFRESH_CONCURRENCY)
+        state = _TickState()
+        try:
+            while True:
+                rows = _claim_due(batch_size=settings.TOKEN_REFRESH_BATCH_SIZE)
+                if not rows and pool.busy:
+                    # Rows in flight may fail and be due again at once (a short
+                    # Retry-After): look once more when the pool is idle.
+                    pool.wait()
+                    rows = _claim_due(batch_size=settings.TOKEN_REFRESH_BATCH_SIZE)
+                if not rows:
+                    break
+                totals["claimed"] += len(rows)
+                totals += _refresh_batch(rows, pool, state)
+                # Claim the next batch while the last rows of this one are still in flight,
+                # so the pool never idles between batches.
+                pool.wait(at_most=pool.size)
+                if time.monotonic() - started >= budget:
+                    break
+        finally:
+            pool.close()
+        totals += pool.outcomes
+    result = {**totals, "duration_s": round(time.monotonic() - started, 3)}
+    if totals:
+        logger.info("token refresh tick finished", extra=result)
+    return result
+
+
+def token_statuses_refresh_now(*, finding_ids: list[int]) -> int:
+    """Make statuses due now and start a tick (admin "Refresh now")."""
+    from secret_detection import tasks
+
+    now = timezone.now()
+    with transaction.atomic():
+        due = (
+            FindingTokenStatus.objects.filter(pk__in=finding_ids)
+            .exclude(status=TokenStatus.PENDING)
+            .update(next_refresh_at=now, updated_at=now)
+        )
+        if due:
+            tasks.refresh_token_statuses.enqueue(_dedupe_key="refresh-now")
+    return due

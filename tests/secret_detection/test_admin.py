@@ -1,0 +1,176 @@
+"""The admin: masked findings with filters, status actions, the partner registry and
+the SDRS "check connection" button."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from project import services as core
+from project.jobs.models import JobRun
+from project.models import ApplicationSetting
+from secret_detection import services
+from secret_detection.models import Finding, FindingTokenStatus, PartnerTokenType
+from tests.support.sdrs import keypair
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def admin_client(admin_user) -> Client:
+    client = Client()
+    client.force_login(admin_user)
+    return client
+
+
+@pytest.fixture
+def imported(project, developer, sample_report):
+    services.report_import(project=project, user=developer, report=sample_report)
+    return sample_report
+
+
+def _messages(response) -> list[str]:
+    return [str(message) for message in response.context["messages"]]
+
+
+def test_findings_list_and_page_show_fingerprints_never_tokens(admin_client, imported):
+    listing = admin_client.get(reverse("admin:secret_detection_finding_changelist"))
+    finding = Finding.objects.get(token_type="GitHub Personal Access Token")
+    page = admin_client.get(reverse("admin:secret_detection_finding_change", args=[finding.pk]))
+    statuses = admin_client.get(reverse("admin:secret_detection_findingtokenstatus_changelist"))
+    for response in (listing, page, statuses):
+        assert response.status_code == 200
+        html = response.content.decode()
+        for vuln in imported["vulnerabilities"]:
+            assert vuln["raw_source_code_extract"] not in html
+    assert finding.value_fingerprint in listing.content.decode()
+    assert finding.value_fingerprint in page.content.decode()
+
+
+def test_findings_filter_by_status_type_and_project(admin_client, imported, project):
+    finding = Finding.objects.get(token_type="Postman API token")
+    FindingTokenStatus.objects.filter(pk=finding.pk).update(status="active")
+    url = reverse("admin:secret_detection_finding_changelist")
+
+    by_status = admin_client.get(url, {"status": "active"})
+    assert [f.pk for f in by_status.context["cl"].result_list] == [finding.pk]
+    by_type = admin_client.get(url, {"token_type": "AWS"})
+    assert {f.token_type for f in by_type.context["cl"].result_list} == {"AWS"}
+    assert len(by_type.context["cl"].result_list) == 2
+    by_project = admin_client.get(url, {"project__id__exact": project.pk})
+    assert len(by_project.context["cl"].result_list) == 8
+    statuses = admin_client.get(
+        reverse("admin:secret_detection_findingtokenstatus_changelist"), {"finding__token_type": "AWS"}
+    )
+    assert len(statuses.context["cl"].result_list) == 2
+
+
+def test_verify_now_sends_partner_tokens_and_checks_ours(
+    admin_client, admin_user, project, import_findings, sdrs_settings
+):
+    sdrs_settings()
+    _, value = core.access_token_create(user=admin_user, name="leaked", scopes=["api"])
+    findings = import_findings(
+        project, [("AWS", "AKIA1"), ("gitlab_personal_access_token", value), ("Password in URL", "https://a:b@c")]
+    )
+    response = admin_client.post(
+        reverse("admin:secret_detection_findingtokenstatus_changelist"),
+        {"action": "verify_now", "_selected_action": [f.pk for f in findings]},
+        follow=True,
+    )
+    (message,) = _messages(response)
+    assert message == (
+        "Verify now: 1 sent for partner verification; 1 checked against our tokens; 1 not verifiable (no verifier)."
+    )
+    (run,) = JobRun.objects.filter(name="secret_detection.verify_partner_token")
+    assert run.kwargs == {"finding_id": findings[0].pk, "user_id": admin_user.pk, "force": True}
+    assert FindingTokenStatus.objects.get(pk=findings[1].pk).status == "active"
+
+
+def test_refresh_now_makes_statuses_due_and_starts_a_tick(admin_client, imported):
+    ids = list(FindingTokenStatus.objects.values_list("pk", flat=True))
+    response = admin_client.post(
+        reverse("admin:secret_detection_findingtokenstatus_changelist"),
+        {"action": "refresh_now", "_selected_action": ids},
+        follow=True,
+    )
+    assert _messages(response) == ["8 status(es) are due now; a refresh tick was started."]
+    assert JobRun.objects.filter(name="secret_detection.refresh_token_statuses").count() == 1
+
+
+def test_partner_types_can_be_switched_off_in_the_list(admin_client):
+    aws = PartnerTokenType.objects.get(token_type="AWS")
+    listing = admin_client.get(reverse("admin:secret_detection_partnertokentype_changelist"))
+    assert listing.status_code == 200
+    formset = listing.context["cl"].formset
+    data = {
+        "form-TOTAL_FORMS": str(len(formset.forms)),
+        "form-INITIAL_FORMS": str(len(formset.forms)),
+        "_save": "Save",
+    }
+    for index, form in enumerate(formset.forms):
+        data[f"form-{index}-id"] = str(form.instance.pk)
+        if form.instance.pk != aws.pk:
+            data[f"form-{index}-enabled"] = "on"
+    admin_client.post(reverse("admin:secret_detection_partnertokentype_changelist"), data)
+    aws.refresh_from_db()
+    assert aws.enabled is False
+    assert PartnerTokenType.objects.filter(enabled=True).count() == PartnerTokenType.objects.count() - 1
+
+
+def _check(admin_client) -> list[str]:
+    settings_page = admin_client.get(
+        reverse("admin:project_applicationsetting_change", args=[ApplicationSetting.current().pk])
+    )
+    check_url = reverse("admin:secret_detection_sdrs_check")
+    assert check_url in settings_page.content.decode()  # the button
+    response = admin_client.get(check_url, follow=True)
+    assert response.redirect_chain[-1][0].endswith(
+        f"/admin/project/applicationsetting/{ApplicationSetting.current().pk}/change/"
+    )
+    return _messages(response)
+
+
+def test_check_connection_reports_a_reachable_sdrs(admin_client, sdrs_server, sdrs_settings):
+    sdrs_settings(url=sdrs_server.url)
+    (message,) = _check(admin_client)
+    assert message.startswith("SDRS connection: SDRS is reachable and accepted our signed token")
+    (probe,) = sdrs_server.verifies
+    assert probe.answered == 400  # authenticated, then refused for carrying no token
+    assert probe.token_sha256 == __import__("hashlib").sha256(b"").hexdigest()
+
+
+def test_check_connection_reports_a_rejected_key(admin_client, sdrs_server, sdrs_settings):
+    sdrs_settings(url=sdrs_server.url, sdrs_jwt_signing_key=keypair()[0])
+    (message,) = _check(admin_client)
+    assert "rejected our JWT" in message
+    assert "HTTP 401" in message
+
+
+def test_check_connection_reports_an_unreachable_sdrs(admin_client, sdrs_settings):
+    sdrs_settings()
+    (message,) = _check(admin_client)
+    assert message.startswith("SDRS connection: SDRS is unreachable")
+
+
+def test_check_connection_reports_missing_configuration_and_warnings(admin_client, sdrs_settings):
+    sdrs_settings(sdrs_url="", sdrs_enabled=False, sdrs_callback_secret="")
+    messages = _check(admin_client)
+    assert messages[0] == "SDRS connection: SDRS is misconfigured: no SDRS URL is configured."
+    assert "Verification is disabled" in messages[1]
+    assert "No callback secret is set" in messages[2]
+
+
+def test_check_connection_command(sdrs_server, sdrs_settings):
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    sdrs_settings(url=sdrs_server.url)
+    out = StringIO()
+    call_command("sdrs_check_connection", stdout=out)
+    assert out.getvalue().startswith("reachable:")
+    sdrs_server.failures.status = 500
+    with pytest.raises(CommandError, match="server_error"):
+        call_command("sdrs_check_connection")
