@@ -31,7 +31,9 @@ def _process_now(model_admin: admin.ModelAdmin, request: HttpRequest) -> None:
         )
         return
     pending = services.catalog_sync_events_pending_stats()["pending"]
-    if services.catalog_sync_request(source="admin"):
+    if not pending:
+        model_admin.message_user(request, "No event is pending.", messages.INFO)
+    elif services.catalog_sync_request(source="admin"):
         model_admin.message_user(
             request, f"A processor run was queued for {pending} pending event(s).", messages.SUCCESS
         )

@@ -25,7 +25,7 @@ SYNC_LAG = Histogram(
 )
 SYNC_REQUESTS = Counter(
     "catalog_sync_requests_total",
-    "Processor runs enqueued by a starter: project_update, listener, admin or command.",
+    "Processor runs enqueued by a starter: project_update, listener or admin.",
     ["source"],
 )
 

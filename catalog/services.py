@@ -102,7 +102,8 @@ def catalog_processor_running() -> bool:
 
 
 def catalog_sync_request(*, source: str) -> bool:
-    """Have the processor run soon; True when a run was enqueued (or one already waits).
+    """Have the processor run soon if events wait; True when a run was enqueued (or one
+    already waits).
 
     Call it only after the events to process have committed. Nothing is enqueued while
     a processor holds the lock: that run checks for pending events after releasing the
@@ -111,7 +112,7 @@ def catalog_sync_request(*, source: str) -> bool:
     if not catalog_sync_enabled():
         logger.debug("catalog sync is switched off; not enqueueing", extra={"source": source})
         return False
-    if catalog_processor_running():
+    if catalog_processor_running() or not SyncEvent.objects.pending().exists():
         return False
     from catalog import tasks
 

@@ -114,7 +114,8 @@ def test_process_pending_events_now_is_also_an_action_on_resources(admin_client,
         RESOURCES, {"action": "process_pending_now", "_selected_action": [resource.pk]}, follow=True
     )
 
-    assert "A processor run was queued for 0 pending event(s)." in _messages(response)
+    assert "No event is pending." in _messages(response)
+    assert not JobRun.objects.exists()
 
 
 def test_process_pending_events_now_explains_when_sync_is_switched_off(admin_client) -> None:

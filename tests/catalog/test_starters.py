@@ -83,6 +83,8 @@ def test_the_project_admin_change_form_goes_through_the_application_hook(
 
 @pytest.mark.django_db
 def test_bursts_of_requests_share_one_queued_run() -> None:
+    make_projects(2)
+    run_sql("UPDATE projects SET name = name || '!'")
     for _ in range(5):
         assert services.catalog_sync_request(source="listener")
 
@@ -90,7 +92,17 @@ def test_bursts_of_requests_share_one_queued_run() -> None:
 
 
 @pytest.mark.django_db
+def test_no_run_is_requested_without_pending_events() -> None:
+    make_projects(2)
+
+    assert not services.catalog_sync_request(source="listener")
+    assert _runs() == []
+
+
+@pytest.mark.django_db
 def test_no_run_is_requested_while_a_processor_holds_the_lock_or_sync_is_off(other_connection) -> None:
+    make_projects(2)
+    run_sql("UPDATE projects SET name = name || '!'")
     other_connection.execute("SELECT pg_advisory_lock(%s)", [sql.PROCESSOR_LOCK])
     assert not services.catalog_sync_request(source="listener")
     other_connection.execute("SELECT pg_advisory_unlock(%s)", [sql.PROCESSOR_LOCK])
