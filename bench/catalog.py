@@ -189,7 +189,11 @@ def bench_trigger(conn, *, rounds: int, single_rows: int) -> dict:
             if mode == "without_trigger":
                 conn.execute(f"ALTER TABLE projects DISABLE TRIGGER {TRIGGER}")
             try:
-                elapsed = _timed(conn, "UPDATE projects SET name = left(name, 40) || %s", [f" r{round_}{mode[:2]}"])
+                elapsed = _timed(
+                    conn,
+                    "UPDATE projects SET name = left(name, 40) || %s",
+                    [f" r{round_}{'t' if mode == 'with_trigger' else 'n'}"],
+                )
             finally:
                 conn.execute(f"ALTER TABLE projects ENABLE TRIGGER {TRIGGER}")
             events = conn.execute("SELECT count(*) FROM catalog_resource_sync_events").fetchone()[0]

@@ -48,9 +48,10 @@ Progress = Callable[[dict[str, Any]], None]
 def catalog_resource_create(*, project_id: int, state: int = CatalogResource.State.DRAFT) -> CatalogResource:
     """Make a project a catalog resource, copying its name, description and visibility.
 
-    The project row is share-locked while its values are copied: an UPDATE of the project
-    running at the same time either commits first (and its values are copied) or waits
-    for this transaction, and then its trigger sees the new resource and records an event.
+    The project row is locked (FOR NO KEY UPDATE) while its values are copied: an UPDATE
+    of the project running at the same time either commits first (and its values are
+    copied) or waits for this transaction, and then its trigger sees the new resource and
+    records an event.
     """
     project = Project.objects.select_for_update(no_key=True).filter(pk=project_id).first()
     if project is None:

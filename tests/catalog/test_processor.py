@@ -250,3 +250,12 @@ def test_events_locked_by_another_transaction_are_skipped_not_waited_for(other_c
         assert list(SyncEvent.objects.pending().values_list("project_id", flat=True)) == [first.pk]
     assert services.catalog_sync_events_process()["processed_events"] == 1
     assert pending_count() == 0
+
+
+def test_a_run_logs_its_results(two_resources, caplog) -> None:
+    with caplog.at_level("INFO", logger="catalog.services"):
+        services.catalog_sync_events_process()
+
+    (record,) = [r for r in caplog.records if r.getMessage() == "catalog sync events processed"]
+    assert (record.estimated_total_events, record.consumable_events, record.processed_events) == (4, 4, 4)
+    assert record.resources_synced == 2
