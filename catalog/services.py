@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 DEDUPE_KEY = "catalog-sync"
 #: Other pending events of a batch's resources marked along with it, per claimed event.
 SIBLINGS_PER_EVENT = 10
+#: Seconds before the next run when pending events could not be taken (row-locked elsewhere).
+STALLED_RETRY_DELAY = 5
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -238,10 +240,13 @@ def catalog_sync_events_process(
                 extra={**results, "batches": batches, "resources_synced": synced},
             )
     if reenqueue and SyncEvent.objects.pending().exists():
-        # After the lock is released: a run that found it taken relies on this check.
+        # After the lock is released: a run that found it taken relies on this check. A run
+        # that took nothing although events wait found them row-locked by another
+        # transaction: come back a little later instead of spinning.
         from catalog import tasks
 
-        tasks.process_sync_events.enqueue(_dedupe_key=DEDUPE_KEY)
+        delay = 0 if results["processed_events"] else STALLED_RETRY_DELAY
+        tasks.process_sync_events.enqueue(_dedupe_key=DEDUPE_KEY, _delay=delay)
         results["reenqueued"] = True
     return results
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from django.db import DatabaseError
 from django.utils import timezone
@@ -248,6 +250,15 @@ def test_events_locked_by_another_transaction_are_skipped_not_waited_for(other_c
 
         assert results["processed_events"] == 1
         assert list(SyncEvent.objects.pending().values_list("project_id", flat=True)) == [first.pk]
+        assert JobRun.objects.get(name=JOB).due_at <= timezone.now()  # progress: again at once
+        JobRun.objects.all().delete()
+
+        # Nothing left it can take: it comes back later instead of spinning.
+        stalled = services.catalog_sync_events_process()
+
+        assert stalled["processed_events"] == 0
+        assert stalled["reenqueued"] is True
+        assert JobRun.objects.get(name=JOB).due_at >= timezone.now() + timedelta(seconds=4)
     assert services.catalog_sync_events_process()["processed_events"] == 1
     assert pending_count() == 0
 
