@@ -28,7 +28,7 @@ from django.utils import timezone
 
 from catalog import metrics, sql
 from catalog.models import SYNCED_FIELDS, CatalogResource, SyncEvent
-from project.errors import Conflict, NotFound
+from project.errors import Conflict, NotFound, ValidationFailed
 from project.models import ApplicationSetting, Project
 
 logger = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def catalog_resource_create(*, project_id: int, state: int = CatalogResource.Sta
 def catalog_resource_set_state(*, resource_id: int, state: int) -> bool:
     """Publish or unpublish a resource; False when it was already in that state."""
     if state not in CatalogResource.State.values:
-        raise Conflict(f"unknown catalog resource state {state!r}")
+        raise ValidationFailed(f"unknown catalog resource state {state!r}")
     return bool(
         CatalogResource.objects.filter(pk=resource_id)
         .exclude(state=state)

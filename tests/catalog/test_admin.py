@@ -186,3 +186,11 @@ def test_events_are_read_only(admin_client, resource) -> None:
 
     assert page.status_code == 200
     assert admin_client.post(reverse("admin:catalog_syncevent_delete", args=[event.pk])).status_code == 403
+
+
+def test_an_unknown_state_is_refused(resource) -> None:
+    from catalog import services
+    from project.errors import ValidationFailed
+
+    with pytest.raises(ValidationFailed, match="unknown catalog resource state 7"):
+        services.catalog_resource_set_state(resource_id=resource.pk, state=7)
