@@ -36,6 +36,12 @@ class ProjectAdmin(admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest):
         return super().get_queryset(request).annotate(issue_total=Count("issues", distinct=True))
 
+    def save_model(self, request: HttpRequest, obj: Project, form, change: bool) -> None:
+        if change:
+            services.project_update(project=obj, fields=form.changed_data)
+        else:
+            super().save_model(request, obj, form, change)
+
     @admin.display(description="Issues", ordering="issue_total")
     def issue_count(self, obj: Project) -> int:
         return obj.issue_total

@@ -6,7 +6,7 @@ import datetime as dt
 import hashlib
 import secrets
 import string
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 
 from django.db import transaction
@@ -150,4 +150,27 @@ def project_create(
     )
     if owner is not None:
         ProjectMember.objects.create(project=project, user=owner, access_level=AccessLevel.OWNER)
+    return project
+
+
+#: Called inside ``project_update``'s transaction as ``hook(project=..., fields=...)``, so
+#: apps that keep copies of project fields (CI catalog resources) can react once it commits.
+ProjectUpdateHook = Callable[..., None]
+_project_update_hooks: list[ProjectUpdateHook] = []
+
+
+def register_project_update_hook(hook: ProjectUpdateHook) -> None:
+    if hook not in _project_update_hooks:
+        _project_update_hooks.append(hook)
+
+
+@transaction.atomic
+def project_update(*, project: Project, fields: Iterable[str]) -> Project:
+    """Save the changed ``fields`` of ``project`` (already set on it) and tell the apps."""
+    changed = sorted(set(fields))
+    if not changed:
+        return project
+    project.save(update_fields=[*changed, "updated_at"])
+    for hook in _project_update_hooks:
+        hook(project=project, fields=changed)
     return project

@@ -207,6 +207,8 @@ EXPORT_PRUNE_CRON = env_str("EXPORT_PRUNE_CRON", "30 3 * * *")
 
 CATALOG_SYNC_BATCH_SIZE = env_int("CATALOG_SYNC_BATCH_SIZE", 1000, minimum=1)
 CATALOG_SYNC_CRON = env_str("CATALOG_SYNC_CRON", "* * * * *")
+# One processor run works through batches for at most this long, then enqueues itself again.
+CATALOG_SYNC_RUN_SECONDS = env_float("CATALOG_SYNC_RUN_SECONDS", 20, minimum=1, maximum=120)
 CATALOG_LISTENER_DEBOUNCE = env_float("CATALOG_LISTENER_DEBOUNCE", 0.2, minimum=0)
 CATALOG_EVENT_RETENTION_DAYS = env_int("CATALOG_EVENT_RETENTION_DAYS", 7, minimum=1)
 CATALOG_PRUNE_BATCH_SIZE = env_int("CATALOG_PRUNE_BATCH_SIZE", 10000, minimum=1)

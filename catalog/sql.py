@@ -1,0 +1,125 @@
+"""The set-based statements behind catalog sync (kept apart so services.py reads as logic)."""
+
+from __future__ import annotations
+
+#: Session-level advisory lock held by the one processor run allowed at a time.
+PROCESSOR_LOCK = 0x63_61_74_61_6C_6F_67_01
+#: Transaction-level advisory lock taken by every multi-row writer of catalog_resources
+#: (a processor batch, a resync batch), so two such UPDATEs never lock rows in opposite
+#: orders and deadlock.
+RESOURCE_WRITE_LOCK = 0x63_61_74_61_6C_6F_67_02
+
+#: Is the processor lock held by any session? (pg_locks splits a bigint key in two.)
+PROCESSOR_RUNNING = """
+    SELECT EXISTS (
+        SELECT 1 FROM pg_locks
+        WHERE locktype = 'advisory' AND granted
+          AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+          AND classid = %(high)s AND objid = %(low)s AND objsubid = 1
+    )
+"""
+
+#: GitLab's ``upper_bound_count``: cheap (two index probes), exact when ids are dense.
+ESTIMATED_PENDING = """
+    SELECT COALESCE(MAX(id) - MIN(id) + 1, 0) FROM catalog_resource_sync_events WHERE status = 1
+"""
+
+#: One batch, in one statement (one snapshot):
+#:
+#: 1. claim up to ``batch_size`` pending events in id order, FOR UPDATE SKIP LOCKED;
+#: 2. add the other pending events of the same resources (up to ``sibling_limit``): the
+#:    sync below reads each project as of this statement's snapshot, which includes every
+#:    change whose event is visible here, so those events are satisfied by the same sync.
+#:    They are not row-locked first (that doubled the cost of a drain); only one
+#:    processor runs at a time, and ``status = 1`` is rechecked when they are updated;
+#: 3. mark them all processed;
+#: 4. copy name, description and visibility_level from the projects, writing only the
+#:    resources that differ, so redoing a batch is harmless.
+#:
+#: Returns the claimed and marked counts, the resources written, and per resource the
+#: age of its oldest event (the sync lag histogram).
+PROCESS_BATCH = """
+    WITH batch AS MATERIALIZED (
+        SELECT id, catalog_resource_id
+        FROM catalog_resource_sync_events
+        WHERE status = 1
+        ORDER BY id
+        LIMIT %(batch_size)s
+        FOR UPDATE SKIP LOCKED
+    ), resources AS MATERIALIZED (
+        SELECT ARRAY(SELECT DISTINCT catalog_resource_id FROM batch) AS ids
+    ), claim AS MATERIALIZED (
+        SELECT ARRAY(
+            SELECT id FROM batch
+            UNION
+            (SELECT e.id
+             FROM catalog_resource_sync_events AS e, resources
+             WHERE e.status = 1 AND e.catalog_resource_id = ANY(resources.ids)
+             LIMIT %(sibling_limit)s)
+        ) AS ids
+    ), marked AS (
+        UPDATE catalog_resource_sync_events AS e
+        SET status = 2, processed_at = statement_timestamp()
+        FROM claim
+        WHERE e.id = ANY(claim.ids) AND e.status = 1
+        RETURNING e.catalog_resource_id, e.created_at
+    ), synced AS (
+        UPDATE catalog_resources AS r
+        SET name = p.name,
+            description = p.description,
+            visibility_level = p.visibility_level,
+            synced_at = statement_timestamp(),
+            updated_at = statement_timestamp()
+        FROM projects AS p, resources
+        WHERE r.id = ANY(resources.ids)
+          AND p.id = r.project_id
+          AND (r.name, r.description, r.visibility_level)
+              IS DISTINCT FROM (p.name, p.description, p.visibility_level)
+        RETURNING r.id
+    )
+    SELECT
+        (SELECT count(*) FROM batch),
+        (SELECT count(*) FROM marked),
+        (SELECT count(*) FROM synced),
+        (SELECT COALESCE(array_agg(lag), '{}')
+         FROM (SELECT extract(epoch FROM statement_timestamp() - min(created_at))::float8 AS lag
+               FROM marked GROUP BY catalog_resource_id) AS per_resource)
+"""
+
+#: Direct resync of the given resources, whatever the events say.
+RESYNC = """
+    UPDATE catalog_resources AS r
+    SET name = p.name,
+        description = p.description,
+        visibility_level = p.visibility_level,
+        synced_at = statement_timestamp(),
+        updated_at = statement_timestamp()
+    FROM projects AS p
+    WHERE r.id = ANY(%(ids)s)
+      AND p.id = r.project_id
+      AND (r.name, r.description, r.visibility_level)
+          IS DISTINCT FROM (p.name, p.description, p.visibility_level)
+"""
+
+#: One prune batch: walk the table in id order from ``after`` and delete processed events
+#: created before the cutoff. Ids follow creation order, so the walk stops at the first
+#: batch that reaches the cutoff: no index on the timestamps is needed, and pending
+#: events, however old, are never deleted.
+PRUNE_BATCH = """
+    WITH candidates AS MATERIALIZED (
+        SELECT id, status, created_at
+        FROM catalog_resource_sync_events
+        WHERE id > %(after)s
+        ORDER BY id
+        LIMIT %(batch_size)s
+    ), deleted AS (
+        DELETE FROM catalog_resource_sync_events AS e
+        USING candidates AS c
+        WHERE e.id = c.id AND c.status = 2 AND c.created_at < %(cutoff)s
+        RETURNING e.id
+    )
+    SELECT
+        (SELECT max(id) FROM candidates),
+        (SELECT COALESCE(bool_or(created_at >= %(cutoff)s), false) FROM candidates),
+        (SELECT count(*) FROM deleted)
+"""
