@@ -35,11 +35,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+
+from bench._support import scratch_database  # noqa: E402
+
 # The production defaults, not the test suite's short thresholds (the clusters inherit them).
 for _name, _value in {
     "Q_POLL": "0.2",
@@ -74,42 +76,6 @@ SYNC_ONLY = """
     WHERE p.id = r.project_id
       AND r.id IN (SELECT catalog_resource_id FROM catalog_resource_sync_events WHERE status = 1)
 """
-
-
-def _server_url() -> str:
-    url = os.environ.get("DATABASE_URL")
-    if url:
-        return url
-    from project import embedded_db
-
-    return embedded_db.ensure_running(ROOT / "var" / "pgdata")
-
-
-@contextlib.contextmanager
-def scratch_database(prefix: str) -> Iterator[str]:
-    """Create ``<prefix>_<pid>``, migrate it, point Django at it, drop it on exit."""
-    import psycopg
-
-    server = _server_url()
-    name = f"{prefix}_{os.getpid()}"
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        admin.execute(f'CREATE DATABASE "{name}"')
-    os.environ["DATABASE_URL"] = urlunsplit(urlsplit(server)._replace(path=f"/{name}"))
-    try:
-        import django
-
-        django.setup()
-        from django.core.management import call_command
-
-        call_command("migrate", verbosity=0)
-        yield os.environ["DATABASE_URL"]
-    finally:
-        from django.db import connections
-
-        connections.close_all()
-        with psycopg.connect(server, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _connect():
