@@ -25,6 +25,7 @@ It creates and drops its own database (``<name>_bench``). Prints JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -329,7 +330,9 @@ def main() -> int:
     from django.conf import settings
     from django.test.utils import setup_databases, teardown_databases
 
-    old_config = setup_databases(verbosity=0, interactive=False)
+    # Django's test-database set-up prints a cache-table notice on stdout, which carries the JSON.
+    with contextlib.redirect_stdout(sys.stderr):
+        old_config = setup_databases(verbosity=0, interactive=False)
     from project import services as core
     from project.models import ApplicationSetting, User
     from tests.support.cluster import ClusterProcess

@@ -95,12 +95,9 @@ def _ensure_admin() -> str:
 
 
 def _prepare_database() -> str:
-    from django.conf import settings
     from django.core.management import call_command
 
     call_command("migrate", interactive=False, verbosity=0)
-    if not settings.REDIS_URL:
-        call_command("createcachetable", verbosity=0)
     call_command("collectstatic", interactive=False, verbosity=0)
     return _ensure_admin()
 
