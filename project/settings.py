@@ -160,6 +160,9 @@ Q_CLUSTER = {
     "broker_class": "project.jobs.brokers.RedisBroker" if JOBS_BROKER == "redis" else "project.jobs.brokers.OrmBroker",
     "redis": REDIS_URL or {},
     "catch_up": False,
+    # Every default-queue cluster runs django-q2's scheduler (schedule rows are locked, so
+    # each fires once); turn it off for clusters that should only work the queue.
+    "scheduler": env_bool("Q_SCHEDULER", True),
     # Our job runs are the record; keeping django-q2's success rows cost ~20% of the CPU of a
     # short job (its monitor locks every kept row to prune them). Failures are still kept.
     "save_limit": env_int("Q_SAVE_LIMIT", -1, minimum=-1),

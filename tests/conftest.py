@@ -108,7 +108,9 @@ def cluster(django_db_setup, django_db_blocker) -> Iterator[ClusterProcess]:
     Tests that use it must be ``transaction=True`` so the cluster sees their rows.
     """
     with django_db_blocker.unblock():
-        process = ClusterProcess(broker=settings.JOBS_BROKER).start()
+        # No scheduler: a schedule firing in the middle of a test (the catalog processor
+        # taking its lock, a sweep moving rows) would race the test's own assertions.
+        process = ClusterProcess(broker=settings.JOBS_BROKER, env={"Q_SCHEDULER": "0"}).start()
     yield process
     process.stop()
 
