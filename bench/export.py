@@ -24,7 +24,6 @@ import platform
 import secrets
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -133,83 +132,50 @@ def _seed(size: int):
     return project, user
 
 
-class Cluster:
-    """``manage.py qcluster`` with one worker, in its own process group."""
+def _rss(self) -> int:
+    import psutil
 
-    def __init__(self, media: Path) -> None:
-        self.env = {**os.environ, **_environment(media), "MEDIA_ROOT": str(media)}
-        self.env["Q_NAME"] = os.environ["Q_NAME"]
-        self.log = tempfile.NamedTemporaryFile(prefix="bench-qcluster-", suffix=".log", delete=False)  # noqa: SIM115
-        self.process: subprocess.Popen | None = None
-
-    def __enter__(self) -> Cluster:
-        from django.utils import timezone
-
-        from project.jobs.models import ClusterHeartbeat
-
-        since = timezone.now()
-        self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "qcluster"],
-            cwd=ROOT,
-            env=self.env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 60
-        while not ClusterHeartbeat.objects.filter(cluster_name=self.env["Q_NAME"], last_seen__gte=since).exists():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(Path(self.log.name).read_text()[-4000:])
-            time.sleep(0.1)
-        while not self.workers():
-            time.sleep(0.1)
-        # One worker (Q_WORKERS=1) that is never recycled during the run: poll it directly
-        # rather than walking the process tree each time, which costs CPU the export needs.
-        self.worker_processes = self.workers()
-        return self
-
-    def workers(self):
-        import psutil
-
-        found = []
-        for child in psutil.Process(self.process.pid).children(recursive=True):
-            try:
-                title = " ".join(child.cmdline())
-            except psutil.NoSuchProcess:
-                continue
-            if "processing" in title or title.rstrip().endswith("idle"):
-                found.append(child)
-        return found
-
-    def rss(self) -> int:
-        import psutil
-
-        peak = 0
-        for worker in self.worker_processes:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                peak = max(peak, worker.memory_info().rss)
-        return peak
-
-    def high_water_mark(self) -> int:
-        """The kernel's own peak RSS of the worker since it started (VmHWM), in bytes."""
-        peak = 0
-        for worker in self.worker_processes:
-            for line in Path(f"/proc/{worker.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak = max(peak, int(line.split()[1]) * 1024)
-        return peak
-
-    def __exit__(self, *exc: object) -> None:
-        import signal
-
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
+    peak = 0
+    for worker in self.worker_processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            peak = max(peak, worker.memory_info().rss)
+    return peak
 
 
-def _export_once(cluster: Cluster, project, user) -> dict:
+def _high_water_mark(self) -> int:
+    """The kernel's own peak RSS of the worker since it started (VmHWM), in bytes."""
+    peak = 0
+    for worker in self.worker_processes:
+        for line in Path(f"/proc/{worker.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                peak = max(peak, int(line.split()[1]) * 1024)
+    return peak
+
+
+def _cluster(media: Path):
+    """``manage.py qcluster`` with one worker on the production settings."""
+    from tests.support.cluster import ClusterProcess
+
+    class Cluster(ClusterProcess):
+        def __enter__(self) -> Cluster:
+            self.start(timeout=60)
+            while not self.workers():
+                time.sleep(0.1)
+            # One worker (Q_WORKERS=1) that is never recycled during the run: poll it
+            # directly rather than walking the process tree, which costs CPU the export needs.
+            self.worker_processes = self.workers()
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.stop()
+
+        rss = _rss
+        high_water_mark = _high_water_mark
+
+    return Cluster(broker=os.environ["JOBS_BROKER"], workers=1, env=_environment(media))
+
+
+def _export_once(cluster, project, user) -> dict:
     from exports import services
     from exports.models import ProjectExportArchive, ProjectExportJob
 
@@ -305,7 +271,7 @@ def _measure(size: int, repeat: int, media: Path) -> dict:
     baselines = [_baseline_once(project) for _ in range(repeat)]
     # The exporter's own statement (row_to_json), for the cost of everything around it.
     same_query = [_baseline_once(project, ISSUES.sql) for _ in range(repeat)]
-    with Cluster(media) as cluster:
+    with _cluster(media) as cluster:
         idle_rss = cluster.rss()
         runs = [_export_once(cluster, project, user) for _ in range(repeat)]
         high_water = cluster.high_water_mark()
