@@ -39,33 +39,32 @@ def database_url() -> str:
     return f"postgresql://{netloc}/{db['NAME']}" + (f"?{urlencode(query)}" if query else "")
 
 
-class ClusterProcess:
-    def __init__(
-        self, *, broker: str = "orm", workers: int = 2, env: dict[str, str] | None = None, name: str | None = None
-    ) -> None:
-        self.broker = broker
-        self.name = name or Conf.CLUSTER_NAME
+class ManagePyProcess:
+    """A ``manage.py`` command in a subprocess (its own process group) on the test
+    database, with its output kept in a log file for failure messages."""
+
+    command = ""
+    stop_timeout = 20.0
+
+    def __init__(self, *, broker: str, queue: str, env: dict[str, str] | None = None) -> None:
         self.env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "tests.settings",
             "DATABASE_URL": database_url(),
-            "Q_CLUSTER_NAME": self.name,  # django-q2's own: the queue this cluster serves
+            "Q_CLUSTER_NAME": queue,  # django-q2's own: the queue served or enqueued to
             "JOBS_BROKER": broker,
-            "Q_WORKERS": str(workers),
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }
         if settings.REDIS_URL:
             self.env["REDIS_URL"] = settings.REDIS_URL
-        self.log = tempfile.NamedTemporaryFile(prefix="qcluster-", suffix=".log", delete=False)  # noqa: SIM115
+        self.log = tempfile.NamedTemporaryFile(prefix=f"{self.command}-", suffix=".log", delete=False)  # noqa: SIM115
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 30) -> ClusterProcess:
-        from project.jobs.models import ClusterHeartbeat
-
-        started = timezone.now()
+    def _launch(self, *, ready: Callable[[], bool], timeout: float, interval: float) -> None:
+        """Start the command; return once ``ready()``, or stop it and raise with its output."""
         self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "qcluster"],
+            [sys.executable, "manage.py", self.command],
             cwd=ROOT,
             env=self.env,
             stdout=self.log,
@@ -75,15 +74,49 @@ class ClusterProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"qcluster exited early:\n{self.output()}")
-            if ClusterHeartbeat.objects.filter(cluster_name=self.name, last_seen__gte=started).exists():
-                return self
-            time.sleep(0.1)
+                raise RuntimeError(f"{self.command} exited early:\n{self.output()}")
+            if ready():
+                return
+            time.sleep(interval)
         self.stop()
-        raise RuntimeError(f"qcluster did not start within {timeout} s:\n{self.output()}")
+        raise RuntimeError(f"{self.command} was not ready within {timeout} s:\n{self.output()}")
 
     def output(self) -> str:
         return Path(self.log.name).read_text(errors="replace")[-20000:]
+
+    def stop(self, timeout: float | None = None) -> int | None:
+        """SIGTERM, then SIGKILL to the whole group if it does not stop in time.
+        The exit code, or None when it had to be killed (or never ran)."""
+        if self.process is None:
+            return None
+        if self.process.poll() is not None:
+            return self.process.returncode
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout or self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+            return None
+
+
+class ClusterProcess(ManagePyProcess):
+    command = "qcluster"
+
+    def __init__(
+        self, *, broker: str = "orm", workers: int = 2, env: dict[str, str] | None = None, name: str | None = None
+    ) -> None:
+        self.broker = broker
+        self.name = name or Conf.CLUSTER_NAME
+        super().__init__(broker=broker, queue=self.name, env={"Q_WORKERS": str(workers), **(env or {})})
+
+    def start(self, timeout: float = 30) -> ClusterProcess:
+        from project.jobs.models import ClusterHeartbeat
+
+        started = timezone.now()
+        heartbeats = ClusterHeartbeat.objects.filter(cluster_name=self.name, last_seen__gte=started)
+        self._launch(ready=heartbeats.exists, timeout=timeout, interval=0.1)
+        return self
 
     def workers(self) -> list[psutil.Process]:
         """Worker processes (not the sentinel, monitor or pusher)."""
@@ -94,16 +127,6 @@ class ClusterProcess:
                 if "processing" in title or title.rstrip().endswith("idle"):
                     found.append(child)
         return found
-
-    def stop(self, timeout: float = 20) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
 
 
 def wait_for(
