@@ -33,7 +33,6 @@ class ProjectExportJobAdmin(admin.ModelAdmin):
         "user",
         "status_badge",
         "progress_shown",
-        "attempts",
         "created_at",
         "duration_shown",
         "error_shown",

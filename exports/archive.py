@@ -8,8 +8,8 @@ data and the padding are appended to the archive as consecutive gzip members. Gz
 result is an ordinary .tar.gz. Compression overlaps with the database producing rows, the
 scratch file is compressed, and memory holds one COPY row and one copy buffer, however
 large the project. Every relation is read in one REPEATABLE READ snapshot, so issues,
-labels and members agree with each other. Meanwhile a heartbeat thread publishes the
-progress on the job's row.
+labels and members agree with each other. Progress goes to the job toolkit, which shows it
+on the run and stops the export (``JobCancelled``) once an operator cancels it.
 """
 
 from __future__ import annotations
@@ -20,21 +20,18 @@ import logging
 import os
 import shutil
 import tarfile
-import threading
 import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from django.conf import settings
-from django.db import DatabaseError, connection, connections, transaction
-from django.utils import timezone
+from django.db import connection, transaction
 
 from exports import relations
-from exports.models import ProjectExportJob
 from project.errors import PermanentError
+from project.jobs import report_progress
 
 logger = logging.getLogger(__name__)
 
@@ -47,67 +44,29 @@ class ExportCancelled(PermanentError):
     code = "export_cancelled"
 
     def default_message(self) -> str:
-        return "The export job was stopped (failed by an administrator or the stuck-job sweep)."
+        return "The export job was stopped (cancelled, or failed by the stuck-job sweep)."
 
 
 @dataclass
 class Progress:
-    """Counters the export updates as it goes; a heartbeat thread publishes them."""
+    """Counters the export updates as it goes, reported to the job toolkit."""
 
     relations_total: int = len(relations.TREE)
     relations_done: int = 0
     rows_written: int = 0
-    cancelled: threading.Event = field(default_factory=threading.Event)
+    relation: str = ""
 
-    def check(self) -> None:
-        if self.cancelled.is_set():
-            raise ExportCancelled()
-
-
-class Heartbeat:
-    """Publishes the export's heartbeat and progress from a side thread (its own database
-    connection, so it works while the export reads inside a long snapshot transaction),
-    and notices when the job was failed under it (admin, sweep) so the export stops."""
-
-    def __init__(self, export_job_id: int, progress: Progress) -> None:
-        self.export_job_id = export_job_id
-        self.progress = progress
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"export-heartbeat-{export_job_id}", daemon=True)
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def beat(self) -> None:
-        progress = self.progress
-        updated = ProjectExportJob.objects.filter(pk=self.export_job_id, status=ProjectExportJob.Status.STARTED).update(
-            heartbeat_at=timezone.now(),
-            relations_done=progress.relations_done,
-            relations_total=progress.relations_total,
-            rows_written=progress.rows_written,
-            updated_at=timezone.now(),
+    def report(self) -> None:
+        """Publish on the job's run; raises ``JobCancelled`` once the run is to stop."""
+        report_progress(
+            self.relations_done,
+            self.relations_total,
+            f"exporting {self.relation}: {self.rows_written:,} rows",
+            phase="exporting",
+            relations_done=self.relations_done,
+            relations_total=self.relations_total,
+            rows_written=self.rows_written,
         )
-        if not updated:
-            status = ProjectExportJob.objects.filter(pk=self.export_job_id).values_list("status", flat=True).first()
-            # None: the row is not visible from here (only inside a test's transaction).
-            if status is not None and status != ProjectExportJob.Status.STARTED:
-                progress.cancelled.set()
-
-    def _loop(self) -> None:
-        try:
-            while not self._stop.wait(settings.JOBS_HEARTBEAT_INTERVAL):
-                try:
-                    self.beat()
-                except DatabaseError:
-                    logger.warning("export heartbeat not recorded", exc_info=True)
-                    connections.close_all()
-        finally:
-            connections.close_all()  # this thread's connection only
 
 
 @dataclass(frozen=True)
@@ -179,7 +138,7 @@ def copy_relation(relation: relations.Relation, params: dict, path: Path, progre
             rows += lines
             progress.rows_written += lines
             if rows % _CANCEL_CHECK_EVERY == 0:
-                progress.check()
+                progress.report()
         out.write(compressor.flush())
     return rows, size
 
@@ -211,8 +170,9 @@ def archive_write(*, project_id: int, description: str | None, workdir: Path, pr
         with read_snapshot():
             for relation in relations.TREE:
                 member = workdir / f"{relation.name}.ndjson.gz"
+                progress.relation = relation.name
+                progress.report()
                 lines, size = copy_relation(relation, params, member, progress)
-                progress.check()
                 header = _header(relation.path, size)
                 out.write(_gzip_member(header))
                 with open(member, "rb") as compressed:
@@ -222,6 +182,7 @@ def archive_write(*, project_id: int, description: str | None, workdir: Path, pr
                 member.unlink()
                 rows += lines
                 progress.relations_done += 1
+                progress.report()
         # Two zero blocks end a tar; tar pads the whole to a multiple of its record size.
         end = 2 * tarfile.BLOCKSIZE
         out.write(_gzip_member(b"\0" * (end + (-(total + end) % tarfile.RECORDSIZE))))

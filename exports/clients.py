@@ -8,15 +8,19 @@ that changes between the check and the request cannot point the upload inward.
 
 from __future__ import annotations
 
+import http.client
 import ipaddress
 import logging
+import select
 import socket
+import ssl
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 from urllib.parse import urlsplit
 
 import certifi
-import urllib3
 from django.conf import settings
 
 from project.errors import PermanentError, RetryableError, ValidationFailed
@@ -109,8 +113,62 @@ def upload_method_clean(value: str | None) -> str:
     return method
 
 
-def archive_upload(*, url: str, method: str, body: BinaryIO, size: int) -> int:
+CHUNK = 64 * 1024
+#: How long one socket wait lasts before the upload checks in with the toolkit again.
+TICK = 0.25
+
+
+def _connect(target: UploadTarget, timeout: float) -> socket.socket:
+    sock = socket.create_connection((target.addresses[0], target.port), timeout=timeout)
+    if target.scheme == "https":
+        context = ssl.create_default_context(cafile=certifi.where())
+        sock = context.wrap_socket(sock, server_hostname=target.host)
+    return sock
+
+
+def _send_body(sock: socket.socket, body: BinaryIO, on_progress: Callable[[int], None], stall: float) -> None:
+    """Stream the body in chunks with short socket waits, so ``on_progress`` runs at least
+    every TICK seconds even when the far side stops reading (it may raise to stop)."""
+    sent = 0
+    last_moved = time.monotonic()
+    sock.settimeout(TICK)
+    while chunk := body.read(CHUNK):
+        view = memoryview(chunk)
+        while view:
+            on_progress(sent)
+            try:
+                written = sock.send(view)
+            except TimeoutError:
+                if time.monotonic() - last_moved > stall:
+                    raise
+                continue
+            view = view[written:]
+            sent += written
+            last_moved = time.monotonic()
+    on_progress(sent)
+
+
+def _await_response(sock: socket.socket, on_progress: Callable[[int], None], sent: int, stall: float) -> None:
+    waited_since = time.monotonic()
+    pending = getattr(sock, "pending", lambda: 0)
+    while not pending():
+        readable, _, _ = select.select([sock], [], [], TICK)
+        if readable:
+            return
+        on_progress(sent)
+        if time.monotonic() - waited_since > stall:
+            raise TimeoutError("no response")
+
+
+def archive_upload(
+    *, url: str, method: str, body: BinaryIO, size: int, on_progress: Callable[[int], None] | None = None
+) -> int:
     """Stream ``body`` (``size`` bytes) to ``url``; returns the HTTP status.
+
+    ``on_progress(bytes_sent)`` runs between chunks and while waiting for the answer, at
+    least every TICK seconds; the export job reports progress there, and the toolkit
+    stops a cancelled export by raising from it. A far side that takes nothing for
+    EXPORT_UPLOAD_TIMEOUT seconds fails the attempt.
 
     Network failures are retryable; an answer other than 2xx fails the export with its
     code, as GitLab's "Error uploading the project. Code …". Messages name the host only:
@@ -122,43 +180,31 @@ def archive_upload(*, url: str, method: str, body: BinaryIO, size: int) -> int:
         if "cannot be resolved" in str(exc.message):
             raise UploadUnavailable("The upload host cannot be resolved.") from None
         raise PermanentError(str(exc.message), code=exc.code) from None
-    timeout = urllib3.Timeout(connect=settings.EXPORT_UPLOAD_TIMEOUT, read=settings.EXPORT_UPLOAD_TIMEOUT)
-    if target.scheme == "https":
-        pool: urllib3.HTTPConnectionPool = urllib3.HTTPSConnectionPool(
-            target.addresses[0],
-            target.port,
-            timeout=timeout,
-            retries=False,
-            cert_reqs="CERT_REQUIRED",
-            ca_certs=certifi.where(),
-            assert_hostname=target.host,
-            server_hostname=target.host,
-        )
-    else:
-        pool = urllib3.HTTPConnectionPool(target.addresses[0], target.port, timeout=timeout, retries=False)
-    headers = {
-        "Host": target.host_header,
-        "Content-Length": str(size),
-        "Content-Type": "application/gzip",
-        "User-Agent": _USER_AGENT,
-    }
+    report = on_progress or (lambda sent: None)
+    stall = settings.EXPORT_UPLOAD_TIMEOUT
+    conn = http.client.HTTPConnection(target.host, target.port, timeout=stall)
     try:
-        response = pool.urlopen(
-            method,
-            target.request_path,
-            body=body,
-            headers=headers,
-            redirect=False,
-            assert_same_host=False,
-            preload_content=False,
-        )
+        conn.sock = _connect(target, stall)
+        conn.putrequest(method, target.request_path, skip_host=True, skip_accept_encoding=True)
+        for name, value in (
+            ("Host", target.host_header),
+            ("Content-Length", str(size)),
+            ("Content-Type", "application/gzip"),
+            ("User-Agent", _USER_AGENT),
+        ):
+            conn.putheader(name, value)
+        conn.endheaders()
+        _send_body(conn.sock, body, report, stall)
+        _await_response(conn.sock, report, size, stall)
+        conn.sock.settimeout(stall)
+        response = conn.getresponse()
         status, reason = response.status, response.reason or ""
-        response.drain_conn()
-    except urllib3.exceptions.HTTPError as exc:
+        response.read(1 << 16)
+    except (OSError, http.client.HTTPException) as exc:
         logger.warning("export upload failed", extra={"host": target.host, "error": type(exc).__name__})
         raise UploadUnavailable(f"Could not upload the project to {target.host}: {type(exc).__name__}.") from None
     finally:
-        pool.close()
+        conn.close()
     logger.info("export uploaded", extra={"host": target.host, "status": status, "bytes": size})
     if not 200 <= status < 300:
         raise UploadFailed(f"Error uploading the project. Code {status}: {reason}".rstrip(": "))

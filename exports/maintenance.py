@@ -17,25 +17,29 @@ from django.utils import timezone
 
 from exports import services
 from exports.models import ProjectExportArchive, ProjectExportJob
-from project.jobs.models import JobRun
+from project.jobs import JobRun
 
 logger = logging.getLogger(__name__)
 
 Status = ProjectExportJob.Status
 
 
-def export_jobs_fail_stuck() -> dict[str, int]:
-    """Fail the queued and started jobs nothing will move on any more:
+SWEEP = "the stuck-export sweep"
 
-    * older than the EXPORT_MAX_AGE budget (6 h), whatever their state;
-    * started, with no heartbeat for EXPORT_STUCK_AFTER, and no retry waiting (their
-      worker is gone);
-    * queued for EXPORT_STUCK_AFTER while their job run is no longer queued or running
-      (the run ended without taking the job along).
+
+def export_jobs_fail_stuck() -> dict[str, int]:
+    """Fail the queued and started jobs nothing will move on any more (GitLab's
+    StuckExportJobsWorker):
+
+    * older than the EXPORT_MAX_AGE budget (6 h), whatever their state: their run is
+      cancelled too, so a worker still on it stops;
+    * whose job run ended (or was pruned) without taking the job along.
+
+    A worker that died mid-export needs nothing here: the job toolkit notices its
+    silent heartbeat and retries or fails the run, and the run's failure hook fails the job.
     """
     now = timezone.now()
     budget = now - timedelta(seconds=settings.EXPORT_MAX_AGE)
-    stale = now - timedelta(seconds=settings.EXPORT_STUCK_AFTER)
     active = ProjectExportJob.objects.filter(status__in=ProjectExportJob.ACTIVE)
     hours = settings.EXPORT_MAX_AGE / 3600
     groups = {
@@ -44,19 +48,12 @@ def export_jobs_fail_stuck() -> dict[str, int]:
             "export_expired",
             f"The export did not finish within its {hours:g} h budget.",
         ),
-        "no_heartbeat": (
-            active.filter(status=Status.STARTED, created_at__gte=budget)
-            .filter(Q(heartbeat_at__lt=stale) | Q(heartbeat_at__isnull=True))
-            .exclude(job_run__status=JobRun.Status.QUEUED),
-            "worker_lost",
-            "The worker running the export stopped.",
-        ),
-        "never_started": (
-            active.filter(status=Status.QUEUED, created_at__gte=budget, created_at__lt=stale).exclude(
-                job_run__status__in=services.LIVE_RUN_STATUSES
+        "run_ended": (
+            active.filter(created_at__gte=budget).filter(
+                Q(job_run__isnull=True) | Q(job_run__status__in=JobRun.TERMINAL)
             ),
-            "not_started",
-            "The export job was lost before it started.",
+            "run_ended",
+            "The export's job run ended without finishing it.",
         ),
     }
     result = {}
@@ -64,11 +61,11 @@ def export_jobs_fail_stuck() -> dict[str, int]:
         failed = 0
         for job_id in list(queryset.values_list("pk", flat=True)):
             if services.export_job_fail(export_job_id=job_id, code=code, error=message):
-                services.export_run_cancel(export_job_id=job_id, reason=message)
+                services.export_run_cancel(export_job_id=job_id, reason=SWEEP)
                 failed += 1
         result[key] = failed
     result["workdirs_removed"] = workdirs_cleanup()
-    if result["over_budget"] or result["no_heartbeat"] or result["never_started"]:
+    if result["over_budget"] or result["run_ended"]:
         logger.warning("stuck export jobs failed", extra=result)
     return result
 

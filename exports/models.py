@@ -17,7 +17,10 @@ MAX_ERROR_LENGTH = 300
 
 class ProjectExportJob(models.Model):
     """One export requested by a user. The status only moves forward, by conditional
-    UPDATEs in ``exports.services``: queued → started → finished, queued/started → failed."""
+    UPDATEs in ``exports.services``: queued → started → finished, queued/started → failed.
+
+    Execution (attempts, heartbeat, live progress, cancel) belongs to its job run
+    (``job_run``); this row keeps the export's own state, final counts and error."""
 
     class Status(models.TextChoices):
         QUEUED = "queued"
@@ -43,14 +46,9 @@ class ProjectExportJob(models.Model):
         related_name="+",
         help_text="The toolkit's run executing this export.",
     )
-    task_id = models.CharField(max_length=32, blank=True, default="", help_text="django-q2 task of the latest attempt.")
-    attempts = models.PositiveIntegerField(default=0)
     relations_done = models.PositiveIntegerField(default=0)
     relations_total = models.PositiveIntegerField(default=0)
     rows_written = models.BigIntegerField(default=0)
-    heartbeat_at = models.DateTimeField(
-        null=True, blank=True, help_text="Last sign of life of the worker running the export."
-    )
     error_code = models.CharField(max_length=64, blank=True, default="")
     error = models.CharField(max_length=MAX_ERROR_LENGTH, blank=True, default="")
     exported_by_admin = models.BooleanField(default=False)
@@ -69,6 +67,8 @@ class ProjectExportJob(models.Model):
     class Meta:
         db_table = "project_export_jobs"
         ordering = ["-id"]
+        verbose_name = "export job"
+        permissions = [("control_projectexportjob", "Can retry and cancel export jobs")]
         indexes = [
             models.Index(fields=["project", "user", "status"], name="export_jobs_project_user"),
             models.Index(fields=["status", "created_at"], name="export_jobs_status_created"),
@@ -81,7 +81,8 @@ class ProjectExportJob(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"export #{self.pk} of project {self.project_id} for user {self.user_id}"
+        # Readable in the admin (whose querysets select the project and user).
+        return f"Export of {self.project.path_with_namespace} for {self.user.get_username()} (#{self.pk})"
 
     @property
     def is_active(self) -> bool:
@@ -119,6 +120,7 @@ class ProjectExportArchive(models.Model):
     class Meta:
         db_table = "project_export_archives"
         ordering = ["-created_at"]
+        verbose_name = "export archive"
         constraints = [models.UniqueConstraint(fields=["project", "user"], name="export_archive_per_user")]
         indexes = [models.Index(fields=["expires_at"], name="export_archives_expires")]
 

@@ -7,6 +7,7 @@ The schedules that keep jobs and files from piling up or getting stuck are in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import shutil
@@ -20,15 +21,13 @@ from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import connection, transaction
-from django.db.models import F
 from django.utils import timezone
 
 from exports import archive as archive_writer
 from exports import clients, metrics, relations
 from exports.models import MAX_ERROR_LENGTH, ProjectExportArchive, ProjectExportJob
 from project.errors import Conflict, NotFound, RetryableError, ValidationFailed
-from project.jobs import Defer
-from project.jobs.models import JobRun
+from project.jobs import Defer, JobRun, control, report_progress
 from project.models import Project, User
 
 logger = logging.getLogger(__name__)
@@ -66,18 +65,9 @@ def _transition(export_job_id: int, *, from_: tuple[str, ...], to: str, **fields
     return bool(changed)
 
 
-def export_job_start(*, export_job_id: int, task_id: str = "") -> bool:
+def export_job_start(*, export_job_id: int) -> bool:
     """queued → started."""
-    now = timezone.now()
-    return _transition(
-        export_job_id,
-        from_=(Status.QUEUED,),
-        to=Status.STARTED,
-        started_at=now,
-        heartbeat_at=now,
-        task_id=task_id,
-        attempts=F("attempts") + 1,
-    )
+    return _transition(export_job_id, from_=(Status.QUEUED,), to=Status.STARTED, started_at=timezone.now())
 
 
 def export_job_finish(*, export_job_id: int, **fields: Any) -> bool:
@@ -180,7 +170,7 @@ def export_state(*, project: Project, user: User) -> ExportState:
     "finished" means this user has a downloadable (unexpired) archive. "failed" means
     the user's latest job failed and there is no archive to fall back on.
     """
-    jobs = ProjectExportJob.objects.filter(project=project, user=user)
+    jobs = ProjectExportJob.objects.filter(project=project, user=user).select_related("job_run")
     # One snapshot: read separately, a job finishing between the reads would show as
     # "started" plus an archive, that is regeneration_in_progress.
     with archive_writer.read_snapshot():
@@ -201,6 +191,21 @@ def export_state(*, project: Project, user: User) -> ExportState:
     else:
         status = "none"
     return ExportState(status=status, archive=archive, active_job=active[-1] if active else None, latest_job=latest)
+
+
+def export_phase(job: ProjectExportJob) -> str | None:
+    """Where an active export is, from its run: queued, waiting_for_slot, retry_waiting,
+    exporting or uploading. None once it finished or failed."""
+    if not job.is_active:
+        return None
+    run = job.job_run
+    if run is None or run.status not in LIVE_RUN_STATUSES:
+        return "queued" if job.status == Status.QUEUED else "exporting"
+    if run.status == JobRun.Status.QUEUED:
+        if job.status == Status.STARTED or run.attempt > 1:
+            return "retry_waiting"
+        return "waiting_for_slot" if run.deferrals else "queued"
+    return "uploading" if (run.progress or {}).get("phase") == "uploading" else "exporting"
 
 
 def archive_open(*, archive: ProjectExportArchive) -> BinaryIO:
@@ -249,12 +254,14 @@ def workdirs_remove(*, export_job_id: int) -> int:
     return removed
 
 
-def _gate_claim(export_job_id: int, *, task_id: str) -> ProjectExportJob | None:
+def _gate_claim(export_job_id: int) -> ProjectExportJob | None:
     """Take an export slot and claim the job (queued → started), oldest job first.
 
     A job already started (a retry, or a re-run after its worker died) keeps its slot.
-    Otherwise it may start only while fewer than EXPORT_MAX_CONCURRENT exports are alive
-    and no older job is waiting; else it is deferred without spending an attempt.
+    Otherwise it may start only while fewer than EXPORT_MAX_CONCURRENT exports hold one
+    (started, with their run queued for a retry or running) and no older job is waiting;
+    else it is deferred without spending an attempt. A run whose worker died is moved
+    on by the toolkit's recovery, which frees its slot.
     """
     now = timezone.now()
     with transaction.atomic():
@@ -265,23 +272,18 @@ def _gate_claim(export_job_id: int, *, task_id: str) -> ProjectExportJob | None:
             return None
         if job.status == Status.STARTED:
             ProjectExportJob.objects.filter(pk=job.pk, status=Status.STARTED).update(
-                attempts=F("attempts") + 1,
-                heartbeat_at=now,
-                task_id=task_id,
-                relations_done=0,
-                rows_written=0,
-                updated_at=now,
+                relations_done=0, rows_written=0, updated_at=now
             )
         else:
             alive = ProjectExportJob.objects.filter(
-                status=Status.STARTED, heartbeat_at__gte=now - timedelta(seconds=settings.EXPORT_STUCK_AFTER)
+                status=Status.STARTED, job_run__status__in=LIVE_RUN_STATUSES
             ).count()
             older_waiting = ProjectExportJob.objects.filter(
                 status=Status.QUEUED, pk__lt=job.pk, job_run__status__in=LIVE_RUN_STATUSES
             ).exists()
             if alive >= settings.EXPORT_MAX_CONCURRENT or older_waiting:
                 raise Defer(settings.EXPORT_SLOT_WAIT, "waiting for an export slot")
-            if not export_job_start(export_job_id=job.pk, task_id=task_id):
+            if not export_job_start(export_job_id=job.pk):
                 return None
         job.refresh_from_db()
         return job
@@ -340,7 +342,6 @@ def _publish(job: ProjectExportJob, result: archive_writer.ArchiveResult) -> Pro
                 transaction.on_commit(lambda: storage_delete(previous), robust=True)
             if not export_job_finish(
                 export_job_id=job.pk,
-                heartbeat_at=now,
                 relations_done=len(relations.TREE),
                 relations_total=len(relations.TREE),
                 rows_written=result.rows,
@@ -352,13 +353,29 @@ def _publish(job: ProjectExportJob, result: archive_writer.ArchiveResult) -> Pro
     return archive
 
 
-def _upload(job: ProjectExportJob, result: archive_writer.ArchiveResult) -> None:
+def _upload(job: ProjectExportJob, result: archive_writer.ArchiveResult, progress: archive_writer.Progress) -> None:
+    host = job.upload_host
+
+    def sent(done: int) -> None:
+        # Between chunks: the toolkit stops a cancelled export here within a poll interval.
+        report_progress(
+            done,
+            result.size,
+            f"uploading to {host}: {done:,} of {result.size:,} bytes",
+            phase="uploading",
+            relations_done=progress.relations_done,
+            relations_total=progress.relations_total,
+            rows_written=progress.rows_written,
+        )
+
     with open(result.path, "rb") as handle:
-        clients.archive_upload(url=job.upload_url, method=job.upload_method or "PUT", body=handle, size=result.size)
+        clients.archive_upload(
+            url=job.upload_url, method=job.upload_method or "PUT", body=handle, size=result.size, on_progress=sent
+        )
     ProjectExportJob.objects.filter(pk=job.pk).update(uploaded_at=timezone.now())
 
 
-def export_run(*, export_job_id: int, task_id: str = "") -> dict:
+def export_run(*, export_job_id: int) -> dict:
     """The export job: claim, write the archive, upload it if asked, then publish it and
     finish the job in one transaction.
 
@@ -366,7 +383,7 @@ def export_run(*, export_job_id: int, task_id: str = "") -> dict:
     leaves the user's previous archive in place. Safe to run twice: the claim lets one
     attempt in, and a re-run starts over in a fresh scratch directory.
     """
-    job = _gate_claim(export_job_id, task_id=task_id)
+    job = _gate_claim(export_job_id)
     if job is None:
         return {"skipped": True}
     workdirs_remove(export_job_id=job.pk)  # what a killed earlier attempt left behind
@@ -374,13 +391,12 @@ def export_run(*, export_job_id: int, task_id: str = "") -> dict:
     workdir = workdir_root() / f"job-{job.pk}-{secrets.token_hex(4)}"
     try:
         workdir.mkdir(parents=True)
-        with archive_writer.Heartbeat(job.pk, progress):
-            result = archive_writer.archive_write(
-                project_id=job.project_id, description=job.description, workdir=workdir, progress=progress
-            )
-            if job.upload_url:
-                _upload(job, result)
-            archive = _publish(job, result)
+        result = archive_writer.archive_write(
+            project_id=job.project_id, description=job.description, workdir=workdir, progress=progress
+        )
+        if job.upload_url:
+            _upload(job, result, progress)
+        archive = _publish(job, result)
     except OSError as exc:
         raise ExportStorageError(f"Storage error while exporting: {exc.strerror or type(exc).__name__}.") from exc
     finally:
@@ -406,6 +422,7 @@ def export_run_failed(*, export_job_id: int | None, code: str, message: str, run
     if export_job_id is None:
         return False
     public = {
+        "cancelled": f"The export was {message}.",
         "database_unavailable": "The database was unavailable during the export.",
         "worker_lost": "The worker running the export stopped.",
         "timeout": f"The export took longer than its {settings.EXPORT_JOB_TIMEOUT} s budget.",
@@ -434,22 +451,31 @@ def export_job_retry(*, export_job_id: int) -> ProjectExportJob:
     )
 
 
-def export_job_mark_failed(*, export_job_id: int, reason: str) -> bool:
-    """Fail a queued or started job by hand; its run is cancelled so no worker picks it up,
-    and a worker still exporting it stops at its next heartbeat."""
-    failed = export_job_fail(export_job_id=export_job_id, code="cancelled", error=reason)
-    if failed:
-        export_run_cancel(export_job_id=export_job_id, reason=reason)
-    return failed
+def export_job_cancel(*, export_job_id: int, by: str) -> str:
+    """Stop an export: its run is cancelled through the job toolkit (a running export stops
+    at its next progress report, within about a second, mid-upload included) and the
+    toolkit's failure hook fails the job with code ``cancelled``. The user's previous
+    archive stays. An export whose run is already gone is failed here directly."""
+    job = ProjectExportJob.objects.filter(pk=export_job_id).select_related("job_run").first()
+    if job is None:
+        raise NotFound(f"Export #{export_job_id} does not exist.")
+    if not job.is_active:
+        raise Conflict(f"Export #{job.pk} is already {job.status}.", code="export_finished")
+    if job.job_run is not None and job.job_run.is_active:
+        return control.run_cancel(run_id=job.job_run_id, by=by).message
+    if not export_job_fail(export_job_id=job.pk, code="cancelled", error=f"The export was cancelled by {by}."):
+        raise Conflict(f"Export #{job.pk} changed state meanwhile; nothing was done.", code="export_changed")
+    return f"Export #{job.pk} was failed (its job run had already ended)."
 
 
 def export_run_cancel(*, export_job_id: int, reason: str) -> None:
-    """Fail the toolkit run of an export we failed, so no worker starts it again."""
-    from project.jobs.recovery import run_mark_failed
-
+    """Cancel the toolkit run of an export the stuck-job sweep failed, so no worker takes
+    it up again (a worker still on it stops at its next progress report)."""
     run_id = ProjectExportJob.objects.filter(pk=export_job_id).values_list("job_run_id", flat=True).first()
-    if run_id is not None:
-        run_mark_failed(run_id=run_id, reason=reason)
+    if run_id is None:
+        return
+    with contextlib.suppress(Conflict, NotFound):  # the run had already ended
+        control.run_cancel(run_id=run_id, by=reason)
 
 
 def export_archive_delete(*, archive_id: int) -> bool:

@@ -5,13 +5,18 @@ from __future__ import annotations
 from django.conf import settings
 
 from exports import maintenance, services
-from project.jobs import RetryPolicy, job
-from project.jobs.models import JobRun
-from project.jobs.runner import current_run
+from project.jobs import JobRun, RetryPolicy, Target, job
 
 
 def _export_failed(run: JobRun, code: str, message: str) -> None:
     services.export_run_failed(export_job_id=run.kwargs.get("export_job_id"), code=code, message=message, run_id=run.pk)
+
+
+def _export_rerun(run: JobRun, by: str) -> JobRun:
+    # Running the same export job again would find it finished and skip: a re-run is a new
+    # export of the same project for the same user.
+    new = services.export_job_retry(export_job_id=run.kwargs["export_job_id"])
+    return new.job_run
 
 
 @job(
@@ -19,16 +24,18 @@ def _export_failed(run: JobRun, code: str, message: str) -> None:
     retry=RetryPolicy(setting="EXPORT_RETRY_DELAYS"),
     timeout="EXPORT_JOB_TIMEOUT",
     on_failure=_export_failed,
+    rerun=_export_rerun,
+    target=Target("exports.ProjectExportJob", "export_job_id"),
+    lost_after="EXPORT_STUCK_AFTER",
 )
 def run_export(*, export_job_id: int) -> dict:
     """Write a project's export archive (and upload it when asked)."""
-    run = current_run()
-    return services.export_run(export_job_id=export_job_id, task_id=run.task_id if run else "")
+    return services.export_run(export_job_id=export_job_id)
 
 
 @job("exports.fail_stuck", cron=settings.EXPORT_STUCK_SWEEP_CRON, timeout=600)
 def fail_stuck() -> dict:
-    """Fail export jobs whose worker is gone or that exceeded the 6 h budget."""
+    """Fail export jobs over the 6 h budget, or whose run ended without them."""
     return maintenance.export_jobs_fail_stuck()
 
 

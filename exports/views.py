@@ -89,16 +89,17 @@ def export_status_body(project: Project, state: services.ExportState) -> dict[st
             "web_url": f"{project.web_url}/download_export",
         }
     job = state.active_job
-    body["export_progress"] = (
-        {
-            "relations_done": job.relations_done,
-            "relations_total": job.relations_total,
-            "rows_written": job.rows_written,
+    body["export_progress"] = None
+    if job is not None:
+        # Live figures come from the job's run (the worker reports them to the toolkit).
+        live = (job.job_run.progress if job.job_run and job.job_run.status == "running" else None) or {}
+        body["export_progress"] = {
+            "phase": services.export_phase(job),
+            "relations_done": live.get("relations_done", 0),
+            "relations_total": live.get("relations_total", job.relations_total),
+            "rows_written": live.get("rows_written", 0),
             "started_at": _iso(job.started_at),
         }
-        if job is not None
-        else None
-    )
     latest = state.latest_job
     body["export_error"] = (latest.error or latest.error_code) if latest and latest.status == "failed" else None
     archive = state.archive

@@ -178,6 +178,14 @@ class ApplicationSettingAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: ApplicationSetting | None = None) -> bool:
         return False
 
+    def save_model(self, request: HttpRequest, obj: ApplicationSetting, form, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        changed = [name.removeprefix("clear_") for name in form.changed_data]
+        services.setting_changes_record(
+            changes={name: getattr(obj, name, "") for name in dict.fromkeys(changed) if hasattr(obj, name)},
+            by=request.user.get_username(),
+        )
+
     @admin.display(description="Connection")
     def sdrs_connection(self, obj: ApplicationSetting) -> str:
         return format_html(

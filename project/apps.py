@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.contrib.admin.apps import AdminConfig as BaseAdminConfig
 from django.db.models.signals import post_migrate
 
 
@@ -10,6 +11,10 @@ def _create_cache_table(**kwargs) -> None:
     call_command("createcachetable", database=kwargs.get("using", "default"), verbosity=0)
 
 
+class AdminConfig(BaseAdminConfig):
+    default_site = "project.admin_site.AdminSite"
+
+
 class ProjectConfig(AppConfig):
     name = "project"
     verbose_name = "Platform"
@@ -18,4 +23,10 @@ class ProjectConfig(AppConfig):
         from project import metrics, schema  # noqa: F401 - registers the schema extensions
 
         metrics.register_db_collector(metrics.jobs_gauges)
+        from project import services
+        from project.jobs import overview
+
+        overview.register_switches(
+            overview.SwitchSource(list=services.application_switches, flip=services.application_switch_flip)
+        )
         post_migrate.connect(_create_cache_table, sender=self, dispatch_uid="project.create_cache_table")

@@ -68,6 +68,12 @@ def jobs_gauges() -> Iterable[Metric]:
         oldest.add_metric([row["name"]], (now - row["first"]).total_seconds())
     yield runs
     yield oldest
+    from project.jobs.models import JobPause
+
+    paused = GaugeMetricFamily("jobs_paused", "1 for each job an operator paused.", labels=["job"])
+    for name in JobPause.objects.values_list("name", flat=True):
+        paused.add_metric([name], 1)
+    yield paused
     clusters = GaugeMetricFamily("jobs_clusters_alive", "Job clusters seen pulling work recently.")
     fresh = now - timedelta(seconds=settings.JOBS_CLUSTER_STALE_AFTER)
     clusters.add_metric([], ClusterHeartbeat.objects.filter(last_seen__gte=fresh).count())

@@ -172,6 +172,8 @@ class AccessToken(models.Model):
 
     class Meta:
         db_table = "personal_access_tokens"
+        verbose_name = "personal access token"
+        permissions = [("revoke_accesstoken", "Can revoke personal access tokens")]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
@@ -244,6 +246,24 @@ class ApplicationSetting(models.Model):
             "sdrs_callback_secret": settings.SDRS_CALLBACK_SECRET or "",
             "sdrs_timeout": settings.SDRS_TIMEOUT,
         }
+
+
+class SettingChange(models.Model):
+    """Who changed a runtime setting, and when: the console's switches show the latest
+    change of each. Secrets are recorded as "changed", never with their value."""
+
+    key = models.CharField(max_length=100)
+    value = models.CharField(max_length=200, blank=True, default="")
+    changed_by = models.CharField(max_length=150, blank=True, default="")
+    changed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "setting_changes"
+        ordering = ["-changed_at", "-id"]
+        indexes = [models.Index(fields=["key", "-changed_at"], name="setting_changes_key")]
+
+    def __str__(self) -> str:
+        return f"{self.key} = {self.value} by {self.changed_by}"
 
 
 class RateLimitCounter(models.Model):

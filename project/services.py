@@ -14,7 +14,16 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from project.errors import Forbidden, NotFound, Unauthorized, ValidationFailed
-from project.models import AccessLevel, AccessToken, Project, ProjectMember, User, Visibility
+from project.models import (
+    AccessLevel,
+    AccessToken,
+    ApplicationSetting,
+    Project,
+    ProjectMember,
+    SettingChange,
+    User,
+    Visibility,
+)
 
 TOKEN_PREFIX = "glpat-"  # noqa: S105 - a public prefix, not a secret
 _TOKEN_ALPHABET = string.ascii_letters + string.digits + "-_"
@@ -174,3 +183,82 @@ def project_update(*, project: Project, fields: Iterable[str]) -> Project:
     for hook in _project_update_hooks:
         hook(project=project, fields=changed)
     return project
+
+
+# --- runtime settings ------------------------------------------------------------------
+
+#: The application settings that are on/off switches, with the console group they show in.
+SWITCHES = {
+    "project_export_enabled": ("Exports", "Project exports"),
+    "catalog_sync_enabled": ("CI catalog", "Catalog sync"),
+    "sdrs_enabled": ("Secret detection", "Partner verification (SDRS)"),
+}
+SECRET_SETTINGS = ("sdrs_jwt_signing_key", "sdrs_callback_secret")
+
+
+def setting_changes_record(*, changes: dict[str, object], by: str) -> None:
+    """Record who changed which settings (secrets as "changed", without their value)."""
+    now = timezone.now()
+    SettingChange.objects.bulk_create(
+        [
+            SettingChange(
+                key=key,
+                value="changed"
+                if key in SECRET_SETTINGS
+                else ("on" if value is True else "off" if value is False else str(value)[:200]),
+                changed_by=by[:150],
+                changed_at=now,
+            )
+            for key, value in changes.items()
+        ]
+    )
+
+
+def setting_changes_latest(*, keys: Iterable[str]) -> dict[str, SettingChange]:
+    latest = SettingChange.objects.filter(key__in=list(keys)).order_by("key", "-changed_at", "-id").distinct("key")
+    return {change.key: change for change in latest}
+
+
+def application_setting_switch(*, field: str, on: bool, by: str) -> str:
+    """Turn one of the instance's switches on or off, and record who did."""
+    if field not in SWITCHES:
+        raise ValidationFailed(f"{field!r} is not a switch")
+    label = SWITCHES[field][1]
+    with transaction.atomic():
+        row = ApplicationSetting.current()
+        changed = (
+            ApplicationSetting.objects.filter(pk=row.pk)
+            .exclude(**{field: on})
+            .update(**{field: on, "updated_at": timezone.now()})
+        )
+        if not changed:
+            return f"{label} was already {'on' if on else 'off'}."
+        setting_changes_record(changes={field: on}, by=by)
+    return f"{label} is now {'on' if on else 'off'}."
+
+
+def application_switches() -> list:
+    """The instance's switches, for the job console."""
+    from project.jobs import overview
+
+    row = ApplicationSetting.current()
+    latest = setting_changes_latest(keys=SWITCHES)
+    switches = []
+    for field, (group, label) in SWITCHES.items():
+        change = latest.get(field)
+        switches.append(
+            overview.Switch(
+                key=f"settings.{field}",
+                label=label,
+                on=getattr(row, field),
+                group=group,
+                permission="project.change_applicationsetting",
+                changed_by=change.changed_by if change else "",
+                changed_at=change.changed_at if change else None,
+            )
+        )
+    return switches
+
+
+def application_switch_flip(key: str, on: bool, by: str) -> str:
+    return application_setting_switch(field=key.removeprefix("settings."), on=on, by=by)

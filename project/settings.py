@@ -47,7 +47,7 @@ if not ENCRYPTION_KEY and not DEBUG:
     raise ImproperlyConfigured("ENCRYPTION_KEY is required unless DEBUG=1 (see .env.example)")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "project.apps.AdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -58,7 +58,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "django_prometheus",
     "django_q",
-    "project",
+    "project.apps.ProjectConfig",
     "project.jobs",
     "exports",
     "catalog",
@@ -177,11 +177,16 @@ Q_CLUSTER = {
 # How often a running job proves it is alive, and after how long without proof it is lost.
 JOBS_HEARTBEAT_INTERVAL = env_float("JOBS_HEARTBEAT_INTERVAL", 5, minimum=0.1)
 JOBS_LOST_AFTER = env_float("JOBS_LOST_AFTER", 60, minimum=1)
+# How often a running job's watcher reads back a cancel request (seconds): the longest a
+# cancelled job goes on before it stops.
+JOBS_CONTROL_POLL = env_float("JOBS_CONTROL_POLL", 1, minimum=0.05, maximum=60)
 # A queued run this late is assumed to have lost its broker message and is pushed again.
 JOBS_REPUSH_AFTER = env_float("JOBS_REPUSH_AFTER", 300, minimum=1)
 JOBS_RUN_RETENTION_DAYS = env_int("JOBS_RUN_RETENTION_DAYS", 7, minimum=1)
-# A cluster whose pusher has not been seen for this long is reported as down.
+# A cluster whose sentinel has not been seen for this long is reported as down, and its
+# row is deleted once it has been silent for JOBS_CLUSTER_PRUNE_AFTER.
 JOBS_CLUSTER_STALE_AFTER = env_float("JOBS_CLUSTER_STALE_AFTER", 30, minimum=1)
+JOBS_CLUSTER_PRUNE_AFTER = env_float("JOBS_CLUSTER_PRUNE_AFTER", 3600, minimum=60)
 # Extra modules that declare jobs (the test suite and benchmarks add their own probes).
 JOBS_EXTRA_MODULES = env_list("JOBS_EXTRA_MODULES", [])
 
@@ -197,7 +202,9 @@ EXPORT_JOB_TIMEOUT = env_int("EXPORT_JOB_TIMEOUT", 3600, minimum=10)
 EXPORT_RETRY_DELAYS = env_delays("EXPORT_RETRY_DELAYS", (4, 16, 64))
 EXPORT_SLOT_WAIT = env_float("EXPORT_SLOT_WAIT", 2, minimum=0.1)
 EXPORT_MAX_AGE = env_int("EXPORT_MAX_AGE", 6 * 3600, minimum=60)
-EXPORT_STUCK_AFTER = env_int("EXPORT_STUCK_AFTER", 300, minimum=10)
+# The export run's own lost-worker threshold (seconds without a heartbeat), declared on
+# the job; the toolkit's default is JOBS_LOST_AFTER.
+EXPORT_STUCK_AFTER = env_int("EXPORT_STUCK_AFTER", 60, minimum=2)
 EXPORT_ARCHIVE_TTL = env_int("EXPORT_ARCHIVE_TTL", 24 * 3600, minimum=60)
 # An archive file no record refers to is deleted by the cleanup once this old (seconds).
 EXPORT_ORPHAN_GRACE = env_int("EXPORT_ORPHAN_GRACE", 3600, minimum=60)
@@ -284,6 +291,8 @@ STORAGES = {
 }
 FORMS_URLFIELD_ASSUME_HTTPS = True
 LANGUAGE_CODE = "en-us"
+# Times to the second everywhere in the admin (Django's English default shows minutes).
+FORMAT_MODULE_PATH = ["project.formats"]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True

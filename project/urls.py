@@ -5,9 +5,6 @@ from drf_spectacular.views import SpectacularJSONAPIView, SpectacularRedocView
 from project import views
 from project.api import json_error_view
 
-admin.site.site_header = "Background jobs administration"
-admin.site.site_title = "Background jobs"
-
 # Order matters: project routes take a <path:> id (namespace/path may contain "/"), so
 # the app routes with a suffix come before the bare project route.
 api_v4 = [

@@ -33,6 +33,7 @@ class PartnerTokenType(models.Model):
     enabled = models.BooleanField(default=True, help_text="Send tokens of this type to SDRS.")
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.CharField(max_length=150, blank=True, default="", editable=False)
 
     class Meta:
         db_table = "secret_detection_partner_token_types"
@@ -138,6 +139,7 @@ class FindingTokenStatus(models.Model):
         db_table = "secret_detection_token_statuses"
         verbose_name = "token status"
         verbose_name_plural = "token statuses"
+        permissions = [("verify_finding", "Can send findings' tokens for verification now")]
         ordering = ["-finding_id"]
         indexes = [
             models.Index(

@@ -22,6 +22,7 @@ os.environ.setdefault("Q_NAME", f"test{os.getpid()}")
 for _name, _value in {
     "JOBS_HEARTBEAT_INTERVAL": "0.5",
     "JOBS_LOST_AFTER": "3",
+    "EXPORT_STUCK_AFTER": "3",
     "Q_RETRY": "8",
     "Q_TIMEOUT": "6",
     "Q_POLL": "0.05",

@@ -7,10 +7,72 @@ Declare a job in an app's ``tasks.py``::
         services.export_run(export_job_id=export_job_id)
 
 and enqueue it (after the surrounding transaction commits) with
-``run_export.enqueue(export_job_id=job.pk)``.
+``run_export.enqueue(export_job_id=job.pk)``. Inside a job, ``report_progress()`` and
+``heartbeat()`` publish progress and raise ``JobCancelled`` once an operator cancelled
+the run.
+
+Apps use only the names below. ``JobRun``, ``current_run`` and ``control`` are loaded on
+first use, because this package is imported before Django's models are ready.
 """
 
-from project.errors import PermanentError, RetryableError
-from project.jobs.registry import Defer, Job, RetryPolicy, job
+from typing import Any
 
-__all__ = ["Defer", "Job", "PermanentError", "RetryPolicy", "RetryableError", "job"]
+from project.errors import PermanentError, RetryableError
+from project.jobs.progress import JobCancelled, heartbeat, report_progress
+from project.jobs.registry import Defer, Job, RetryPolicy, Target, job
+
+__all__ = [
+    "Backlog",
+    "Defer",
+    "Job",
+    "JobCancelled",
+    "JobRun",
+    "PermanentError",
+    "RetryPolicy",
+    "RetryableError",
+    "Switch",
+    "SwitchSource",
+    "Target",
+    "control",
+    "current_run",
+    "heartbeat",
+    "job",
+    "overview",
+    "register_backlogs",
+    "register_switches",
+    "report_progress",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "JobRun":
+        from project.jobs.models import JobRun
+
+        return JobRun
+    if name == "current_run":
+        from project.jobs.runner import current_run
+
+        return current_run
+    if name in ("control", "overview"):
+        import importlib
+
+        return importlib.import_module(f"project.jobs.{name}")
+    if name in ("Backlog", "Switch", "SwitchSource"):
+        from project.jobs import overview
+
+        return getattr(overview, name)
+    raise AttributeError(f"module 'project.jobs' has no attribute {name!r}")
+
+
+def register_backlogs(source: Any) -> None:
+    """Add a feature's backlog figures to the job console (``() -> list[Backlog]``)."""
+    from project.jobs import overview
+
+    overview.register_backlogs(source)
+
+
+def register_switches(source: Any) -> None:
+    """Add a feature's switches to the job console (a ``SwitchSource``)."""
+    from project.jobs import overview
+
+    overview.register_switches(source)

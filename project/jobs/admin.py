@@ -1,17 +1,88 @@
+"""Job runs, paused jobs and cluster heartbeats in the admin. The console's overview is in
+``project.jobs.console``; every control here goes through ``project.jobs.control``."""
+
 from __future__ import annotations
 
-import json
+from collections import defaultdict
 from datetime import timedelta
 
+from django.apps import apps
 from django.conf import settings
-from django.contrib import admin, messages
+from django.contrib import admin
+from django.contrib.admin.views.main import ChangeList
 from django.http import HttpRequest
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
-from project.errors import AppError
-from project.jobs import recovery, registry
-from project.jobs.models import ClusterHeartbeat, JobRun
+from project.admin_tools import ControlledAdmin, admin_link, badge, clipped, duration, relative, when
+from project.jobs import control, registry
+from project.jobs.models import ClusterHeartbeat, JobPause, JobRun
+
+Status = JobRun.Status
+COLOURS = {
+    "queued": "#777",
+    "retry": "#b26a00",
+    "running": "#2a7ae2",
+    "succeeded": "#2e7d32",
+    "failed": "#c62828",
+    "cancelled": "#5d4037",
+    "silent": "#c62828",
+}
+
+
+def status_badge(run: JobRun) -> str:
+    """The run's state in words an operator acts on: "retry in 12 s", "running (no
+    heartbeat)", "cancelling"."""
+    now = timezone.now()
+    if run.status == Status.QUEUED and run.attempt > 1 and run.due_at > now:
+        return badge(f"retry {relative(run.due_at, now)}", COLOURS["retry"])
+    if run.status == Status.RUNNING:
+        job = registry.get(run.name)
+        threshold = job.lost_after_seconds if job else settings.JOBS_LOST_AFTER
+        if run.heartbeat_at is None or now - run.heartbeat_at > timedelta(seconds=threshold):
+            return badge("running (no heartbeat)", COLOURS["silent"])
+        if run.cancel_requested_at:
+            return badge("cancelling", COLOURS["cancelled"])
+    return badge(run.status, COLOURS.get(run.status, "#000"))
+
+
+def progress_text(run: JobRun) -> str:
+    report = run.progress or {}
+    done, total, note = report.get("done"), report.get("total"), report.get("note") or ""
+    if done is None and not note:
+        return ""
+    share = f"{done:,}/{total:,}" if done is not None and total else (f"{done:,}" if done is not None else "")
+    if done is not None and total:
+        share = f"{share} ({100 * done / total:.0f} %)"
+    return clipped(" · ".join(part for part in (share, note) if part), 48)
+
+
+class KindFilter(admin.SimpleListFilter):
+    """Scheduled housekeeping makes most runs; the list hides it until asked."""
+
+    title = "kind"
+    parameter_name = "kind"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin):
+        return [("housekeeping", "Scheduled housekeeping"), ("all", "All runs")]
+
+    def choices(self, changelist):
+        yield {
+            "selected": self.value() is None,
+            "query_string": changelist.get_query_string(remove=[self.parameter_name]),
+            "display": "Feature jobs (not scheduled)",
+        }
+        for lookup, title in self.lookup_choices:
+            yield {
+                "selected": self.value() == lookup,
+                "query_string": changelist.get_query_string({self.parameter_name: lookup}),
+                "display": title,
+            }
+
+    def queryset(self, request: HttpRequest, queryset):
+        if self.value() == "all":
+            return queryset
+        return queryset.filter(scheduled=self.value() == "housekeeping")
 
 
 class JobNameFilter(admin.SimpleListFilter):
@@ -25,94 +96,302 @@ class JobNameFilter(admin.SimpleListFilter):
         return queryset.filter(name=self.value()) if self.value() else queryset
 
 
+class StatusFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin):
+        return [
+            ("queued", "queued"),
+            ("retry_waiting", "waiting for a retry"),
+            ("running", "running"),
+            ("silent", "running without heartbeat"),
+            ("succeeded", "succeeded"),
+            ("failed", "failed"),
+            ("cancelled", "cancelled"),
+        ]
+
+    def queryset(self, request: HttpRequest, queryset):
+        value, now = self.value(), timezone.now()
+        if value == "retry_waiting":
+            return queryset.filter(status=Status.QUEUED, attempt__gt=1, due_at__gt=now)
+        if value == "silent":
+            return queryset.filter(
+                status=Status.RUNNING, heartbeat_at__lt=now - timedelta(seconds=settings.JOBS_LOST_AFTER)
+            )
+        return queryset.filter(status=value) if value else queryset
+
+
+class RunChangeList(ChangeList):
+    def get_results(self, request: HttpRequest) -> None:
+        super().get_results(request)
+        attach_targets(self.result_list)
+
+
+def attach_targets(runs) -> None:
+    """Load the records the runs work on, one query per kind of record."""
+    wanted: dict[str, set[int]] = defaultdict(set)
+    for run in runs:
+        job = registry.get(run.name)
+        if job and job.target and run.target_id is not None:
+            wanted[job.target.model].add(run.target_id)
+    found = {}
+    for label, ids in wanted.items():
+        model = apps.get_model(label)
+        for pk, obj in model._default_manager.select_related().in_bulk(ids).items():
+            found[(label, pk)] = obj
+    for run in runs:
+        job = registry.get(run.name)
+        run.target_obj = found.get((job.target.model, run.target_id)) if job and job.target else None
+
+
 @admin.register(JobRun)
-class JobRunAdmin(admin.ModelAdmin):
+class JobRunAdmin(ControlledAdmin):
     list_display = (
         "id",
         "name",
-        "status_badge",
+        "status_shown",
         "attempt_shown",
+        "target_shown",
+        "progress_shown",
+        "due_shown",
+        "started_shown",
+        "duration_shown",
+        "error_shown",
+    )
+    list_display_links = ("id", "name")
+    list_filter = (KindFilter, StatusFilter, JobNameFilter, "created_at")
+    search_fields = ("=id", "=request_id", "=task_id", "=name", "=error_code")
+    list_per_page = 50
+    actions = ["cancel", "retry_now", "rerun", "recover_lost"]
+    detail_actions = ("cancel", "retry_now", "rerun")
+    fieldsets = [
+        (None, {"fields": ("name", "status_shown", "attempt_shown", "target_shown", "kwargs_shown", "scheduled")}),
+        ("Progress", {"fields": ("progress_shown", "progress_raw", "heartbeat_shown", "worker", "task_id")}),
+        (
+            "Times",
+            {"fields": ("created_at", "due_at", "started_at", "finished_at", "duration_shown", "deferrals")},
+        ),
+        (
+            "Outcome",
+            {
+                "fields": (
+                    "error_code",
+                    "error",
+                    "result",
+                    "cancel_shown",
+                    "history_shown",
+                    "traceback",
+                    "request_id",
+                )
+            },
+        ),
+    ]
+    readonly_fields = (
+        "name",
+        "status_shown",
+        "attempt_shown",
+        "target_shown",
+        "kwargs_shown",
+        "scheduled",
+        "progress_shown",
+        "progress_raw",
+        "heartbeat_shown",
+        "worker",
+        "task_id",
+        "created_at",
         "due_at",
         "started_at",
+        "finished_at",
         "duration_shown",
+        "deferrals",
         "error_code",
+        "error",
+        "result",
+        "cancel_shown",
+        "history_shown",
+        "traceback",
         "request_id",
     )
-    list_filter = ("status", JobNameFilter, "scheduled", "created_at")
-    search_fields = ("=id", "=request_id", "=task_id", "name", "error_code")
-    date_hierarchy = "created_at"
-    readonly_fields = [f.name for f in JobRun._meta.fields] + ["history_shown"]
-    exclude = ("history",)
-    actions = ["run_again", "mark_failed", "recover_lost"]
-    list_per_page = 50
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
+    def get_changelist(self, request: HttpRequest, **kwargs):
+        return RunChangeList
+
+    def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None):
+        run = super().get_object(request, object_id, from_field)
+        if run is not None:
+            attach_targets([run])
+        return run
+
+    def has_control_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("jobs.control_jobrun")
+
+    def action_applies(self, obj: JobRun, name: str) -> bool:
+        if name == "cancel":
+            return obj.is_active and not obj.cancel_requested_at
+        if name == "retry_now":
+            return obj.status == Status.QUEUED and obj.due_at > timezone.now()
+        if name == "rerun":
+            job = registry.get(obj.name)
+            return obj.status in JobRun.TERMINAL and job is not None and job.rerunnable
+        return True
+
+    # -- columns
 
     @admin.display(description="Status", ordering="status")
-    def status_badge(self, obj: JobRun) -> str:
-        colours = {"queued": "#777", "running": "#2a7ae2", "succeeded": "#2e7d32", "failed": "#c62828"}
-        lost = (
-            obj.status == JobRun.Status.RUNNING
-            and obj.heartbeat_at
-            and (timezone.now() - obj.heartbeat_at > timedelta(seconds=settings.JOBS_LOST_AFTER))
-        )
-        label = f"{obj.status} (no heartbeat)" if lost else obj.status
-        return format_html('<b style="color:{}">{}</b>', colours.get(obj.status, "#000"), label)
+    def status_shown(self, obj: JobRun) -> str:
+        return status_badge(obj)
 
-    @admin.display(description="Attempt", ordering="attempt")
+    @admin.display(description="Try", ordering="attempt")
     def attempt_shown(self, obj: JobRun) -> str:
         return f"{obj.attempt}/{obj.max_attempts}"
 
-    @admin.display(description="Duration")
+    @admin.display(description="Target")
+    def target_shown(self, obj: JobRun) -> str:
+        target = getattr(obj, "target_obj", None)
+        if target is not None:
+            return admin_link(target, clipped(str(target), 40))
+        job = registry.get(obj.name)
+        if job and job.target and obj.target_id is not None:
+            return f"#{obj.target_id} (deleted)"
+        return "-"
+
+    @admin.display(description="Arguments")
+    def kwargs_shown(self, obj: JobRun) -> str:
+        return ", ".join(f"{key}={value!r}" for key, value in obj.kwargs.items()) or "-"
+
+    @admin.display(description="Progress")
+    def progress_shown(self, obj: JobRun) -> str:
+        return progress_text(obj) or "-"
+
+    @admin.display(description="Progress report")
+    def progress_raw(self, obj: JobRun) -> str:
+        return format_html("<code>{}</code>", obj.progress) if obj.progress else "-"
+
+    @admin.display(description="Heartbeat")
+    def heartbeat_shown(self, obj: JobRun) -> str:
+        return when(obj.heartbeat_at)
+
+    @admin.display(description="Due", ordering="due_at")
+    def due_shown(self, obj: JobRun) -> str:
+        return when(obj.due_at) if obj.status == Status.QUEUED else ""
+
+    @admin.display(description="Started", ordering="started_at")
+    def started_shown(self, obj: JobRun) -> str:
+        return when(obj.started_at, empty="")
+
+    @admin.display(description="Took")
     def duration_shown(self, obj: JobRun) -> str:
-        duration = obj.duration
-        return f"{duration.total_seconds():.2f} s" if duration else "-"
+        return duration(obj.started_at, obj.finished_at) if obj.started_at and obj.status != Status.QUEUED else ""
+
+    @admin.display(description="Error", ordering="error_code")
+    def error_shown(self, obj: JobRun) -> str:
+        if not obj.error_code:
+            return ""
+        return format_html("<b>{}</b> {}", obj.error_code, clipped(obj.error, 50))
+
+    @admin.display(description="Cancel request")
+    def cancel_shown(self, obj: JobRun) -> str:
+        if not obj.cancel_requested_at:
+            return "-"
+        return format_html("by {} {}", obj.cancel_requested_by or "?", when(obj.cancel_requested_at))
 
     @admin.display(description="Attempts")
     def history_shown(self, obj: JobRun) -> str:
-        return format_html("<pre>{}</pre>", json.dumps(obj.history, indent=2))
+        if not obj.history:
+            return "-"
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    entry.get("attempt"),
+                    entry.get("outcome"),
+                    (entry.get("started_at") or "-")[:19].replace("T", " "),
+                    (entry.get("finished_at") or "-")[:19].replace("T", " "),
+                    f"{entry.get('error_code') or ''} {entry.get('error') or ''}".strip(),
+                )
+                for entry in obj.history
+            ),
+        )
+        return format_html(
+            "<table><thead><tr><th>Attempt</th><th>Outcome</th><th>Started</th><th>Ended</th><th>Error</th>"
+            "</tr></thead><tbody>{}</tbody></table>",
+            rows,
+        )
 
-    @admin.action(description="Run again (a new run with the same arguments)")
-    def run_again(self, request: HttpRequest, queryset) -> None:
-        done = 0
-        for run in queryset:
-            try:
-                recovery.run_requeue(run_id=run.pk)
-                done += 1
-            except AppError as exc:
-                self.message_user(request, f"{run}: {exc.message}", messages.ERROR)
-        if done:
-            self.message_user(request, f"Queued {done} new run(s).", messages.SUCCESS)
+    # -- actions (each through project.jobs.control)
 
-    @admin.action(description="Mark failed (queued or running runs)")
-    def mark_failed(self, request: HttpRequest, queryset) -> None:
-        reason = f"marked failed by {request.user.username} in the admin"
-        failed = sum(recovery.run_mark_failed(run_id=pk, reason=reason) for pk in queryset.values_list("pk", flat=True))
-        skipped = queryset.count() - failed
-        self.message_user(request, f"Marked {failed} run(s) failed.", messages.SUCCESS)
-        if skipped:
-            self.message_user(request, f"{skipped} run(s) were already finished and were left alone.", messages.WARNING)
+    @admin.action(description="Cancel", permissions=["control"])
+    def cancel(self, request: HttpRequest, queryset) -> None:
+        by = request.user.get_username()
+        self.each(
+            request, queryset, lambda run: control.run_cancel(run_id=run.pk, by=by), verb="Cancelled", noun="run(s)"
+        )
 
-    @admin.action(description="Recover runs whose worker is gone")
-    def recover_lost(self, request: HttpRequest, queryset) -> None:
-        outcomes = [recovery.run_recover_lost(run_id=pk) for pk in queryset.values_list("pk", flat=True)]
-        moved = len([o for o in outcomes if o])
-        self.message_user(
+    @admin.action(description="Retry now", permissions=["control"])
+    def retry_now(self, request: HttpRequest, queryset) -> None:
+        by = request.user.get_username()
+        self.each(
             request,
-            f"Recovered {moved} run(s); the others are not running without a heartbeat.",
-            messages.SUCCESS if moved else messages.WARNING,
+            queryset,
+            lambda run: control.run_retry_now(run_id=run.pk, by=by),
+            verb="Started",
+            noun="run(s) now",
+        )
+
+    @admin.action(description="Re-run (do the work again)", permissions=["control"])
+    def rerun(self, request: HttpRequest, queryset) -> None:
+        by = request.user.get_username()
+        self.each(request, queryset, lambda run: control.run_rerun(run_id=run.pk, by=by), verb="Re-ran", noun="run(s)")
+
+    @admin.action(description="Recover runs whose worker is gone", permissions=["control"])
+    def recover_lost(self, request: HttpRequest, queryset) -> None:
+        from project.jobs.recovery import run_recover_lost
+
+        moved = sum(1 for pk in queryset.values_list("pk", flat=True) if run_recover_lost(run_id=pk))
+        self.report(
+            request,
+            done=moved,
+            verb="Recovered",
+            noun="run(s) whose worker was gone",
+            problems=[] if moved else ["None of the selected runs is running without a heartbeat."],
+        )
+
+
+@admin.register(JobPause)
+class JobPauseAdmin(ControlledAdmin):
+    list_display = ("name", "paused_by", "paused_shown", "reason")
+    actions = ["resume"]
+    detail_actions = ("resume",)
+
+    def has_control_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("jobs.control_jobrun")
+
+    @admin.display(description="Paused", ordering="paused_at")
+    def paused_shown(self, obj: JobPause) -> str:
+        return when(obj.paused_at)
+
+    @admin.action(description="Resume", permissions=["control"])
+    def resume(self, request: HttpRequest, queryset) -> None:
+        by = request.user.get_username()
+        self.each(
+            request, queryset, lambda pause: control.job_resume(name=pause.name, by=by), verb="Resumed", noun="job(s)"
         )
 
 
 @admin.register(ClusterHeartbeat)
-class ClusterHeartbeatAdmin(admin.ModelAdmin):
-    list_display = ("key", "cluster_name", "broker", "alive", "last_seen", "first_seen")
-    readonly_fields = ("key", "cluster_name", "host", "pid", "broker", "first_seen", "last_seen")
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
+class ClusterHeartbeatAdmin(ControlledAdmin):
+    list_display = ("key", "cluster_name", "broker", "workers", "alive", "last_seen_shown", "first_seen_shown")
 
     @admin.display(boolean=True)
     def alive(self, obj: ClusterHeartbeat) -> bool:
         return timezone.now() - obj.last_seen < timedelta(seconds=settings.JOBS_CLUSTER_STALE_AFTER)
+
+    @admin.display(description="Last seen", ordering="last_seen")
+    def last_seen_shown(self, obj: ClusterHeartbeat) -> str:
+        return when(obj.last_seen)
+
+    @admin.display(description="First seen", ordering="first_seen")
+    def first_seen_shown(self, obj: ClusterHeartbeat) -> str:
+        return when(obj.first_seen)

@@ -66,11 +66,11 @@ def cluster_heartbeat_record(*, broker: str) -> None:
     with connections["default"].cursor() as cursor:
         cursor.execute(
             """
-            INSERT INTO job_cluster_heartbeats (key, cluster_name, host, pid, broker, first_seen, last_seen)
-            VALUES (%s, %s, %s, %s, %s, %s, %s)
-            ON CONFLICT (key) DO UPDATE SET last_seen = EXCLUDED.last_seen
+            INSERT INTO job_cluster_heartbeats (key, cluster_name, host, pid, broker, workers, first_seen, last_seen)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+            ON CONFLICT (key) DO UPDATE SET last_seen = EXCLUDED.last_seen, workers = EXCLUDED.workers
             """,
-            [f"{host}:{pid}", Conf.CLUSTER_NAME, host, pid, broker, now, now],
+            [f"{host}:{pid}", Conf.CLUSTER_NAME, host, pid, broker, Conf.WORKERS, now, now],
         )
 
 
@@ -111,6 +111,18 @@ class OrmBroker(_HeartbeatMixin, ORM):
             return sorted(rows)
         time.sleep(Conf.POLL)
         return None
+
+    def depth(self) -> dict[str, int]:
+        """Messages waiting: ``ready`` may be pulled now; ``held`` are delayed retries or
+        pulled by a worker and not yet acknowledged."""
+        with connections[Conf.ORM].cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FILTER (WHERE lock <= %s), count(*) FILTER (WHERE lock > %s) "
+                "FROM django_q_ormq WHERE key = %s",
+                [timezone.now(), timezone.now(), self.list_key],
+            )
+            ready, held = cursor.fetchone()
+        return {"ready": ready, "held": held}
 
 
 _MOVE_DUE = """
@@ -164,6 +176,10 @@ class RedisBroker(_HeartbeatMixin, Redis):
 
     def queue_size(self) -> int:
         return self.connection.llen(self.list_key) + self.connection.zcard(self.delayed_key)
+
+    def depth(self) -> dict[str, int]:
+        """``ready`` on the list; ``held`` in the sorted set of delayed retries."""
+        return {"ready": self.connection.llen(self.list_key), "held": self.connection.zcard(self.delayed_key)}
 
     def purge_queue(self):
         self.connection.delete(self.delayed_key)

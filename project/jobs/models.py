@@ -18,6 +18,10 @@ class JobRun(models.Model):
         RUNNING = "running"
         SUCCEEDED = "succeeded"
         FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    ACTIVE = (Status.QUEUED, Status.RUNNING)
+    TERMINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
 
     name = models.CharField(max_length=100, help_text="The registered job name.")
     kwargs = models.JSONField(default=dict, blank=True, help_text="Ids and flags only, never secrets.")
@@ -39,6 +43,14 @@ class JobRun(models.Model):
     error = models.TextField(blank=True, default="")
     traceback = models.TextField(blank=True, default="")
     result = models.JSONField(null=True, blank=True)
+    target_id = models.BigIntegerField(
+        null=True, blank=True, help_text="Id of the record the run works on, as its job declares."
+    )
+    progress = models.JSONField(
+        null=True, blank=True, help_text="The latest report_progress() of the attempt: done, total, note and extras."
+    )
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested_by = models.CharField(max_length=150, blank=True, default="")
     history = models.JSONField(default=list, blank=True, help_text="One entry per finished attempt.")
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
@@ -46,10 +58,16 @@ class JobRun(models.Model):
     class Meta:
         db_table = "job_runs"
         ordering = ["-id"]
+        permissions = [("control_jobrun", "Can cancel, retry, re-run and pause job runs and run schedules")]
         indexes = [
             models.Index(fields=["status", "due_at"], name="job_runs_status_due"),
             models.Index(fields=["name", "created_at"], name="job_runs_name_created"),
             models.Index(fields=["finished_at"], name="job_runs_finished"),
+            # The console's lists: by job and state, newest first; runs of one target.
+            models.Index(fields=["name", "status", "-id"], name="job_runs_name_status_id"),
+            models.Index(fields=["status", "-id"], name="job_runs_status_id"),
+            models.Index(fields=["name", "target_id"], name="job_runs_target", condition=Q(target_id__isnull=False)),
+            models.Index(fields=["-id"], name="job_runs_unscheduled", condition=Q(scheduled=False)),
         ]
         constraints = [
             models.UniqueConstraint(
@@ -68,15 +86,44 @@ class JobRun(models.Model):
             return self.finished_at - self.started_at
         return None
 
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE
+
+    @property
+    def waiting_for_retry(self) -> bool:
+        """Queued for a later attempt whose due time has not come."""
+        return self.status == self.Status.QUEUED and self.attempt > 1 and self.due_at > timezone.now()
+
+
+class JobPause(models.Model):
+    """A job name an operator paused: its runs stay queued, with their attempt unchanged,
+    and no worker claims them until the row is deleted (resume). A row, not a flag in
+    memory, so a pause survives restarts and holds for every cluster."""
+
+    name = models.CharField(max_length=100, unique=True)
+    paused_by = models.CharField(max_length=150, blank=True, default="")
+    paused_at = models.DateTimeField(default=timezone.now)
+    reason = models.CharField(max_length=300, blank=True, default="")
+
+    class Meta:
+        db_table = "job_pauses"
+        ordering = ["name"]
+        verbose_name = "paused job"
+
+    def __str__(self) -> str:
+        return f"{self.name} (paused)"
+
 
 class ClusterHeartbeat(models.Model):
-    """Proof that a django-q2 cluster is pulling work, written by its pusher process."""
+    """Proof that a django-q2 cluster is pulling work, written by its sentinel process."""
 
     key = models.CharField(max_length=255, unique=True)
     cluster_name = models.CharField(max_length=100)
     host = models.CharField(max_length=255)
     pid = models.IntegerField()
     broker = models.CharField(max_length=16)
+    workers = models.PositiveIntegerField(default=0)
     first_seen = models.DateTimeField(default=timezone.now)
     last_seen = models.DateTimeField(default=timezone.now)
 

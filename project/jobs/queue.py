@@ -57,11 +57,20 @@ def runs_enqueue(
                 return [existing]
             try:
                 with transaction.atomic():
-                    runs = [JobRun.objects.create(kwargs=kwargs_list[0], dedupe_key=dedupe_key, **base)]
+                    runs = [
+                        JobRun.objects.create(
+                            kwargs=kwargs_list[0],
+                            target_id=job.target_id(kwargs_list[0]),
+                            dedupe_key=dedupe_key,
+                            **base,
+                        )
+                    ]
             except IntegrityError:
                 return [queued.get()]
         else:
-            runs = JobRun.objects.bulk_create([JobRun(kwargs=kwargs, **base) for kwargs in kwargs_list])
+            runs = JobRun.objects.bulk_create(
+                [JobRun(kwargs=kwargs, target_id=job.target_id(kwargs), **base) for kwargs in kwargs_list]
+            )
         transaction.on_commit(lambda: runs_push(runs=runs), robust=True)
     metrics.JOBS_ENQUEUED.labels(job=job.name).inc(len(runs))
     return runs

@@ -54,6 +54,17 @@ class RetryPolicy:
 
 
 FailureHook = Callable[["JobRun", str, str], None]
+#: ``rerun(run, by)``: start the work of a finished run again; returns the new run.
+RerunHook = Callable[["JobRun", str], "JobRun"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """The record a run works on: a model (``app_label.Model``) and the argument that
+    holds its id. The console links each run to it, and the record to its runs."""
+
+    model: str
+    argument: str
 
 
 @dataclass
@@ -66,6 +77,13 @@ class Job:
     cron: str | None = None
     on_failure: FailureHook | None = None
     description: str = ""
+    #: True: re-running enqueues the same arguments (the work is redone). A hook: the job
+    #: says how to redo it. False: the console does not offer it.
+    rerun: bool | RerunHook = True
+    target: Target | None = None
+    #: Seconds (or a setting's name) without a heartbeat after which a running attempt
+    #: counts as lost; ``JOBS_LOST_AFTER`` when unset.
+    lost_after: float | str | None = None
 
     def __call__(self, **kwargs: Any) -> Any:
         return self.func(**kwargs)
@@ -77,6 +95,24 @@ class Job:
         if isinstance(self.timeout, str):
             return int(getattr(settings, self.timeout))
         return self.timeout
+
+    @property
+    def lost_after_seconds(self) -> float:
+        if self.lost_after is None:
+            return float(settings.JOBS_LOST_AFTER)
+        if isinstance(self.lost_after, str):
+            return float(getattr(settings, self.lost_after))
+        return float(self.lost_after)
+
+    @property
+    def rerunnable(self) -> bool:
+        return self.rerun is not False
+
+    def target_id(self, kwargs: dict[str, Any]) -> int | None:
+        if self.target is None:
+            return None
+        value = kwargs.get(self.target.argument)
+        return value if isinstance(value, int) else None
 
     def enqueue(self, *, _delay: float = 0, _dedupe_key: str | None = None, **kwargs: Any) -> JobRun:
         """Record a run now and send it to the cluster once the current transaction commits.
@@ -110,10 +146,13 @@ def job(
     queue: str | None = None,
     cron: str | None = None,
     on_failure: FailureHook | None = None,
+    rerun: bool | RerunHook = True,
+    target: Target | None = None,
+    lost_after: float | str | None = None,
 ) -> Callable[[Callable[..., Any]], Job]:
     """Declare a job. ``on_failure(run, code, message)`` runs once when the run ends failed
-    (retries spent, a permanent error, or a lost worker with no attempts left), so the
-    job's own record can be moved to a final state."""
+    or cancelled (retries spent, a permanent error, a lost worker with no attempts left,
+    an operator's cancel), so the job's own record can be moved to a final state."""
 
     def decorate(func: Callable[..., Any]) -> Job:
         existing = REGISTRY.get(name)
@@ -127,6 +166,9 @@ def job(
             queue=queue,
             cron=cron,
             on_failure=on_failure,
+            rerun=rerun,
+            target=target,
+            lost_after=lost_after,
             description=(func.__doc__ or "").strip().split("\n")[0],
         )
         REGISTRY[name] = declared

@@ -12,27 +12,25 @@ import contextvars
 import logging
 import os
 import socket
-import threading
 import time
 import traceback as tb
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, OperationalError, connection, connections, transaction
-from django.db.models import F
+from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 from django_q.exceptions import TimeoutException
 
 from project import context
 from project.errors import AppError
-from project.jobs import metrics, registry
-from project.jobs.models import JobRun
-from project.jobs.queue import runs_push
+from project.jobs import metrics, progress, registry, transitions
+from project.jobs.models import JobPause, JobRun
 
 logger = logging.getLogger("project.jobs")
 
-MAX_ERROR_LENGTH = 1000
+MAX_ERROR_LENGTH = transitions.MAX_ERROR_LENGTH
+Status = JobRun.Status
 _task_id: contextvars.ContextVar[str] = contextvars.ContextVar("q_task_id", default="")
 _current: contextvars.ContextVar[JobRun | None] = contextvars.ContextVar("current_run", default=None)
 
@@ -53,18 +51,22 @@ def _worker_id() -> str:
 
 def execute(run_id: int, attempt: int) -> str:
     """django-q2 entry point for every job message."""
-    run = _claim(run_id, attempt)
+    run = transitions.claim(run_id, attempt, worker=_worker_id(), task_id=_task_id.get())
     if run is None:
         return _unclaimed(run_id, attempt)
     return _run(run)
 
 
 def run_scheduled(job_name: str) -> str:
-    """django-q2 ``Schedule`` entry point: record a run for the schedule and execute it here."""
+    """django-q2 ``Schedule`` entry point: record a run for the schedule and execute it here.
+    A paused job's schedule records nothing: the next fire after the resume does the work."""
     job = registry.get(job_name)
     if job is None:
         logger.error("schedule names an unknown job", extra={"job": job_name})
         return "unknown_job"
+    if JobPause.objects.filter(name=job_name).exists():
+        logger.info("schedule skipped: the job is paused", extra={"job": job_name})
+        return "paused"
     now = timezone.now()
     run = JobRun.objects.create(
         name=job_name, scheduled=True, max_attempts=job.retry.max_attempts, due_at=now, pushed_at=now
@@ -72,28 +74,17 @@ def run_scheduled(job_name: str) -> str:
     return execute(run.pk, 1)
 
 
-def _claim(run_id: int, attempt: int) -> JobRun | None:
-    now = timezone.now()
-    claimed = JobRun.objects.filter(pk=run_id, attempt=attempt, status=JobRun.Status.QUEUED).update(
-        status=JobRun.Status.RUNNING,
-        started_at=now,
-        heartbeat_at=now,
-        finished_at=None,
-        worker=_worker_id(),
-        task_id=_task_id.get(),
-        updated_at=now,
-    )
-    if not claimed:
-        return None
-    return JobRun.objects.get(pk=run_id)
-
-
 def _unclaimed(run_id: int, attempt: int) -> str:
     run = JobRun.objects.filter(pk=run_id).first()
     if run is None:
         logger.warning("message for a run that no longer exists", extra={"run_id": run_id})
         return "missing"
-    if run.status == JobRun.Status.RUNNING and run.attempt == attempt and is_lost(run):
+    if run.status == Status.QUEUED and run.attempt == attempt:
+        # Only a pause makes a claim of a queued run fail: the run waits, its attempt
+        # unchanged, and the resume sends its message again.
+        logger.info("run waits: its job is paused", extra={"job": run.name, "run_id": run.pk})
+        return "paused"
+    if run.status == Status.RUNNING and run.attempt == attempt and is_lost(run):
         # django-q2 redelivered the message of a worker that died: recover it now rather
         # than waiting for the sweep.
         from project.jobs.recovery import run_recover_lost
@@ -107,39 +98,14 @@ def _unclaimed(run_id: int, attempt: int) -> str:
     return "duplicate"
 
 
+def lost_after(run: JobRun) -> float:
+    job = registry.get(run.name)
+    return job.lost_after_seconds if job else float(settings.JOBS_LOST_AFTER)
+
+
 def is_lost(run: JobRun) -> bool:
-    threshold = timezone.now() - timedelta(seconds=settings.JOBS_LOST_AFTER)
+    threshold = timezone.now() - timedelta(seconds=lost_after(run))
     return run.heartbeat_at is None or run.heartbeat_at < threshold
-
-
-class _Heartbeat:
-    """Refreshes the run's heartbeat from a side thread while the job runs."""
-
-    def __init__(self, run: JobRun) -> None:
-        self.run_id, self.attempt = run.pk, run.attempt
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{run.pk}", daemon=True)
-
-    def __enter__(self) -> _Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _loop(self) -> None:
-        try:
-            while not self._stop.wait(settings.JOBS_HEARTBEAT_INTERVAL):
-                try:
-                    JobRun.objects.filter(pk=self.run_id, attempt=self.attempt, status=JobRun.Status.RUNNING).update(
-                        heartbeat_at=timezone.now()
-                    )
-                except DatabaseError:
-                    logger.warning("heartbeat not recorded", exc_info=True, extra={"run_id": self.run_id})
-                    connections.close_all()
-        finally:
-            connections.close_all()  # this thread's connection only
 
 
 def _object_ids(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -149,7 +115,9 @@ def _object_ids(kwargs: dict[str, Any]) -> dict[str, Any]:
 def _run(run: JobRun) -> str:
     job = registry.get(run.name)
     if job is None:
-        _finish_failed(run, None, "unknown_job", f"no job is registered as {run.name!r}", "")
+        transitions.finish(
+            run, None, status=Status.FAILED, code="unknown_job", message=f"no job is registered as {run.name!r}"
+        )
         return "failed"
     lateness = max(0.0, (run.started_at - run.due_at).total_seconds())
     bind = {
@@ -168,21 +136,32 @@ def _run(run: JobRun) -> str:
         started = time.perf_counter()
         in_flight = metrics.JOBS_IN_FLIGHT.labels(job=job.name)
         in_flight.inc()
+        watch = progress.watch_start(run_id=run.pk, attempt=run.attempt)
         try:
-            with _Heartbeat(run):
-                try:
-                    result = job.func(**run.kwargs)
-                except registry.Defer as defer:
-                    outcome = _defer(run, defer)
-                except TimeoutException:
-                    _close_if_broken(force=True)
-                    _finish_failed(run, job, "timeout", f"the attempt exceeded its {job.timeout_seconds} s budget", "")
-                    raise
-                except Exception as exc:  # noqa: BLE001 - every failure is classified and recorded
-                    outcome = _failed_attempt(run, job, exc)
-                else:
-                    outcome = _succeed(run, result)
+            try:
+                result = job.func(**run.kwargs)
+            except registry.Defer as defer:
+                transitions.defer(run, seconds=defer.seconds)
+                logger.debug("job deferred for %.1f s: %s", defer.seconds, defer.reason)
+                outcome = "deferred"
+            except progress.JobCancelled as cancelled:
+                outcome = _cancelled(run, job, cancelled.reason)
+            except TimeoutException:
+                _close_if_broken(force=True)
+                transitions.finish(
+                    run,
+                    job,
+                    status=Status.FAILED,
+                    code="timeout",
+                    message=f"the attempt exceeded its {job.timeout_seconds} s budget",
+                )
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure is classified and recorded
+                outcome = _failed_attempt(run, job, exc, watch)
+            else:
+                outcome = _succeed(run, result, watch)
         finally:
+            progress.watch_stop(watch)
             in_flight.dec()
             _current.reset(token)
             metrics.JOB_DURATION.labels(job=job.name).observe(time.perf_counter() - started)
@@ -207,10 +186,22 @@ def _close_if_broken(*, force: bool = False) -> None:
         connection.close()
 
 
-def _failed_attempt(run: JobRun, job: registry.Job, exc: Exception) -> str:
+def _cancelled(run: JobRun, job: registry.Job, reason: str) -> str:
+    _close_if_broken()
+    if transitions.finish(run, job, status=Status.CANCELLED, code="cancelled", message=reason):
+        logger.warning("job cancelled: %s", reason)
+        return "cancelled"
+    logger.info("job stopped: %s", reason)
+    return "dropped"
+
+
+def _failed_attempt(run: JobRun, job: registry.Job, exc: Exception, watch: progress.Watch) -> str:
     kind, code, message = classify(exc)
     if code == "database_unavailable":
         _close_if_broken(force=True)
+    if watch.stop_reason is not None:
+        # Cancelled while failing: no retry for a run an operator stopped.
+        return _cancelled(run, job, watch.stop_reason)
     trace = tb.format_exc() if kind == "unexpected" else ""
     delay = None
     if kind == "retryable":
@@ -221,99 +212,15 @@ def _failed_attempt(run: JobRun, job: registry.Job, exc: Exception) -> str:
     log_extra = {"error_code": code, "kind": kind}
     if delay is not None:
         logger.warning("job attempt failed; retry in %.1f s: %s", delay, message, extra=log_extra)
-        return "retried" if run_retry(run, delay=delay, code=code, message=message) else "dropped"
+        return "retried" if transitions.retry(run, delay=delay, code=code, message=message) else "dropped"
     logger.error("job failed: %s", message, extra=log_extra, exc_info=kind == "unexpected")
-    _finish_failed(run, job, code, message, trace)
+    transitions.finish(run, job, status=Status.FAILED, code=code, message=message, trace=trace)
     return "failed"
 
 
-def _history_entry(run: JobRun, outcome: str, code: str = "", message: str = "") -> dict[str, Any]:
-    return {
-        "attempt": run.attempt,
-        "due_at": run.due_at.isoformat(),
-        "started_at": run.started_at.isoformat() if run.started_at else None,
-        "finished_at": timezone.now().isoformat(),
-        "outcome": outcome,
-        "error_code": code,
-        "error": message[:300],
-    }
-
-
-def _owned(run: JobRun, statuses: tuple[str, ...] = (JobRun.Status.RUNNING,), **extra: Any):
-    """The run, only while it is still in this attempt and state (nobody took it over)."""
-    return JobRun.objects.filter(pk=run.pk, attempt=run.attempt, status__in=statuses, **extra)
-
-
-def run_retry(run: JobRun, *, delay: float, code: str, message: str, **extra: Any) -> bool:
-    now = timezone.now()
-    due = now + timedelta(seconds=delay)
-    updated = _owned(run, **extra).update(
-        status=JobRun.Status.QUEUED,
-        attempt=run.attempt + 1,
-        due_at=due,
-        pushed_at=now,
-        error_code=code,
-        error=message,
-        history=[*run.history, _history_entry(run, "retried", code, message)],
-        updated_at=now,
-    )
-    if not updated:
-        logger.warning("run was taken over before its retry was recorded", extra={"run_id": run.pk})
-        return False
-    run.attempt, run.due_at, run.status = run.attempt + 1, due, JobRun.Status.QUEUED
-    transaction.on_commit(lambda: runs_push(runs=[run]), robust=True)
-    return True
-
-
-def _finish_failed(run: JobRun, job: registry.Job | None, code: str, message: str, trace: str, **extra: Any) -> bool:
-    now = timezone.now()
-    with transaction.atomic():
-        updated = _owned(run, **extra).update(
-            status=JobRun.Status.FAILED,
-            finished_at=now,
-            error_code=code,
-            error=message,
-            traceback=trace,
-            history=[*run.history, _history_entry(run, "failed", code, message)],
-            updated_at=now,
-        )
-        if updated and job is not None:
-            try:
-                with transaction.atomic():
-                    job.failed(run, code, message)
-            except Exception:
-                logger.exception("on_failure hook of %s raised", job.name, extra={"run_id": run.pk})
-    return bool(updated)
-
-
-def _succeed(run: JobRun, result: Any) -> str:
-    now = timezone.now()
-    if not isinstance(result, (dict, list, int, float, str, bool, type(None))):
-        result = None
-    updated = _owned(run).update(
-        status=JobRun.Status.SUCCEEDED,
-        finished_at=now,
-        result=result,
-        error_code="",
-        error="",
-        history=[*run.history, _history_entry(run, "succeeded")],
-        updated_at=now,
-    )
-    if not updated:
+def _succeed(run: JobRun, result: Any, watch: progress.Watch) -> str:
+    if not transitions.succeed(run, result, progress=watch.report):
         logger.warning("run was taken over before its success was recorded", extra={"run_id": run.pk})
         return "dropped"
     logger.info("job attempt succeeded")
     return "succeeded"
-
-
-def _defer(run: JobRun, defer: registry.Defer) -> str:
-    now = timezone.now()
-    due = now + timedelta(seconds=defer.seconds)
-    updated = _owned(run).update(
-        status=JobRun.Status.QUEUED, due_at=due, pushed_at=now, deferrals=F("deferrals") + 1, updated_at=now
-    )
-    if updated:
-        run.due_at, run.status = due, JobRun.Status.QUEUED
-        transaction.on_commit(lambda: runs_push(runs=[run]), robust=True)
-    logger.debug("job deferred for %.1f s: %s", defer.seconds, defer.reason)
-    return "deferred"

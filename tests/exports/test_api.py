@@ -102,6 +102,7 @@ def test_status_has_gitlab_project_fields_and_links_only_when_finished(api, main
     queued = client.get(f"/api/v4/projects/{project.pk}/export").json()
     assert "_links" not in queued
     assert queued["export_progress"] == {
+        "phase": "queued",
         "relations_done": 0,
         "relations_total": 4,
         "rows_written": 0,

@@ -19,12 +19,13 @@ import pytest
 from django.conf import settings
 from django.core.management import call_command
 from django.db import connection
+from django.db.models import F
 
 from exports import maintenance, services
 from exports.models import ProjectExportArchive, ProjectExportJob
-from project.jobs.models import JobRun
-from project.jobs.recovery import runs_recover
-from project.jobs.runner import is_lost
+from project.jobs import JobRun
+from project.jobs.testing import recovery_sweep
+from project.jobs.testing import run_is_lost as is_lost
 from project.services import project_create
 from tests.exports.conftest import read_archive
 from tests.support.cluster import ClusterProcess, running_cluster, wait_for
@@ -94,16 +95,18 @@ def test_polling_client_sees_none_queued_started_finished(on_cluster, poller, ma
         finally:
             cursor.execute("SELECT pg_advisory_unlock(%s)", [services.GATE_LOCK_KEY])
     on_cluster.paused_worker(project)
-    # Half-way: the heartbeat publishes progress from the worker.
+    # Half-way: the worker's progress reaches the run, and the API shows it.
     progress = wait_for(lambda: (client.poll()["export_progress"] or {}).get("rows_written"), timeout=10)
-    assert progress >= 1 + 5 + 2  # project.json, members, labels at least
+    assert progress >= 1 + 5  # project.json and members at least
+    assert client.poll()["export_progress"]["phase"] == "exporting"
     (on_cluster.pause / str(project.pk)).unlink()
     wait_for(lambda: client.poll()["export_status"] == "finished", timeout=20)
 
     assert client.seen == ["none", "queued", "started", "finished"]
     job = ProjectExportJob.objects.get()
-    assert job.task_id == JobRun.objects.get(pk=job.job_run_id).task_id != ""  # django-q2's task
-    assert (job.attempts, job.relations_done, job.rows_written) == (1, 4, 1 + 5 + 2 + 3)
+    run = JobRun.objects.get(pk=job.job_run_id)
+    assert (run.attempt, run.task_id != "") == (1, True)  # django-q2's task
+    assert (job.relations_done, job.rows_written) == (4, 1 + 5 + 2 + 3)
     archive = ProjectExportArchive.objects.get()
     assert (
         b"Crash on start" in read_archive(b"".join(client.download().streaming_content))["tree/project/issues.ndjson"]
@@ -127,12 +130,12 @@ def test_worker_killed_mid_export_is_re_run_and_leaves_nothing_behind(
     run = JobRun.objects.get(pk=job.job_run_id)
     wait_for(lambda: is_lost(JobRun.objects.get(pk=run.pk)), timeout=15, message="heartbeat still fresh")
     # The minute schedule (or, on the ORM broker, redelivery) would do this too; run it now.
-    runs_recover()
+    recovery_sweep()
     wait_for(lambda: _job_status(job, "finished", "failed"), timeout=30)
     client.poll()
 
     job.refresh_from_db()
-    assert (job.status, job.attempts) == ("finished", 2), on_cluster.process.output()
+    assert job.status == "finished", on_cluster.process.output()
     run.refresh_from_db()
     assert [(h["outcome"], h["error_code"]) for h in run.history] == [("retried", "worker_lost"), ("succeeded", "")]
     assert client.seen == ["started", "finished"]
@@ -143,28 +146,23 @@ def test_worker_killed_mid_export_is_re_run_and_leaves_nothing_behind(
     assert len(members["tree/project/issues.ndjson"].splitlines()) == 3
 
 
-def test_worker_killed_mid_export_is_failed_by_the_sweep_and_cleaned_up(
+def test_worker_killed_on_its_last_attempt_fails_the_export_and_cleans_up(
     on_cluster, poller, maintainer, project, issues, settings
 ) -> None:
-    from django.utils import timezone
-
     client = poller(maintainer, project)
     on_cluster.hold(project)
     job = services.export_request(project=project, user=maintainer)
     worker = on_cluster.paused_worker(project)
     client.poll()
+    # As if its earlier attempts had failed: no retry is left.
+    JobRun.objects.filter(pk=job.job_run_id).update(attempt=F("max_attempts"))
     os.kill(worker, signal.SIGKILL)
-    # Our own threshold, shorter than the toolkit's (JOBS_LOST_AFTER): the sweep acts first.
-    settings.EXPORT_STUCK_AFTER = 1
-    assert settings.EXPORT_STUCK_AFTER < settings.JOBS_LOST_AFTER
-    wait_for(
-        lambda: _job_status(job, "started") and job.heartbeat_at < timezone.now() - timezone.timedelta(seconds=1.2),
-        timeout=10,
-    )
-    result = maintenance.export_jobs_fail_stuck()
+    run = JobRun.objects.get(pk=job.job_run_id)
+    wait_for(lambda: is_lost(JobRun.objects.get(pk=run.pk)), timeout=15, message="heartbeat still fresh")
+    assert recovery_sweep()["lost_failed"] == 1
+    maintenance.export_jobs_fail_stuck()  # removes the scratch directory of the stopped job
     client.poll()
 
-    assert result["no_heartbeat"] == 1
     assert client.seen == ["started", "failed"]
     job.refresh_from_db()
     assert (job.status, job.error) == ("failed", "The worker running the export stopped.")

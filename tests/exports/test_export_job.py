@@ -11,19 +11,27 @@ from django.utils import timezone
 
 from exports import archive, services
 from exports.models import ProjectExportArchive, ProjectExportJob
-from project.jobs import Defer
-from project.jobs.models import JobRun
+from project.jobs import Defer, JobRun, control
+from project.jobs.testing import poll_controls, progress_report
 from tests.exports.conftest import latest_job, read_archive, run_attempt
 
 pytestmark = pytest.mark.django_db
 
 
-def _job(project, user, **fields) -> ProjectExportJob:
+def _job(project, user, run_status: str | None = None, **fields) -> ProjectExportJob:
     job = services.export_request(project=project, user=user)
     if fields:
         ProjectExportJob.objects.filter(pk=job.pk).update(**fields)
         job.refresh_from_db()
+    if run_status:
+        JobRun.objects.filter(pk=job.job_run_id).update(status=run_status)
     return job
+
+
+def _running(project, user, **fields) -> ProjectExportJob:
+    """An export a worker is writing now: started, its run running."""
+    now = timezone.now()
+    return _job(project, user, run_status="running", status="started", started_at=now, **fields)
 
 
 # --- transitions ----------------------------------------------------------------------
@@ -37,7 +45,7 @@ def test_transitions_move_forward_only_and_say_when_refused(project, maintainer)
     assert services.export_job_finish(export_job_id=job.pk) is True
     assert services.export_job_fail(export_job_id=job.pk, code="x", error="late") is False  # finished is final
     job.refresh_from_db()
-    assert (job.status, job.error, job.attempts) == ("finished", "", 1)
+    assert (job.status, job.error) == ("finished", "")
     assert job.finished_at is not None
 
 
@@ -77,9 +85,8 @@ def test_unexpected_errors_reach_the_client_without_internals(project, maintaine
 
 def test_gate_defers_a_job_while_the_running_limit_is_reached(project, owner, maintainer, settings) -> None:
     settings.EXPORT_MAX_CONCURRENT = 2
-    now = timezone.now()
     for user in (owner, maintainer):
-        _job(project, user, status="started", heartbeat_at=now, started_at=now)
+        _running(project, user)
     waiting = _job(project, maintainer)
     with pytest.raises(Defer) as deferred:
         services.export_run(export_job_id=waiting.pk)
@@ -88,10 +95,9 @@ def test_gate_defers_a_job_while_the_running_limit_is_reached(project, owner, ma
     assert waiting.status == "queued"
 
 
-def test_running_job_whose_heartbeat_stopped_does_not_hold_a_slot(project, owner, maintainer, settings) -> None:
+def test_started_job_whose_run_ended_does_not_hold_a_slot(project, owner, maintainer, settings) -> None:
     settings.EXPORT_MAX_CONCURRENT = 1
-    stale = timezone.now() - timedelta(seconds=settings.EXPORT_STUCK_AFTER + 1)
-    _job(project, owner, status="started", heartbeat_at=stale, started_at=stale)
+    _job(project, owner, run_status="failed", status="started", started_at=timezone.now())
     job = _job(project, maintainer)
     assert services.export_run(export_job_id=job.pk)["size"] > 0
 
@@ -117,24 +123,23 @@ def test_older_job_without_a_live_run_does_not_block_the_queue(project, owner, m
 
 def test_retry_of_a_started_job_keeps_its_slot(project, owner, maintainer, settings) -> None:
     settings.EXPORT_MAX_CONCURRENT = 1
-    now = timezone.now()
-    _job(project, owner, status="started", heartbeat_at=now, started_at=now)
-    mine = _job(project, maintainer, status="started", heartbeat_at=now, started_at=now, attempts=1)
+    _running(project, owner)
+    # Its first attempt failed: started, its run queued for the retry.
+    mine = _job(project, maintainer, status="started", started_at=timezone.now(), relations_done=2)
     services.export_run(export_job_id=mine.pk)
     mine.refresh_from_db()
-    assert (mine.status, mine.attempts) == ("finished", 2)
+    assert (mine.status, mine.relations_done) == ("finished", 4)
 
 
 def test_a_deferred_job_waits_without_spending_an_attempt(project, owner, maintainer, settings) -> None:
     settings.EXPORT_MAX_CONCURRENT = 1
-    now = timezone.now()
-    _job(project, owner, status="started", heartbeat_at=now, started_at=now)
+    _running(project, owner)
     job = _job(project, maintainer)
     assert run_attempt(job) == "deferred"
     run = JobRun.objects.get(pk=job.job_run_id)
     assert (run.status, run.attempt, run.deferrals) == ("queued", 1, 1)
     job.refresh_from_db()
-    assert (job.status, job.attempts) == ("queued", 0)
+    assert job.status == "queued"
 
 
 def test_a_run_of_a_finished_or_failed_job_does_nothing(project, maintainer) -> None:
@@ -146,24 +151,40 @@ def test_a_run_of_a_finished_or_failed_job_does_nothing(project, maintainer) -> 
 # --- heartbeat, cancellation, scratch files -------------------------------------------
 
 
-def test_heartbeat_publishes_progress(project, maintainer) -> None:
-    job = _job(project, maintainer, status="started")
-    progress = archive.Progress(relations_done=2, rows_written=1234)
-    archive.Heartbeat(job.pk, progress).beat()
+def test_export_reports_its_progress_to_the_toolkit(project, maintainer, issues, during_export) -> None:
+    reports = []
+    during_export(lambda relation: reports.append((relation, progress_report())))
+    job = _job(project, maintainer)
+    assert run_attempt(job) == "succeeded"
+    report = dict(reports)["labels"]  # reported as labels began: the project and its 5 members
+    assert (report["done"], report["total"], report["note"]) == (2, 4, "exporting labels: 6 rows")
+    run = JobRun.objects.get(pk=job.job_run_id)
+    assert (run.progress["done"], run.progress["note"], run.progress["rows_written"]) == (
+        4,
+        "exporting issues: 11 rows",
+        11,
+    )
     job.refresh_from_db()
-    assert (job.relations_done, job.relations_total, job.rows_written) == (2, 4, 1234)
-    assert timezone.now() - job.heartbeat_at < timedelta(seconds=5)
-    assert not progress.cancelled.is_set()
+    assert (job.relations_done, job.relations_total, job.rows_written) == (4, 4, 11)
 
 
-def test_heartbeat_stops_an_export_whose_job_was_failed_meanwhile(project, maintainer) -> None:
-    job = _job(project, maintainer, status="started")
-    services.export_job_mark_failed(export_job_id=job.pk, reason="stop it")
-    progress = archive.Progress()
-    archive.Heartbeat(job.pk, progress).beat()
-    assert progress.cancelled.is_set()
-    with pytest.raises(archive.ExportCancelled):
-        progress.check()
+def test_export_cancelled_mid_run_stops_fails_and_publishes_nothing(
+    project, maintainer, issues, during_export, media_root
+) -> None:
+    job = _job(project, maintainer)
+
+    def cancel(relation: str) -> None:
+        if relation == "labels":
+            control.run_cancel(run_id=job.job_run_id, by="alice")
+            poll_controls()  # the watcher's next round, on this test's connection
+
+    during_export(cancel)
+    assert run_attempt(job) == "cancelled"
+    job.refresh_from_db()
+    assert (job.status, job.error_code, job.error) == ("failed", "cancelled", "The export was cancelled by alice.")
+    assert JobRun.objects.get(pk=job.job_run_id).status == "cancelled"
+    assert not ProjectExportArchive.objects.exists()
+    assert not list((media_root / "exports-tmp").iterdir())
 
 
 def test_export_failed_by_an_admin_mid_run_publishes_nothing(project, maintainer, issues, during_export) -> None:

@@ -12,8 +12,9 @@ import time_machine
 from django.utils import timezone
 
 from exports import maintenance, services
-from exports.models import ProjectExportArchive, ProjectExportJob
-from project.jobs.models import JobRun
+from exports.models import ProjectExportArchive
+from project.jobs import JobRun
+from project.jobs.testing import recovery_sweep
 from tests.exports.conftest import latest_job, read_archive, run_attempt
 from tests.support.http_server import recording_server
 
@@ -149,27 +150,31 @@ def test_export_failing_until_retries_run_out_goes_none_queued_started_failed(
     assert outcomes == ["retried", "retried", "failed"]
     assert client.seen == ["none", "queued", "started", "failed"]
     job = latest_job(maintainer, project)
-    assert (job.status, job.attempts, job.error_code) == ("failed", 3, "storage_error")
+    assert (job.status, job.error_code) == ("failed", "storage_error")
+    assert JobRun.objects.get(pk=job.job_run_id).attempt == 3
     assert job.error == "Could not store the archive: Input/output error."
     assert client.poll()["export_error"] == job.error
     assert list((media_root / "exports-tmp").iterdir()) == []
 
 
-def test_dead_worker_is_failed_by_the_sweep(poller, maintainer, project, settings) -> None:
+def test_dead_worker_is_failed_by_the_toolkits_recovery(poller, maintainer, project, settings) -> None:
     client = poller(maintainer, project)
     client.request_export()
     job = latest_job(maintainer, project)
     start = timezone.now()
-    # The worker claimed the job and died: the run is "running" with a stale heartbeat
-    # and no retry is left, and the job's own heartbeat stopped.
+    # The worker claimed the job and died on its last attempt: the run is "running" and
+    # its heartbeat stopped.
     services.export_job_start(export_job_id=job.pk)
     JobRun.objects.filter(pk=job.job_run_id).update(status="running", heartbeat_at=start, attempt=4)
     client.poll()
+    # The export run's own threshold (EXPORT_STUCK_AFTER), declared on the job, not the
+    # toolkit's default (JOBS_LOST_AFTER).
+    settings.EXPORT_STUCK_AFTER = settings.JOBS_LOST_AFTER * 10
     with time_machine.travel(start + timedelta(seconds=settings.EXPORT_STUCK_AFTER - 1), tick=False):
-        assert maintenance.export_jobs_fail_stuck()["no_heartbeat"] == 0
+        assert recovery_sweep()["lost_failed"] == 0
         client.poll()
     with time_machine.travel(start + timedelta(seconds=settings.EXPORT_STUCK_AFTER + 1), tick=False):
-        assert maintenance.export_jobs_fail_stuck()["no_heartbeat"] == 1
+        assert recovery_sweep()["lost_failed"] == 1
         body = client.poll()
 
     assert client.seen == ["started", "failed"]
@@ -181,12 +186,12 @@ def test_queued_job_whose_run_ended_is_failed_by_the_sweep(poller, maintainer, p
     client = poller(maintainer, project)
     client.request_export()
     job = latest_job(maintainer, project)
-    JobRun.objects.filter(pk=job.job_run_id).update(status="failed")
+    JobRun.objects.filter(pk=job.job_run_id).update(status="succeeded")
     client.poll()
-    with time_machine.travel(timezone.now() + timedelta(seconds=settings.EXPORT_STUCK_AFTER + 1), tick=False):
-        assert maintenance.export_jobs_fail_stuck()["never_started"] == 1
-        client.poll()
+    assert maintenance.export_jobs_fail_stuck()["run_ended"] == 1
+    body = client.poll()
     assert client.seen == ["queued", "failed"]
+    assert body["export_error"] == "The export's job run ended without finishing it."
 
 
 @pytest.mark.parametrize("state", ["queued", "started"])
@@ -202,7 +207,6 @@ def test_job_older_than_the_budget_is_failed_whatever_its_state(poller, maintain
     late = start + timedelta(seconds=settings.EXPORT_MAX_AGE + 60)
     with time_machine.travel(late, tick=False):
         # Alive and well by every other measure: fresh heartbeat, live run.
-        ProjectExportJob.objects.filter(pk=job.pk).update(heartbeat_at=late)
         JobRun.objects.filter(pk=job.job_run_id).update(heartbeat_at=late)
         result = maintenance.export_jobs_fail_stuck()
         body = client.poll()

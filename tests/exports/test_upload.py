@@ -8,7 +8,7 @@ import pytest
 
 from exports import services
 from exports.models import ProjectExportArchive
-from project.jobs.models import JobRun
+from project.jobs import JobRun
 from tests.exports.conftest import run_attempt
 from tests.support.http_server import recording_server
 
@@ -66,7 +66,7 @@ def test_non_2xx_answer_fails_the_job_with_the_code_and_publishes_nothing(projec
     job.refresh_from_db()
     assert (job.status, job.error_code) == ("failed", "upload_failed")
     assert job.error == "Error uploading the project. Code 403: Forbidden"
-    assert job.attempts == 1  # not retried
+    assert JobRun.objects.get(pk=job.job_run_id).attempt == 1  # not retried
     assert not ProjectExportArchive.objects.exists()
     assert services.export_state(project=project, user=maintainer).status == "failed"
 
@@ -80,8 +80,9 @@ def test_unreachable_upload_host_is_retried_then_fails(project, maintainer, loca
     assert run_attempt(job) == "retried"
     assert run_attempt(job) == "failed"
     job.refresh_from_db()
-    assert (job.status, job.error_code, job.attempts) == ("failed", "upload_unavailable", 2)
-    assert job.error == "Could not upload the project to 127.0.0.1: NewConnectionError."
+    assert (job.status, job.error_code) == ("failed", "upload_unavailable")
+    assert JobRun.objects.get(pk=job.job_run_id).attempt == 2
+    assert job.error == "Could not upload the project to 127.0.0.1: ConnectionRefusedError."
     assert [h["error_code"] for h in JobRun.objects.get(pk=job.job_run_id).history] == [
         "upload_unavailable",
         "upload_unavailable",

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from exports import archive
-from project.jobs.runner import current_run
+from project.jobs import current_run
 
 PAUSE_DIR = os.environ.get("EXPORT_TEST_PAUSE_DIR")
 _original = archive.copy_relation
@@ -30,7 +30,7 @@ def _pausing_copy_relation(relation, params, path, progress):
             Path(f"{flag}.tmp").write_text(str(os.getpid()))
             Path(f"{flag}.tmp").rename(f"{flag}.paused")
             while flag.exists():
-                progress.check()  # a job failed under us stops here, as it would mid-COPY
+                progress.report()  # a cancelled job stops here, as it would mid-COPY
                 time.sleep(0.05)
     return rows
 

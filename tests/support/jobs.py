@@ -6,8 +6,7 @@ import os
 import time
 
 from project.errors import PermanentError, RetryableError
-from project.jobs import RetryPolicy, job
-from project.jobs.runner import current_run
+from project.jobs import RetryPolicy, current_run, job
 
 
 def _record(key: str) -> int:
@@ -69,3 +68,21 @@ def too_slow(*, key: str) -> None:
     """Sleeps past its 1 s budget."""
     _record(key)
     time.sleep(10)
+
+
+@job("probe.progress", retry=RetryPolicy(delays=(1,)), timeout=120)
+def progress(*, key: str, steps: int, interval: float) -> dict:
+    """Reports progress ``steps`` times, ``interval`` s apart (long enough to be cancelled)."""
+    from project.jobs import report_progress
+
+    _record(key)
+    for step in range(1, steps + 1):
+        time.sleep(interval)
+        report_progress(step, steps, f"step {step} of {steps}", key=key)
+    return {"steps": steps}
+
+
+@job("probe.once", rerun=False)
+def once(*, key: str) -> None:
+    """A job that declares it cannot be re-run."""
+    _record(key)

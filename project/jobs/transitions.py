@@ -1,0 +1,199 @@
+"""Every change of a run's state, each one conditional UPDATE with its guard.
+
+The runner, the recovery sweep and the control service (cancel, retry now, resume) all
+move runs through these functions, so a run changes state in one way only, and a change
+that lost a race (the run moved meanwhile) changes nothing and says so by returning False.
+
+    queued ──claim──► running ──succeed──► succeeded
+      ▲  │                │ ├──finish────► failed | cancelled   (the job's failure hook runs)
+      │  └──finish──►     │ ├──retry─────► queued (attempt + 1, due later)
+      │   cancelled       │ └──defer─────► queued (same attempt)
+      └── retry_now (due now) ◄── queued
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from project.jobs.models import JobPause, JobRun
+from project.jobs.queue import runs_push
+from project.jobs.redact import redact
+
+if TYPE_CHECKING:
+    from project.jobs.registry import Job
+
+logger = logging.getLogger("project.jobs")
+
+Status = JobRun.Status
+MAX_ERROR_LENGTH = 1000
+
+
+def _history_entry(run: JobRun, outcome: str, code: str = "", message: str = "") -> dict[str, Any]:
+    return {
+        "attempt": run.attempt,
+        "due_at": run.due_at.isoformat(),
+        "started_at": run.started_at.isoformat() if run.started_at else None,
+        "finished_at": timezone.now().isoformat(),
+        "outcome": outcome,
+        "error_code": code,
+        "error": message[:300],
+    }
+
+
+def _owned(run: JobRun, statuses: Sequence[str] = (Status.RUNNING,), **extra: Any):
+    """The run, only while it is still in this attempt and state (nobody took it over)."""
+    return JobRun.objects.filter(pk=run.pk, attempt=run.attempt, status__in=statuses, **extra)
+
+
+def claim(run_id: int, attempt: int, *, worker: str, task_id: str) -> JobRun | None:
+    """queued → running for exactly this attempt, unless its job is paused."""
+    now = timezone.now()
+    claimed = (
+        JobRun.objects.filter(pk=run_id, attempt=attempt, status=Status.QUEUED)
+        .exclude(name__in=JobPause.objects.values("name"))
+        .update(
+            status=Status.RUNNING,
+            started_at=now,
+            heartbeat_at=now,
+            finished_at=None,
+            worker=worker,
+            task_id=task_id,
+            progress=None,
+            updated_at=now,
+        )
+    )
+    if not claimed:
+        return None
+    return JobRun.objects.get(pk=run_id)
+
+
+def succeed(run: JobRun, result: Any, *, progress: dict[str, Any] | None) -> bool:
+    now = timezone.now()
+    if not isinstance(result, (dict, list, int, float, str, bool, type(None))):
+        result = None
+    return bool(
+        _owned(run).update(
+            status=Status.SUCCEEDED,
+            finished_at=now,
+            result=result,
+            error_code="",
+            error="",
+            history=[*run.history, _history_entry(run, "succeeded")],
+            updated_at=now,
+            progress=progress,
+        )
+    )
+
+
+def retry(
+    run: JobRun, *, delay: float, code: str, message: str, statuses: Sequence[str] = (Status.RUNNING,), **extra: Any
+) -> bool:
+    """Record a failed attempt and queue the next one ``delay`` seconds from now; its
+    message is sent once the surrounding transaction commits."""
+    now = timezone.now()
+    due = now + timedelta(seconds=delay)
+    message = redact(message)[:MAX_ERROR_LENGTH]
+    updated = _owned(run, statuses, **extra).update(
+        status=Status.QUEUED,
+        attempt=run.attempt + 1,
+        due_at=due,
+        pushed_at=now,
+        error_code=code,
+        error=message,
+        history=[*run.history, _history_entry(run, "retried", code, message)],
+        updated_at=now,
+    )
+    if not updated:
+        logger.warning("run was taken over before its retry was recorded", extra={"run_id": run.pk})
+        return False
+    run.attempt, run.due_at, run.status = run.attempt + 1, due, Status.QUEUED
+    transaction.on_commit(lambda: runs_push(runs=[run]), robust=True)
+    return True
+
+
+def defer(run: JobRun, *, seconds: float) -> bool:
+    """running → queued for the same attempt, ``seconds`` from now (waiting for capacity)."""
+    now = timezone.now()
+    due = now + timedelta(seconds=seconds)
+    updated = _owned(run).update(
+        status=Status.QUEUED, due_at=due, pushed_at=now, deferrals=F("deferrals") + 1, updated_at=now
+    )
+    if updated:
+        run.due_at, run.status = due, Status.QUEUED
+        transaction.on_commit(lambda: runs_push(runs=[run]), robust=True)
+    return bool(updated)
+
+
+def finish(
+    run: JobRun,
+    job: Job | None,
+    *,
+    status: str,
+    code: str,
+    message: str,
+    trace: str = "",
+    statuses: Sequence[str] = (Status.RUNNING,),
+    **extra: Any,
+) -> bool:
+    """End the run ``failed`` or ``cancelled`` and run its job's failure hook in the same
+    transaction, so the job's own record moves to a final state with it. A hook that
+    raises is logged; it cannot undo the run's end."""
+    assert status in (Status.FAILED, Status.CANCELLED)
+    now = timezone.now()
+    message = redact(message)[:MAX_ERROR_LENGTH]
+    with transaction.atomic():
+        updated = _owned(run, statuses, **extra).update(
+            status=status,
+            finished_at=now,
+            error_code=code,
+            error=message,
+            traceback=redact(trace),
+            history=[*run.history, _history_entry(run, status, code, message)],
+            updated_at=now,
+        )
+        if updated and job is not None:
+            try:
+                with transaction.atomic():
+                    job.failed(run, code, message)
+            except Exception:
+                logger.exception("on_failure hook of %s raised", job.name, extra={"run_id": run.pk})
+    return bool(updated)
+
+
+def cancel_request(run: JobRun, *, by: str) -> bool:
+    """Ask a running run to stop: its job sees the request at its next heartbeat or
+    progress report and the run ends ``cancelled``."""
+    return bool(
+        _owned(run, cancel_requested_at__isnull=True).update(
+            cancel_requested_at=timezone.now(), cancel_requested_by=by[:150], updated_at=timezone.now()
+        )
+    )
+
+
+def retry_now(run: JobRun) -> bool:
+    """Make a queued run due now and send its message again (the old message, when it
+    comes, finds nothing to claim)."""
+    now = timezone.now()
+    updated = _owned(run, (Status.QUEUED,)).update(due_at=now, pushed_at=now, updated_at=now)
+    if updated:
+        run.due_at = now
+        transaction.on_commit(lambda: runs_push(runs=[run], due=now), robust=True)
+    return bool(updated)
+
+
+def repush(runs: Sequence[JobRun]) -> int:
+    """Send the messages of queued runs again, at their own due times (after a resume, or
+    when a message was lost). Duplicates find nothing to claim."""
+    if not runs:
+        return 0
+    now = timezone.now()
+    JobRun.objects.filter(pk__in=[run.pk for run in runs], status=Status.QUEUED).update(pushed_at=now)
+    transaction.on_commit(lambda: runs_push(runs=runs), robust=True)
+    return len(runs)
