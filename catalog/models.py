@@ -42,6 +42,7 @@ class CatalogResource(models.Model):
         db_table = "catalog_resources"
         ordering = ["id"]
         verbose_name = "catalog resource"
+        permissions = [("sync_catalogresource", "Can resync catalog resources and process sync events")]
 
     def __str__(self) -> str:
         return self.name or f"catalog resource {self.pk}"
@@ -87,7 +88,7 @@ class SyncEvent(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"sync event {self.pk} ({self.get_status_display()})"
+        return f"Sync event #{self.pk} of catalog resource #{self.catalog_resource_id} ({self.get_status_display()})"
 
     @property
     def lag(self):

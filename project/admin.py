@@ -7,8 +7,11 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
+from django_q import admin as q_admin
+from django_q.models import Failure, Success
 
 from project import services
+from project.admin_tools import ControlledAdmin, badge, clipped, when
 from project.errors import AppError
 from project.forms import AccessTokenCreateForm, ApplicationSettingForm
 from project.models import AccessToken, ApplicationSetting, Issue, Label, Note, Project, ProjectMember, User
@@ -27,7 +30,7 @@ class MemberInline(admin.TabularInline):
 
 @admin.register(Project)
 class ProjectAdmin(admin.ModelAdmin):
-    list_display = ("id", "path_with_namespace", "name", "visibility_level", "issue_count", "created_at")
+    list_display = ("id", "path_with_namespace", "name", "visibility_level", "issue_count", "created_shown")
     list_filter = ("visibility_level",)
     search_fields = ("path_with_namespace", "name")
     readonly_fields = ("path_with_namespace", "created_at", "updated_at")
@@ -45,6 +48,10 @@ class ProjectAdmin(admin.ModelAdmin):
     @admin.display(description="Issues", ordering="issue_total")
     def issue_count(self, obj: Project) -> int:
         return obj.issue_total
+
+    @admin.display(description="Created", ordering="created_at")
+    def created_shown(self, obj: Project) -> str:
+        return when(obj.created_at)
 
 
 @admin.register(ProjectMember)
@@ -83,20 +90,89 @@ class IssueAdmin(admin.ModelAdmin):
 
 
 @admin.register(AccessToken)
-class AccessTokenAdmin(admin.ModelAdmin):
-    """Tokens are created here and shown once; afterwards only the prefix is visible."""
+class AccessTokenAdmin(ControlledAdmin):
+    """Tokens are created here and shown once; afterwards only the prefix is visible. A
+    token's expiry may be changed; revoking it needs ``project.revoke_accesstoken``."""
 
-    list_display = ("name", "user", "prefix_shown", "scopes", "expires_at", "last_used_at", "revoked_at")
+    list_display = (
+        "name_shown",
+        "user_shown",
+        "prefix_shown",
+        "scopes_shown",
+        "state_shown",
+        "expires_at",
+        "last_used_shown",
+    )
     list_filter = ("revoked_at", "expires_at")
     list_select_related = ("user",)
-    search_fields = ("name", "user__username")
-    readonly_fields = ("user", "name", "prefix_shown", "scopes", "last_used_at", "created_at", "revoked_at")
+    search_fields = ("name", "user__username", "prefix")
+    readonly_fields = (
+        "user",
+        "name",
+        "prefix_shown",
+        "scopes_shown",
+        "state_shown",
+        "last_used_shown",
+        "created_shown",
+        "revoked_shown",
+    )
     fields = (*readonly_fields, "expires_at")
     actions = ["revoke"]
+    detail_actions = ("revoke",)
+
+    # Creating a token and changing its expiry are edits, by the model's own permissions.
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return admin.ModelAdmin.has_add_permission(self, request)
+
+    def has_change_permission(self, request: HttpRequest, obj: AccessToken | None = None) -> bool:
+        return admin.ModelAdmin.has_change_permission(self, request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: AccessToken | None = None) -> bool:
+        return admin.ModelAdmin.has_delete_permission(self, request, obj)
+
+    def has_revoke_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("project.revoke_accesstoken")
+
+    def action_applies(self, obj: AccessToken, name: str) -> bool:
+        if name == "revoke":
+            return obj.revoked_at is None
+        return True
+
+    @admin.display(description="Name", ordering="name")
+    def name_shown(self, obj: AccessToken) -> str:
+        return clipped(obj.name, 28)
+
+    @admin.display(description="User", ordering="user__username")
+    def user_shown(self, obj: AccessToken) -> str:
+        return clipped(obj.user.get_username(), 16)
 
     @admin.display(description="Token")
     def prefix_shown(self, obj: AccessToken) -> str:
         return f"{obj.prefix}…"
+
+    @admin.display(description="Scopes")
+    def scopes_shown(self, obj: AccessToken) -> str:
+        return ", ".join(obj.scopes or []) or "-"
+
+    @admin.display(description="State", ordering="revoked_at")
+    def state_shown(self, obj: AccessToken) -> str:
+        if obj.revoked_at is not None:
+            return badge("revoked", "#5d4037")
+        if not obj.is_live:
+            return badge("expired", "#777")
+        return badge("live", "#2e7d32")
+
+    @admin.display(description="Last used", ordering="last_used_at")
+    def last_used_shown(self, obj: AccessToken) -> str:
+        return when(obj.last_used_at, empty="never")
+
+    @admin.display(description="Created", ordering="created_at")
+    def created_shown(self, obj: AccessToken) -> str:
+        return when(obj.created_at)
+
+    @admin.display(description="Revoked", ordering="revoked_at")
+    def revoked_shown(self, obj: AccessToken) -> str:
+        return when(obj.revoked_at)
 
     def get_form(self, request: HttpRequest, obj: AccessToken | None = None, **kwargs):
         if obj is None:
@@ -114,6 +190,8 @@ class AccessTokenAdmin(admin.ModelAdmin):
     def add_view(self, request: HttpRequest, form_url: str = "", extra_context: dict | None = None) -> HttpResponse:
         if request.method != "POST":
             return super().add_view(request, form_url, extra_context)
+        if not self.has_add_permission(request):
+            return super().add_view(request, form_url, extra_context)  # refuses with 403
         form = AccessTokenCreateForm(request.POST)
         if not form.is_valid():
             return super().add_view(request, form_url, extra_context)
@@ -136,10 +214,17 @@ class AccessTokenAdmin(admin.ModelAdmin):
             },
         )
 
-    @admin.action(description="Revoke selected tokens")
+    @admin.action(description="Revoke selected tokens", permissions=["revoke"])
     def revoke(self, request: HttpRequest, queryset) -> None:
-        revoked = sum(services.access_token_revoke(token_id=pk) for pk in queryset.values_list("pk", flat=True))
-        self.message_user(request, f"Revoked {revoked} token(s).", messages.SUCCESS)
+        done, problems = 0, []
+        for token in queryset:
+            if services.access_token_revoke(token_id=token.pk):
+                done += 1
+            else:
+                problems.append(f"{token}: already revoked.")
+        self.report(request, done=done, verb="Revoked", noun="token(s)", problems=problems)
+
+    revoke.button_label = "Revoke"
 
 
 @admin.register(ApplicationSetting)
@@ -197,3 +282,34 @@ class ApplicationSettingAdmin(admin.ModelAdmin):
     def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
         row = ApplicationSetting.current()
         return HttpResponseRedirect(reverse("admin:project_applicationsetting_change", args=[row.pk]))
+
+
+# --- django-q2's task tables -------------------------------------------------------------
+# Its "resubmit" action declares no permission; resubmitting a task is a control of the
+# job toolkit's, so it needs ``jobs.control_jobrun`` like the run admin's controls.
+
+
+@admin.action(description="Resubmit selected tasks to queue", permissions=["control"])
+def resubmit_task(model_admin: admin.ModelAdmin, request: HttpRequest, queryset) -> None:
+    q_admin.resubmit_task(model_admin, request, queryset)
+
+
+class _ControlledTasks:
+    actions = [resubmit_task]
+
+    def has_control_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("jobs.control_jobrun")
+
+
+class SuccessAdmin(_ControlledTasks, q_admin.TaskAdmin):
+    pass
+
+
+class FailureAdmin(_ControlledTasks, q_admin.FailAdmin):
+    pass
+
+
+for _model, _admin_class in ((Success, SuccessAdmin), (Failure, FailureAdmin)):
+    if admin.site.is_registered(_model):
+        admin.site.unregister(_model)
+    admin.site.register(_model, _admin_class)

@@ -227,13 +227,23 @@ class ControlledAdmin(admin.ModelAdmin):
 
     # -- reporting
 
-    def report(self, request: HttpRequest, *, done: int, verb: str, noun: str, problems: Sequence[str] = ()) -> None:
+    def report(
+        self,
+        request: HttpRequest,
+        *,
+        done: int,
+        verb: str,
+        noun: str,
+        problems: Sequence[str] = (),
+        detail: str = "",
+    ) -> None:
         """One message for a bulk action: a success when something was done, a warning
-        when nothing was; then one error line per record left alone, and why."""
+        when nothing was; then one warning per record left alone, and why. ``detail``
+        replaces the count when a single record was acted on (a detail page's button)."""
         for problem in problems:
             self.message_user(request, problem, messages.WARNING)
         if done:
-            self.message_user(request, f"{verb} {done} {noun}.", messages.SUCCESS)
+            self.message_user(request, detail or f"{verb} {done} {noun}.", messages.SUCCESS)
         else:
             self.message_user(request, f"Nothing was {verb.lower()}.", messages.WARNING)
 
@@ -242,13 +252,16 @@ class ControlledAdmin(admin.ModelAdmin):
     ) -> int:
         """Run ``act`` on each selected record; an ``AppError`` leaves that record alone and
         its message is shown."""
-        done, problems = 0, []
-        for obj in queryset:
+        done, problems, said = 0, [], []
+        selected = list(queryset)
+        for obj in selected:
             try:
-                act(obj)
+                outcome = act(obj)
             except AppError as exc:
                 problems.append(f"{obj}: {exc.message}")
             else:
                 done += 1
-        self.report(request, done=done, verb=verb, noun=noun, problems=problems)
+                said.append(outcome if isinstance(outcome, str) else getattr(outcome, "message", ""))
+        detail = said[0] if len(selected) == 1 and said and said[0] else ""
+        self.report(request, done=done, verb=verb, noun=noun, problems=problems, detail=detail)
         return done

@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Redoc served from our static files: the docs work offline
     "django_prometheus",
     "django_q",
     "project.apps.ProjectConfig",
@@ -273,6 +274,22 @@ SPECTACULAR_SETTINGS = {
     "secret detection token verification.",
     "VERSION": "4",
     "SERVE_INCLUDE_SCHEMA": False,
+    # No CDN: the docs page loads Redoc (and Swagger UI, should a view use it) from the
+    # sidecar's static files, so it works with no network. Our template override
+    # (project/templates/drf_spectacular/redoc.html) drops the web fonts.
+    "REDOC_DIST": "SIDECAR",
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    # Redoc's default theme names Roboto and Montserrat (web fonts); use the system's.
+    "REDOC_UI_SETTINGS": {
+        "theme": {
+            "typography": {
+                "fontFamily": "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif",
+                "headings": {"fontFamily": "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif"},
+                "code": {"fontFamily": "ui-monospace, SFMono-Regular, Menlo, Consolas, monospace"},
+            }
+        }
+    },
 }
 
 # --- static, media, i18n --------------------------------------------------------------

@@ -3,21 +3,58 @@ token type registry, and the SDRS "check connection" view."""
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from django.contrib import admin, messages
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from project.admin_tools import ControlledAdmin, admin_link, badge, clipped, when
+from project.jobs import JobRun
 from project.models import ApplicationSetting
-from secret_detection import services
+from secret_detection import console, services
 from secret_detection.models import Finding, FindingTokenStatus, PartnerTokenType, TokenStatus
+
+VERIFY_JOB = "secret_detection.verify_partner_token"
+VERIFY_PERMISSION = "secret_detection.verify_finding"
 
 # A live leaked token is the alarming case, so active is red.
 _COLOURS = {"active": "#c62828", "inactive": "#2e7d32", "pending": "#2a7ae2", "unknown": "#777"}
 
 
 def _badge(status: str) -> str:
-    return format_html('<b style="color:{}">{}</b>', _COLOURS.get(status, "#000"), status)
+    return badge(status, _COLOURS.get(status, "#000"))
+
+
+def clipped_tail(text: str, length: int) -> str:
+    """A path cut from the left, so the file name and line stay; the whole of it on hover."""
+    if len(text) <= length:
+        return text
+    return format_html('<span title="{}">…{}</span>', text, text[-(length - 1) :])
+
+
+def verification_runs(finding_id: int) -> str:
+    """A link to the finding's verification runs, with how many there are."""
+    count = JobRun.objects.filter(name=VERIFY_JOB, target_id=finding_id).count()
+    query = urlencode({"job": VERIFY_JOB, "kind": "all", "target_id": finding_id})
+    url = f"{reverse('admin:jobs_jobrun_changelist')}?{query}"
+    return format_html('<a href="{}">{} verification run(s)</a>', url, count)
+
+
+def verify_now_report(model_admin: admin.ModelAdmin, request: HttpRequest, finding_ids: list[int]) -> None:
+    counts = services.token_statuses_verify_now(finding_ids=finding_ids, user_id=request.user.pk)
+    parts = []
+    if counts.get("enqueued"):
+        parts.append(f"{counts['enqueued']} sent for partner verification")
+    if counts.get("checked_locally"):
+        parts.append(f"{counts['checked_locally']} checked against our tokens")
+    skipped = {reason: n for reason, n in counts.items() if reason not in ("enqueued", "checked_locally")}
+    for reason, number in skipped.items():
+        parts.append(f"{number} not verifiable ({reason.replace('_', ' ')})")
+    # Green only when every selected token went to a verifier.
+    level = messages.WARNING if skipped or not parts else messages.SUCCESS
+    model_admin.message_user(request, "Verify now: " + ("; ".join(parts) or "nothing was verified") + ".", level)
 
 
 class StatusFilter(admin.SimpleListFilter):
@@ -33,12 +70,36 @@ class StatusFilter(admin.SimpleListFilter):
 
 @admin.register(PartnerTokenType)
 class PartnerTokenTypeAdmin(admin.ModelAdmin):
-    """The partner token types (GitLab's PartnerTokens::Registry) with a switch per type."""
+    """The partner token types (GitLab's PartnerTokens::Registry) with a switch per type.
+    Switching needs the change permission and goes through ``partner_type_switch``, which
+    records who switched."""
 
-    list_display = ("token_type", "partner", "enabled", "updated_at")
+    list_display = ("token_type", "partner", "enabled", "updated_shown", "updated_by")
     list_editable = ("enabled",)
     list_filter = ("partner", "enabled")
     search_fields = ("token_type",)
+
+    def get_fields(self, request: HttpRequest, obj: PartnerTokenType | None = None):
+        if obj is None:
+            return ("token_type", "partner", "enabled")
+        return ("token_type", "partner", "enabled", "updated_shown", "updated_by")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: PartnerTokenType | None = None):
+        # Once added, a type is only switched on or off (through the service).
+        if obj is None:
+            return ()
+        return ("token_type", "partner", "updated_shown", "updated_by")
+
+    def save_model(self, request: HttpRequest, obj: PartnerTokenType, form, change: bool) -> None:
+        if not change:
+            super().save_model(request, obj, form, change)
+            return
+        if "enabled" in form.changed_data:
+            console.partner_type_switch(type_id=obj.pk, enabled=obj.enabled, by=request.user.get_username())
+
+    @admin.display(description="Updated", ordering="updated_at")
+    def updated_shown(self, obj: PartnerTokenType) -> str:
+        return when(obj.updated_at)
 
     def get_urls(self):
         check = path(
@@ -64,17 +125,18 @@ class PartnerTokenTypeAdmin(admin.ModelAdmin):
 
 
 @admin.register(Finding)
-class FindingAdmin(admin.ModelAdmin):
+class FindingAdmin(ControlledAdmin):
     list_display = (
         "id",
-        "project",
-        "token_type",
+        "project_shown",
+        "token_type_shown",
         "value_fingerprint",
         "location_shown",
         "severity",
         "status_shown",
         "last_verified_shown",
     )
+    list_display_links = ("id", "token_type_shown")
     list_filter = (
         StatusFilter,
         ("token_type", admin.AllValuesFieldListFilter),
@@ -84,64 +146,122 @@ class FindingAdmin(admin.ModelAdmin):
     list_select_related = ("project", "token_status")
     search_fields = ("=id", "project__path_with_namespace", "token_type", "file_path", "=report_finding_id")
     # The raw value is never shown; the fingerprint identifies it.
-    fields = (
+    fieldsets = [
+        (
+            None,
+            {
+                "fields": (
+                    "project",
+                    "name",
+                    "token_type",
+                    "value_fingerprint",
+                    "severity",
+                    "confidence",
+                    "location_full",
+                    "commit_sha",
+                    "description",
+                )
+            },
+        ),
+        ("Verification", {"fields": ("token_status_shown", "status_shown", "last_verified_shown", "runs_shown")}),
+        (
+            "Report",
+            {"fields": ("report_finding_id", "scanner_id", "identifiers", "imported_by", "created_shown")},
+        ),
+    ]
+    readonly_fields = (
         "project",
         "name",
         "token_type",
         "value_fingerprint",
         "severity",
         "confidence",
-        "file_path",
-        "start_line",
-        "end_line",
+        "location_full",
         "commit_sha",
+        "description",
+        "token_status_shown",
+        "status_shown",
+        "last_verified_shown",
+        "runs_shown",
         "report_finding_id",
         "scanner_id",
         "identifiers",
-        "description",
         "imported_by",
-        "created_at",
-        "status_shown",
-        "last_verified_shown",
+        "created_shown",
     )
-    readonly_fields = fields
+    actions = ["verify_now"]
+    detail_actions = ("verify_now",)
     list_per_page = 50
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
+    def get_queryset(self, request: HttpRequest):
+        return super().get_queryset(request).select_related("project", "token_status", "imported_by")
 
-    def has_change_permission(self, request: HttpRequest, obj: Finding | None = None) -> bool:
-        return False
+    def has_delete_permission(self, request: HttpRequest, obj: Finding | None = None) -> bool:
+        # Findings may be deleted (their token status goes with them).
+        return admin.ModelAdmin.has_delete_permission(self, request, obj)
+
+    def has_verify_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(VERIFY_PERMISSION)
+
+    @admin.display(description="Project", ordering="project__path_with_namespace")
+    def project_shown(self, obj: Finding) -> str:
+        return clipped(obj.project.path_with_namespace, 16)
+
+    @admin.display(description="Type", ordering="token_type")
+    def token_type_shown(self, obj: Finding) -> str:
+        return clipped(obj.token_type or obj.name or "-", 16)
+
+    @admin.display(description="Location", ordering="file_path")
+    def location_shown(self, obj: Finding) -> str:
+        return clipped_tail(obj.location, 24)
 
     @admin.display(description="Location")
-    def location_shown(self, obj: Finding) -> str:
-        return obj.location
+    def location_full(self, obj: Finding) -> str:
+        if obj.end_line and obj.end_line != obj.start_line:
+            return f"{obj.location}-{obj.end_line}"
+        return obj.location or "-"
 
     @admin.display(description="Status", ordering="token_status__status")
     def status_shown(self, obj: Finding) -> str:
         status = getattr(obj, "token_status", None)
         return _badge(status.status) if status else "-"
 
-    @admin.display(description="Last verified", ordering="token_status__last_verified_at")
-    def last_verified_shown(self, obj: Finding):
+    @admin.display(description="Verified", ordering="token_status__last_verified_at")
+    def last_verified_shown(self, obj: Finding) -> str:
         status = getattr(obj, "token_status", None)
-        return status.last_verified_at if status else None
+        return when(status.last_verified_at if status else None, empty="never")
+
+    @admin.display(description="Token status")
+    def token_status_shown(self, obj: Finding) -> str:
+        status = getattr(obj, "token_status", None)
+        return admin_link(status, "Token status page") if status else "-"
+
+    @admin.display(description="Runs")
+    def runs_shown(self, obj: Finding) -> str:
+        return verification_runs(obj.pk)
+
+    @admin.display(description="Imported", ordering="created_at")
+    def created_shown(self, obj: Finding) -> str:
+        return when(obj.created_at)
+
+    @admin.action(description="Verify now", permissions=["verify"])
+    def verify_now(self, request: HttpRequest, queryset) -> None:
+        # A finding and its token status share their id.
+        verify_now_report(self, request, list(queryset.values_list("pk", flat=True)))
 
 
 @admin.register(FindingTokenStatus)
-class FindingTokenStatusAdmin(admin.ModelAdmin):
+class FindingTokenStatusAdmin(ControlledAdmin):
+    # Fits a 1400 px window: the verifier, token, attempts and other times are on the detail page.
     list_display = (
         "finding_shown",
-        "project",
+        "project_shown",
         "token_type",
-        "token",
         "status_badge",
-        "verifier",
-        "last_verified_at",
-        "attempts",
-        "last_error_code",
-        "last_request_id",
-        "next_refresh_at",
+        "verified_shown",
+        "error_shown",
+        "request_shown",
+        "next_refresh_shown",
     )
     list_filter = (
         "status",
@@ -150,47 +270,83 @@ class FindingTokenStatusAdmin(admin.ModelAdmin):
         ("project", admin.RelatedOnlyFieldListFilter),
         ("last_error_code", admin.AllValuesFieldListFilter),
     )
-    list_select_related = ("finding", "project")
+    list_select_related = ("finding__project", "project")
     search_fields = ("=finding__id", "=last_request_id", "project__path_with_namespace", "finding__token_type")
-    fields = (
-        "finding_shown",
+    fieldsets = [
+        (None, {"fields": ("finding_full", "project", "token_type", "token", "status_badge", "verifier")}),
+        (
+            "Verification",
+            {
+                "fields": (
+                    "verified_shown",
+                    "attempts",
+                    "last_error_code",
+                    "last_request_id",
+                    "next_refresh_shown",
+                    "runs_shown",
+                )
+            },
+        ),
+        (
+            "Times",
+            {"fields": ("routed_shown", "pending_shown", "accepted_shown", "created_shown", "updated_shown")},
+        ),
+    ]
+    readonly_fields = (
+        "finding_full",
         "project",
         "token_type",
         "token",
         "status_badge",
         "verifier",
-        "last_verified_at",
+        "verified_shown",
         "attempts",
         "last_error_code",
         "last_request_id",
-        "next_refresh_at",
-        "routed_at",
-        "pending_since",
-        "accepted_at",
-        "created_at",
-        "updated_at",
+        "next_refresh_shown",
+        "runs_shown",
+        "routed_shown",
+        "pending_shown",
+        "accepted_shown",
+        "created_shown",
+        "updated_shown",
     )
-    readonly_fields = fields
     actions = ["verify_now", "refresh_now"]
+    detail_actions = ("verify_now", "refresh_now")
     list_per_page = 50
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
+    def get_queryset(self, request: HttpRequest):
+        return super().get_queryset(request).select_related("finding__project", "project")
 
-    def has_change_permission(self, request: HttpRequest, obj: FindingTokenStatus | None = None) -> bool:
-        return False
+    def has_verify_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(VERIFY_PERMISSION)
 
-    def has_delete_permission(self, request: HttpRequest, obj: FindingTokenStatus | None = None) -> bool:
-        return False  # one per finding: it goes with its finding
+    def action_applies(self, obj: FindingTokenStatus, name: str) -> bool:
+        if name == "refresh_now":
+            return obj.status != TokenStatus.PENDING  # a pending status waits for its callback
+        return True
+
+    # -- columns
 
     @admin.display(description="Finding", ordering="finding_id")
     def finding_shown(self, obj: FindingTokenStatus) -> str:
-        url = reverse("admin:secret_detection_finding_change", args=[obj.finding_id])
-        return format_html('<a href="{}">#{} {}</a>', url, obj.finding_id, obj.finding.location)
+        return admin_link(obj.finding, format_html("#{} {}", obj.finding_id, clipped_tail(obj.finding.location, 14)))
+
+    @admin.display(description="Finding")
+    def finding_full(self, obj: FindingTokenStatus) -> str:
+        return admin_link(obj.finding, f"#{obj.finding_id} {obj.finding}")
+
+    @admin.display(description="Project", ordering="project__path_with_namespace")
+    def project_shown(self, obj: FindingTokenStatus) -> str:
+        return clipped(obj.project.path_with_namespace, 14)
 
     @admin.display(description="Type", ordering="finding__token_type")
     def token_type(self, obj: FindingTokenStatus) -> str:
-        return obj.finding.token_type
+        return clipped(obj.finding.token_type, 14)
+
+    @admin.display(description="Request id", ordering="last_request_id")
+    def request_shown(self, obj: FindingTokenStatus) -> str:
+        return clipped(obj.last_request_id, 8)
 
     @admin.display(description="Token")
     def token(self, obj: FindingTokenStatus) -> str:
@@ -200,26 +356,54 @@ class FindingTokenStatusAdmin(admin.ModelAdmin):
     def status_badge(self, obj: FindingTokenStatus) -> str:
         return _badge(obj.status)
 
-    @admin.action(description="Verify now")
-    def verify_now(self, request: HttpRequest, queryset) -> None:
-        counts = services.token_statuses_verify_now(
-            finding_ids=list(queryset.values_list("pk", flat=True)), user_id=request.user.pk
-        )
-        parts = []
-        if counts.get("enqueued"):
-            parts.append(f"{counts['enqueued']} sent for partner verification")
-        if counts.get("checked_locally"):
-            parts.append(f"{counts['checked_locally']} checked against our tokens")
-        skipped = {reason: n for reason, n in counts.items() if reason not in ("enqueued", "checked_locally")}
-        for reason, number in skipped.items():
-            parts.append(f"{number} not verifiable ({reason.replace('_', ' ')})")
-        level = messages.WARNING if skipped else messages.SUCCESS
-        self.message_user(request, "Verify now: " + ("; ".join(parts) or "nothing selected") + ".", level)
+    @admin.display(description="Verified", ordering="last_verified_at")
+    def verified_shown(self, obj: FindingTokenStatus) -> str:
+        return when(obj.last_verified_at, empty="never")
 
-    @admin.action(description="Refresh now")
+    @admin.display(description="Error", ordering="last_error_code")
+    def error_shown(self, obj: FindingTokenStatus) -> str:
+        return clipped(obj.last_error_code, 12)
+
+    @admin.display(description="Next refresh", ordering="next_refresh_at")
+    def next_refresh_shown(self, obj: FindingTokenStatus) -> str:
+        return when(obj.next_refresh_at)
+
+    @admin.display(description="Runs")
+    def runs_shown(self, obj: FindingTokenStatus) -> str:
+        return verification_runs(obj.finding_id)
+
+    @admin.display(description="Routed", ordering="routed_at")
+    def routed_shown(self, obj: FindingTokenStatus) -> str:
+        return when(obj.routed_at)
+
+    @admin.display(description="Pending since", ordering="pending_since")
+    def pending_shown(self, obj: FindingTokenStatus) -> str:
+        return when(obj.pending_since)
+
+    @admin.display(description="Accepted by SDRS", ordering="accepted_at")
+    def accepted_shown(self, obj: FindingTokenStatus) -> str:
+        return when(obj.accepted_at)
+
+    @admin.display(description="Created", ordering="created_at")
+    def created_shown(self, obj: FindingTokenStatus) -> str:
+        return when(obj.created_at)
+
+    @admin.display(description="Updated", ordering="updated_at")
+    def updated_shown(self, obj: FindingTokenStatus) -> str:
+        return when(obj.updated_at)
+
+    # -- actions (through secret_detection.services)
+
+    @admin.action(description="Verify now", permissions=["verify"])
+    def verify_now(self, request: HttpRequest, queryset) -> None:
+        verify_now_report(self, request, list(queryset.values_list("pk", flat=True)))
+
+    @admin.action(description="Refresh now (make due and start a refresh tick)", permissions=["verify"])
     def refresh_now(self, request: HttpRequest, queryset) -> None:
         due = services.token_statuses_refresh_now(finding_ids=list(queryset.values_list("pk", flat=True)))
         if due:
             self.message_user(request, f"{due} status(es) are due now; a refresh tick was started.", messages.SUCCESS)
         else:
             self.message_user(request, "Nothing to refresh: the selected statuses are pending.", messages.WARNING)
+
+    refresh_now.button_label = "Refresh now"

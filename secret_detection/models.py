@@ -89,7 +89,10 @@ class Finding(models.Model):
         indexes = [models.Index(fields=["token_type"], name="sd_findings_token_type")]
 
     def __str__(self) -> str:
-        return f"{self.token_type or self.name} in {self.location}"
+        # "aws-access-token in app/config.py:12 (acme/widgets)"; the admin selects the project.
+        what = self.token_type or self.name or f"finding #{self.pk}"
+        where = f" in {self.location}" if self.location else ""
+        return f"{what}{where} ({self.project.path_with_namespace})"
 
     @property
     def location(self) -> str:
@@ -153,4 +156,5 @@ class FindingTokenStatus(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.status} (finding {self.finding_id})"
+        # Named after its finding (one status per finding); the admin selects finding and project.
+        return str(self.finding)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from project.jobs import job
+from project.jobs import Target, job
 from project.jobs.models import JobRun
 from secret_detection import services
 from secret_detection.services.verification import VERIFY_RETRY
@@ -29,6 +29,7 @@ def _verification_failed(run: JobRun, code: str, message: str) -> None:
     retry=VERIFY_RETRY,
     timeout=VERIFY_JOB_TIMEOUT,
     on_failure=_verification_failed,
+    target=Target("secret_detection.FindingTokenStatus", "finding_id"),
 )
 def verify_partner_token(*, finding_id: int, user_id: int | None = None, force: bool = False) -> dict:
     """PartnerTokenVerification: send one finding's token to SDRS."""

@@ -46,15 +46,15 @@ def status_badge(run: JobRun) -> str:
     return badge(run.status, COLOURS.get(run.status, "#000"))
 
 
-def progress_text(run: JobRun) -> str:
+def progress_text(run: JobRun, *, length: int = 48) -> str:
     report = run.progress or {}
     done, total, note = report.get("done"), report.get("total"), report.get("note") or ""
     if done is None and not note:
         return ""
     share = f"{done:,}/{total:,}" if done is not None and total else (f"{done:,}" if done is not None else "")
     if done is not None and total:
-        share = f"{share} ({100 * done / total:.0f} %)"
-    return clipped(" · ".join(part for part in (share, note) if part), 48)
+        share = f"{100 * done / total:.0f} %" if length < 30 else f"{share} ({100 * done / total:.0f} %)"
+    return clipped(" · ".join(part for part in (share, note) if part), length)
 
 
 class KindFilter(admin.SimpleListFilter):
@@ -149,17 +149,16 @@ def attach_targets(runs) -> None:
 class JobRunAdmin(ControlledAdmin):
     list_display = (
         "id",
-        "name",
+        "name_shown",
         "status_shown",
         "attempt_shown",
         "target_shown",
-        "progress_shown",
-        "due_shown",
-        "started_shown",
+        "progress_short",
+        "when_shown",
         "duration_shown",
         "error_shown",
     )
-    list_display_links = ("id", "name")
+    list_display_links = ("id", "name_shown")
     list_filter = (KindFilter, StatusFilter, JobNameFilter, "created_at")
     search_fields = ("=id", "=request_id", "=task_id", "=name", "=error_code")
     list_per_page = 50
@@ -238,6 +237,12 @@ class JobRunAdmin(ControlledAdmin):
 
     # -- columns
 
+    @admin.display(description="Job", ordering="name")
+    def name_shown(self, obj: JobRun) -> str:
+        # May break after the app's prefix, so a long job name takes two lines at most.
+        app, dot, rest = obj.name.partition(".")
+        return format_html("{}{}<wbr>{}", app, dot, rest) if dot else obj.name
+
     @admin.display(description="Status", ordering="status")
     def status_shown(self, obj: JobRun) -> str:
         return status_badge(obj)
@@ -250,7 +255,7 @@ class JobRunAdmin(ControlledAdmin):
     def target_shown(self, obj: JobRun) -> str:
         target = getattr(obj, "target_obj", None)
         if target is not None:
-            return admin_link(target, clipped(str(target), 40))
+            return admin_link(target, clipped(str(target), 26))
         job = registry.get(obj.name)
         if job and job.target and obj.target_id is not None:
             return f"#{obj.target_id} (deleted)"
@@ -272,13 +277,18 @@ class JobRunAdmin(ControlledAdmin):
     def heartbeat_shown(self, obj: JobRun) -> str:
         return when(obj.heartbeat_at)
 
-    @admin.display(description="Due", ordering="due_at")
-    def due_shown(self, obj: JobRun) -> str:
-        return when(obj.due_at) if obj.status == Status.QUEUED else ""
+    @admin.display(description="Progress")
+    def progress_short(self, obj: JobRun) -> str:
+        return progress_text(obj, length=22)
 
-    @admin.display(description="Started", ordering="started_at")
-    def started_shown(self, obj: JobRun) -> str:
-        return when(obj.started_at, empty="")
+    @admin.display(description="When", ordering="-id")
+    def when_shown(self, obj: JobRun) -> str:
+        """Due (queued), started (running) or ended: the one time that matters now."""
+        if obj.status == Status.QUEUED:
+            return format_html("due {}", when(obj.due_at))
+        if obj.status == Status.RUNNING:
+            return format_html("started {}", when(obj.started_at))
+        return format_html("ended {}", when(obj.finished_at))
 
     @admin.display(description="Took")
     def duration_shown(self, obj: JobRun) -> str:
@@ -288,7 +298,8 @@ class JobRunAdmin(ControlledAdmin):
     def error_shown(self, obj: JobRun) -> str:
         if not obj.error_code:
             return ""
-        return format_html("<b>{}</b> {}", obj.error_code, clipped(obj.error, 50))
+        # The code here, the message on hover and on the detail page.
+        return format_html('<span title="{}">{}</span>', obj.error, obj.error_code)
 
     @admin.display(description="Cancel request")
     def cancel_shown(self, obj: JobRun) -> str:

@@ -25,6 +25,10 @@ def _messages(response) -> list[str]:
     return [str(m) for m in response.context["messages"]] if response.context else []
 
 
+def _levels(response) -> list[str]:
+    return [m.level_tag for m in response.context["messages"]] if response.context else []
+
+
 def _changelist_queries(admin_client) -> int:
     with CaptureQueriesContext(connection) as queries:
         response = admin_client.get(RESOURCES)
@@ -105,7 +109,8 @@ def test_process_pending_events_now_queues_one_processor_run(admin_client, proje
 
     response = admin_client.post(reverse("admin:catalog_syncevent_process"), follow=True)
 
-    assert "A processor run was queued for 1 pending event(s)." in _messages(response)
+    assert _messages(response) == ["A processor run was queued for 1 pending event(s)."]
+    assert _levels(response) == ["success"]
     assert JobRun.objects.filter(name="catalog.process_sync_events", status=JobRun.Status.QUEUED).count() == 1
 
 
@@ -114,7 +119,8 @@ def test_process_pending_events_now_is_also_an_action_on_resources(admin_client,
         RESOURCES, {"action": "process_pending_now", "_selected_action": [resource.pk]}, follow=True
     )
 
-    assert "No event is pending." in _messages(response)
+    assert _messages(response) == ["No event is pending."]
+    assert _levels(response) == ["warning"]  # nothing was done
     assert not JobRun.objects.exists()
 
 
@@ -162,6 +168,57 @@ def test_the_event_list_warns_when_sync_is_switched_off(admin_client) -> None:
     page = admin_client.get(EVENTS).content.decode()
 
     assert "Processing is switched off" in page
+
+
+def test_the_process_button_sits_above_the_summary_not_over_it(admin_client) -> None:
+    """Django floats the object tools up beside the title; the summary box (and its
+    "switched off" banner) comes after them and clears the float, so they never overlap."""
+    set_sync_enabled(False)
+
+    page = admin_client.get(EVENTS).content.decode()
+
+    tools, button = page.index('<ul class="object-tools">'), page.index('data-action="process_pending_now"')
+    summary, banner = page.index('id="catalog-sync-summary"'), page.index("Processing is switched off")
+    assert tools < button < summary < banner
+    assert "clear: both" in page[summary : summary + 120]
+    assert page.index("<h1>") < tools
+
+
+def test_the_event_list_names_resources_and_projects(admin_client, project, resource) -> None:
+    event = _event(resource=resource, created_at=datetime.now(UTC), processed=False)
+    orphan = SyncEvent.objects.create(catalog_resource_id=999_999, project_id=project.pk)
+
+    page = admin_client.get(EVENTS).content.decode()
+
+    resource_url = reverse("admin:catalog_catalogresource_change", args=[resource.pk])
+    assert f'<a href="{resource_url}">{resource.name}</a>' in page
+    assert f'<a href="{reverse("admin:project_project_change", args=[project.pk])}">acme/widgets</a>' in page
+    assert "#999999 (deleted)" in page
+    assert event.pk != orphan.pk
+
+
+def test_a_resource_page_links_to_its_events_and_the_processor_runs(admin_client, resource) -> None:
+    page = admin_client.get(reverse("admin:catalog_catalogresource_change", args=[resource.pk])).content.decode()
+
+    runs = reverse("admin:jobs_jobrun_changelist") + "?job=catalog.process_sync_events&amp;kind=all"
+    assert f'<a href="{runs}">' in page
+    assert f'{EVENTS}?catalog_resource_id={resource.pk}">Events of this resource</a> (0 pending)' in page
+    assert 'data-action="resync_selected"' in page  # the button
+
+
+def test_the_resync_button_on_a_resource_page(admin_client, resource) -> None:
+    CatalogResource.objects.filter(pk=resource.pk).update(name="stale")
+
+    response = admin_client.post(
+        reverse("admin:catalog_catalogresource_act", args=[resource.pk, "resync_selected"]), follow=True
+    )
+
+    assert _messages(response) == ["Resynced 1 resource(s): 1 updated, 0 already in sync."]
+    assert out_of_sync_count() == 0
+    again = admin_client.post(
+        reverse("admin:catalog_catalogresource_act", args=[resource.pk, "resync_selected"]), follow=True
+    )
+    assert _levels(again) == ["warning"]  # already in sync: nothing was written
 
 
 def test_events_can_be_filtered_by_status_and_date(admin_client, resource) -> None:

@@ -8,6 +8,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from django.contrib import admin
 from django.urls import reverse
 
+from project import services
 from project.jobs.models import JobRun
 from project.models import AccessToken, ApplicationSetting
 
@@ -125,13 +126,61 @@ def test_an_invalid_signing_key_is_refused_with_a_message(staff_client) -> None:
     assert "not an unencrypted PEM private key" in response.content.decode()
 
 
-def test_job_run_actions_mark_failed_and_run_again(staff_client) -> None:
+def test_job_run_actions_cancel_and_run_again(staff_client) -> None:
     queued = JobRun.objects.create(name="probe.ok", kwargs={"key": "a"})
     url = reverse("admin:jobs_jobrun_changelist")
-    response = staff_client.post(url, {"action": "mark_failed", "_selected_action": [queued.pk]}, follow=True)
-    assert "Marked 1 run(s) failed." in response.content.decode()
+    response = staff_client.post(url, {"action": "cancel", "_selected_action": [queued.pk]}, follow=True)
+    assert f"Run #{queued.pk} (probe.ok) was cancelled." in response.content.decode()
     queued.refresh_from_db()
-    assert (queued.status, queued.error_code) == ("failed", "cancelled")
-    response = staff_client.post(url, {"action": "run_again", "_selected_action": [queued.pk]}, follow=True)
-    assert "Queued 1 new run(s)." in response.content.decode()
+    assert (queued.status, queued.error_code) == ("cancelled", "cancelled")
+    response = staff_client.post(url, {"action": "rerun", "_selected_action": [queued.pk]}, follow=True)
+    assert f"Run #{queued.pk} (probe.ok) was re-run as run #" in response.content.decode()
     assert JobRun.objects.filter(name="probe.ok", status="queued", kwargs={"key": "a"}).count() == 1
+
+
+def _token(owner, name: str = "ci") -> AccessToken:
+    return services.access_token_create(user=owner, name=name, scopes=["api"])[0]
+
+
+def test_access_token_list_shows_state_and_times_and_never_the_value(staff_client, owner) -> None:
+    live, revoked = _token(owner, "live"), _token(owner, "old")
+    services.access_token_revoke(token_id=revoked.pk)
+    page = staff_client.get(reverse("admin:project_accesstoken_changelist")).content.decode()
+    assert ">live</span>" in page
+    assert ">revoked</span>" in page
+    assert 'class="field-last_used_shown">never</td>' in page
+    assert f"{live.prefix}…" in page
+
+
+def test_revoke_reports_counts_and_warns_when_nothing_was_revoked(staff_client, owner) -> None:
+    live, revoked = _token(owner, "live"), _token(owner, "old")
+    services.access_token_revoke(token_id=revoked.pk)
+    url = reverse("admin:project_accesstoken_changelist")
+    response = staff_client.post(url, {"action": "revoke", "_selected_action": [live.pk, revoked.pk]}, follow=True)
+    messages = [(m.level_tag, str(m)) for m in response.context["messages"]]
+    assert messages == [("warning", f"{revoked}: already revoked."), ("success", "Revoked 1 token(s).")]
+    live.refresh_from_db()
+    assert live.revoked_at is not None
+    again = staff_client.post(url, {"action": "revoke", "_selected_action": [live.pk]}, follow=True)
+    assert [(m.level_tag, str(m)) for m in again.context["messages"]][-1] == ("warning", "Nothing was revoked.")
+
+
+def test_a_token_page_has_a_revoke_button_until_it_is_revoked(staff_client, owner) -> None:
+    token = _token(owner)
+    detail = reverse("admin:project_accesstoken_change", args=[token.pk])
+    assert 'data-action="revoke"' in staff_client.get(detail).content.decode()
+    response = staff_client.post(reverse("admin:project_accesstoken_act", args=[token.pk, "revoke"]), follow=True)
+    assert response.redirect_chain[-1][0] == detail
+    token.refresh_from_db()
+    assert token.revoked_at is not None
+    assert 'data-action="revoke"' not in response.content.decode()
+
+
+def test_a_tokens_expiry_can_still_be_changed(staff_client, owner) -> None:
+    token = _token(owner)
+    response = staff_client.post(
+        reverse("admin:project_accesstoken_change", args=[token.pk]), {"expires_at": "2031-01-02"}
+    )
+    assert response.status_code == 302
+    token.refresh_from_db()
+    assert str(token.expires_at) == "2031-01-02"

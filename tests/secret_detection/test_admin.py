@@ -3,9 +3,16 @@ the SDRS "check connection" button."""
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
+
 import pytest
+import time_machine
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
 from project import services as core
 from project.jobs.models import JobRun
@@ -99,11 +106,7 @@ def test_refresh_now_makes_statuses_due_and_starts_a_tick(admin_client, imported
     assert JobRun.objects.filter(name="secret_detection.refresh_token_statuses").count() == 1
 
 
-def test_partner_types_can_be_switched_off_in_the_list(admin_client):
-    aws = PartnerTokenType.objects.get(token_type="AWS")
-    listing = admin_client.get(reverse("admin:secret_detection_partnertokentype_changelist"))
-    assert listing.status_code == 200
-    formset = listing.context["cl"].formset
+def _switch_form(formset, off: PartnerTokenType) -> dict:
     data = {
         "form-TOTAL_FORMS": str(len(formset.forms)),
         "form-INITIAL_FORMS": str(len(formset.forms)),
@@ -111,12 +114,111 @@ def test_partner_types_can_be_switched_off_in_the_list(admin_client):
     }
     for index, form in enumerate(formset.forms):
         data[f"form-{index}-id"] = str(form.instance.pk)
-        if form.instance.pk != aws.pk:
+        if form.instance.pk != off.pk:
             data[f"form-{index}-enabled"] = "on"
-    admin_client.post(reverse("admin:secret_detection_partnertokentype_changelist"), data)
+    return data
+
+
+def test_partner_types_can_be_switched_off_in_the_list_and_who_did_is_recorded(admin_client):
+    aws = PartnerTokenType.objects.get(token_type="AWS")
+    listing = admin_client.get(reverse("admin:secret_detection_partnertokentype_changelist"))
+    assert listing.status_code == 200
+    admin_client.post(
+        reverse("admin:secret_detection_partnertokentype_changelist"), _switch_form(listing.context["cl"].formset, aws)
+    )
     aws.refresh_from_db()
-    assert aws.enabled is False
+    assert (aws.enabled, aws.updated_by) == (False, "admin")
     assert PartnerTokenType.objects.filter(enabled=True).count() == PartnerTokenType.objects.count() - 1
+    assert set(PartnerTokenType.objects.exclude(pk=aws.pk).values_list("updated_by", flat=True)) == {""}
+    page = admin_client.get(reverse("admin:secret_detection_partnertokentype_changelist")).content.decode()
+    assert 'class="field-updated_by">admin</td>' in page
+
+
+def test_viewers_cannot_switch_partner_types(admin_client, client, django_user_model):
+    from django.contrib.auth.models import Permission
+
+    aws = PartnerTokenType.objects.get(token_type="AWS")
+    formset = admin_client.get(reverse("admin:secret_detection_partnertokentype_changelist")).context["cl"].formset
+    viewer = django_user_model.objects.create_user("viewer", password="pw", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_partnertokentype"))
+    client.force_login(viewer)
+    listing = client.get(reverse("admin:secret_detection_partnertokentype_changelist"))
+    assert listing.context["cl"].formset is None  # no switches
+    response = client.post(reverse("admin:secret_detection_partnertokentype_changelist"), _switch_form(formset, aws))
+    assert response.status_code == 403
+    aws.refresh_from_db()
+    assert aws.enabled is True
+
+
+def test_findings_and_statuses_have_readable_names(imported, project):
+    finding = Finding.objects.select_related("project").get(token_type="Postman API token")
+    assert str(finding) == f"Postman API token in {finding.location} (acme/widgets)"
+    assert str(FindingTokenStatus.objects.select_related("finding__project").get(pk=finding.pk)) == str(finding)
+
+
+def test_a_finding_page_links_to_its_status_and_verification_runs_and_has_a_verify_button(
+    admin_client, admin_user, project, import_findings, sdrs_settings
+):
+    sdrs_settings()
+    (finding,) = import_findings(project, [("AWS", "AKIA1")])
+    page = admin_client.get(reverse("admin:secret_detection_finding_change", args=[finding.pk])).content.decode()
+    assert f"AWS in {finding.location} (acme/widgets)" in page  # the title
+    assert reverse("admin:secret_detection_findingtokenstatus_change", args=[finding.pk]) in page
+    assert 'data-action="verify_now"' in page
+    assert 'name="_save"' not in page
+
+    response = admin_client.post(
+        reverse("admin:secret_detection_finding_act", args=[finding.pk, "verify_now"]), follow=True
+    )
+    assert _messages(response) == ["Verify now: 1 sent for partner verification."]
+    (run,) = JobRun.objects.filter(name="secret_detection.verify_partner_token")
+    assert run.target_id == finding.pk  # the run links back to the finding's status
+    runs = (
+        reverse("admin:jobs_jobrun_changelist")
+        + f"?job=secret_detection.verify_partner_token&amp;kind=all&amp;target_id={finding.pk}"
+    )
+    assert f'<a href="{runs}">1 verification run(s)</a>' in response.content.decode()
+
+
+def test_a_token_status_page_has_verify_and_refresh_buttons_and_links_to_runs(admin_client, imported):
+    status = FindingTokenStatus.objects.filter(status="unknown").first()
+    url = reverse("admin:secret_detection_findingtokenstatus_change", args=[status.pk])
+    page = admin_client.get(url).content.decode()
+    assert re.findall(r'data-action="([a-z_]+)"', page) == ["verify_now", "refresh_now"]
+    assert "?job=secret_detection.verify_partner_token&amp;kind=all&amp;target_id=" in page
+    assert reverse("admin:secret_detection_finding_change", args=[status.pk]) in page
+    assert 'name="_save"' not in page
+
+    FindingTokenStatus.objects.filter(pk=status.pk).update(status="pending")
+    pending = admin_client.get(url).content.decode()
+    assert re.findall(r'data-action="([a-z_]+)"', pending) == ["verify_now"]  # a pending status waits
+
+
+def test_the_status_list_shows_times_relative_with_the_exact_time_on_hover(admin_client, imported):
+    now = timezone.now()
+    FindingTokenStatus.objects.update(
+        last_verified_at=now - timedelta(minutes=3), next_refresh_at=now + timedelta(hours=2)
+    )
+    with time_machine.travel(now, tick=False):
+        page = admin_client.get(reverse("admin:secret_detection_findingtokenstatus_changelist")).content.decode()
+    assert ">3 min ago</time>" in page
+    assert ">in 2 h</time>" in page
+    assert re.search(r'<time datetime="[^"]+" title="\d{4}-\d\d-\d\d \d\d:\d\d:\d\d">in 2 h</time>', page)
+    assert "last_request_id" not in page  # detail only
+
+
+def test_refresh_now_warns_when_every_selected_status_is_pending(admin_client, imported):
+    FindingTokenStatus.objects.update(status="pending")
+    ids = list(FindingTokenStatus.objects.values_list("pk", flat=True))
+    response = admin_client.post(
+        reverse("admin:secret_detection_findingtokenstatus_changelist"),
+        {"action": "refresh_now", "_selected_action": ids},
+        follow=True,
+    )
+    assert [(m.level_tag, str(m)) for m in response.context["messages"]] == [
+        ("warning", "Nothing to refresh: the selected statuses are pending.")
+    ]
+    assert not JobRun.objects.filter(name="secret_detection.refresh_token_statuses").exists()
 
 
 def _check(admin_client) -> list[str]:
@@ -174,3 +276,27 @@ def test_check_connection_command(sdrs_server, sdrs_settings):
     sdrs_server.failures.status = 500
     with pytest.raises(CommandError, match="server_error"):
         call_command("sdrs_check_connection")
+
+
+def test_a_partner_types_page_switches_it_through_the_service(admin_client):
+    aws = PartnerTokenType.objects.get(token_type="AWS")
+    url = reverse("admin:secret_detection_partnertokentype_change", args=[aws.pk])
+    page = admin_client.get(url).content.decode()
+    assert 'name="token_type"' not in page  # a type is switched, not renamed
+    response = admin_client.post(url, {})  # the box unticked
+    assert response.status_code == 302
+    aws.refresh_from_db()
+    assert (aws.enabled, aws.updated_by) == (False, "admin")
+
+
+@pytest.mark.parametrize("listing", ["finding", "findingtokenstatus"])
+def test_the_lists_cost_no_query_per_row(admin_client, project, import_findings, listing):
+    url = reverse(f"admin:secret_detection_{listing}_changelist")
+    import_findings(project, [("AWS", "AKIA1")], prefix="one")
+    with CaptureQueriesContext(connection) as one:
+        assert admin_client.get(url).status_code == 200
+    import_findings(project, [("AWS", "AKIA2"), ("GCP API key", "AIza3"), ("Password in URL", "x")], prefix="more")
+    with CaptureQueriesContext(connection) as four:
+        response = admin_client.get(url)
+    assert len(response.context["cl"].result_list) == 4
+    assert len(four) == len(one)

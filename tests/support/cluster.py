@@ -160,3 +160,31 @@ def running_cluster(*, broker: str, **kwargs) -> Iterator[ClusterProcess]:
             yield cluster
         finally:
             cluster.stop()
+
+
+def wait_until(
+    predicate: Callable[[], object],
+    *,
+    progress: Callable[[], object] | None = None,
+    stall: float = 30,
+    interval: float = 0.1,
+    message: str = "",
+) -> object:
+    """Poll until ``predicate()`` is truthy. Fail only when nothing has moved for ``stall``
+    seconds: ``progress()`` returns a snapshot of what should keep changing while the work
+    goes on (a run's status and heartbeat, a page's text), so a slow, loaded machine
+    waits longer and a stuck one fails fast. Without ``progress``, ``stall`` is a plain
+    deadline."""
+    last = progress() if progress else None
+    moved = time.monotonic()
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if progress is not None:
+            now = progress()
+            if now != last:
+                last, moved = now, time.monotonic()
+        if time.monotonic() - moved > stall:
+            raise AssertionError(message or f"nothing moved for {stall} s")
+        time.sleep(interval)

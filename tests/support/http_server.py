@@ -71,3 +71,50 @@ def recording_server(status: int = 200) -> Iterator[RecordingServer]:
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
+
+
+@dataclass
+class StallingServer:
+    """Takes a connection and the request's headers, then reads nothing more and never
+    answers: an upload target that stalls mid-body."""
+
+    host: str
+    port: int
+    connections: list = field(default_factory=list)
+
+    def url(self, path: str = "/upload") -> str:
+        return f"http://{self.host}:{self.port}{path}"
+
+
+@contextmanager
+def stalling_server() -> Iterator[StallingServer]:
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    # A small receive buffer, so the sender soon finds the connection full.
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    server = StallingServer(host="127.0.0.1", port=listener.getsockname()[1])
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.recv(1024)  # the request line and headers; the body is never read
+            server.connections.append(conn)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        stop.set()
+        thread.join(timeout=2)
+        for conn in server.connections:
+            conn.close()
+        listener.close()

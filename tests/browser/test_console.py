@@ -1,0 +1,249 @@
+"""The admin as an operator uses it, in Chromium at 1400 px, against a live server and a
+real cluster: the console, progress, retries, cancel, pause, switches and permissions.
+
+Every wait is on progress (the page or the records keep changing while work goes on),
+never on a fixed total time. Screenshots for the README are saved into docs/img/.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import pytest
+from django.contrib.auth.models import Permission
+from playwright.sync_api import Page
+
+from exports import services as exports
+from exports.models import ProjectExportArchive, ProjectExportJob
+from project.jobs import JobRun
+from project.models import ApplicationSetting, User
+from tests.browser.conftest import SCREENSHOTS
+from tests.support.cluster import wait_until
+from tests.support.http_server import stalling_server
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.cluster, pytest.mark.browser]
+
+
+def _login(page: Page, base: str, username: str, password: str = "pw") -> None:
+    page.goto(f"{base}/admin/login/?next=/admin/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    page.click("input[type=submit]")
+    page.wait_for_url(re.compile(r".*/admin/$"))
+
+
+@pytest.fixture
+def root(page, live_server, cluster_for_browser) -> Page:
+    User.objects.create_superuser("root", "root@example.com", "pw")
+    _login(page, live_server.url, "root")
+    return page
+
+
+def _run_state(run_id: int) -> Callable[[], object]:
+    """What moves while a run makes progress: its state, attempt, heartbeat and report."""
+
+    def snapshot() -> object:
+        return JobRun.objects.filter(pk=run_id).values("status", "attempt", "heartbeat_at", "progress").first()
+
+    return snapshot
+
+
+def _reload_until(page: Page, url: str, text: str, *, progress: Callable[[], object], stall: float = 30) -> None:
+    """Reload ``url`` until its page contains ``text``; fail when nothing moved for ``stall`` s."""
+
+    def shown() -> bool:
+        page.goto(url)
+        return text in page.content()
+
+    wait_until(shown, progress=progress, stall=stall, interval=0.3, message=f"{text!r} never showed on {url}")
+
+
+def _export_url(base: str, job: ProjectExportJob) -> str:
+    return f"{base}/admin/exports/projectexportjob/{job.pk}/change/"
+
+
+def _run_url(base: str, run_id: int) -> str:
+    return f"{base}/admin/jobs/jobrun/{run_id}/change/"
+
+
+def test_operator_logs_in_and_finds_the_console_first_on_the_index(root, live_server) -> None:
+    summary = root.locator("#console-summary")
+    assert summary.is_visible()
+    assert "Job console" in summary.inner_text()
+    # Above the list of apps: the first thing an operator sees.
+    assert root.evaluate(
+        "document.querySelector('#console-summary').compareDocumentPosition("
+        "document.querySelector('#content-main')) & Node.DOCUMENT_POSITION_FOLLOWING"
+    )
+    root.click("text=Open the job console")
+    root.wait_for_selector("#console-jobs")
+    assert root.locator('#console-jobs tr[data-job="exports.run"]').count() == 1
+    assert root.locator("#console-clusters tr.alive").count() >= 1
+
+
+def test_export_progress_moves_on_the_page_until_it_succeeds(
+    root, live_server, cluster_for_browser, project, maintainer
+) -> None:
+    cluster_for_browser.hold(project)
+    job = exports.export_request(project=project, user=maintainer)
+    run_url = _run_url(live_server.url, job.job_run_id)
+    # Half-way (held after the issues): the run's progress and the export's phase show it.
+    _reload_until(root, run_url, "exporting issues", progress=_run_state(job.job_run_id))
+    assert "3/4 (75 %)" in root.locator(".field-progress_shown").inner_text()
+    root.goto(_export_url(live_server.url, job))
+    assert "exporting" in root.content()
+    cluster_for_browser.release(project)
+    _reload_until(root, _export_url(live_server.url, job), "finished", progress=_run_state(job.job_run_id))
+    root.goto(run_url)
+    assert "succeeded" in root.locator(".field-status_shown").inner_text()
+    root.goto(_export_url(live_server.url, job))
+    root.screenshot(path=str(SCREENSHOTS / "export-detail.png"), full_page=True)
+
+
+def test_failing_sdrs_shows_the_retry_time_and_retry_now_runs_it(
+    root, live_server, cluster_for_browser, project, sdrs_for_browser, leaked_aws_token
+) -> None:
+    sdrs_for_browser.failures.status = 500
+    finding = leaked_aws_token(project)
+
+    def verify_run() -> JobRun | None:
+        return JobRun.objects.filter(name="secret_detection.verify_partner_token", target_id=finding.pk).first()
+
+    wait_until(
+        lambda: (run := verify_run()) is not None and run.attempt == 2,
+        progress=lambda: list(JobRun.objects.values_list("status", "attempt", "heartbeat_at")),
+        message="the verification never failed its first attempt",
+    )
+    run = verify_run()
+    runs = f"{live_server.url}/admin/jobs/jobrun/?job=secret_detection.verify_partner_token&kind=all"
+    root.goto(runs)
+    badge = root.locator("#result_list .field-status_shown").first.inner_text()
+    assert re.fullmatch(r"retry in \d+ s", badge), badge
+    sdrs_for_browser.failures.status = None  # SDRS answers again
+    root.goto(_run_url(live_server.url, run.pk))
+    root.click('button[data-action="retry_now"]')
+    assert "starts attempt 2 now" in root.locator(".messagelist").inner_text()
+    _reload_until(root, _run_url(live_server.url, run.pk), "succeeded", progress=_run_state(run.pk))
+    assert len(sdrs_for_browser.accepted()) == 1
+
+
+def test_export_cancelled_mid_upload_ends_within_two_seconds_keeping_the_old_archive(
+    root, live_server, cluster_for_browser, project, maintainer
+) -> None:
+    first = exports.export_request(project=project, user=maintainer)
+    wait_until(
+        lambda: ProjectExportJob.objects.get(pk=first.pk).status == "finished", progress=_run_state(first.job_run_id)
+    )
+    previous = ProjectExportArchive.objects.get(project=project, user=maintainer)
+    with stalling_server() as target:
+        job = exports.export_request(project=project, user=maintainer, upload_url=target.url("/drop?sig=s3cr3t"))
+        wait_until(
+            lambda: (JobRun.objects.get(pk=job.job_run_id).progress or {}).get("phase") == "uploading",
+            progress=_run_state(job.job_run_id),
+            message="the export never started uploading",
+        )
+        root.goto(_export_url(live_server.url, job))
+        assert "uploading" in root.content()
+        root.click('button[data-action="cancel"]')
+        wait_until(
+            lambda: JobRun.objects.get(pk=job.job_run_id).status == "cancelled", progress=_run_state(job.job_run_id)
+        )
+    run = JobRun.objects.get(pk=job.job_run_id)
+    # Measured by the database's own clock, from the request to the end of the run.
+    assert (run.finished_at - run.cancel_requested_at).total_seconds() < 2, run.history
+    job.refresh_from_db()
+    assert (job.status, job.error_code) == ("failed", "cancelled")
+    _reload_until(root, _export_url(live_server.url, job), "cancelled", progress=lambda: job.status)
+    archive = ProjectExportArchive.objects.get(project=project, user=maintainer)
+    assert (archive.file.name, archive.sha256) == (previous.file.name, previous.sha256)
+
+
+def test_paused_export_job_waits_until_resumed(root, live_server, cluster_for_browser, project, maintainer) -> None:
+    console = f"{live_server.url}/admin/jobs/"
+    root.goto(console)
+    root.locator('#console-jobs tr[data-job="exports.run"] button[value="pause"]').click()
+    assert "exports.run is paused" in root.locator(".messagelist").inner_text().lower()
+    assert "paused" in root.locator('#console-jobs tr[data-job="exports.run"]').inner_text()
+    job = exports.export_request(project=project, user=maintainer)
+
+    def taken_and_waiting() -> bool:
+        from django_q.models import OrmQ
+
+        run = JobRun.objects.get(pk=job.job_run_id)
+        waiting = run.status == "queued" and run.attempt == 1
+        return waiting and not OrmQ.objects.filter(key=cluster_for_browser.process.name).exists()
+
+    if cluster_for_browser.process.broker == "orm":
+        # A worker took the message and claimed nothing: the run waits for the resume.
+        wait_until(taken_and_waiting, stall=30, message="no worker took the paused job's message")
+    root.goto(console)
+    row = root.locator('#console-jobs tr[data-job="exports.run"]')
+    assert row.locator("td.num").first.inner_text().startswith("1"), row.inner_text()
+    assert JobRun.objects.get(pk=job.job_run_id).status == "queued"
+    row.locator('button[value="resume"]').click()
+    assert "exports.run is resumed: 1 waiting run(s)" in root.locator(".messagelist").inner_text().lower()
+    wait_until(
+        lambda: ProjectExportJob.objects.get(pk=job.pk).status == "finished", progress=_run_state(job.job_run_id)
+    )
+    root.goto(console)
+    root.wait_for_selector("#console-jobs")
+    root.screenshot(path=str(SCREENSHOTS / "console.png"), full_page=True)
+    root.goto(f"{live_server.url}/admin/jobs/jobrun/")
+    root.screenshot(path=str(SCREENSHOTS / "job-runs.png"), full_page=False)
+
+
+def test_catalog_sync_is_switched_off_and_on_from_the_console(root, live_server, cluster_for_browser) -> None:
+    root.goto(f"{live_server.url}/admin/jobs/")
+    switch = root.locator('#console-switches tr[data-switch="settings.catalog_sync_enabled"]')
+    switch.locator("button", has_text="Turn off").click()
+    assert "Catalog sync is now off." in root.locator(".messagelist").inner_text()
+    assert not ApplicationSetting.current().catalog_sync_enabled
+    switch = root.locator('#console-switches tr[data-switch="settings.catalog_sync_enabled"]')
+    assert "off" in switch.inner_text()
+    assert "root" in switch.inner_text()
+    switch.locator("button", has_text="Turn on").click()
+    assert "Catalog sync is now on." in root.locator(".messagelist").inner_text()
+    assert ApplicationSetting.current().catalog_sync_enabled
+
+
+def test_view_only_staff_see_no_action_buttons(page, live_server, cluster_for_browser, project, maintainer) -> None:
+    viewer = User.objects.create_user("viewer", password="pw", is_staff=True)
+    viewer.user_permissions.set(Permission.objects.filter(codename__startswith="view_"))
+    job = exports.export_request(project=project, user=maintainer)
+    _login(page, live_server.url, "viewer")
+    page.goto(f"{live_server.url}/admin/jobs/")
+    page.wait_for_selector("#console-jobs")
+    assert page.locator("#console-live button").count() == 0
+    for url in (_run_url(live_server.url, job.job_run_id), _export_url(live_server.url, job)):
+        page.goto(url)
+        assert page.locator("button.object-action").count() == 0, url
+        assert page.locator('input[name="_save"]').count() == 0, url
+
+
+def test_lists_fit_1400_pixels(root, live_server, cluster_for_browser, project, maintainer, leaked_aws_token) -> None:
+    job = exports.export_request(project=project, user=maintainer)
+    wait_until(
+        lambda: ProjectExportJob.objects.get(pk=job.pk).status in ("finished", "failed"),
+        progress=_run_state(job.job_run_id),
+    )
+    leaked_aws_token(project)
+    for path in (
+        "/admin/jobs/jobrun/?kind=all",
+        "/admin/exports/projectexportjob/",
+        "/admin/exports/projectexportarchive/",
+        "/admin/secret_detection/finding/",
+        "/admin/secret_detection/findingtokenstatus/",
+        "/admin/catalog/syncevent/",
+        "/admin/catalog/catalogresource/",
+        "/admin/jobs/",
+    ):
+        root.goto(f"{live_server.url}{path}")
+        page_width = root.evaluate("document.documentElement.scrollWidth")
+        assert page_width <= 1400, f"{path} is {page_width} px wide"
+        # The results box scrolls sideways by itself: its table must fit inside it.
+        overflow = root.evaluate(
+            "(() => { const box = document.querySelector('#changelist .results');"
+            " return box ? box.scrollWidth - box.clientWidth : 0; })()"
+        )
+        assert overflow <= 0, f"{path}: the list is {overflow} px wider than the window"
