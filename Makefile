@@ -6,7 +6,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
 
-.PHONY: run demo test lint format bench clean
+.PHONY: run demo test lint format bench clean browser
+
+# The browser tests drive Debian's Chromium (Playwright cannot download its own here).
+# Installed when missing and the machine allows it (root with apt); otherwise those tests
+# are skipped and say why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium for the browser tests"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; } || \
+	    echo "could not install chromium: the browser tests will be skipped"; \
+	  else echo "chromium is not installed (needs root and apt): the browser tests will be skipped"; fi; }
 
 $(STAMP): requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,7 +32,7 @@ run: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m project.launcher --demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -48,6 +48,9 @@ def console_view(request: HttpRequest) -> HttpResponse:
     data = overview.overview()
     context = {
         "overview": data,
+        # Jobs with nothing queued, running, paused or finished in 24 h fold away.
+        "busy_jobs": [row for row in data.jobs if not row.idle],
+        "idle_jobs": [row for row in data.jobs if row.idle],
         "chart": chart_svg(data.chart, now=data.now),
         "can_control": request.user.has_perm(CONTROL_PERMISSION),
         "switches": [(switch, request.user.has_perm(switch.permission)) for switch in data.switches],

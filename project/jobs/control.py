@@ -160,6 +160,8 @@ def pause_switches() -> list:
             changed_at=pause.paused_at,
             on_label="running",
             off_label="paused",
+            turn_on="Resume",
+            turn_off="Pause",
         )
         for pause in JobPause.objects.all()
     ]

@@ -17,6 +17,7 @@ from playwright.sync_api import Page
 from exports import services as exports
 from exports.models import ProjectExportArchive, ProjectExportJob
 from project.jobs import JobRun
+from project.jobs.models import ClusterHeartbeat
 from project.models import ApplicationSetting, User
 from tests.browser.conftest import SCREENSHOTS
 from tests.support.cluster import wait_until
@@ -59,6 +60,14 @@ def _reload_until(page: Page, url: str, text: str, *, progress: Callable[[], obj
     wait_until(shown, progress=progress, stall=stall, interval=0.3, message=f"{text!r} never showed on {url}")
 
 
+def _job_row(page: Page, name: str):
+    """A job's row on the console, unfolding the idle jobs when it is one of them."""
+    row = page.locator(f'#console-live tr[data-job="{name}"]').first
+    if not row.is_visible():
+        page.click("#console-idle-jobs summary")
+    return row
+
+
 def _export_url(base: str, job: ProjectExportJob) -> str:
     return f"{base}/admin/exports/projectexportjob/{job.pk}/change/"
 
@@ -78,7 +87,7 @@ def test_operator_logs_in_and_finds_the_console_first_on_the_index(root, live_se
     )
     root.click("text=Open the job console")
     root.wait_for_selector("#console-jobs")
-    assert root.locator('#console-jobs tr[data-job="exports.run"]').count() == 1
+    assert root.locator('#console-live tr[data-job="exports.run"]').count() == 1
     assert root.locator("#console-clusters tr.alive").count() >= 1
 
 
@@ -93,12 +102,11 @@ def test_export_progress_moves_on_the_page_until_it_succeeds(
     assert "3/4 (75 %)" in root.locator(".field-progress_shown").inner_text()
     root.goto(_export_url(live_server.url, job))
     assert "exporting" in root.content()
+    root.screenshot(path=str(SCREENSHOTS / "export-detail.png"), full_page=True)
     cluster_for_browser.release(project)
     _reload_until(root, _export_url(live_server.url, job), "finished", progress=_run_state(job.job_run_id))
     root.goto(run_url)
     assert "succeeded" in root.locator(".field-status_shown").inner_text()
-    root.goto(_export_url(live_server.url, job))
-    root.screenshot(path=str(SCREENSHOTS / "export-detail.png"), full_page=True)
 
 
 def test_failing_sdrs_shows_the_retry_time_and_retry_now_runs_it(
@@ -162,7 +170,7 @@ def test_export_cancelled_mid_upload_ends_within_two_seconds_keeping_the_old_arc
 def test_paused_export_job_waits_until_resumed(root, live_server, cluster_for_browser, project, maintainer) -> None:
     console = f"{live_server.url}/admin/jobs/"
     root.goto(console)
-    root.locator('#console-jobs tr[data-job="exports.run"] button[value="pause"]').click()
+    _job_row(root, "exports.run").locator('button[value="pause"]').click()
     assert "exports.run is paused" in root.locator(".messagelist").inner_text().lower()
     assert "paused" in root.locator('#console-jobs tr[data-job="exports.run"]').inner_text()
     job = exports.export_request(project=project, user=maintainer)
@@ -186,11 +194,6 @@ def test_paused_export_job_waits_until_resumed(root, live_server, cluster_for_br
     wait_until(
         lambda: ProjectExportJob.objects.get(pk=job.pk).status == "finished", progress=_run_state(job.job_run_id)
     )
-    root.goto(console)
-    root.wait_for_selector("#console-jobs")
-    root.screenshot(path=str(SCREENSHOTS / "console.png"), full_page=True)
-    root.goto(f"{live_server.url}/admin/jobs/jobrun/")
-    root.screenshot(path=str(SCREENSHOTS / "job-runs.png"), full_page=False)
 
 
 def test_catalog_sync_is_switched_off_and_on_from_the_console(root, live_server, cluster_for_browser) -> None:
@@ -247,3 +250,85 @@ def test_lists_fit_1400_pixels(root, live_server, cluster_for_browser, project, 
             " return box ? box.scrollWidth - box.clientWidth : 0; })()"
         )
         assert overflow <= 0, f"{path}: the list is {overflow} px wider than the window"
+
+
+def test_console_refreshes_its_figures_without_a_reload(root, live_server, cluster_for_browser) -> None:
+    root.goto(f"{live_server.url}/admin/jobs/")
+    root.evaluate("window.loadedOnce = true")  # gone if the page were reloaded
+    running = JobRun.objects.create(name="probe.ok", kwargs={"key": "refresh"}, status="running")
+    row = '#console-jobs tr[data-job="probe.ok"]'
+    updated = "#console-health .console-updated"
+    wait_until(
+        lambda: root.locator(row).locator("td.num").nth(2).inner_text().startswith("1"),
+        progress=lambda: root.locator(updated).inner_text(),
+        stall=20,
+        message="the console did not refresh",
+    )
+    assert root.evaluate("window.loadedOnce") is True
+    running.delete()
+
+
+def test_a_day_of_history_reads_at_a_glance(root, live_server, cluster_for_browser, project, maintainer) -> None:
+    """A day of runs (recorded, as the cluster would have left them): the console names
+    what needs attention, and the screenshots for the README are taken here."""
+    import random
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from project.jobs import control
+
+    rng = random.Random(8)
+    now = timezone.now()
+    names = ["exports.run", "secret_detection.verify_partner_token", "secret_detection.update_token_status"]
+    runs = []
+    for minute in range(0, 24 * 60, 3):
+        for name in names:
+            if rng.random() < 0.5:
+                continue
+            finished = now - timedelta(minutes=minute, seconds=rng.random() * 60)
+            failed = rng.random() < 0.04
+            runs.append(
+                JobRun(
+                    name=name,
+                    status="failed" if failed else "succeeded",
+                    started_at=finished - timedelta(seconds=rng.lognormvariate(0, 1)),
+                    finished_at=finished,
+                    error_code="sdrs_unavailable" if failed else "",
+                    error="SDRS answered 503 Service Unavailable" if failed else "",
+                    created_at=finished,
+                )
+            )
+    JobRun.objects.bulk_create(runs)
+    JobRun.objects.create(
+        name="secret_detection.verify_partner_token",
+        status="failed",
+        started_at=now - timedelta(minutes=3),
+        finished_at=now - timedelta(minutes=3),
+        error_code="sdrs_auth",
+        error="SDRS refused the request: 401 Unauthorized",
+    )
+    JobRun.objects.create(
+        name="secret_detection.verify_partner_token",
+        attempt=2,
+        max_attempts=4,
+        due_at=now + timedelta(seconds=16),
+        error_code="sdrs_unavailable",
+        error="SDRS answered 503",
+    )
+    control.job_pause(name="exports.prune_jobs", by="root", reason="maintenance")
+    job = exports.export_request(project=project, user=maintainer)
+    wait_until(
+        lambda: ProjectExportJob.objects.get(pk=job.pk).status == "finished", progress=_run_state(job.job_run_id)
+    )
+    # The cluster's heartbeat row went with the previous test's flush; it is back within a beat.
+    wait_until(lambda: ClusterHeartbeat.objects.exists(), stall=20, message="the cluster stopped beating")
+    root.goto(f"{live_server.url}/admin/jobs/")
+    health = root.locator("#console-health").inner_text()
+    assert "1 failed in the last hour" in health or "failed in the last hour" in health, health
+    assert "1 job(s) paused" in health, health
+    row = root.locator('#console-jobs tr[data-job="secret_detection.verify_partner_token"]')
+    assert "sdrs_auth" in row.inner_text() and "next in" in row.inner_text(), row.inner_text()
+    root.screenshot(path=str(SCREENSHOTS / "console.png"), full_page=True)
+    root.goto(f"{live_server.url}/admin/jobs/jobrun/")
+    root.screenshot(path=str(SCREENSHOTS / "job-runs.png"), full_page=False)

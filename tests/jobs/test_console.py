@@ -63,6 +63,7 @@ def test_console_shows_every_job_cluster_schedule_and_switch(root) -> None:
     page = root.get(CONSOLE).content.decode()
     for name in ("exports.run", "catalog.process_sync_events", "secret_detection.verify_partner_token", "probe.flaky"):
         assert f'data-job="{name}"' in page
+    assert 'id="console-idle-jobs"' in page  # jobs without a run in 24 h fold away
     assert "console-chart" in page
     assert "<svg" in page
     assert 'id="console-clusters"' in page

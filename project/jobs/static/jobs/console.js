@@ -19,7 +19,13 @@
         return response.text();
       })
       .then(function (html) {
+        // Folded sections stay as the operator left them.
+        var open = Array.prototype.map.call(live.querySelectorAll("details[open][id]"), function (d) { return d.id; });
         live.innerHTML = html;
+        open.forEach(function (id) {
+          var details = document.getElementById(id);
+          if (details) { details.open = true; }
+        });
         live.removeAttribute("data-stale");
       })
       .catch(function () { live.setAttribute("data-stale", "1"); })
