@@ -325,10 +325,11 @@ def test_a_day_of_history_reads_at_a_glance(root, live_server, cluster_for_brows
     wait_until(lambda: ClusterHeartbeat.objects.exists(), stall=20, message="the cluster stopped beating")
     root.goto(f"{live_server.url}/admin/jobs/")
     health = root.locator("#console-health").inner_text()
-    assert "1 failed in the last hour" in health or "failed in the last hour" in health, health
+    assert "failed in the last hour" in health, health
     assert "1 job(s) paused" in health, health
-    row = root.locator('#console-jobs tr[data-job="secret_detection.verify_partner_token"]')
-    assert "sdrs_auth" in row.inner_text() and "next in" in row.inner_text(), row.inner_text()
+    row = root.locator('#console-jobs tr[data-job="secret_detection.verify_partner_token"]').inner_text()
+    assert "sdrs_auth" in row, row  # the latest error
+    assert "next in" in row, row  # the retry waiting
     root.screenshot(path=str(SCREENSHOTS / "console.png"), full_page=True)
     root.goto(f"{live_server.url}/admin/jobs/jobrun/")
     root.screenshot(path=str(SCREENSHOTS / "job-runs.png"), full_page=False)
