@@ -17,7 +17,7 @@ from django.views.decorators.http import require_POST
 
 from catalog import services
 from catalog.models import CatalogResource, SyncEvent
-from project.admin_tools import ControlledAdmin, admin_link, badge, clipped, seconds_text, when
+from project.admin_tools import ControlledAdmin, admin_link, badge, clipped, seconds_text, time_column
 from project.errors import AppError
 from project.jobs import JobRun
 
@@ -158,17 +158,11 @@ class CatalogResourceAdmin(ControlledAdmin):
     def in_sync(self, obj: CatalogResource) -> bool:
         return obj.is_in_sync
 
-    @admin.display(description="Synced", ordering="synced_at")
-    def synced_shown(self, obj: CatalogResource) -> str:
-        return when(obj.synced_at, empty="never")
+    synced_shown = time_column("synced_at", "Synced", empty="never")
 
-    @admin.display(description="Created", ordering="created_at")
-    def created_shown(self, obj: CatalogResource) -> str:
-        return when(obj.created_at)
+    created_shown = time_column("created_at", "Created")
 
-    @admin.display(description="Updated", ordering="updated_at")
-    def updated_shown(self, obj: CatalogResource) -> str:
-        return when(obj.updated_at)
+    updated_shown = time_column("updated_at", "Updated")
 
     @admin.display(description="Sync events")
     def events_shown(self, obj: CatalogResource) -> str:
@@ -277,13 +271,9 @@ class SyncEventAdmin(ControlledAdmin):
             return format_html('<a href="{}">#{}</a>', url, obj.project_id)
         return admin_link(resource.project, clipped(resource.project.path_with_namespace, 28))
 
-    @admin.display(description="Created", ordering="created_at")
-    def created_shown(self, obj: SyncEvent) -> str:
-        return when(obj.created_at)
+    created_shown = time_column("created_at", "Created")
 
-    @admin.display(description="Processed", ordering="processed_at")
-    def processed_shown(self, obj: SyncEvent) -> str:
-        return when(obj.processed_at, empty="")
+    processed_shown = time_column("processed_at", "Processed", empty="")
 
     @admin.display(description="Lag")
     def lag_shown(self, obj: SyncEvent) -> str:

@@ -17,7 +17,17 @@ from django.utils.html import format_html
 
 from exports import services
 from exports.models import ProjectExportArchive, ProjectExportJob
-from project.admin_tools import ControlledAdmin, absolute, admin_link, badge, clipped, duration, relative, when
+from project.admin_tools import (
+    ControlledAdmin,
+    absolute,
+    admin_link,
+    badge,
+    clipped,
+    duration,
+    relative,
+    time_column,
+    when,
+)
 from project.errors import AppError
 from project.jobs import JobRun
 
@@ -220,25 +230,15 @@ class ProjectExportJobAdmin(ControlledAdmin):
             return "-"
         return f"{obj.relations_done}/{obj.relations_total} relations, {obj.rows_written:,} rows"
 
-    @admin.display(description="Created", ordering="created_at")
-    def created_shown(self, obj: ProjectExportJob) -> str:
-        return when(obj.created_at)
+    created_shown = time_column("created_at", "Created")
 
-    @admin.display(description="Started", ordering="started_at")
-    def started_shown(self, obj: ProjectExportJob) -> str:
-        return when(obj.started_at)
+    started_shown = time_column("started_at", "Started")
 
-    @admin.display(description="Ended", ordering="finished_at")
-    def finished_shown(self, obj: ProjectExportJob) -> str:
-        return when(obj.finished_at)
+    finished_shown = time_column("finished_at", "Ended")
 
-    @admin.display(description="Uploaded", ordering="uploaded_at")
-    def uploaded_shown(self, obj: ProjectExportJob) -> str:
-        return when(obj.uploaded_at)
+    uploaded_shown = time_column("uploaded_at", "Uploaded")
 
-    @admin.display(description="Updated", ordering="updated_at")
-    def updated_shown(self, obj: ProjectExportJob) -> str:
-        return when(obj.updated_at)
+    updated_shown = time_column("updated_at", "Updated")
 
     @admin.display(description="Took")
     def duration_shown(self, obj: ProjectExportJob) -> str:
@@ -421,13 +421,9 @@ class ProjectExportArchiveAdmin(ControlledAdmin):
     def sha256_short(self, obj: ProjectExportArchive) -> str:
         return format_html('<code title="{}">{}…</code>', obj.sha256, obj.sha256[:12])
 
-    @admin.display(description="Created", ordering="created_at")
-    def created_shown(self, obj: ProjectExportArchive) -> str:
-        return when(obj.created_at)
+    created_shown = time_column("created_at", "Created")
 
-    @admin.display(description="Expires", ordering="expires_at")
-    def expires_shown(self, obj: ProjectExportArchive) -> str:
-        return when(obj.expires_at)
+    expires_shown = time_column("expires_at", "Expires")
 
     @admin.display(description="Download")
     def download(self, obj: ProjectExportArchive) -> str:

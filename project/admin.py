@@ -11,7 +11,7 @@ from django_q import admin as q_admin
 from django_q.models import Failure, Success
 
 from project import services
-from project.admin_tools import ControlledAdmin, badge, clipped, when
+from project.admin_tools import ControlledAdmin, badge, clipped, time_column
 from project.errors import AppError
 from project.forms import AccessTokenCreateForm, ApplicationSettingForm
 from project.models import AccessToken, ApplicationSetting, Issue, Label, Note, Project, ProjectMember, User
@@ -49,9 +49,7 @@ class ProjectAdmin(admin.ModelAdmin):
     def issue_count(self, obj: Project) -> int:
         return obj.issue_total
 
-    @admin.display(description="Created", ordering="created_at")
-    def created_shown(self, obj: Project) -> str:
-        return when(obj.created_at)
+    created_shown = time_column("created_at", "Created")
 
 
 @admin.register(ProjectMember)
@@ -162,17 +160,11 @@ class AccessTokenAdmin(ControlledAdmin):
             return badge("expired", "#777")
         return badge("live", "#2e7d32")
 
-    @admin.display(description="Last used", ordering="last_used_at")
-    def last_used_shown(self, obj: AccessToken) -> str:
-        return when(obj.last_used_at, empty="never")
+    last_used_shown = time_column("last_used_at", "Last used", empty="never")
 
-    @admin.display(description="Created", ordering="created_at")
-    def created_shown(self, obj: AccessToken) -> str:
-        return when(obj.created_at)
+    created_shown = time_column("created_at", "Created")
 
-    @admin.display(description="Revoked", ordering="revoked_at")
-    def revoked_shown(self, obj: AccessToken) -> str:
-        return when(obj.revoked_at)
+    revoked_shown = time_column("revoked_at", "Revoked")
 
     def get_form(self, request: HttpRequest, obj: AccessToken | None = None, **kwargs):
         if obj is None:

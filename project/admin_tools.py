@@ -71,6 +71,18 @@ def when(value: dt.datetime | None, *, now: dt.datetime | None = None, empty: st
     return format_html('<time datetime="{}">{}</time>', value.isoformat(), absolute(value))
 
 
+def time_column(field: str, description: str, *, empty: str = "-") -> Callable[[Any, Any], str]:
+    """A list or detail column that shows a time field with ``when()``:
+    ``created_shown = time_column("created_at", "Created")`` in a ModelAdmin."""
+
+    @admin.display(description=description, ordering=field)
+    def shown(model_admin: Any, obj: Any) -> str:
+        return when(getattr(obj, field), empty=empty)
+
+    shown.__name__ = f"{field}_shown"
+    return shown
+
+
 def duration(start: dt.datetime | None, end: dt.datetime | None) -> str:
     if start is None:
         return "-"

@@ -10,7 +10,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from project.admin_tools import ControlledAdmin, admin_link, badge, clipped, when
+from project.admin_tools import ControlledAdmin, admin_link, badge, clipped, time_column, when
 from project.jobs import JobRun
 from project.models import ApplicationSetting
 from secret_detection import console, services
@@ -97,9 +97,7 @@ class PartnerTokenTypeAdmin(admin.ModelAdmin):
         if "enabled" in form.changed_data:
             console.partner_type_switch(type_id=obj.pk, enabled=obj.enabled, by=request.user.get_username())
 
-    @admin.display(description="Updated", ordering="updated_at")
-    def updated_shown(self, obj: PartnerTokenType) -> str:
-        return when(obj.updated_at)
+    updated_shown = time_column("updated_at", "Updated")
 
     def get_urls(self):
         check = path(
@@ -240,9 +238,7 @@ class FindingAdmin(ControlledAdmin):
     def runs_shown(self, obj: Finding) -> str:
         return verification_runs(obj.pk)
 
-    @admin.display(description="Imported", ordering="created_at")
-    def created_shown(self, obj: Finding) -> str:
-        return when(obj.created_at)
+    created_shown = time_column("created_at", "Imported")
 
     @admin.action(description="Verify now", permissions=["verify"])
     def verify_now(self, request: HttpRequest, queryset) -> None:
@@ -356,41 +352,27 @@ class FindingTokenStatusAdmin(ControlledAdmin):
     def status_badge(self, obj: FindingTokenStatus) -> str:
         return _badge(obj.status)
 
-    @admin.display(description="Verified", ordering="last_verified_at")
-    def verified_shown(self, obj: FindingTokenStatus) -> str:
-        return when(obj.last_verified_at, empty="never")
+    verified_shown = time_column("last_verified_at", "Verified", empty="never")
 
     @admin.display(description="Error", ordering="last_error_code")
     def error_shown(self, obj: FindingTokenStatus) -> str:
         return clipped(obj.last_error_code, 12)
 
-    @admin.display(description="Next refresh", ordering="next_refresh_at")
-    def next_refresh_shown(self, obj: FindingTokenStatus) -> str:
-        return when(obj.next_refresh_at)
+    next_refresh_shown = time_column("next_refresh_at", "Next refresh")
 
     @admin.display(description="Runs")
     def runs_shown(self, obj: FindingTokenStatus) -> str:
         return verification_runs(obj.finding_id)
 
-    @admin.display(description="Routed", ordering="routed_at")
-    def routed_shown(self, obj: FindingTokenStatus) -> str:
-        return when(obj.routed_at)
+    routed_shown = time_column("routed_at", "Routed")
 
-    @admin.display(description="Pending since", ordering="pending_since")
-    def pending_shown(self, obj: FindingTokenStatus) -> str:
-        return when(obj.pending_since)
+    pending_shown = time_column("pending_since", "Pending since")
 
-    @admin.display(description="Accepted by SDRS", ordering="accepted_at")
-    def accepted_shown(self, obj: FindingTokenStatus) -> str:
-        return when(obj.accepted_at)
+    accepted_shown = time_column("accepted_at", "Accepted by SDRS")
 
-    @admin.display(description="Created", ordering="created_at")
-    def created_shown(self, obj: FindingTokenStatus) -> str:
-        return when(obj.created_at)
+    created_shown = time_column("created_at", "Created")
 
-    @admin.display(description="Updated", ordering="updated_at")
-    def updated_shown(self, obj: FindingTokenStatus) -> str:
-        return when(obj.updated_at)
+    updated_shown = time_column("updated_at", "Updated")
 
     # -- actions (through secret_detection.services)
 

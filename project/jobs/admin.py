@@ -14,7 +14,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from project.admin_tools import ControlledAdmin, admin_link, badge, clipped, duration, relative, when
+from project.admin_tools import ControlledAdmin, admin_link, badge, clipped, duration, relative, time_column, when
 from project.jobs import control, registry
 from project.jobs.models import ClusterHeartbeat, JobPause, JobRun
 
@@ -273,9 +273,7 @@ class JobRunAdmin(ControlledAdmin):
     def progress_raw(self, obj: JobRun) -> str:
         return format_html("<code>{}</code>", obj.progress) if obj.progress else "-"
 
-    @admin.display(description="Heartbeat")
-    def heartbeat_shown(self, obj: JobRun) -> str:
-        return when(obj.heartbeat_at)
+    heartbeat_shown = time_column("heartbeat_at", "Heartbeat")
 
     @admin.display(description="Progress")
     def progress_short(self, obj: JobRun) -> str:
@@ -379,9 +377,7 @@ class JobPauseAdmin(ControlledAdmin):
     def has_control_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("jobs.control_jobrun")
 
-    @admin.display(description="Paused", ordering="paused_at")
-    def paused_shown(self, obj: JobPause) -> str:
-        return when(obj.paused_at)
+    paused_shown = time_column("paused_at", "Paused")
 
     @admin.action(description="Resume", permissions=["control"])
     def resume(self, request: HttpRequest, queryset) -> None:
@@ -399,10 +395,6 @@ class ClusterHeartbeatAdmin(ControlledAdmin):
     def alive(self, obj: ClusterHeartbeat) -> bool:
         return timezone.now() - obj.last_seen < timedelta(seconds=settings.JOBS_CLUSTER_STALE_AFTER)
 
-    @admin.display(description="Last seen", ordering="last_seen")
-    def last_seen_shown(self, obj: ClusterHeartbeat) -> str:
-        return when(obj.last_seen)
+    last_seen_shown = time_column("last_seen", "Last seen")
 
-    @admin.display(description="First seen", ordering="first_seen")
-    def first_seen_shown(self, obj: ClusterHeartbeat) -> str:
-        return when(obj.first_seen)
+    first_seen_shown = time_column("first_seen", "First seen")
