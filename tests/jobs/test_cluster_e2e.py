@@ -160,3 +160,48 @@ def test_attempt_over_its_time_budget_is_failed_with_timeout(cluster) -> None:
     assert run.error_code == "timeout"
     assert "1 s budget" in run.error
     assert ProbeExecution.objects.filter(key="slow").count() == 1
+
+
+@pytest.mark.parametrize("broker", BROKERS)
+def test_running_job_cancelled_on_the_cluster_stops_at_its_next_report(broker) -> None:
+    from project.jobs import control
+    from tests.support.cluster import wait_until
+
+    with running_cluster(broker=broker) as process:
+        run = probes.progress.enqueue(key="stop", steps=600, interval=0.05)
+
+        def state() -> object:
+            return JobRun.objects.filter(pk=run.pk).values("status", "heartbeat_at", "progress").first()
+
+        wait_until(lambda: (state()["progress"] or {}).get("done"), progress=state, message=process.output())
+        control.run_cancel(run_id=run.pk, by="alice")
+        wait_until(lambda: state()["status"] == "cancelled", progress=state, message=process.output())
+    run.refresh_from_db()
+    assert (run.error_code, run.error) == ("cancelled", "cancelled by alice")
+    assert run.progress["done"] < 600
+    assert ProbeExecution.objects.filter(key="stop").count() == 1  # not retried
+
+
+@pytest.mark.parametrize("broker", BROKERS)
+def test_paused_job_waits_on_the_cluster_and_runs_once_resumed(broker) -> None:
+    from project.jobs import control
+    from tests.support.cluster import wait_until
+
+    with running_cluster(broker=broker) as process:
+        control.job_pause(name="probe.ok", by="alice")
+        runs = [probes.ok.enqueue(key=f"paused-{n}") for n in range(3)]
+        other = probes.flaky.enqueue(key="not-paused", failures=0)
+        # Another job's run goes through: the cluster is working, and still claims none of
+        # the paused job's runs.
+        wait_until(lambda: JobRun.objects.get(pk=other.pk).status == "succeeded", stall=30, message=process.output())
+        assert set(JobRun.objects.filter(pk__in=[r.pk for r in runs]).values_list("status", "attempt")) == {
+            ("queued", 1)
+        }
+        assert not ProbeExecution.objects.filter(key__startswith="paused-").exists()
+        control.job_resume(name="probe.ok", by="alice")
+
+        def done() -> int:
+            return JobRun.objects.filter(pk__in=[r.pk for r in runs], status="succeeded").count()
+
+        wait_until(lambda: done() == 3, progress=done, message=process.output())
+    assert ProbeExecution.objects.filter(key__startswith="paused-").count() == 3

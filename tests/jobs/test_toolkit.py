@@ -253,3 +253,29 @@ def test_log_lines_carry_the_job_context(caplog) -> None:
     assert line["request_id"] == "req-7"
     assert line["error_code"] == "probe_transient"
     assert line["level"] == "warning"
+
+
+def test_a_silent_cluster_fades_then_is_pruned(settings) -> None:
+    from project.jobs import overview
+    from project.jobs.models import ClusterHeartbeat
+
+    now = timezone.now()
+    ClusterHeartbeat.objects.create(key="live:1", cluster_name="q", host="live", pid=1, broker="orm", last_seen=now)
+    ClusterHeartbeat.objects.create(
+        key="faded:2", cluster_name="q", host="faded", pid=2, broker="orm", last_seen=now - timedelta(minutes=5)
+    )
+    ClusterHeartbeat.objects.create(
+        key="gone:3",
+        cluster_name="q",
+        host="gone",
+        pid=3,
+        broker="orm",
+        last_seen=now - timedelta(seconds=settings.JOBS_CLUSTER_PRUNE_AFTER + 1),
+    )
+    assert [(c.host, c.alive) for c in overview.cluster_rows(now=now)] == [
+        ("live", True),
+        ("faded", False),
+        ("gone", False),
+    ]
+    assert recovery.runs_recover()["clusters_pruned"] == 1
+    assert sorted(ClusterHeartbeat.objects.values_list("host", flat=True)) == ["faded", "live"]
