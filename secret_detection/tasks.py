@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from project.jobs import Target, job
-from project.jobs.models import JobRun
+from project.jobs import JobRun, Target, job
 from secret_detection import services
 from secret_detection.services.verification import VERIFY_RETRY
 

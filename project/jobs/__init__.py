@@ -33,6 +33,7 @@ __all__ = [
     "Switch",
     "SwitchSource",
     "Target",
+    "clusters_alive",
     "control",
     "current_run",
     "heartbeat",
@@ -62,6 +63,13 @@ def __getattr__(name: str) -> Any:
 
         return getattr(overview, name)
     raise AttributeError(f"module 'project.jobs' has no attribute {name!r}")
+
+
+def clusters_alive() -> int:
+    """How many job clusters have reported within JOBS_CLUSTER_STALE_AFTER seconds."""
+    from project.jobs import overview
+
+    return sum(1 for cluster in overview.cluster_rows() if cluster.alive)
 
 
 def register_backlogs(source: Any) -> None:

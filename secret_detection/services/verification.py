@@ -17,8 +17,7 @@ from django.utils import timezone
 
 from project import crypto
 from project.errors import AppError, PermanentError
-from project.jobs import Defer, RetryPolicy
-from project.jobs.runner import current_run
+from project.jobs import Defer, RetryPolicy, current_run
 from project.models import ApplicationSetting
 from secret_detection import metrics
 from secret_detection.clients import SdrsClient, SdrsConfig, SdrsError, SdrsMisconfigured, VerifyRequest

@@ -1,18 +1,16 @@
 from __future__ import annotations
 
 import time
-from datetime import timedelta
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.utils import timezone
 from tqdm import tqdm
 
 from exports import services
 from exports.models import ProjectExportArchive, ProjectExportJob
 from project import services as core
 from project.errors import AppError
-from project.jobs.models import ClusterHeartbeat
+from project.jobs import clusters_alive
 from project.models import AccessLevel, User
 
 
@@ -49,8 +47,7 @@ class Command(BaseCommand):
         timeout = options["timeout"] if options["timeout"] is not None else settings.EXPORT_MAX_AGE
         if timeout <= 0:
             raise CommandError("--timeout must be positive")
-        fresh = timezone.now() - timedelta(seconds=settings.JOBS_CLUSTER_STALE_AFTER)
-        if not ClusterHeartbeat.objects.filter(last_seen__gte=fresh).exists():
+        if not clusters_alive():
             self.stderr.write("No job cluster is running: the export waits until one starts (make run starts one).")
         job = self._follow(job, timeout)
         if job.status == ProjectExportJob.Status.FAILED:
@@ -72,11 +69,15 @@ class Command(BaseCommand):
         # tqdm redraws one line with \r; Django's OutputWrapper would add a newline per write.
         with tqdm(total=None, desc=f"export #{job.pk}", unit="relation", file=self.stderr._out) as bar:
             while time.monotonic() < deadline:
-                job.refresh_from_db()
-                if job.relations_total and bar.total != job.relations_total:
-                    bar.total = job.relations_total
-                bar.n = job.relations_done
-                bar.set_postfix(status=job.status, rows=job.rows_written, refresh=False)
+                job = ProjectExportJob.objects.select_related("job_run").get(pk=job.pk)
+                # While it runs, the figures are on its run (reported to the job toolkit).
+                live = (job.job_run.progress if job.job_run and job.is_active else None) or {}
+                total = live.get("relations_total", job.relations_total)
+                if total and bar.total != total:
+                    bar.total = total
+                bar.n = live.get("relations_done", job.relations_done)
+                phase = services.export_phase(job) or job.status
+                bar.set_postfix(status=phase, rows=live.get("rows_written", job.rows_written), refresh=False)
                 bar.refresh()
                 if not job.is_active:
                     break
