@@ -57,6 +57,17 @@ def progress_text(run: JobRun, *, length: int = 48) -> str:
     return clipped(" · ".join(part for part in (share, note) if part), length)
 
 
+def target_link(run: JobRun) -> str:
+    """A link to the record the run works on (``attach_targets`` loaded it)."""
+    target = getattr(run, "target_obj", None)
+    if target is not None:
+        return admin_link(target, clipped(str(target), 30))
+    job = registry.get(run.name)
+    if job and job.target and run.target_id is not None:
+        return f"#{run.target_id} (deleted)"
+    return "-"
+
+
 class KindFilter(admin.SimpleListFilter):
     """Scheduled housekeeping makes most runs; the list hides it until asked."""
 
@@ -253,13 +264,7 @@ class JobRunAdmin(ControlledAdmin):
 
     @admin.display(description="Target")
     def target_shown(self, obj: JobRun) -> str:
-        target = getattr(obj, "target_obj", None)
-        if target is not None:
-            return admin_link(target, clipped(str(target), 26))
-        job = registry.get(obj.name)
-        if job and job.target and obj.target_id is not None:
-            return f"#{obj.target_id} (deleted)"
-        return "-"
+        return target_link(obj)
 
     @admin.display(description="Arguments")
     def kwargs_shown(self, obj: JobRun) -> str:

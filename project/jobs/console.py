@@ -25,8 +25,12 @@ from django.utils.safestring import SafeString
 
 from project.errors import AppError
 from project.jobs import control, overview
+from project.jobs.admin import attach_targets, progress_text, status_badge, target_link
+from project.jobs.models import JobRun
 
 VIEW_PERMISSION = "jobs.view_jobrun"
+#: The console lists the running runs, oldest first, up to this many.
+RUNNING_SHOWN = 15
 CONTROL_PERMISSION = "jobs.control_jobrun"
 REFRESH_SECONDS = 5
 
@@ -46,7 +50,11 @@ def _require(request: HttpRequest, permission: str) -> None:
 def console_view(request: HttpRequest) -> HttpResponse:
     _require(request, VIEW_PERMISSION)
     data = overview.overview()
+    running = list(JobRun.objects.filter(status=JobRun.Status.RUNNING).order_by("started_at")[:RUNNING_SHOWN])
+    attach_targets(running)
     context = {
+        "running": [(run, target_link(run), status_badge(run), progress_text(run, length=60)) for run in running],
+        "running_more": max(0, data.totals["running"] - len(running)),
         "overview": data,
         # Jobs with nothing queued, running, paused or finished in 24 h fold away.
         "busy_jobs": [row for row in data.jobs if not row.idle],

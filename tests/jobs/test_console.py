@@ -302,3 +302,25 @@ def test_times_show_to_the_second(root) -> None:
     run.refresh_from_db()
     page = root.get(reverse("admin:jobs_jobrun_change", args=[run.pk])).content.decode()
     assert run.created_at.strftime("%Y-%m-%d %H:%M:%S") in page
+
+
+def test_console_lists_what_is_running_with_its_progress_and_a_cancel_button(root, project, maintainer) -> None:
+    from exports import services
+
+    job = services.export_request(project=project, user=maintainer)
+    JobRun.objects.filter(pk=job.job_run_id).update(
+        status="running",
+        started_at=timezone.now(),
+        heartbeat_at=timezone.now(),
+        progress={"done": 3, "total": 4, "note": "exporting issues: 12 rows"},
+    )
+    page = root.get(CONSOLE).content.decode()
+    section = page.split('id="console-running"')[1].split("</table>")[0]
+    assert f'data-run="{job.job_run_id}"' in section
+    assert f"Export of acme/widgets for maintainer (#{job.pk})" in section
+    assert "3/4 (75 %) · exporting issues: 12 rows" in section
+    assert 'value="cancel"' in section
+    response = root.post(CONTROL, {"op": "cancel", "run_id": job.job_run_id}, follow=True)
+    assert f"Run #{job.job_run_id} (exports.run) was asked to stop; it ends at its next heartbeat." in _messages(
+        response
+    )

@@ -22,5 +22,5 @@ def seconds(value: float | None) -> str:
 
 
 @register.filter
-def clipped(value: str, length: int = 60) -> str:
-    return admin_tools.clipped(value or "", length)
+def clipped(value: object, length: int = 60) -> str:
+    return admin_tools.clipped(str(value) if value is not None else "", length)
