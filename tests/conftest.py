@@ -115,5 +115,15 @@ def cluster(django_db_setup, django_db_blocker) -> Iterator[ClusterProcess]:
     process.stop()
 
 
+@pytest.fixture
+def no_broker() -> Iterator[None]:
+    """Runs are recorded but no message is sent: the test executes them itself, and no
+    cluster another test started can take them."""
+    from project.jobs.testing import messages_held
+
+    with messages_held():
+        yield
+
+
 needs_redis = pytest.mark.skipif(not settings.REDIS_URL, reason="REDIS_URL is not set")
 BROKERS = ["orm", pytest.param("redis", marks=needs_redis)]

@@ -101,8 +101,14 @@ def _package(run: JobRun, job: Job | None, capture: _Capture) -> None:
     async_task(RUNNER, run.pk, run.attempt, q_options=q_options)
 
 
+#: While above zero, runs are recorded but no message is sent (``testing.messages_held``).
+_held = 0
+
+
 def runs_push(*, runs: Sequence[JobRun], due: dt.datetime | None = None) -> None:
     """Send one message per run (for its current attempt) to its queue's broker."""
+    if _held:
+        return
     from project.jobs import registry
 
     by_queue: dict[str | None, list[JobRun]] = defaultdict(list)

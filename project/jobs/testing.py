@@ -3,7 +3,11 @@ rather than the toolkit's internals)."""
 
 from __future__ import annotations
 
-from project.jobs import progress
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from project.jobs import progress, queue, registry
 
 
 def poll_controls() -> None:
@@ -34,3 +38,37 @@ def run_is_lost(run) -> bool:
     from project.jobs.runner import is_lost
 
     return is_lost(run)
+
+
+@contextlib.contextmanager
+def messages_held() -> Iterator[None]:
+    """Record runs (and their retries) without sending any message to a broker: the test
+    executes them itself, and no cluster another test started can take them."""
+    queue._held += 1
+    try:
+        yield
+    finally:
+        queue._held -= 1
+
+
+def run_inline(job: registry.Job | str, *, attempt: int = 1, **kwargs: Any) -> tuple[str, Any]:
+    """Execute one attempt of a job here, through the runner (claim, context, outcome,
+    failure hook), as a worker would: ``attempt`` is the attempt number the job sees.
+    Returns the outcome and the run as it ended."""
+    from project.jobs.models import JobRun
+    from project.jobs.runner import execute
+
+    declared = registry.get(job) if isinstance(job, str) else job
+    if declared is None:
+        raise LookupError(f"no job is registered as {job!r}")
+    run = JobRun.objects.create(
+        name=declared.name,
+        kwargs=kwargs,
+        attempt=attempt,
+        max_attempts=declared.retry.max_attempts,
+        target_id=declared.target_id(kwargs),
+    )
+    with messages_held():
+        outcome = execute(run.pk, attempt)
+    run.refresh_from_db()
+    return outcome, run

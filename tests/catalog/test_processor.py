@@ -236,10 +236,9 @@ def test_the_processor_lock_is_released_after_a_run_even_when_it_fails(two_resou
 
 
 @pytest.mark.django_db(transaction=True)
-def test_events_locked_by_another_transaction_are_skipped_not_waited_for(other_connection, monkeypatch) -> None:
+def test_events_locked_by_another_transaction_are_skipped_not_waited_for(other_connection, no_broker) -> None:
     # The re-enqueued runs are committed here: keep their messages from the session's
     # cluster, whose processor would take the lock this test asserts on.
-    monkeypatch.setattr("project.jobs.queue.runs_push", lambda **kwargs: None)
     first, second = make_projects(2)
     for project in (first, second):
         Project.objects.filter(pk=project.pk).update(name=f"{project.name}!")

@@ -14,13 +14,6 @@ from tests.support.cluster import database_url
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def no_broker(monkeypatch) -> None:
-    """Runs execute here only: no message may reach a cluster another test started."""
-    monkeypatch.setattr("project.jobs.queue.runs_push", lambda **kwargs: None)
-    monkeypatch.setattr("project.jobs.transitions.runs_push", lambda **kwargs: None)
-
-
 def test_connection_lost_mid_export_is_retried_and_the_export_finishes(
     no_broker, maintainer, project, issues, during_export, settings
 ) -> None:
