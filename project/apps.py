@@ -20,10 +20,7 @@ class ProjectConfig(AppConfig):
     verbose_name = "Platform"
 
     def ready(self) -> None:
-        from project import metrics, schema  # noqa: F401 - registers the schema extensions
-
-        metrics.register_db_collector(metrics.jobs_gauges)
-        from project import services
+        from project import metrics, schema, services  # noqa: F401 - registers the schema extensions
         from project.jobs import overview
 
         overview.register_switches(

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import time
-from datetime import timedelta
 from typing import Any
 
-from django.conf import settings
 from django.db import DatabaseError, connection
-from django.utils import timezone
 
 
 def _check(fn) -> dict[str, Any]:
@@ -29,10 +26,9 @@ def _db() -> dict[str, Any]:
 
 
 def _cluster() -> dict[str, Any]:
-    from project.jobs.models import ClusterHeartbeat
+    from project.jobs import clusters_alive
 
-    fresh = timezone.now() - timedelta(seconds=settings.JOBS_CLUSTER_STALE_AFTER)
-    alive = ClusterHeartbeat.objects.filter(last_seen__gte=fresh).count()
+    alive = clusters_alive()
     if not alive:
         return {"status": "failed", "message": "no job cluster has pulled work recently", "clusters": 0}
     return {"clusters": alive}

@@ -158,7 +158,7 @@ Q_CLUSTER = {
     "max_attempts": env_int("Q_MAX_ATTEMPTS", 3, minimum=1),
     "orm": "default",
     "poll": Q_POLL,
-    "broker_class": "project.jobs.brokers.RedisBroker" if JOBS_BROKER == "redis" else "project.jobs.brokers.OrmBroker",
+    "broker_class": "project.jobs.djangoq.RedisBroker" if JOBS_BROKER == "redis" else "project.jobs.djangoq.OrmBroker",
     "redis": REDIS_URL or {},
     "catch_up": False,
     # Every default-queue cluster runs django-q2's scheduler (schedule rows are locked, so

@@ -8,11 +8,11 @@ class JobsConfig(AppConfig):
     verbose_name = "Background jobs"
 
     def ready(self) -> None:
-        from django_q.signals import pre_execute
-
-        from project.jobs import control, overview, registry, runner, schedules
+        from project import metrics as site_metrics
+        from project.jobs import control, djangoq, metrics, overview, registry, runner, schedules
 
         registry.autodiscover()
+        site_metrics.register_db_collector(metrics.jobs_gauges)
         overview.register_switches(overview.SwitchSource(list=control.pause_switches, flip=control.pause_switch_flip))
         post_migrate.connect(schedules.schedules_sync_on_migrate, sender=self)
-        pre_execute.connect(runner.remember_task_id, dispatch_uid="jobs.remember_task_id")
+        djangoq.pre_execute_connect(runner.remember_task_id)

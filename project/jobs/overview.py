@@ -18,7 +18,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from project.jobs import registry
+from project.jobs import declared, djangoq
 from project.jobs.models import ClusterHeartbeat, JobPause
 from project.jobs.redact import redact
 
@@ -308,7 +308,7 @@ def _rows(sql: str, params: dict[str, Any]) -> list[tuple]:
 def job_rows(*, now: dt.datetime | None = None) -> list[JobRow]:
     """One row per declared job (and per unknown name that still has runs)."""
     now = now or timezone.now()
-    jobs = registry.REGISTRY
+    jobs = declared.REGISTRY
     names = sorted(jobs)
     rows = {
         name: JobRow(name=name, description=job.description, scheduled=bool(job.cron)) for name, job in jobs.items()
@@ -374,23 +374,18 @@ def cluster_rows(*, now: dt.datetime | None = None) -> list[ClusterRow]:
 
 
 def schedule_rows() -> list[ScheduleRow]:
-    from django_q.models import Schedule
-
-    from project.jobs.schedules import SCHEDULED_FUNC
-
-    declared = {job.name: job for job in registry.REGISTRY.values() if job.cron}
-    stored = {s.name: s for s in Schedule.objects.filter(func=SCHEDULED_FUNC, name__in=list(declared))}
-    last = {row[0]: row[1:] for row in _rows(_LAST_SCHEDULED_SQL, {"names": sorted(declared)})}
+    scheduled = {job.name: job for job in declared.REGISTRY.values() if job.cron}
+    next_runs = djangoq.schedule_next_runs(sorted(scheduled))
+    last = {row[0]: row[1:] for row in _rows(_LAST_SCHEDULED_SQL, {"names": sorted(scheduled)})}
     paused = set(JobPause.objects.values_list("name", flat=True))
     rows = []
-    for name in sorted(declared):
+    for name in sorted(scheduled):
         run_id, status, at = last.get(name, (None, "", None))
-        schedule = stored.get(name)
         rows.append(
             ScheduleRow(
                 name=name,
-                cron=declared[name].cron or "",
-                next_run=schedule.next_run if schedule else None,
+                cron=scheduled[name].cron or "",
+                next_run=next_runs.get(name),
                 last_run_id=run_id,
                 last_run_status=status,
                 last_run_at=at,
@@ -401,9 +396,7 @@ def schedule_rows() -> list[ScheduleRow]:
 
 
 def broker_depth() -> dict[str, Any]:
-    from project.jobs.brokers import get_broker
-
-    broker = get_broker()
+    broker = djangoq.get_broker()
     return {"kind": settings.JOBS_BROKER, "queue": broker.list_key, **broker.depth()}
 
 

@@ -10,10 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
-from django_q.tasks import async_task
 
 from project import context
-from project.jobs import brokers, metrics
+from project.jobs import declared, djangoq, metrics
 from project.jobs.models import JobRun
 
 if TYPE_CHECKING:
@@ -23,7 +22,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-RUNNER = "project.jobs.runner.execute"
 _ALLOWED = (int, str, bool, float, type(None))
 
 
@@ -76,31 +74,6 @@ def runs_enqueue(
     return runs
 
 
-class _Capture:
-    """Stands in for a broker so django-q2 builds and signs the message, which we then
-    send with a due time."""
-
-    def __init__(self, list_key: str) -> None:
-        self.list_key = list_key
-        self.packages: list[str] = []
-
-    def enqueue(self, package: str) -> int:
-        self.packages.append(package)
-        return len(self.packages)
-
-
-def _package(run: JobRun, job: Job | None, capture: _Capture) -> None:
-    q_options = {
-        "broker": capture,
-        "task_name": f"{run.name}#{run.pk}.{run.attempt}",
-        "group": run.name,
-        "ack_failure": True,
-    }
-    if job is not None:
-        q_options["timeout"] = job.timeout_seconds
-    async_task(RUNNER, run.pk, run.attempt, q_options=q_options)
-
-
 #: While above zero, runs are recorded but no message is sent (``testing.messages_held``).
 _held = 0
 
@@ -109,17 +82,21 @@ def runs_push(*, runs: Sequence[JobRun], due: dt.datetime | None = None) -> None
     """Send one message per run (for its current attempt) to its queue's broker."""
     if _held:
         return
-    from project.jobs import registry
-
     by_queue: dict[str | None, list[JobRun]] = defaultdict(list)
     for run in runs:
-        job = registry.get(run.name)
+        job = declared.get(run.name)
         by_queue[job.queue if job else None].append(run)
     for queue, queued in by_queue.items():
-        broker = brokers.get_broker(queue)
-        capture = _Capture(broker.list_key)
+        broker = djangoq.get_broker(queue)
+        messages = []
         for run in queued:
-            _package(run, registry.get(run.name), capture)
-        broker.enqueue_many_at(
-            [(package, due or run.due_at) for package, run in zip(capture.packages, queued, strict=True)]
-        )
+            job = declared.get(run.name)
+            message = djangoq.package(
+                run_id=run.pk,
+                attempt=run.attempt,
+                name=f"{run.name}#{run.pk}.{run.attempt}",
+                group=run.name,
+                timeout=job.timeout_seconds if job else None,
+            )
+            messages.append((message, due or run.due_at))
+        broker.enqueue_many_at(messages)

@@ -9,9 +9,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from project.jobs import registry, transitions
+from project.jobs import declared, transitions
 from project.jobs.models import ClusterHeartbeat, JobPause, JobRun
-from project.jobs.runner import lost_after
 
 logger = logging.getLogger("project.jobs")
 
@@ -26,10 +25,11 @@ def run_recover_lost(*, run_id: int) -> str | None:
     with transaction.atomic():
         run = JobRun.objects.select_for_update(skip_locked=True).filter(pk=run_id, status=Status.RUNNING).first()
         if run is None or (
-            run.heartbeat_at is not None and run.heartbeat_at >= timezone.now() - timedelta(seconds=lost_after(run))
+            run.heartbeat_at is not None
+            and run.heartbeat_at >= timezone.now() - timedelta(seconds=declared.lost_after_seconds(run.name))
         ):
             return None
-        job = registry.get(run.name)
+        job = declared.get(run.name)
         message = f"worker {run.worker or '?'} stopped during attempt {run.attempt}"
         delay = job.retry.delay_after(run.attempt) if job else None
         if run.cancel_requested_at is not None:
@@ -50,7 +50,7 @@ def runs_recover(*, limit: int = 500) -> dict[str, int]:
     """Recover lost runs, re-send messages of runs that waited too long for theirs, and
     forget clusters that have been silent for JOBS_CLUSTER_PRUNE_AFTER."""
     now = timezone.now()
-    thresholds = [job.lost_after_seconds for job in registry.REGISTRY.values()] + [settings.JOBS_LOST_AFTER]
+    thresholds = [job.lost_after_seconds for job in declared.REGISTRY.values()] + [settings.JOBS_LOST_AFTER]
     lost_ids = list(
         JobRun.objects.filter(
             status=Status.RUNNING, heartbeat_at__lt=now - timedelta(seconds=min(thresholds))

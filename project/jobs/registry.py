@@ -11,6 +11,8 @@ from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
+from project.jobs import declared
+
 if TYPE_CHECKING:
     from project.jobs.models import JobRun
 
@@ -135,7 +137,9 @@ class Job:
             self.on_failure(run, code, message)
 
 
-REGISTRY: dict[str, Job] = {}
+REGISTRY = declared.REGISTRY
+get = declared.get
+names = declared.names
 
 
 def job(
@@ -175,14 +179,6 @@ def job(
         return declared
 
     return decorate
-
-
-def get(name: str) -> Job | None:
-    return REGISTRY.get(name)
-
-
-def names() -> list[str]:
-    return sorted(REGISTRY)
 
 
 def autodiscover() -> None:

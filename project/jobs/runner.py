@@ -17,14 +17,13 @@ import traceback as tb
 from datetime import timedelta
 from typing import Any
 
-from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
-from django_q.exceptions import TimeoutException
 
 from project import context
 from project.errors import AppError
-from project.jobs import metrics, progress, registry, transitions
+from project.jobs import declared, metrics, progress, recovery, registry, transitions
+from project.jobs.djangoq import TimeoutException
 from project.jobs.models import JobPause, JobRun
 
 logger = logging.getLogger("project.jobs")
@@ -87,9 +86,7 @@ def _unclaimed(run_id: int, attempt: int) -> str:
     if run.status == Status.RUNNING and run.attempt == attempt and is_lost(run):
         # django-q2 redelivered the message of a worker that died: recover it now rather
         # than waiting for the sweep.
-        from project.jobs.recovery import run_recover_lost
-
-        run_recover_lost(run_id=run.pk)
+        recovery.run_recover_lost(run_id=run.pk)
         return "recovered"
     logger.info(
         "duplicate delivery ignored",
@@ -98,13 +95,8 @@ def _unclaimed(run_id: int, attempt: int) -> str:
     return "duplicate"
 
 
-def lost_after(run: JobRun) -> float:
-    job = registry.get(run.name)
-    return job.lost_after_seconds if job else float(settings.JOBS_LOST_AFTER)
-
-
 def is_lost(run: JobRun) -> bool:
-    threshold = timezone.now() - timedelta(seconds=lost_after(run))
+    threshold = timezone.now() - timedelta(seconds=declared.lost_after_seconds(run.name))
     return run.heartbeat_at is None or run.heartbeat_at < threshold
 
 

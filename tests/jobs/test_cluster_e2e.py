@@ -107,7 +107,7 @@ def test_deduplicated_enqueues_share_one_queued_run(cluster) -> None:
 def _queue_has_messages() -> bool:
     from django.conf import settings
 
-    from project.jobs.brokers import get_broker
+    from project.jobs.djangoq import get_broker
 
     broker = get_broker()
     if settings.JOBS_BROKER == "orm":

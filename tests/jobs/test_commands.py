@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from project.jobs import JobRun
 from project.jobs.models import ClusterHeartbeat, JobPause
-from project.management.commands import jobs_status
+from project.jobs.management.commands import jobs_status
 from tests.support import jobs as probes
 
 pytestmark = pytest.mark.django_db

@@ -16,7 +16,7 @@ from django_q.models import OrmQ, Schedule
 from project import context
 from project.errors import PermanentError, RetryableError
 from project.jobs import RetryPolicy, recovery, registry, runner, schedules
-from project.jobs.brokers import OrmBroker, RedisBroker
+from project.jobs.djangoq import OrmBroker, RedisBroker
 from project.jobs.models import JobRun
 from tests.conftest import needs_redis
 from tests.support import jobs as probes

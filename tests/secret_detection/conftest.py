@@ -125,7 +125,7 @@ def isolated_queue(settings) -> Iterator[None]:
 
     from django_q.conf import Conf
 
-    from project.jobs.brokers import get_broker
+    from project.jobs.djangoq import get_broker
 
     name = f"{Conf.CLUSTER_NAME}-manual-{uuid.uuid4().hex[:8]}"
     with mock.patch.object(Conf, "CLUSTER_NAME", name):

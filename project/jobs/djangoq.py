@@ -1,7 +1,31 @@
-"""django-q2 brokers that can hold a message until a due time.
+"""The toolkit's one seam to django-q2: its brokers, its message format, its signals, its
+schedules and its configuration. No other module of the product imports django_q
+(the admin's transport views excepted), so a django-q2 upgrade is checked here and in
+tests/jobs/test_djangoq_adapter.py, which fails loudly when one of these changes.
 
-django-q2's scheduler ticks every 30 s, too coarse for retry delays of a few seconds, so a
-delayed retry is handed to the broker with its due time instead:
+Written against django-q2 1.11.x. The internals relied on:
+
+* ``django_q.brokers.orm.ORM`` and ``django_q.brokers.redis_broker.Redis`` are subclassed:
+  we replace ``enqueue``, ``dequeue``, ``queue_size``, ``purge_queue`` and use
+  ``get_connection()``, ``connection`` and ``list_key``. The cluster instantiates
+  ``Q_CLUSTER["broker_class"]`` with ``list_key=``.
+* ``Broker.set_stat(key, value, timeout)`` is called by the sentinel's guard loop about
+  every half second (``Sentinel.guard`` → ``Stat(self).save()``): our cluster heartbeat.
+* The message format: ``SignedPackage.dumps(task)`` of a dict with ``id`` (a humanhash
+  uuid), ``name``, ``func`` (a dotted path), ``args``, ``kwargs``, ``started``, and the
+  options ``group``, ``ack_failure`` and ``timeout`` that ``async_task(q_options=...)``
+  would set. We build it here rather than through ``async_task`` because a message must
+  go to the broker with a due time, which ``async_task`` cannot pass.
+* ``django_q.signals.pre_execute(sender, func, task)`` in the worker: the task id.
+* ``django_q.exceptions.TimeoutException`` (a ``SystemExit``) raised in a worker whose
+  task ran past its timeout.
+* ``django_q.models.OrmQ`` (``key``, ``payload``, ``lock``) and ``Schedule`` (``name``,
+  ``func``, ``args``, ``schedule_type``, ``cron``, ``repeats``, ``next_run``).
+* ``django_q.conf.Conf``: ``CLUSTER_NAME``, ``RETRY``, ``BULK``, ``POLL``, ``ORM``,
+  ``WORKERS``.
+
+Delayed messages: django-q2's scheduler ticks only every 30 s, too coarse for retry delays
+of a few seconds, so a delayed message is handed to the broker with its due time:
 
 * PostgreSQL (ORM broker): the ``lock`` column already means "nobody may pull this before",
   so a delayed message is inserted with ``lock`` set to its due time. Pulling is one
@@ -10,9 +34,8 @@ delayed retry is handed to the broker with its due time instead:
 * Redis: delayed messages wait in a sorted set scored by due time and are moved onto the
   list by a Lua script (atomic) just before each pull.
 
-Both record a heartbeat for their cluster in PostgreSQL (readiness uses it). It is written
-from the sentinel's guard loop (django-q2 saves the cluster's status through the broker
-every half second), not from the pusher, which blocks while the workers are all busy.
+Both record a heartbeat for their cluster in PostgreSQL (readiness uses it), written from
+the sentinel's guard loop, not from the pusher, which blocks while the workers are busy.
 """
 
 from __future__ import annotations
@@ -22,8 +45,9 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
+from typing import Any
 
 import redis as redis_lib
 from django.conf import settings
@@ -32,7 +56,29 @@ from django.utils import timezone
 from django_q.brokers.orm import ORM
 from django_q.brokers.redis_broker import Redis
 from django_q.conf import Conf
-from django_q.models import OrmQ
+from django_q.exceptions import TimeoutException
+from django_q.humanhash import uuid
+from django_q.models import OrmQ, Schedule
+from django_q.signals import pre_execute
+from django_q.signing import SignedPackage
+
+__all__ = [
+    "RUNNER",
+    "SCHEDULED_FUNC",
+    "OrmBroker",
+    "RedisBroker",
+    "TimeoutException",
+    "cluster_name",
+    "get_broker",
+    "package",
+    "pre_execute_connect",
+    "schedule_next_runs",
+    "schedules_upsert",
+]
+
+#: What every message runs, and what every schedule runs.
+RUNNER = "project.jobs.runner.execute"
+SCHEDULED_FUNC = "project.jobs.runner.run_scheduled"
 
 logger = logging.getLogger(__name__)
 
@@ -201,3 +247,71 @@ def get_broker(queue: str | None = None) -> OrmBroker | RedisBroker:
     if key not in _cache:
         _cache[key] = RedisBroker(list_key=list_key) if kind == "redis" else OrmBroker(list_key=list_key)
     return _cache[key]
+
+
+# --- messages ---------------------------------------------------------------------------
+
+
+def cluster_name() -> str:
+    """The queue this process serves and enqueues to by default."""
+    return Conf.CLUSTER_NAME
+
+
+def package(*, run_id: int, attempt: int, name: str, group: str, timeout: int | None) -> str:
+    """The signed message of one run's attempt, as ``async_task(RUNNER, run_id, attempt,
+    q_options={...})`` would build it."""
+    tag = uuid()
+    task: dict[str, Any] = {
+        "id": tag[1],
+        "name": name,
+        "func": RUNNER,
+        "args": (run_id, attempt),
+        "group": group,
+        # Our toolkit decides retries: a failed task is acknowledged, never redelivered.
+        "ack_failure": True,
+        "kwargs": {},
+        "started": timezone.now(),
+    }
+    if timeout is not None:
+        task["timeout"] = timeout
+    return SignedPackage.dumps(task)
+
+
+def pre_execute_connect(receiver: Callable[..., None]) -> None:
+    """Call ``receiver(sender, func=, task=)`` in the worker before each task."""
+    pre_execute.connect(receiver, dispatch_uid=f"jobs.{receiver.__name__}")
+
+
+# --- schedules --------------------------------------------------------------------------
+
+
+def schedules_upsert(declared: dict[str, str], *, next_run: Callable[[str], dt.datetime]) -> dict[str, int]:
+    """Make django-q2's schedule rows match ``{job name: cron}``: create, update (when the
+    cron changed), and delete the rows of schedules no longer declared."""
+    created = updated = 0
+    for name, cron in declared.items():
+        defaults = {
+            "func": SCHEDULED_FUNC,
+            "args": repr((name,)),
+            "schedule_type": Schedule.CRON,
+            "cron": cron,
+            "repeats": -1,
+        }
+        existing = Schedule.objects.filter(name=name).first()
+        if existing is None:
+            Schedule.objects.create(name=name, next_run=next_run(cron), **defaults)
+            created += 1
+        elif any(getattr(existing, key) != value for key, value in defaults.items()):
+            for key, value in defaults.items():
+                setattr(existing, key, value)
+            existing.next_run = next_run(cron)
+            existing.save()
+            updated += 1
+    removed, _ = Schedule.objects.filter(func=SCHEDULED_FUNC).exclude(name__in=list(declared)).delete()
+    return {"created": created, "updated": updated, "removed": removed}
+
+
+def schedule_next_runs(names: Sequence[str]) -> dict[str, dt.datetime | None]:
+    """When django-q2's scheduler fires each schedule next."""
+    rows = Schedule.objects.filter(func=SCHEDULED_FUNC, name__in=list(names)).values_list("name", "next_run")
+    return dict(rows)

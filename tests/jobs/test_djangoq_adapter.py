@@ -1,0 +1,84 @@
+"""The django-q2 internals the toolkit's adapter (project/jobs/djangoq.py) relies on.
+
+These fail loudly, naming what changed, when a django-q2 upgrade moves one of them, so the
+adapter is fixed before a cluster silently stops beating, signing or retrying.
+"""
+
+from __future__ import annotations
+
+import inspect
+from importlib.metadata import version
+
+import pytest
+from django_q import cluster, monitor, worker
+from django_q.brokers import Broker
+from django_q.brokers.orm import ORM
+from django_q.brokers.redis_broker import Redis
+from django_q.conf import Conf
+from django_q.models import OrmQ, Schedule
+from django_q.signing import SignedPackage
+from django_q.status import Stat
+from django_q.tasks import async_task
+
+from project.jobs import djangoq
+
+
+def test_django_q2_is_the_version_the_adapter_was_written_for() -> None:
+    assert version("django-q2").startswith("1.11."), "re-check project/jobs/djangoq.py against this django-q2"
+
+
+def test_our_message_carries_what_async_task_would_put_in_it() -> None:
+    class Capture:
+        list_key = "capture"
+        message = ""
+
+        def enqueue(self, message: str) -> int:
+            Capture.message = message
+            return 1
+
+    async_task(djangoq.RUNNER, 7, 2, q_options={"broker": Capture(), "task_name": "n", "group": "g", "timeout": 30})
+    theirs = SignedPackage.loads(Capture.message)
+    ours = SignedPackage.loads(djangoq.package(run_id=7, attempt=2, name="n", group="g", timeout=30))
+    assert set(theirs) <= set(ours) | {"cached", "sync"}, f"async_task now also sets {set(theirs) - set(ours)}"
+    for key in ("func", "args", "name", "group", "timeout", "ack_failure"):
+        assert ours[key] == theirs[key], key
+    assert len(ours["id"]) == len(theirs["id"])
+
+
+def test_brokers_keep_the_methods_we_override_and_use() -> None:
+    for base in (Broker, ORM, Redis):
+        for name in ("enqueue", "dequeue", "queue_size", "purge_queue", "set_stat", "get_connection"):
+            assert callable(getattr(base, name, None)), f"{base.__name__}.{name} is gone"
+    assert "list_key" in inspect.signature(Broker.__init__).parameters
+
+
+def test_the_sentinel_still_saves_its_status_through_the_broker() -> None:
+    # Our cluster heartbeat rides on Broker.set_stat, called from the sentinel's guard loop.
+    assert "Stat(self).save()" in inspect.getsource(cluster.Sentinel.guard)
+    assert "set_stat(" in inspect.getsource(Stat.save)
+
+
+def test_the_worker_signals_pre_execute_and_raises_timeouts_as_system_exit() -> None:
+    source = inspect.getsource(worker)
+    assert 'pre_execute.send(sender="django_q", func=f, task=task)' in source
+    assert issubclass(djangoq.TimeoutException, SystemExit)
+
+
+def test_the_monitor_acknowledges_failed_tasks_that_ask_for_it() -> None:
+    assert 'task.get("ack_failure", False)' in inspect.getsource(monitor)
+
+
+@pytest.mark.parametrize(
+    ("model", "fields"),
+    [
+        (OrmQ, {"key", "payload", "lock"}),
+        (Schedule, {"name", "func", "args", "schedule_type", "cron", "repeats", "next_run"}),
+    ],
+)
+def test_the_models_we_read_and_write_keep_their_fields(model, fields) -> None:
+    assert fields <= {field.name for field in model._meta.get_fields()}
+
+
+def test_the_configuration_we_read_is_there() -> None:
+    for name in ("CLUSTER_NAME", "RETRY", "BULK", "POLL", "ORM", "WORKERS", "ACK_FAILURES"):
+        assert hasattr(Conf, name), name
