@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import functools
+import operator
 from datetime import timedelta
 from urllib.parse import urlencode
 
@@ -16,7 +18,7 @@ from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
 from catalog import services
-from catalog.models import CatalogResource, SyncEvent
+from catalog.models import SYNCED_FIELDS, CatalogResource, SyncEvent
 from project.admin_tools import ControlledAdmin, admin_link, badge, clipped, seconds_text, time_column
 from project.errors import AppError
 from project.jobs import JobRun
@@ -26,9 +28,7 @@ SYNC_PERMISSION = "catalog.sync_catalogresource"
 
 #: Computed in SQL next to the project's columns, so the list needs no query per row.
 IN_SYNC = ExpressionWrapper(
-    Q(name=F("project__name"))
-    & Q(description=F("project__description"))
-    & Q(visibility_level=F("project__visibility_level")),
+    functools.reduce(operator.and_, (Q(**{field: F(f"project__{field}")}) for field in SYNCED_FIELDS)),
     output_field=BooleanField(),
 )
 

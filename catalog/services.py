@@ -15,19 +15,19 @@ How a change reaches a resource (DESIGN.md §4 "catalog"):
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from catalog import metrics, sql
 from catalog.models import SYNCED_FIELDS, CatalogResource, SyncEvent
+from project import locks
 from project.errors import Conflict, NotFound, ValidationFailed
 from project.models import ApplicationSetting, Project
 
@@ -97,11 +97,7 @@ def catalog_sync_enabled() -> bool:
 
 def catalog_processor_running() -> bool:
     """Whether some session holds the processor lock right now."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            sql.PROCESSOR_RUNNING, {"high": sql.PROCESSOR_LOCK >> 32, "low": sql.PROCESSOR_LOCK & 0xFFFFFFFF}
-        )
-        return cursor.fetchone()[0]
+    return locks.lock_held(sql.PROCESSOR_LOCK)
 
 
 def catalog_sync_request(*, source: str) -> bool:
@@ -154,30 +150,13 @@ def _estimated_pending() -> int:
         return int(cursor.fetchone()[0])
 
 
-@contextlib.contextmanager
-def _processor_lock() -> Iterator[bool]:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s)", [sql.PROCESSOR_LOCK])
-        acquired = cursor.fetchone()[0]
-    try:
-        yield acquired
-    finally:
-        if acquired:
-            try:
-                with connection.cursor() as cursor:
-                    cursor.execute("SELECT pg_advisory_unlock(%s)", [sql.PROCESSOR_LOCK])
-            except DatabaseError:
-                # A broken session has lost the lock with it; start afresh next time.
-                connection.close()
-
-
 def _process_batch(*, batch_size: int, results: dict[str, Any]) -> tuple[int, int]:
     """Claim, sync and mark one batch in one transaction: (claimed, resources written)."""
     with transaction.atomic(), connection.cursor() as cursor:
         # A batch lost to a server crash is rolled back whole and redone: its events are
         # pending again. So the commit need not wait for the WAL flush.
         cursor.execute("SET LOCAL synchronous_commit = off")
-        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [sql.RESOURCE_WRITE_LOCK])
+        locks.xact_lock(sql.RESOURCE_WRITE_LOCK)
         cursor.execute(sql.PROCESS_BATCH, {"batch_size": batch_size, "sibling_limit": batch_size * SIBLINGS_PER_EVENT})
         claimed, marked, synced, lags = cursor.fetchone()
         results["consumable_events"] += marked
@@ -213,7 +192,7 @@ def catalog_sync_events_process(
         results.update(estimated_total_events=_estimated_pending(), skipped="disabled")
         logger.info("catalog sync is switched off; events wait", extra=results)
         return results
-    with _processor_lock() as acquired:
+    with locks.session_lock(sql.PROCESSOR_LOCK) as acquired:
         if not acquired:
             # The holder checks for pending events after releasing the lock, so giving up
             # here loses nothing (and re-enqueueing would spin while it runs).
@@ -275,7 +254,7 @@ def catalog_resources_resync(
         if not chunk:
             break
         with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [sql.RESOURCE_WRITE_LOCK])
+            locks.xact_lock(sql.RESOURCE_WRITE_LOCK)
             cursor.execute(sql.RESYNC, {"ids": chunk})
             written = cursor.rowcount
         checked += len(chunk)

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-#: Session-level advisory lock held by the one processor run allowed at a time.
-PROCESSOR_LOCK = 0x63_61_74_61_6C_6F_67_01
-#: Transaction-level advisory lock taken by every multi-row writer of catalog_resources
-#: (a processor batch, a resync batch), so two such UPDATEs never lock rows in opposite
-#: orders and deadlock.
-RESOURCE_WRITE_LOCK = 0x63_61_74_61_6C_6F_67_02
+from catalog.models import SYNCED_FIELDS
 
-#: Is the processor lock held by any session? (pg_locks splits a bigint key in two.)
-PROCESSOR_RUNNING = """
-    SELECT EXISTS (
-        SELECT 1 FROM pg_locks
-        WHERE locktype = 'advisory' AND granted
-          AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-          AND classid = %(high)s AND objid = %(low)s AND objsubid = 1
-    )
-"""
+#: The synced columns, written into the statements below (SYNCED_FIELDS names them once;
+#: the trigger's migration keeps its own frozen copy, as migrations must).
+_COPY = ",\n            ".join(f"{field} = p.{field}" for field in SYNCED_FIELDS)
+_DIFFERS = "({r}) IS DISTINCT FROM ({p})".format(
+    r=", ".join(f"r.{field}" for field in SYNCED_FIELDS), p=", ".join(f"p.{field}" for field in SYNCED_FIELDS)
+)
+
+#: The advisory locks (declared in project.locks): one processor run at a time, and every
+#: multi-row writer of catalog_resources (a processor batch, a resync batch) in turn, so two
+#: such UPDATEs never lock rows in opposite orders and deadlock.
+PROCESSOR_LOCK = "catalog.processor"
+RESOURCE_WRITE_LOCK = "catalog.resource_writes"
 
 #: GitLab's ``upper_bound_count``: cheap (two index probes), exact when ids are dense.
 ESTIMATED_PENDING = """
@@ -65,16 +63,13 @@ PROCESS_BATCH = """
         RETURNING e.catalog_resource_id, e.created_at
     ), synced AS (
         UPDATE catalog_resources AS r
-        SET name = p.name,
-            description = p.description,
-            visibility_level = p.visibility_level,
+        SET {copy},
             synced_at = statement_timestamp(),
             updated_at = statement_timestamp()
         FROM projects AS p, resources
         WHERE r.id = ANY(resources.ids)
           AND p.id = r.project_id
-          AND (r.name, r.description, r.visibility_level)
-              IS DISTINCT FROM (p.name, p.description, p.visibility_level)
+          AND {differs}
         RETURNING r.id
     )
     SELECT
@@ -84,21 +79,18 @@ PROCESS_BATCH = """
         (SELECT COALESCE(array_agg(lag), '{}')
          FROM (SELECT extract(epoch FROM statement_timestamp() - min(created_at))::float8 AS lag
                FROM marked GROUP BY catalog_resource_id) AS per_resource)
-"""
+""".replace("{copy}", _COPY).replace("{differs}", _DIFFERS)
 
 #: Direct resync of the given resources, whatever the events say.
-RESYNC = """
+RESYNC = f"""
     UPDATE catalog_resources AS r
-    SET name = p.name,
-        description = p.description,
-        visibility_level = p.visibility_level,
+    SET {_COPY},
         synced_at = statement_timestamp(),
         updated_at = statement_timestamp()
     FROM projects AS p
     WHERE r.id = ANY(%(ids)s)
       AND p.id = r.project_id
-      AND (r.name, r.description, r.visibility_level)
-          IS DISTINCT FROM (p.name, p.description, p.visibility_level)
+      AND {_DIFFERS}
 """
 
 #: One prune batch: walk the table in id order from ``after`` and delete processed events

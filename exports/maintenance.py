@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from exports import services
 from exports.models import ProjectExportArchive, ProjectExportJob
+from project.db import rows_delete_in_batches
 from project.jobs import JobRun
 
 logger = logging.getLogger(__name__)
@@ -172,12 +173,7 @@ def export_jobs_prune(*, batch_size: int | None = None) -> int:
     size = batch_size or settings.EXPORT_PRUNE_BATCH_SIZE
     cutoff = timezone.now() - timedelta(days=settings.EXPORT_JOB_RETENTION_DAYS)
     prunable = ProjectExportJob.objects.filter(updated_at__lt=cutoff, status__in=ProjectExportJob.TERMINAL)
-    deleted = 0
-    while True:
-        ids = list(prunable.order_by("pk").values_list("pk", flat=True)[:size])
-        if not ids:
-            break
-        deleted += ProjectExportJob.objects.filter(pk__in=ids).delete()[0]
+    deleted = rows_delete_in_batches(prunable, batch_size=size)
     if deleted:
         logger.info("export jobs pruned", extra={"deleted": deleted})
     return deleted

@@ -11,7 +11,6 @@ import contextlib
 import logging
 import secrets
 import shutil
-import zlib
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -20,12 +19,13 @@ from typing import Any, BinaryIO
 from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import default_storage
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from exports import archive as archive_writer
 from exports import clients, metrics, relations
 from exports.models import MAX_ERROR_LENGTH, ProjectExportArchive, ProjectExportJob
+from project import locks
 from project.errors import Conflict, NotFound, RetryableError, ValidationFailed
 from project.jobs import Defer, JobRun, control, report_progress
 from project.models import Project, User
@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 Status = ProjectExportJob.Status
 MAX_DESCRIPTION_LENGTH = 5000
 # One cluster-wide lock serialises the "may this export start?" decisions.
-GATE_LOCK_KEY = zlib.crc32(b"exports.concurrency_gate")
+GATE_LOCK = "exports.concurrency_gate"
 LIVE_RUN_STATUSES = (JobRun.Status.QUEUED, JobRun.Status.RUNNING)
 
 NOT_FOUND_OR_EXPIRED = "404 Not found or has expired"
@@ -265,8 +265,7 @@ def _gate_claim(export_job_id: int) -> ProjectExportJob | None:
     """
     now = timezone.now()
     with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [GATE_LOCK_KEY])
+        locks.xact_lock(GATE_LOCK)
         job = ProjectExportJob.objects.filter(pk=export_job_id).first()
         if job is None or job.status in ProjectExportJob.TERMINAL:
             return None

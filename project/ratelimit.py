@@ -12,6 +12,7 @@ from datetime import timedelta
 from django.db import connection
 from django.utils import timezone
 
+from project.db import rows_delete_in_batches
 from project.errors import RateLimited
 
 GITLAB_MESSAGE = {"error": "This endpoint has been requested too many times. Try again later."}
@@ -42,7 +43,10 @@ def rate_limit_hit(*, key: str, limit: int, period: int = 60) -> None:
         raise RateLimited(GITLAB_MESSAGE, retry_after=math.ceil(window_start + period - epoch))
 
 
-def rate_limits_prune(*, older_than: timedelta = timedelta(hours=2)) -> int:
-    with connection.cursor() as cursor:
-        cursor.execute("DELETE FROM rate_limit_counters WHERE window_start < %s", [timezone.now() - older_than])
-        return cursor.rowcount
+def rate_limits_prune(*, older_than: timedelta = timedelta(hours=2), batch_size: int = 10_000) -> int:
+    """Delete the counters of windows that ended long ago (the schedule ``rate_limits.prune``
+    runs this every 10 minutes, so the table holds about two hours of windows at most)."""
+    from project.models import RateLimitCounter
+
+    stale = RateLimitCounter.objects.filter(window_start__lt=timezone.now() - older_than)
+    return rows_delete_in_batches(stale, batch_size=batch_size)

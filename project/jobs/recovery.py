@@ -9,6 +9,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from project.db import rows_delete_in_batches
 from project.jobs import declared, transitions
 from project.jobs.models import ClusterHeartbeat, JobPause, JobRun
 
@@ -86,9 +87,4 @@ def runs_prune(*, older_than_days: int | None = None, batch_size: int = 5000) ->
     days = older_than_days or settings.JOBS_RUN_RETENTION_DAYS
     cutoff = timezone.now() - timedelta(days=days)
     finished = JobRun.objects.filter(status__in=JobRun.TERMINAL, finished_at__lt=cutoff)
-    deleted = 0
-    while True:
-        ids = list(finished.values_list("pk", flat=True)[:batch_size])
-        if not ids:
-            return deleted
-        deleted += JobRun.objects.filter(pk__in=ids).delete()[0]
+    return rows_delete_in_batches(finished, batch_size=batch_size)

@@ -9,6 +9,7 @@ from django.core.management import CommandError, call_command
 
 from catalog import sql
 from catalog.models import CatalogResource
+from project.locks import lock_key
 from tests.catalog.conftest import make_projects, out_of_sync_count, pending_count, run_sql, set_sync_enabled
 
 pytestmark = pytest.mark.django_db
@@ -51,7 +52,7 @@ def test_process_sync_events_wait_drains_the_queue_showing_progress(settings) ->
 def test_process_sync_events_says_so_when_another_processor_runs(other_connection) -> None:
     make_projects(1)
     _touch_all()
-    other_connection.execute("SELECT pg_advisory_lock(%s)", [sql.PROCESSOR_LOCK])
+    other_connection.execute("SELECT pg_advisory_lock(%s)", [lock_key(sql.PROCESSOR_LOCK)])
 
     output = _call("process_sync_events")
 

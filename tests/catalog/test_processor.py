@@ -11,6 +11,7 @@ from django.utils import timezone
 from catalog import services, sql
 from catalog.models import CatalogResource, SyncEvent
 from project.jobs.models import JobRun
+from project.locks import lock_key
 from project.models import Project, Visibility
 from tests.catalog.conftest import make_projects, out_of_sync_count, pending_count, run_sql, set_sync_enabled
 
@@ -207,7 +208,7 @@ def test_while_switched_off_events_accumulate_and_switching_on_drains_them(two_r
 
 
 def test_a_concurrent_run_returns_at_once_without_processing(two_resources, other_connection) -> None:
-    other_connection.execute("SELECT pg_advisory_lock(%s)", [sql.PROCESSOR_LOCK])
+    other_connection.execute("SELECT pg_advisory_lock(%s)", [lock_key(sql.PROCESSOR_LOCK)])
     assert services.catalog_processor_running()
 
     results = services.catalog_sync_events_process()
@@ -221,7 +222,7 @@ def test_a_concurrent_run_returns_at_once_without_processing(two_resources, othe
     assert pending_count() == 4
     assert _queued_runs() == 0  # the lock holder re-enqueues if needed, not this run
 
-    other_connection.execute("SELECT pg_advisory_unlock(%s)", [sql.PROCESSOR_LOCK])
+    other_connection.execute("SELECT pg_advisory_unlock(%s)", [lock_key(sql.PROCESSOR_LOCK)])
     assert not services.catalog_processor_running()
     assert services.catalog_sync_events_process()["processed_events"] == 4
 

@@ -13,6 +13,7 @@ from catalog.listener import APPLICATION_NAME, Listener
 from catalog.models import SyncEvent
 from project import services as project_services
 from project.jobs.models import JobRun
+from project.locks import lock_key
 from tests.catalog.conftest import make_projects, run_sql, set_sync_enabled
 from tests.support.catalog import listening_backends
 from tests.support.cluster import wait_for
@@ -103,9 +104,9 @@ def test_no_run_is_requested_without_pending_events() -> None:
 def test_no_run_is_requested_while_a_processor_holds_the_lock_or_sync_is_off(other_connection) -> None:
     make_projects(2)
     run_sql("UPDATE projects SET name = name || '!'")
-    other_connection.execute("SELECT pg_advisory_lock(%s)", [sql.PROCESSOR_LOCK])
+    other_connection.execute("SELECT pg_advisory_lock(%s)", [lock_key(sql.PROCESSOR_LOCK)])
     assert not services.catalog_sync_request(source="listener")
-    other_connection.execute("SELECT pg_advisory_unlock(%s)", [sql.PROCESSOR_LOCK])
+    other_connection.execute("SELECT pg_advisory_unlock(%s)", [lock_key(sql.PROCESSOR_LOCK)])
 
     set_sync_enabled(False)
     assert not services.catalog_sync_request(source="listener")

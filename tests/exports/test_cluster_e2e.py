@@ -26,6 +26,7 @@ from exports.models import ProjectExportArchive, ProjectExportJob
 from project.jobs import JobRun
 from project.jobs.testing import recovery_sweep
 from project.jobs.testing import run_is_lost as is_lost
+from project.locks import lock_key
 from project.services import project_create
 from tests.exports.conftest import read_archive
 from tests.support.cluster import ClusterProcess, running_cluster, wait_for
@@ -88,12 +89,12 @@ def test_polling_client_sees_none_queued_started_finished(on_cluster, poller, ma
     on_cluster.hold(project)
     # Holding the gate's lock keeps the job queued long enough to be seen queued.
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_lock(%s)", [services.GATE_LOCK_KEY])
+        cursor.execute("SELECT pg_advisory_lock(%s)", [lock_key(services.GATE_LOCK)])
         try:
             client.request_export()
             client.poll()
         finally:
-            cursor.execute("SELECT pg_advisory_unlock(%s)", [services.GATE_LOCK_KEY])
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [lock_key(services.GATE_LOCK)])
     on_cluster.paused_worker(project)
     # Half-way: the worker's progress reaches the run, and the API shows it.
     progress = wait_for(lambda: (client.poll()["export_progress"] or {}).get("rows_written"), timeout=10)
