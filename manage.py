@@ -45,7 +45,12 @@ def main() -> None:
     from django.core.exceptions import ImproperlyConfigured
     from django.core.management import execute_from_command_line
 
+    from project import embedded_db
+
     try:
+        # Without DATABASE_URL, the embedded PostgreSQL: started (or attached to) here, before
+        # the settings are read; importing the settings starts nothing.
+        embedded_db.ensure_database_url()
         execute_from_command_line(sys.argv)
     except ImproperlyConfigured as exc:
         # A bad environment value: one clear line, no traceback.

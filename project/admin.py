@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
-from django.db.models import Count
+from django.db.models import Count, Exists, OuterRef
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -148,6 +148,10 @@ class AccessTokenAdmin(ControlledAdmin):
     def prefix_shown(self, obj: AccessToken) -> str:
         return f"{obj.prefix}…"
 
+    def get_queryset(self, request: HttpRequest):
+        live = AccessToken.objects.live().filter(pk=OuterRef("pk"))
+        return super().get_queryset(request).annotate(is_live=Exists(live))
+
     @admin.display(description="Scopes")
     def scopes_shown(self, obj: AccessToken) -> str:
         return ", ".join(obj.scopes or []) or "-"
@@ -156,7 +160,7 @@ class AccessTokenAdmin(ControlledAdmin):
     def state_shown(self, obj: AccessToken) -> str:
         if obj.revoked_at is not None:
             return badge("revoked", "#5d4037")
-        if not obj.is_live:
+        if not obj.is_live:  # annotated from AccessToken.objects.live(), the one definition
             return badge("expired", "#777")
         return badge("live", "#2e7d32")
 
@@ -221,10 +225,20 @@ class AccessTokenAdmin(ControlledAdmin):
 
 @admin.register(ApplicationSetting)
 class ApplicationSettingAdmin(admin.ModelAdmin):
-    """A single row: the list page opens it directly."""
+    """A single row: the list page opens it directly.
+
+    A field the environment fixes (``ApplicationSetting.set_by_environment()``) is shown
+    read-only, with the variable that sets it, in place of its input."""
 
     form = ApplicationSettingForm
     readonly_fields = ("updated_at", "sdrs_connection")
+    #: The read-only stand-in shown for each field the environment may fix.
+    FIXED_BY_ENVIRONMENT = {
+        "sdrs_url": "env_sdrs_url",
+        "sdrs_jwt_signing_key": "env_sdrs_jwt_signing_key",
+        "sdrs_callback_secret": "env_sdrs_callback_secret",
+        "sdrs_timeout": "env_sdrs_timeout",
+    }
     fieldsets = [
         (
             "Project exports",
@@ -234,6 +248,11 @@ class ApplicationSettingAdmin(admin.ModelAdmin):
         (
             "Secret detection: partner token verification (SDRS)",
             {
+                "description": "The switch is owned here (and on the job console). The URL, signing key, "
+                "callback secret and timeout are deployment facts: when the environment sets one "
+                "(SDRS_URL, SDRS_JWT_SIGNING_KEY_FILE, SDRS_CALLBACK_SECRET or SDRS_CALLBACK_SECRET_FILE, "
+                "SDRS_TIMEOUT; see .env.example) its value is the one in force and shows here read-only; "
+                "otherwise it is set here.",
                 "fields": (
                     "sdrs_enabled",
                     "sdrs_url",
@@ -243,11 +262,49 @@ class ApplicationSettingAdmin(admin.ModelAdmin):
                     "clear_sdrs_callback_secret",
                     "sdrs_timeout",
                     "sdrs_connection",
-                )
+                ),
             },
         ),
         (None, {"fields": ("updated_at",)}),
     ]
+
+    def get_fieldsets(self, request: HttpRequest, obj: ApplicationSetting | None = None) -> list:
+        fixed = ApplicationSetting.set_by_environment()
+        hidden = {f"clear_{name}" for name in fixed}
+        fieldsets = []
+        for title, options in super().get_fieldsets(request, obj):
+            fields = tuple(
+                self.FIXED_BY_ENVIRONMENT[name] if name in fixed else name
+                for name in options["fields"]
+                if name not in hidden
+            )
+            fieldsets.append((title, {**options, "fields": fields}))
+        return fieldsets
+
+    def get_readonly_fields(self, request: HttpRequest, obj: ApplicationSetting | None = None) -> tuple:
+        fixed = ApplicationSetting.set_by_environment()
+        return (*super().get_readonly_fields(request, obj), *(self.FIXED_BY_ENVIRONMENT[name] for name in fixed))
+
+    @staticmethod
+    def _set_by_environment(name: str, shown: object) -> str:
+        variable = ApplicationSetting.set_by_environment().get(name, "")
+        return format_html('{} <span class="help">set by the environment ({})</span>', shown, variable)
+
+    @admin.display(description="SDRS URL")
+    def env_sdrs_url(self, obj: ApplicationSetting) -> str:
+        return self._set_by_environment("sdrs_url", obj.effective_sdrs().url)
+
+    @admin.display(description="SDRS JWT signing key")
+    def env_sdrs_jwt_signing_key(self, obj: ApplicationSetting) -> str:
+        return self._set_by_environment("sdrs_jwt_signing_key", f"read from {obj.effective_sdrs().signing_key_file}")
+
+    @admin.display(description="SDRS callback secret")
+    def env_sdrs_callback_secret(self, obj: ApplicationSetting) -> str:
+        return self._set_by_environment("sdrs_callback_secret", "a secret (not shown)")
+
+    @admin.display(description="SDRS timeout (s)")
+    def env_sdrs_timeout(self, obj: ApplicationSetting) -> str:
+        return self._set_by_environment("sdrs_timeout", f"{obj.effective_sdrs().timeout:g}")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -21,7 +21,7 @@ class AdminSite(admin.AdminSite):
     enable_nav_sidebar = False
 
     def get_urls(self):
-        from project.jobs import console
+        from project.jobs import console  # the toolkit's admin pages
 
         return console.urls(self) + super().get_urls()
 
@@ -33,6 +33,6 @@ class AdminSite(admin.AdminSite):
         return sorted(apps, key=lambda app: app["app_label"] != "jobs")
 
     def index(self, request: HttpRequest, extra_context: dict | None = None) -> TemplateResponse:
-        from project.jobs import console
+        from project.jobs import console  # the toolkit's admin pages
 
         return super().index(request, {**console.summary_context(request), **(extra_context or {})})

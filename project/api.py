@@ -2,7 +2,8 @@
 
 Every API error has the shape ``{"message": ..., "error": "<code>"}``; GitLab clients read
 ``message``. GitLab's own bodies are kept where clients depend on them (for example the
-429 body, whose ``message`` is an object).
+429 body, whose ``message`` is an object). ``project.schema`` documents these shapes
+(``ErrorSerializer``, ``RateLimitedSerializer``): keep the two in step.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from rest_framework.views import APIView, set_rollback
 
 from project.errors import AppError, RateLimited
 from project.models import AccessToken
+from project.serializers import error_messages
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +78,9 @@ def error_response(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, s
     if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
         return 401, _body("401 Unauthorized", "unauthorized"), {"WWW-Authenticate": 'Bearer realm="api"'}
     if isinstance(exc, exceptions.ValidationError):
-        return 400, _body(exc.detail, "invalid"), {}
+        # Input serializers raise ValidationFailed themselves; this is DRF's own, whose
+        # detail is a structure: joined into one message, so ``message`` is always a string.
+        return 400, _body(", ".join(error_messages(exc.detail)), "invalid"), {}
     if isinstance(exc, exceptions.Throttled):
         return 429, {"message": {"error": str(exc.detail)}}, {}
     if isinstance(exc, exceptions.APIException):

@@ -4,6 +4,11 @@ Used only when ``DATABASE_URL`` is unset. The data lives under ``var/pgdata`` an
 restarts. Every process that needs the server registers its pid; the last live one to exit
 stops the server, so an ad-hoc ``manage.py`` command run beside ``make run`` never stops
 the database under it, and a crashed client (whose pid is gone) does not keep it up forever.
+
+Importing the settings never starts it: the entry points do, before Django reads the
+settings, through :func:`ensure_database_url`: ``manage.py``, the launcher (``make run``)
+and the test settings (``make test``). Their child processes (gunicorn, the job cluster,
+the listener) inherit ``DATABASE_URL`` from them.
 """
 
 from __future__ import annotations
@@ -39,6 +44,32 @@ def _live_clients(pgdata: Path) -> list[int]:
         elif pid != os.getpid():
             entry.unlink(missing_ok=True)
     return alive
+
+
+def pgdata_dir() -> Path:
+    """Where the embedded server keeps its data: ``<VAR_DIR>/pgdata``."""
+    from project.env import var_dir
+
+    return var_dir() / "pgdata"
+
+
+def ensure_database_url() -> str | None:
+    """For entry points, before Django reads the settings: when ``DATABASE_URL`` is unset
+    (environment and ``.env``), start or attach to the embedded server and export its URL
+    in ``DATABASE_URL``, and its client programs (psql for ``dbshell``) in ``PATH``, so
+    this process's settings and every process it starts use it.
+
+    Returns the embedded server's URL, or None when ``DATABASE_URL`` names a server.
+    """
+    from project.env import env_str, load_site_env_files
+
+    load_site_env_files()
+    if env_str("DATABASE_URL"):
+        return None
+    url = ensure_running(pgdata_dir())
+    os.environ["DATABASE_URL"] = url
+    os.environ["PATH"] = f"{bin_dir()}{os.pathsep}{os.environ.get('PATH', '')}"
+    return url
 
 
 def bin_dir() -> Path:

@@ -24,7 +24,10 @@ class AccessTokenCreateForm(forms.ModelForm):
 
 class ApplicationSettingForm(forms.ModelForm):
     """Secrets are write-only: the form never shows them, and a blank field keeps the
-    stored value. Tick "clear" to remove one."""
+    stored value. Tick "clear" to remove one.
+
+    A field the environment fixes (``ApplicationSetting.set_by_environment()``) is not in
+    the form at all, so a posted value for it is ignored; the admin shows it read-only."""
 
     sdrs_jwt_signing_key = forms.CharField(
         label="SDRS JWT signing key",
@@ -55,7 +58,17 @@ class ApplicationSettingForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        for name in ApplicationSetting.set_by_environment():
+            self.fields.pop(name, None)
+            self.fields.pop(f"clear_{name}", None)
+        if "sdrs_enabled" in self.fields:
+            self.fields["sdrs_enabled"].help_text = (
+                "A runtime switch, owned here and on the job console. SDRS_ENABLED in the environment "
+                "only gives its value when the settings are first created."
+            )
         for name in WRITE_ONLY:
+            if name not in self.fields:
+                continue
             stored = bool(getattr(self.instance, name, ""))
             self.fields[name].help_text += " A value is stored." if stored else " No value is stored."
             self.initial[name] = ""

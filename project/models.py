@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import os
+from dataclasses import dataclass, field
+
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
 from django.db import models
@@ -9,6 +13,7 @@ from django.db.models import F, Q, Value
 from django.db.models.functions import Concat, Upper
 from django.utils import timezone
 
+from project.errors import PermanentError
 from project.fields import EncryptedTextField
 
 
@@ -178,15 +183,57 @@ class AccessToken(models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
 
+
+
+@dataclass(frozen=True)
+class SdrsSettings:
+    """The SDRS configuration in force: the environment's deployment facts over the
+    admin's values (see :meth:`ApplicationSetting.effective_sdrs`)."""
+
+    enabled: bool
+    url: str
+    timeout: float
+    callback_secret: str = field(repr=False)
+    stored_signing_key: str = field(repr=False)
+    signing_key_file: str | None = None
+    #: The fields the environment fixes, each with the variable that sets it.
+    set_by_environment: dict[str, str] = field(default_factory=dict)
+
     @property
-    def is_live(self) -> bool:
-        if self.revoked_at is not None:
-            return False
-        return self.expires_at is None or self.expires_at > timezone.localdate()
+    def signing_key(self) -> str:
+        """The PEM key; a key file is read when the key is needed (replace the file to rotate it)."""
+        if self.signing_key_file:
+            return _read_key_file(self.signing_key_file)
+        return self.stored_signing_key
+
+
+@functools.lru_cache(maxsize=4)
+def _key_file_text(path: str, mtime_ns: int, size: int) -> str:
+    with open(path, encoding="utf-8") as handle:
+        return handle.read()
+
+
+def _read_key_file(path: str) -> str:
+    try:
+        stat = os.stat(path)
+        return _key_file_text(path, stat.st_mtime_ns, stat.st_size)
+    except OSError as exc:
+        # A permanent error of the verification (not a crash): it fails with this code
+        # and the refresher tries again later, once the file is back.
+        raise PermanentError(
+            f"SDRS_JWT_SIGNING_KEY_FILE cannot be read: {exc.strerror}", code="signing_key_unreadable"
+        ) from None
 
 
 class ApplicationSetting(models.Model):
-    """The instance-wide settings an administrator changes at run time (one row)."""
+    """The instance-wide settings an administrator changes at run time (one row).
+
+    One owner per setting. The switches and limits belong to the admin (and the job
+    console). The SDRS deployment facts (URL, signing key, callback secret, timeout) belong
+    to the environment when it sets them: then the environment's value is the one in force
+    every time it is read, and the admin shows it read-only. Unset there, the admin owns
+    them. Read the SDRS configuration through :meth:`effective_sdrs`, never from the fields.
+    """
 
     # exports
     project_export_enabled = models.BooleanField(default=True)
@@ -226,7 +273,7 @@ class ApplicationSetting(models.Model):
 
     @classmethod
     def current(cls) -> ApplicationSetting:
-        """The settings row, created on first use with the values the environment gives."""
+        """The settings row, created on first use (see :meth:`initial_values`)."""
         row = cls.objects.filter(pk=1).first()
         if row is not None:
             return row
@@ -235,17 +282,39 @@ class ApplicationSetting(models.Model):
 
     @staticmethod
     def initial_values() -> dict:
-        key = ""
+        """The row's first values. Only the SDRS switch takes one from the environment
+        (``SDRS_ENABLED``); afterwards the admin owns it. The deployment facts are not
+        copied: the environment's values are read where they are used."""
+        return {"sdrs_enabled": settings.SDRS_ENABLED}
+
+    @staticmethod
+    def set_by_environment() -> dict[str, str]:
+        """The SDRS fields the environment fixes, each with the variable that sets it."""
+        from project.env import env_secret_source
+
+        fixed = {}
+        if settings.SDRS_URL:
+            fixed["sdrs_url"] = "SDRS_URL"
         if settings.SDRS_JWT_SIGNING_KEY_FILE:
-            with open(settings.SDRS_JWT_SIGNING_KEY_FILE, encoding="utf-8") as handle:
-                key = handle.read()
-        return {
-            "sdrs_enabled": settings.SDRS_ENABLED,
-            "sdrs_url": settings.SDRS_URL or "",
-            "sdrs_jwt_signing_key": key,
-            "sdrs_callback_secret": settings.SDRS_CALLBACK_SECRET or "",
-            "sdrs_timeout": settings.SDRS_TIMEOUT,
-        }
+            fixed["sdrs_jwt_signing_key"] = "SDRS_JWT_SIGNING_KEY_FILE"
+        if settings.SDRS_CALLBACK_SECRET:
+            fixed["sdrs_callback_secret"] = env_secret_source("SDRS_CALLBACK_SECRET") or "SDRS_CALLBACK_SECRET"
+        if settings.SDRS_TIMEOUT is not None:
+            fixed["sdrs_timeout"] = "SDRS_TIMEOUT"
+        return fixed
+
+    def effective_sdrs(self) -> SdrsSettings:
+        """The SDRS configuration in force: each deployment fact the environment sets wins
+        over this row's value, every time; the rest (and the switch) come from the row."""
+        return SdrsSettings(
+            enabled=self.sdrs_enabled,
+            url=settings.SDRS_URL or self.sdrs_url,
+            timeout=settings.SDRS_TIMEOUT if settings.SDRS_TIMEOUT is not None else self.sdrs_timeout,
+            callback_secret=settings.SDRS_CALLBACK_SECRET or self.sdrs_callback_secret,
+            stored_signing_key=self.sdrs_jwt_signing_key,
+            signing_key_file=settings.SDRS_JWT_SIGNING_KEY_FILE or None,
+            set_by_environment=self.set_by_environment(),
+        )
 
 
 class SettingChange(models.Model):

@@ -3,18 +3,16 @@ from __future__ import annotations
 import logging
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from drf_spectacular.utils import extend_schema, inline_serializer
-from rest_framework import serializers
+from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from project import health, services
 from project.api import ApiView
-from project.serializers import project_detail, user_detail
+from project.schema import error_responses
+from project.serializers import ProjectSerializer, UserSerializer
 
 logger = logging.getLogger(__name__)
-
-_object = inline_serializer("GitLabObject", fields={"id": serializers.IntegerField()})
 
 
 class CurrentUserView(ApiView):
@@ -22,19 +20,25 @@ class CurrentUserView(ApiView):
 
     read_scopes = ("api", "read_api", "read_user")
 
-    @extend_schema(responses={200: _object}, operation_id="getCurrentUser")
+    @extend_schema(
+        responses={200: UserSerializer, **error_responses(401, 403)},
+        operation_id="getCurrentUser",
+    )
     def get(self, request: Request) -> Response:
-        return Response(user_detail(request.user))
+        return Response(UserSerializer(request.user).data)
 
 
 class ProjectView(ApiView):
     """A project by numeric id or URL-encoded ``namespace/path``."""
 
-    @extend_schema(responses={200: _object}, operation_id="getProject")
+    @extend_schema(
+        responses={200: ProjectSerializer, **error_responses(401, 403, 404)},
+        operation_id="getProject",
+    )
     def get(self, request: Request, project_id: str) -> Response:
         project = services.project_require(user=request.user, ref=project_id)
         level = services.project_access_level(user=request.user, project=project)
-        return Response(project_detail(project, access_level=level))
+        return Response(ProjectSerializer(project, context={"access_level": level}).data)
 
 
 def liveness(request: HttpRequest) -> JsonResponse:

@@ -87,7 +87,9 @@ class SdrsConfig:
 
     @classmethod
     def from_settings(cls, row: ApplicationSetting) -> SdrsConfig:
-        return cls(url=row.sdrs_url.rstrip("/"), signing_key=row.sdrs_jwt_signing_key, timeout=row.sdrs_timeout)
+        """The configuration in force: the environment's deployment facts over the row's values."""
+        sdrs = row.effective_sdrs()
+        return cls(url=sdrs.url.rstrip("/"), signing_key=sdrs.signing_key, timeout=sdrs.timeout)
 
     @classmethod
     def current(cls) -> SdrsConfig:

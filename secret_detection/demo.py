@@ -1,10 +1,14 @@
-"""``make demo``: the local SDRS-compatible server (tests/support/sdrs.py) as a stand-in for
-the partner verification service, with the application settings pointed at it."""
+"""``make demo``: the local SDRS-compatible server (``secret_detection.localsdrs``) as a
+stand-in for the partner verification service, with the application settings pointed at it.
+
+The demo sets the admin-owned values. SDRS values the environment fixes (``SDRS_URL``...)
+still win over them, so the demo warns when one is set."""
 
 from __future__ import annotations
 
 import os
 import secrets
+import sys
 from pathlib import Path
 
 DEFAULT_PORT = 8765
@@ -49,10 +53,16 @@ def local_sdrs_command(*, var_dir: Path, python: str) -> list[str]:
     row.sdrs_jwt_signing_key = private_file.read_text()
     row.sdrs_callback_secret = secret_file.read_text().strip()
     row.save()
+    fixed = row.effective_sdrs().set_by_environment
+    if fixed:
+        sys.stderr.write(
+            f"warning: the environment sets {', '.join(fixed.values())}: those win over the demo's "
+            "SDRS settings, so verification may not reach the local SDRS server.\n"
+        )
     return [
         python,
         "-m",
-        "tests.support.sdrs",
+        "secret_detection.localsdrs",
         "--port",
         str(port),
         "--public-key",

@@ -1,19 +1,22 @@
-"""Job entry points: ids in, a service call out."""
+"""Job entry points: ids in, a service call out. Each job's declaration (name, retry
+policy, time budget) lives here; the services find them by name (``services.jobs``)."""
 
 from __future__ import annotations
 
 from django.conf import settings
 
-from project.jobs import JobRun, Target, job
+from project.jobs import JobRun, RetryPolicy, Target, job
 from secret_detection import services
-from secret_detection.services.verification import VERIFY_RETRY
+from secret_detection.services import jobs
 
 # Covers one call at the client's longest timeout (connect + read, 60 s each) and the
 # bookkeeping around it.
 VERIFY_JOB_TIMEOUT = 150
+#: Network errors, timeouts, 429 and 5xx are retried after 4, 16 and 64 s, then the job fails.
+VERIFY_RETRY = RetryPolicy(setting="SDRS_RETRY_DELAYS")
 
 
-@job("secret_detection.update_token_status", timeout=900)
+@job(jobs.ROUTE, timeout=900)
 def update_token_status(*, project_id: int) -> dict:
     """Route a project's new findings to their verifier, in batches of 100."""
     return services.token_statuses_route(project_id=project_id)
@@ -24,7 +27,7 @@ def _verification_failed(run: JobRun, code: str, message: str) -> None:
 
 
 @job(
-    "secret_detection.verify_partner_token",
+    jobs.VERIFY,
     retry=VERIFY_RETRY,
     timeout=VERIFY_JOB_TIMEOUT,
     on_failure=_verification_failed,
@@ -35,13 +38,13 @@ def verify_partner_token(*, finding_id: int, user_id: int | None = None, force: 
     return services.token_verification_run(finding_id=finding_id, user_id=user_id, force=force)
 
 
-@job("secret_detection.refresh_token_statuses", cron=settings.TOKEN_REFRESH_CRON, timeout="TOKEN_REFRESH_TICK_TIMEOUT")
+@job(jobs.REFRESH, cron=settings.TOKEN_REFRESH_CRON, timeout="TOKEN_REFRESH_TICK_TIMEOUT")
 def refresh_token_statuses() -> dict:
     """Re-verify token statuses whose next refresh time has passed."""
     return services.token_statuses_refresh()
 
 
-@job("secret_detection.expire_pending", cron=settings.SDRS_PENDING_SWEEP_CRON, timeout=120)
+@job(jobs.EXPIRE_PENDING, cron=settings.SDRS_PENDING_SWEEP_CRON, timeout=120)
 def expire_pending() -> dict:
     """Return pending statuses whose callback never came to unknown."""
     return {"expired": services.pending_expire()}

@@ -11,6 +11,7 @@ from rest_framework.test import APIClient
 from project import services
 from project.models import AccessLevel, Project, ProjectMember, User, Visibility
 from tests.support.cluster import ClusterProcess
+from tests.support.openapi import OpenApiValidator, ValidatingAPIClient, served_schema
 
 ROLES = {
     "guest": AccessLevel.GUEST,
@@ -88,12 +89,22 @@ def token_for(db) -> Callable[..., str]:
     return make
 
 
+@pytest.fixture(scope="session")
+def openapi(django_db_setup, django_db_blocker) -> OpenApiValidator:
+    """The served OpenAPI schema (fetched once per session) as a response validator."""
+    with django_db_blocker.unblock():
+        return OpenApiValidator(served_schema())
+
+
 @pytest.fixture
-def api(token_for) -> Callable[..., APIClient]:
-    """``api(user)``: a client authenticated by personal access token (``PRIVATE-TOKEN``)."""
+def api(token_for, openapi) -> Callable[..., APIClient]:
+    """``api(user)``: a client authenticated by personal access token (``PRIVATE-TOKEN``);
+    ``api()`` an anonymous one. Every response it receives from ``/api/v4/…`` is checked
+    against the served OpenAPI schema (``tests.support.openapi``): an undocumented status,
+    body or header fails the test."""
 
     def make(user: User | None = None, scopes: tuple[str, ...] = ("api",)) -> APIClient:
-        client = APIClient()
+        client = ValidatingAPIClient(validator=openapi)
         if user is not None:
             client.credentials(HTTP_PRIVATE_TOKEN=token_for(user, scopes))
         return client

@@ -29,6 +29,14 @@ for _name, _value in {
 }.items():
     os.environ.setdefault(_name, _value)
 
+# The test run is an entry point like manage.py: without DATABASE_URL it starts (or attaches
+# to) the embedded PostgreSQL and exports its URL for the clusters and commands the tests
+# start. It has to happen here, not in tests/conftest.py: pytest-django reads the settings
+# before pytest imports any conftest.
+from project import embedded_db  # noqa: E402
+
+embedded_db.ensure_database_url()
+
 from project.settings import *  # noqa: E402, F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # speed; never used for real users

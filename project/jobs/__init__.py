@@ -34,8 +34,10 @@ __all__ = [
     "SwitchSource",
     "Target",
     "clusters_alive",
+    "console",
     "control",
     "current_run",
+    "declared_job",
     "heartbeat",
     "job",
     "overview",
@@ -54,7 +56,7 @@ def __getattr__(name: str) -> Any:
         from project.jobs.runner import current_run
 
         return current_run
-    if name in ("control", "overview"):
+    if name in ("console", "control", "overview"):
         import importlib
 
         return importlib.import_module(f"project.jobs.{name}")
@@ -63,6 +65,13 @@ def __getattr__(name: str) -> Any:
 
         return getattr(overview, name)
     raise AttributeError(f"module 'project.jobs' has no attribute {name!r}")
+
+
+def declared_job(name: str) -> Job | None:
+    """The job declared under ``name``, if any (its retry policy, budget, target…)."""
+    from project.jobs import declared
+
+    return declared.get(name)
 
 
 def clusters_alive() -> int:

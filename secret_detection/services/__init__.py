@@ -1,14 +1,25 @@
 """Business logic of secret detection, by concern:
 
+* ``statuses``: every change of a token status row, as named transitions (the only
+  module that writes the row);
 * ``reports``: validate and import gl-secret-detection-report.json;
-* ``routing``: which verifier a token type has; the routing job (UpdateTokenStatus);
+* ``routing``: which verifier a token has (one decision for every caller); the routing
+  job (UpdateTokenStatus) and "verify now";
 * ``verification``: the PartnerTokenVerification job and the pending sweep;
 * ``callbacks``: SDRS's signed callbacks;
 * ``refresher``: the scheduled re-verification of stale statuses;
-* ``connection``: the admin's "check connection".
+* ``connection``: the admin's "check connection";
+* ``jobs``: the names of the jobs ``tasks`` declares, for the services that start them.
+
+Nothing here imports ``secret_detection.tasks``: the tasks import the services.
 """
 
-from secret_detection.services.callbacks import callback_apply, callback_signature
+from secret_detection.services.callbacks import (
+    callback_apply,
+    callback_authenticate,
+    callback_result_apply,
+    callback_signature,
+)
 from secret_detection.services.connection import ConnectionCheck, sdrs_connection_check
 from secret_detection.services.refresher import token_statuses_refresh, token_statuses_refresh_now
 from secret_detection.services.reports import ImportResult, InvalidReport, report_import, report_parse, report_validate
@@ -20,6 +31,8 @@ __all__ = [
     "ImportResult",
     "InvalidReport",
     "callback_apply",
+    "callback_authenticate",
+    "callback_result_apply",
     "callback_signature",
     "pending_expire",
     "report_import",

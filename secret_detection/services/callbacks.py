@@ -11,13 +11,13 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Q
 from django.utils import timezone
 
 from project.errors import NotFound, Unauthorized, ValidationFailed
 from project.models import ApplicationSetting
 from secret_detection import metrics
-from secret_detection.models import FindingTokenStatus, TokenStatus
+from secret_detection.models import TokenStatus
+from secret_detection.services import statuses
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,9 @@ def _rejected(reason: str, message: str) -> Unauthorized:
 
 
 def callback_authenticate(*, body: bytes, timestamp: str | None, signature: str | None) -> None:
-    secret = ApplicationSetting.current().sdrs_callback_secret
+    """Raise ``Unauthorized`` unless ``signature`` is ours for ``timestamp`` and the raw
+    ``body``, and the timestamp is within SDRS_CALLBACK_MAX_SKEW of now."""
+    secret = ApplicationSetting.current().effective_sdrs().callback_secret
     if not secret:
         raise _rejected("callback_secret_missing", "no SDRS callback secret is configured")
     if not timestamp or not signature:
@@ -83,57 +85,36 @@ def _parse(body: bytes) -> tuple[int, str, dt.datetime, str]:
         verified_at = None
     if verified_at is None or verified_at.tzinfo is None:
         raise _invalid("verified_at must be an ISO-8601 time with a time zone")
-    if verified_at > timezone.now() + timedelta(seconds=settings.SDRS_CALLBACK_MAX_SKEW):
-        # A time in the future would block every later result.
-        raise _invalid("verified_at is in the future")
     return finding_id, status, verified_at, request_id
 
 
-def _next_refresh(status: str, now: dt.datetime) -> dt.datetime | None:
-    if status == TokenStatus.ACTIVE:
-        return now + timedelta(seconds=settings.TOKEN_REFRESH_ACTIVE_AFTER)
-    if status == TokenStatus.UNKNOWN:
-        return now + timedelta(seconds=settings.TOKEN_REFRESH_RETRY_AFTER)
-    return None  # inactive: a revoked token does not come back
+def _check_result(status: str, verified_at: dt.datetime, request_id: str) -> None:
+    """The rules of a result, whoever parsed it (``_parse`` here, a serializer in a view)."""
+    if status not in RESULT_STATUSES:
+        raise _invalid(f"status must be one of {', '.join(RESULT_STATUSES)}")
+    if not 0 < len(request_id) <= 64:
+        raise _invalid("request_id must be a string of 1 to 64 characters")
+    if verified_at.tzinfo is None:
+        raise _invalid("verified_at must be an ISO-8601 time with a time zone")
+    if verified_at > timezone.now() + timedelta(seconds=settings.SDRS_CALLBACK_MAX_SKEW):
+        # A time in the future would block every later result.
+        raise _invalid("verified_at is in the future")
 
 
-def callback_apply(*, body: bytes, timestamp: str | None, signature: str | None) -> str:
-    """Authenticate and apply one callback; returns ``applied``, ``duplicate`` or ``stale``.
+def callback_result_apply(*, finding_id: int, status: str, verified_at: dt.datetime, request_id: str) -> str:
+    """Apply one authenticated, parsed result; returns ``applied``, ``duplicate`` or ``stale``.
 
     A repeat of the stored result is a no-op, and a result verified before the stored
     ``last_verified_at`` never replaces it, so replays and late deliveries change nothing.
+    Raises ``NotFound`` for an unknown finding.
     """
-    if len(body) > MAX_BODY_BYTES:
-        raise _invalid("the body is too large")
-    callback_authenticate(body=body, timestamp=timestamp, signature=signature)
-    finding_id, status, verified_at, request_id = _parse(body)
-    now = timezone.now()
-    # One conditional UPDATE applies the result only when it is newer than the stored one
-    # (or the same time with another status), so concurrent deliveries cannot reorder.
-    newer = (
-        Q(last_verified_at__isnull=True)
-        | Q(last_verified_at__lt=verified_at)
-        | (Q(last_verified_at=verified_at) & ~Q(status=status))
+    _check_result(status, verified_at, request_id)
+    outcome = statuses.status_result(
+        finding_id=finding_id, status=status, verified_at=verified_at, request_id=request_id
     )
-    applied = FindingTokenStatus.objects.filter(newer, pk=finding_id).update(
-        status=status,
-        last_verified_at=verified_at,
-        last_request_id=request_id,
-        last_error_code="",
-        pending_since=None,
-        accepted_at=None,
-        result_received_at=now,
-        next_refresh_at=_next_refresh(status, now),
-        updated_at=now,
-    )
-    if applied:
-        outcome = "applied"
-    else:
-        stored = FindingTokenStatus.objects.filter(pk=finding_id).values("last_verified_at").first()
-        if stored is None:
-            metrics.CALLBACKS.labels(result="not_found").inc()
-            raise NotFound("404 Finding Not Found", code="finding_not_found")
-        outcome = "duplicate" if stored["last_verified_at"] == verified_at else "stale"
+    if outcome == "missing":
+        metrics.CALLBACKS.labels(result="not_found").inc()
+        raise NotFound("404 Finding Not Found", code="finding_not_found")
     metrics.CALLBACKS.labels(result=outcome).inc()
     logger.info(
         "SDRS callback %s",
@@ -141,3 +122,12 @@ def callback_apply(*, body: bytes, timestamp: str | None, signature: str | None)
         extra={"finding_id": finding_id, "status": status, "sdrs_request_id": request_id},
     )
     return outcome
+
+
+def callback_apply(*, body: bytes, timestamp: str | None, signature: str | None) -> str:
+    """Authenticate, parse and apply one callback (see ``callback_result_apply``)."""
+    if len(body) > MAX_BODY_BYTES:
+        raise _invalid("the body is too large")
+    callback_authenticate(body=body, timestamp=timestamp, signature=signature)
+    finding_id, status, verified_at, request_id = _parse(body)
+    return callback_result_apply(finding_id=finding_id, status=status, verified_at=verified_at, request_id=request_id)

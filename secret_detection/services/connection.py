@@ -47,7 +47,7 @@ def sdrs_connection_check(*, user_id: int) -> ConnectionCheck:
     warnings = []
     if not row.sdrs_enabled:
         warnings.append("Verification is disabled: no token is sent until SDRS is enabled.")
-    if not row.sdrs_callback_secret:
+    if not row.effective_sdrs().callback_secret:
         warnings.append("No callback secret is set: every result SDRS calls back with will be refused (401).")
     started = time.perf_counter()
     try:
@@ -58,7 +58,7 @@ def sdrs_connection_check(*, user_id: int) -> ConnectionCheck:
     except SdrsTimeout as exc:
         return ConnectionCheck("timeout", f"{exc.message}.", warnings=warnings)
     except SdrsUnavailable as exc:
-        return ConnectionCheck("unreachable", f"{exc.message} at {row.sdrs_url}.", warnings=warnings)
+        return ConnectionCheck("unreachable", f"{exc.message} at {row.effective_sdrs().url}.", warnings=warnings)
     except AppError as exc:
         return ConnectionCheck("unexpected", exc.message, warnings=warnings)
     elapsed = round((time.perf_counter() - started) * 1000, 1)

@@ -10,7 +10,6 @@ Rows that nothing can verify back off instead of coming back every tick.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import logging
 import math
@@ -19,47 +18,29 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
-from datetime import timedelta
+from collections.abc import Callable
 from itertools import chain, zip_longest
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, connections, transaction
-from django.utils import timezone
+from django.db import connections, transaction
 
+from project import locks
 from project.errors import AppError
 from project.models import ApplicationSetting
 from secret_detection import metrics
 from secret_detection.clients import SdrsClient, SdrsConfig, SdrsMisconfigured, SdrsRateLimited
-from secret_detection.models import FindingTokenStatus, TokenStatus, Verifier
-from secret_detection.services import verification
-from secret_detection.services.routing import (
-    local_result_fields,
-    local_token_status,
-    partner_types_enabled,
-    verifier_resolve,
-)
+from secret_detection.models import FindingTokenStatus
+from secret_detection.services import jobs, statuses
+from secret_detection.services.routing import TO_PARTNER, statuses_dispatch
+from secret_detection.services.verification import verification_send
 
 logger = logging.getLogger(__name__)
 
-_LOCK_KEY = "secret_detection.refresh"
+# One tick at a time across the cluster: a tick that outlives its interval makes the next
+# one return at once instead of doubling the outbound concurrency.
+_TICK_LOCK = "secret_detection.refresh"
 _PAUSE_ALL_CODES = {"sdrs_unavailable", "sdrs_timeout", "sdrs_auth_rejected"}
-
-
-@contextlib.contextmanager
-def _tick_lock() -> Iterator[bool]:
-    """One tick at a time across the cluster: a tick that outlives its interval makes the
-    next one return at once instead of doubling the outbound concurrency."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(hashtext(%s))", [_LOCK_KEY])
-        (locked,) = cursor.fetchone()
-    try:
-        yield locked
-    finally:
-        if locked:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(hashtext(%s))", [_LOCK_KEY])
 
 
 class _Pool:
@@ -147,31 +128,12 @@ class _TickState:
 
 
 def _claim_due(*, batch_size: int) -> list[FindingTokenStatus]:
-    now = timezone.now()
-    lease = now + timedelta(seconds=settings.TOKEN_REFRESH_TICK_TIMEOUT)
-    with transaction.atomic():
-        ids = list(
-            FindingTokenStatus.objects.select_for_update(skip_locked=True)
-            .filter(next_refresh_at__lte=now)
-            .exclude(status=TokenStatus.PENDING)
-            .order_by("next_refresh_at")
-            .values_list("pk", flat=True)[:batch_size]
-        )
-        if not ids:
-            return []
-        FindingTokenStatus.objects.filter(pk__in=ids).update(next_refresh_at=lease, updated_at=now)
+    ids = statuses.status_claim_due(batch_size=batch_size, lease=settings.TOKEN_REFRESH_TICK_TIMEOUT)
+    if not ids:
+        return []
     rows = FindingTokenStatus.objects.filter(pk__in=ids).select_related("finding", "finding__project")
     order = {pk: position for position, pk in enumerate(ids)}  # oldest due first
     return sorted(rows, key=lambda row: order[row.pk])
-
-
-def _back_off(ids: list[int], *, code: str, seconds: float) -> None:
-    if not ids:
-        return
-    now = timezone.now()
-    FindingTokenStatus.objects.filter(pk__in=ids).exclude(status=TokenStatus.PENDING).update(
-        last_error_code=code, next_refresh_at=now + timedelta(seconds=seconds), updated_at=now
-    )
 
 
 def _interleave(groups: dict[str, list]) -> list[tuple[str, Any]]:
@@ -201,16 +163,16 @@ class _Batch:
         paused = self.state.paused(partner)
         if paused is not None:
             code, seconds = paused
-            _back_off([row.pk], code=code, seconds=seconds)
+            statuses.status_back_off(finding_ids=[row.pk], code=code, seconds=seconds)
             return "skipped_paused"
         finding = row.finding
         request_id = uuid.uuid4().hex
         lease = sum(self.client.timeout) + 5
         previous_status = row.status  # as claimed by this tick; pending rows are never claimed
-        claim = verification._claim(finding_id=row.pk, request_id=request_id, attempt=1, lease=lease, force=False)
+        claim = statuses.status_claim(finding_id=row.pk, request_id=request_id, attempt=1, lease=lease)
         if claim.outcome != "claimed":
             return "skipped_busy"
-        error = verification.verification_send(
+        error = verification_send(
             finding=finding,
             client=self.client,
             request_id=request_id,
@@ -229,51 +191,31 @@ class _Batch:
             self.state.pause_all(error.code, delay)
         # A refresh that could not be made keeps what we knew (an active token stays
         # active); the error code and the back-off say what happened.
-        verification._record(
-            finding_id=row.pk,
-            request_id=request_id,
-            status=previous_status,
-            pending_since=None,
-            last_error_code=error.code,
-            next_refresh_at=timezone.now() + timedelta(seconds=delay),
+        statuses.status_refresh_failed(
+            finding_id=row.pk, request_id=request_id, code=error.code, status=previous_status, retry_in=delay
         )
         return "rate_limited" if isinstance(error, SdrsRateLimited) else "failed"
 
 
 def _refresh_batch(rows: list[FindingTokenStatus], pool: _Pool, state: _TickState) -> Counter[str]:
     counts: Counter[str] = Counter()
-    now = timezone.now()
     app = ApplicationSetting.current()
-    partner_types = partner_types_enabled()
     client: SdrsClient | None = None
-    client_error = "verification_disabled"
+    unavailable = "verification_disabled"
     if app.sdrs_enabled:
         try:
             client = SdrsClient(SdrsConfig.from_settings(app))
+            unavailable = ""
         except SdrsMisconfigured as exc:
-            client_error = exc.code
-    unverifiable: dict[str, list[int]] = defaultdict(list)
+            unavailable = exc.code
     groups: dict[str, list[FindingTokenStatus]] = defaultdict(list)
-    for row in rows:
-        finding = row.finding
-        route = verifier_resolve(token_type=finding.token_type, partner_types=partner_types, sdrs_enabled=True)
-        if not finding.raw_value:
-            unverifiable["finding_without_token"].append(row.pk)
-        elif route.verifier == Verifier.LOCAL:
-            status = local_token_status(value=finding.raw_value)
-            FindingTokenStatus.objects.filter(pk=row.pk).exclude(status=TokenStatus.PENDING).update(
-                **local_result_fields(status=status, now=now)
-            )
-            counts[f"local_{status}"] += 1
-        elif route.reason:
-            unverifiable[route.reason].append(row.pk)
-        elif client is None:
-            unverifiable[client_error].append(row.pk)
-        else:
+    for row, route, outcome in statuses_dispatch(rows, unavailable=unavailable):
+        if outcome == TO_PARTNER:
             groups[route.partner].append(row)
-    for code, ids in unverifiable.items():
-        _back_off(ids, code=code, seconds=settings.TOKEN_REFRESH_NO_VERIFIER_BACKOFF)
-        counts["no_verifier"] += len(ids)
+        elif outcome.startswith("local_"):
+            counts[outcome] += 1
+        else:
+            counts["no_verifier"] += 1  # backed off by the routing
     for outcome, number in counts.items():
         metrics.REFRESH_ROWS.labels(outcome=outcome).inc(number)
     if groups and client is not None:
@@ -285,7 +227,7 @@ def _refresh_batch(rows: list[FindingTokenStatus], pool: _Pool, state: _TickStat
 def _claim_budget() -> float:
     """Seconds after which a tick stops claiming, so that its last batch still finishes
     within the job's time budget (TOKEN_REFRESH_TICK_TIMEOUT)."""
-    per_call = 2 * min(ApplicationSetting.current().sdrs_timeout, 60.0)
+    per_call = 2 * min(ApplicationSetting.current().effective_sdrs().timeout, 60.0)
     rounds = math.ceil(settings.TOKEN_REFRESH_BATCH_SIZE / settings.TOKEN_REFRESH_CONCURRENCY) + 1
     return max(0.0, settings.TOKEN_REFRESH_TICK_TIMEOUT - rounds * per_call)
 
@@ -293,7 +235,7 @@ def _claim_budget() -> float:
 def token_statuses_refresh() -> dict[str, Any]:
     """One refresher tick: claim due statuses batch after batch and re-verify them."""
     started = time.monotonic()
-    with _tick_lock() as locked:
+    with locks.session_lock(_TICK_LOCK) as locked:
         if not locked:
             logger.info("token refresh tick skipped: the previous tick is still running")
             return {"skipped": "previous tick still running"}
@@ -329,15 +271,8 @@ def token_statuses_refresh() -> dict[str, Any]:
 
 def token_statuses_refresh_now(*, finding_ids: list[int]) -> int:
     """Make statuses due now and start a tick (admin "Refresh now")."""
-    from secret_detection import tasks
-
-    now = timezone.now()
     with transaction.atomic():
-        due = (
-            FindingTokenStatus.objects.filter(pk__in=finding_ids)
-            .exclude(status=TokenStatus.PENDING)
-            .update(next_refresh_at=now, updated_at=now)
-        )
+        due = statuses.status_make_due(finding_ids=finding_ids)
         if due:
-            tasks.refresh_token_statuses.enqueue(_dedupe_key="refresh-now")
+            jobs.job_get(jobs.REFRESH).enqueue(_dedupe_key="refresh-now")
     return due

@@ -9,14 +9,14 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import connection, transaction
-from django.utils import timezone
+from django.db import transaction
 
-from project import crypto
+from project import crypto, locks
 from project.errors import ValidationFailed
 from project.models import Project, User
 from secret_detection import metrics
-from secret_detection.models import Finding, FindingTokenStatus, Severity
+from secret_detection.models import Finding, Severity
+from secret_detection.services import jobs, statuses
 
 logger = logging.getLogger(__name__)
 
@@ -216,15 +216,11 @@ def report_import(*, project: Project, user: User | None, report: Any) -> Import
         item = _parse(vuln, scanner_id)
         parsed.setdefault(item.identity, item)  # the same secret twice in one report: one finding
 
-    from secret_detection import tasks
-
     with transaction.atomic():
         # Imports of one project run one at a time, so two concurrent imports of the same
         # report cannot both create (or both route) the same finding.
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(hashtext('secret_detection.import'), %s)", [project.pk])
+        locks.xact_lock(f"secret_detection.import:{project.pk}")
         existing = {f.identity: f for f in Finding.objects.filter(project=project, identity__in=list(parsed))}
-        now = timezone.now()
         new = [
             Finding(project=project, identity=identity, raw_value=item.raw_value, imported_by=user, **item.fields)
             for identity, item in parsed.items()
@@ -240,25 +236,11 @@ def report_import(*, project: Project, user: User | None, report: Any) -> Import
         if changed:
             Finding.objects.bulk_update(changed, [*parsed[changed[0].identity].fields, "raw_value"], batch_size=500)
             # A new secret at the same place: what we knew about the old one no longer holds.
-            FindingTokenStatus.objects.filter(finding__in=changed).update(
-                status="unknown",
-                verifier="",
-                routed_at=None,
-                last_verified_at=None,
-                attempts=0,
-                last_error_code="",
-                next_refresh_at=None,
-                pending_since=None,
-                accepted_at=None,
-                updated_at=now,
-            )
-        FindingTokenStatus.objects.bulk_create(
-            [FindingTokenStatus(finding=f, project=project, created_at=now, updated_at=now) for f in new],
-            batch_size=500,
-        )
+            statuses.status_reset(finding_ids=[finding.pk for finding in changed])
+        statuses.status_create(project=project, findings=new)
         run = None
         if new or changed:
-            run = tasks.update_token_status.enqueue(project_id=project.pk, _dedupe_key=f"project:{project.pk}")
+            run = jobs.job_get(jobs.ROUTE).enqueue(project_id=project.pk, _dedupe_key=f"project:{project.pk}")
     result = ImportResult(
         findings=len(parsed),
         created=len(new),

@@ -1,20 +1,21 @@
-"""Which verifier a token type has, and the routing job (GitLab's UpdateTokenStatus) that
-sends each new finding to it."""
+"""Which verifier a token has (the one routing decision, shared by the routing job, "verify
+now" and the refresher), and the routing job (GitLab's UpdateTokenStatus) that sends each
+new finding to it."""
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
 
 from project import services as core
 from project.models import ApplicationSetting
 from secret_detection.models import FindingTokenStatus, PartnerTokenType, TokenStatus, Verifier
+from secret_detection.services import jobs, statuses
 
 logger = logging.getLogger(__name__)
 
@@ -22,13 +23,16 @@ ROUTING_BATCH_SIZE = 100
 #: Our own token format (the product's personal access tokens, ``glpat-…``), checked
 #: locally like GitLab's TokenLookupService does for its tokens.
 LOCAL_TOKEN_TYPES = frozenset({"gitlab_personal_access_token", "gitlab_personal_access_token_routable"})
+#: The outcome of a row whose token goes to SDRS (the caller sends it).
+TO_PARTNER = "partner"
 
 
 @dataclass(frozen=True)
 class Route:
     verifier: str
     partner: str = ""
-    #: Why nothing can verify it now (``no_verifier``, ``verification_disabled``).
+    #: Why nothing can verify it now (``finding_without_token``, ``no_verifier``,
+    #: ``verification_disabled``, or why the SDRS client cannot be built).
     reason: str = ""
 
 
@@ -40,16 +44,31 @@ def partner_types_enabled() -> dict[str, str]:
     }
 
 
-def verifier_resolve(*, token_type: str, partner_types: dict[str, str], sdrs_enabled: bool) -> Route:
+def sdrs_unavailable_reason() -> str:
+    """Why partner verification cannot be used now (empty when it can), as far as the
+    routing decision is concerned: the refresher also knows whether its client works."""
+    return "" if ApplicationSetting.current().sdrs_enabled else "verification_disabled"
+
+
+def token_route(*, token_type: str, has_value: bool, partner_types: dict[str, str], unavailable: str = "") -> Route:
+    """The verifier of a token, and why it cannot verify it now (``reason``):
+
+    * no token value: nothing to verify (``finding_without_token``);
+    * our own format: checked here (local);
+    * an enabled partner type: sent to SDRS, unless partner verification is
+      ``unavailable`` (that reason: disabled, misconfigured);
+    * anything else: no verifier (``no_verifier``).
+    """
     lowered = token_type.lower()
     if lowered in LOCAL_TOKEN_TYPES:
-        return Route(Verifier.LOCAL)
-    partner = partner_types.get(lowered)
-    if partner is None:
-        return Route(Verifier.NONE, reason="no_verifier")
-    if not sdrs_enabled:
-        return Route(Verifier.PARTNER, partner, reason="verification_disabled")
-    return Route(Verifier.PARTNER, partner)
+        route = Route(Verifier.LOCAL)
+    elif lowered in partner_types:
+        route = Route(Verifier.PARTNER, partner_types[lowered], reason=unavailable)
+    else:
+        route = Route(Verifier.NONE, reason="no_verifier")
+    if not has_value:
+        return Route(route.verifier, route.partner, reason="finding_without_token")
+    return route
 
 
 def local_token_status(*, value: str) -> str:
@@ -59,21 +78,40 @@ def local_token_status(*, value: str) -> str:
     return TokenStatus.INACTIVE
 
 
-def local_result_fields(*, status: str, now) -> dict:
-    """The status fields after a local check (shared by routing, the refresher and "verify now")."""
-    return {
-        "status": status,
-        "verifier": Verifier.LOCAL,
-        "last_verified_at": now,
-        "attempts": 1,
-        "last_error_code": "",
-        "pending_since": None,
-        "accepted_at": None,
-        "next_refresh_at": now + timedelta(seconds=settings.TOKEN_REFRESH_ACTIVE_AFTER)
-        if status == TokenStatus.ACTIVE
-        else None,
-        "updated_at": now,
-    }
+def statuses_dispatch(
+    rows: Iterable[FindingTokenStatus], *, unavailable: str, back_off: bool = True
+) -> list[tuple[FindingTokenStatus, Route, str]]:
+    """Route each status (its ``finding`` loaded) and do what needs no partner: our own
+    tokens are checked here, and rows nothing can verify now are backed off
+    TOKEN_REFRESH_NO_VERIFIER_BACKOFF (unless ``back_off`` is False: "verify now" only
+    reports them). Returns ``(row, route, outcome)``: ``local_active`` / ``local_inactive``,
+    the reason it cannot be verified, or ``TO_PARTNER`` for the caller to send."""
+    partner_types = partner_types_enabled()
+    routed: list[tuple[FindingTokenStatus, Route, str]] = []
+    unverifiable: dict[str, list[int]] = defaultdict(list)
+    for row in rows:
+        finding = row.finding
+        route = token_route(
+            token_type=finding.token_type,
+            has_value=bool(finding.raw_value),
+            partner_types=partner_types,
+            unavailable=unavailable,
+        )
+        if route.reason:
+            unverifiable[route.reason].append(row.pk)
+            outcome = route.reason
+        elif route.verifier == Verifier.LOCAL:
+            status = local_token_status(value=finding.raw_value)
+            statuses.status_checked_locally(finding_id=row.pk, status=status)
+            outcome = f"local_{status}"
+        else:
+            outcome = TO_PARTNER
+        routed.append((row, route, outcome))
+    if back_off:
+        for code, ids in unverifiable.items():
+            # Nothing can verify them now: look again after the back-off, not every tick.
+            statuses.status_back_off(finding_ids=ids, code=code, seconds=settings.TOKEN_REFRESH_NO_VERIFIER_BACKOFF)
+    return routed
 
 
 def token_statuses_route(*, project_id: int) -> dict[str, int]:
@@ -85,53 +123,33 @@ def token_statuses_route(*, project_id: int) -> dict[str, int]:
     claimed with SKIP LOCKED and marked routed in the same transaction, so two runs never
     route a finding twice.
     """
-    from secret_detection import tasks
-
     counts: Counter[str] = Counter()
     after = 0
     while True:
         with transaction.atomic():
-            batch = list(
-                FindingTokenStatus.objects.select_for_update(skip_locked=True, of=("self",))
-                .select_related("finding")
-                .filter(project_id=project_id, routed_at__isnull=True, finding_id__gt=after)
-                .order_by("finding_id")[:ROUTING_BATCH_SIZE]
-            )
+            batch = statuses.status_lock_unrouted(project_id=project_id, after=after, limit=ROUTING_BATCH_SIZE)
             if not batch:
                 break
             after = batch[-1].finding_id
-            counts += _route_batch(batch, tasks)
+            counts += _route_batch(batch)
     logger.info("token statuses routed", extra={"project_id": project_id, **counts})
     return dict(counts)
 
 
-def _route_batch(batch: list[FindingTokenStatus], tasks) -> Counter[str]:
+def _route_batch(batch: list[FindingTokenStatus]) -> Counter[str]:
     counts: Counter[str] = Counter()
-    now = timezone.now()
-    partner_types = partner_types_enabled()
-    sdrs_enabled = ApplicationSetting.current().sdrs_enabled
-    backoff = now + timedelta(seconds=settings.TOKEN_REFRESH_NO_VERIFIER_BACKOFF)
+    by_verifier: dict[str, list[int]] = defaultdict(list)
     to_verify: list[dict] = []
-    for row in batch:
-        finding = row.finding
-        route = verifier_resolve(token_type=finding.token_type, partner_types=partner_types, sdrs_enabled=sdrs_enabled)
-        fields: dict = {"verifier": route.verifier, "routed_at": now, "updated_at": now}
-        if route.verifier == Verifier.LOCAL:
-            if finding.raw_value:
-                fields.update(local_result_fields(status=local_token_status(value=finding.raw_value), now=now))
-            else:
-                fields.update(last_error_code="finding_without_token")
-            counts[f"local_{fields.get('status', 'unknown')}"] += 1
-        elif route.reason:
-            # Nothing can verify it now: look again after the back-off, not every tick.
-            fields.update(last_error_code=route.reason, next_refresh_at=backoff)
-            counts[route.reason] += 1
-        else:
-            to_verify.append({"finding_id": finding.pk, "user_id": finding.imported_by_id})
-            counts["partner_enqueued"] += 1
-        FindingTokenStatus.objects.filter(pk=row.pk).update(**fields)
+    for row, route, outcome in statuses_dispatch(batch, unavailable=sdrs_unavailable_reason()):
+        by_verifier[route.verifier].append(row.pk)
+        if outcome == TO_PARTNER:
+            to_verify.append({"finding_id": row.pk, "user_id": row.finding.imported_by_id})
+            outcome = "partner_enqueued"
+        counts[outcome] += 1
+    for verifier, ids in by_verifier.items():
+        statuses.status_routed(finding_ids=ids, verifier=verifier)
     if to_verify:
-        tasks.verify_partner_token.enqueue_many(to_verify)
+        jobs.job_get(jobs.VERIFY).enqueue_many(to_verify)
     return counts
 
 
@@ -139,28 +157,18 @@ def token_statuses_verify_now(*, finding_ids: list[int], user_id: int | None) ->
     """Verify the given findings now, whatever their refresh time (admin "Verify now"):
     partner types are enqueued (forcing a new request even if one is awaiting its
     callback), our own tokens are checked here, and the rest are counted as unverifiable."""
-    from secret_detection import tasks
-
     counts: Counter[str] = Counter()
-    now = timezone.now()
-    partner_types = partner_types_enabled()
-    sdrs_enabled = ApplicationSetting.current().sdrs_enabled
     to_verify: list[dict] = []
     with transaction.atomic():
-        for row in FindingTokenStatus.objects.select_related("finding").filter(pk__in=finding_ids):
-            finding = row.finding
-            route = verifier_resolve(
-                token_type=finding.token_type, partner_types=partner_types, sdrs_enabled=sdrs_enabled
-            )
-            if route.verifier == Verifier.LOCAL and finding.raw_value:
-                status = local_token_status(value=finding.raw_value)
-                FindingTokenStatus.objects.filter(pk=row.pk).update(**local_result_fields(status=status, now=now))
-                counts["checked_locally"] += 1
-            elif route.verifier == Verifier.PARTNER and not route.reason:
+        rows = FindingTokenStatus.objects.select_related("finding").filter(pk__in=finding_ids)
+        for row, _route, outcome in statuses_dispatch(rows, unavailable=sdrs_unavailable_reason(), back_off=False):
+            if outcome == TO_PARTNER:
                 to_verify.append({"finding_id": row.pk, "user_id": user_id, "force": True})
                 counts["enqueued"] += 1
+            elif outcome.startswith("local_"):
+                counts["checked_locally"] += 1
             else:
-                counts[route.reason or "finding_without_token"] += 1
+                counts[outcome] += 1
         if to_verify:
-            tasks.verify_partner_token.enqueue_many(to_verify)
+            jobs.job_get(jobs.VERIFY).enqueue_many(to_verify)
     return dict(counts)

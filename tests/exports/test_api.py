@@ -315,3 +315,58 @@ def test_metrics_show_export_jobs_and_archives(client, api, maintainer, project)
     assert 'exports_jobs{status="queued"} 1.0' in body
     assert "exports_archives 0.0" in body
     assert "exports_requested_total" in body
+
+
+def test_parameters_may_come_in_the_query_string_as_gitlab_clients_send_them(api, maintainer, project, resolves_to):
+    resolves_to({"uploads.example.test": ["93.184.215.14"]})
+    query = "description=From+the+query&upload[url]=https://uploads.example.test/a&upload[http_method]=post"
+    response = api(maintainer).post(f"/api/v4/projects/{project.pk}/export?{query}")
+    assert response.status_code == 202
+    job = ProjectExportJob.objects.get()
+    assert (job.description, job.upload_url, job.upload_method) == (
+        "From the query",
+        "https://uploads.example.test/a",
+        "POST",
+    )
+
+
+def test_the_body_wins_over_the_query_string(api, maintainer, project) -> None:
+    url = f"/api/v4/projects/{project.pk}/export?description=query"
+    assert api(maintainer).post(url, {"description": "body"}).status_code == 202
+    assert ProjectExportJob.objects.get().description == "body"
+
+
+def test_json_nulls_are_absent_parameters(api, maintainer, project) -> None:
+    body = {"description": None, "upload": None}
+    response = api(maintainer).post(f"/api/v4/projects/{project.pk}/export", body, format="json")
+    assert response.status_code == 202
+    job = ProjectExportJob.objects.get()
+    assert (job.description, job.upload_url) == (None, "")
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"description": 5}, "description is invalid"),
+        ({"description": ["a"]}, "description is invalid"),
+        ({"upload": "https://example.test/x"}, "upload is invalid"),
+        ({"upload": {"url": 5}}, "upload[url] is invalid"),
+        ({"upload": {"http_method": True}}, "upload[http_method] is invalid"),
+        ({"upload": {"http_method": "PATCH"}, "description": 7}, "description is invalid, upload[http_method] does"),
+    ],
+)
+def test_wrongly_typed_json_parameters_get_400_naming_them(api, maintainer, project, body, message) -> None:
+    response = api(maintainer).post(f"/api/v4/projects/{project.pk}/export", body, format="json")
+    assert response.status_code == 400
+    assert response.json()["message"].startswith(message)
+    assert response.json()["error"] == "invalid"
+    assert not ProjectExportJob.objects.exists()
+
+
+def test_refused_parameters_do_not_spend_the_rate_limit(api, maintainer, project) -> None:
+    ApplicationSetting.objects.update_or_create(pk=1, defaults={"project_export_limit": 1})
+    client = api(maintainer)
+    url = f"/api/v4/projects/{project.pk}/export"
+    assert client.post(url, {"upload[http_method]": "GET"}).status_code == 400
+    assert client.post(url, {"description": "x" * 5001}).status_code == 400
+    assert client.post(url).status_code == 202

@@ -11,8 +11,8 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from project.jobs import JobRun
-from project.jobs.models import ClusterHeartbeat, JobPause
 from project.jobs.management.commands import jobs_status
+from project.jobs.models import ClusterHeartbeat, JobPause
 from tests.support import jobs as probes
 
 pytestmark = pytest.mark.django_db

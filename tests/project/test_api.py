@@ -7,10 +7,10 @@ from urllib.parse import quote
 
 import pytest
 from django.utils import timezone
-from rest_framework.test import APIClient
 
 from project import services
 from project.models import AccessToken, Visibility
+from tests.support.openapi import ValidatingAPIClient
 
 pytestmark = pytest.mark.django_db
 
@@ -25,20 +25,20 @@ def test_current_user_with_private_token_header(api, owner) -> None:
     assert {"name", "state", "web_url", "created_at"} <= body.keys()
 
 
-def test_current_user_with_bearer_token(token_for, owner) -> None:
-    client = APIClient()
+def test_current_user_with_bearer_token(api, token_for, owner) -> None:
+    client = api()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {token_for(owner)}")
     assert client.get("/api/v4/user").json()["username"] == "owner"
 
 
-def test_missing_token_is_401_json() -> None:
-    response = APIClient().get("/api/v4/user")
+def test_missing_token_is_401_json(api) -> None:
+    response = api().get("/api/v4/user")
     assert response.status_code == 401
     assert response.json() == {"message": "401 Unauthorized", "error": "unauthorized"}
 
 
 @pytest.mark.parametrize("state", ["unknown", "expired", "revoked", "blocked_user"])
-def test_bad_expired_revoked_or_blocked_token_is_401(state, owner) -> None:
+def test_bad_expired_revoked_or_blocked_token_is_401(api, state, owner) -> None:
     token, value = services.access_token_create(user=owner, name="t", scopes=["api"])
     if state == "unknown":
         value = value[:-1] + ("x" if value[-1] != "x" else "y")
@@ -49,7 +49,7 @@ def test_bad_expired_revoked_or_blocked_token_is_401(state, owner) -> None:
     else:
         owner.is_active = False
         owner.save()
-    client = APIClient()
+    client = api()
     client.credentials(HTTP_PRIVATE_TOKEN=value)
     response = client.get("/api/v4/user")
     assert response.status_code == 401
@@ -130,8 +130,8 @@ def test_request_id_is_echoed_or_generated(api, owner) -> None:
     assert unsafe["X-Request-ID"] != "bad id\nwith newline"
 
 
-def test_session_auth_requires_csrf_on_writes(owner, project) -> None:
-    client = APIClient(enforce_csrf_checks=True)
+def test_session_auth_requires_csrf_on_writes(openapi, owner, project) -> None:
+    client = ValidatingAPIClient(enforce_csrf_checks=True, validator=openapi)
     client.force_login(owner)
     assert client.get("/api/v4/user").status_code == 200
     response = client.post(f"/api/v4/projects/{project.pk}", {})

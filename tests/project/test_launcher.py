@@ -97,6 +97,7 @@ def test_make_run_starts_everything_on_an_embedded_database_and_stops_cleanly(tm
         output = log.read_text()
         assert f"Admin:     http://localhost:{port}/admin/" in output
         assert "generated; shown only this once" in output
+        assert f"Database:  embedded PostgreSQL, data in {var_dir / 'pgdata'}" in output
         assert f"Metrics:   http://localhost:{port}/metrics" in output
         assert _get(f"http://127.0.0.1:{port}/admin/login/")[0] == 200
         assert _get(f"http://127.0.0.1:{port}/static/admin/css/base.css")[0] == 200

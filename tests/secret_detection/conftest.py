@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import socket
@@ -114,22 +113,3 @@ def import_findings(sample_report) -> Callable[..., list[Finding]]:
         return list(Finding.objects.filter(project=project, file_path__startswith=f"{prefix}/").order_by("id"))
 
     return make
-
-
-@pytest.fixture
-def isolated_queue(settings) -> Iterator[None]:
-    """Runs executed by hand in this test: their messages go to a queue no cluster serves
-    (a session cluster started by another test must not run them too), purged afterwards."""
-    import uuid
-    from unittest import mock
-
-    from django_q.conf import Conf
-
-    from project.jobs.djangoq import get_broker
-
-    name = f"{Conf.CLUSTER_NAME}-manual-{uuid.uuid4().hex[:8]}"
-    with mock.patch.object(Conf, "CLUSTER_NAME", name):
-        yield
-        # Cleanup only: the ORM broker's rows go with the test database anyway.
-        with contextlib.suppress(Exception):
-            get_broker(name).purge_queue()

@@ -15,7 +15,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from project import services as core
-from project.jobs.models import JobRun
+from project.jobs import JobRun
 from project.models import ApplicationSetting
 from secret_detection import services
 from secret_detection.models import Finding, FindingTokenStatus, PartnerTokenType

@@ -10,6 +10,7 @@ import pytest
 import time_machine
 from rest_framework.test import APIClient
 
+from project.errors import NotFound, ValidationFailed
 from secret_detection.models import Finding, FindingTokenStatus
 from secret_detection.services import callback_signature
 from tests.secret_detection.conftest import CALLBACK_SECRET
@@ -34,6 +35,12 @@ def finding(project, import_findings, sdrs_settings) -> Finding:
 def clock():
     with time_machine.travel(NOW, tick=False) as traveller:
         yield traveller
+
+
+@pytest.fixture(autouse=True)
+def schema_checked(api, monkeypatch):
+    """The clients of this module check every response against the served schema too."""
+    monkeypatch.setattr(f"{__name__}.APIClient", lambda: api())
 
 
 def body_for(finding_id: int, status: str = "active", verified_at: datetime = NOW, request_id: str = "req-1") -> bytes:
@@ -208,3 +215,41 @@ def test_the_callback_needs_no_user_token_and_ignores_one(finding, api, develope
     )
     assert response.status_code == 200
     assert api(developer).post(URL, data=body, content_type="application/json").status_code == 401
+
+
+def test_a_parsed_result_is_applied_by_the_service_the_view_calls(finding):
+    from secret_detection import services
+
+    apply = services.callback_result_apply
+    assert apply(finding_id=finding.pk, status="inactive", verified_at=NOW, request_id="r1") == "applied"
+    assert apply(finding_id=finding.pk, status="inactive", verified_at=NOW, request_id="r1") == "duplicate"
+    assert apply(finding_id=finding.pk, status="active", verified_at=NOW - timedelta(minutes=1), request_id="r0") == (
+        "stale"
+    )
+    status = FindingTokenStatus.objects.get(pk=finding.pk)
+    assert (status.status, status.last_request_id, status.next_refresh_at) == ("inactive", "r1", None)
+
+
+@pytest.mark.parametrize(
+    ("fields", "error", "message"),
+    [
+        ({"finding_id": 987654}, NotFound, "404 Finding Not Found"),
+        ({"status": "pending"}, ValidationFailed, "status must be one of active, inactive, unknown"),
+        ({"verified_at": NOW + timedelta(hours=1)}, ValidationFailed, "verified_at is in the future"),
+        (
+            {"verified_at": NOW.replace(tzinfo=None)},
+            ValidationFailed,
+            "verified_at must be an ISO-8601 time with a time zone",
+        ),
+        ({"request_id": "x" * 65}, ValidationFailed, "request_id must be a string of 1 to 64 characters"),
+    ],
+)
+def test_the_result_service_keeps_the_rules_whoever_parsed_the_body(finding, fields, error, message):
+    from secret_detection import services
+
+    before = snapshot(finding)
+    arguments = {"finding_id": finding.pk, "status": "active", "verified_at": NOW, "request_id": "r1", **fields}
+    with pytest.raises(error) as caught:
+        services.callback_result_apply(**arguments)
+    assert caught.value.message == message
+    assert snapshot(finding) == before

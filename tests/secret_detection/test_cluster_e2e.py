@@ -19,7 +19,7 @@ from django.conf import settings as django_settings
 from django.utils import timezone
 from django_q.models import Schedule
 
-from project.jobs.models import JobRun
+from project.jobs import JobRun
 from secret_detection import services
 from secret_detection.models import Finding, FindingTokenStatus
 from tests.secret_detection.conftest import CALLBACK_SECRET, report_with

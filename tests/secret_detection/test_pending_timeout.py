@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import time_machine
 
-from project.jobs.runner import run_scheduled
-from secret_detection import services
+from project.jobs.testing import run_inline
+from secret_detection import services, tasks
 from secret_detection.models import FindingTokenStatus
 
 pytestmark = pytest.mark.django_db
@@ -46,10 +46,12 @@ def test_pending_past_the_timeout_goes_back_to_unknown_with_the_reason(pending):
     assert FindingTokenStatus.objects.get(pk=sending.pk).status == "pending"  # its request is still in flight
 
 
-def test_the_sweep_is_a_scheduled_job(pending):
+def test_the_sweep_is_a_scheduled_job(pending, settings, no_broker):
     pending(3600)
+    assert tasks.expire_pending.cron == settings.SDRS_PENDING_SWEEP_CRON
     with time_machine.travel(NOW, tick=False):
-        assert run_scheduled("secret_detection.expire_pending") == "succeeded"
+        outcome, run = run_inline(tasks.expire_pending)
+    assert (outcome, run.result) == ("succeeded", {"expired": 1})
     assert not FindingTokenStatus.objects.filter(status="pending").exists()
 
 

@@ -12,9 +12,10 @@ from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from project import locks
 from project import services as core
-from project.jobs.models import JobRun
-from secret_detection import checks, services
+from project.jobs import JobRun
+from secret_detection import checks, services, tasks
 from secret_detection.models import FindingTokenStatus
 from secret_detection.services import refresher
 
@@ -240,7 +241,7 @@ def test_only_one_tick_runs_at_a_time(due, sdrs_settings):
     held, release = threading.Event(), threading.Event()
 
     def other_tick():
-        with refresher._tick_lock() as locked:
+        with locks.session_lock(refresher._TICK_LOCK) as locked:
             assert locked
             held.set()
             release.wait(10)
@@ -279,9 +280,7 @@ def test_the_tick_timeout_must_outlast_its_interval(settings):
 
 
 def test_the_tick_is_a_scheduled_job_with_its_own_timeout(settings):
-    from project.jobs import registry
-
-    tick = registry.get("secret_detection.refresh_token_statuses")
+    tick = tasks.refresh_token_statuses
     assert tick.cron == settings.TOKEN_REFRESH_CRON
     assert tick.timeout_seconds == settings.TOKEN_REFRESH_TICK_TIMEOUT == 240
-    assert registry.get("secret_detection.expire_pending").cron == settings.SDRS_PENDING_SWEEP_CRON
+    assert tasks.expire_pending.cron == settings.SDRS_PENDING_SWEEP_CRON

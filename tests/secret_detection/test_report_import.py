@@ -11,7 +11,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection
 
-from project.jobs.models import JobRun
+from project.jobs import JobRun
 from secret_detection import services
 from secret_detection.models import Finding, FindingTokenStatus
 from tests.secret_detection.conftest import INVALID, SAMPLE

@@ -12,7 +12,8 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from project import services as core
-from project.jobs.models import JobRun
+from project.jobs import JobRun
+from project.jobs.testing import run_inline
 from secret_detection import services
 from secret_detection.models import Finding, FindingTokenStatus, PartnerTokenType
 
@@ -128,11 +129,45 @@ def test_partner_type_lookup_ignores_case(project, developer, import_findings, s
     assert services.token_statuses_route(project_id=project.pk) == {"partner_enqueued": 2}
 
 
-def test_routing_job_runs_through_the_toolkit(project, developer, sample_report, sdrs_settings):
-    from project.jobs.runner import execute
-
+def test_routing_job_runs_through_the_toolkit(project, developer, sample_report, sdrs_settings, no_broker):
     sdrs_settings()
     result = services.report_import(project=project, user=developer, report=sample_report)
-    assert execute(result.routing_run_id, 1) == "succeeded"
-    run = JobRun.objects.get(pk=result.routing_run_id)
+    queued = JobRun.objects.get(pk=result.routing_run_id)
+    outcome, run = run_inline(queued.name, **queued.kwargs)
+    assert outcome == "succeeded"
     assert run.result == {"partner_enqueued": 5, "local_inactive": 1, "no_verifier": 2}
+
+
+@pytest.mark.parametrize(
+    ("token_type", "has_value", "unavailable", "expected"),
+    [
+        ("gitlab_personal_access_token", True, "", ("local", "", "")),
+        ("gitlab_personal_access_token", True, "verification_disabled", ("local", "", "")),
+        ("aws", True, "", ("partner", "aws", "")),
+        ("AWS", True, "verification_disabled", ("partner", "aws", "verification_disabled")),
+        ("AWS", True, "signing_key_invalid", ("partner", "aws", "signing_key_invalid")),
+        ("Password in URL", True, "", ("none", "", "no_verifier")),
+        ("AWS", False, "", ("partner", "aws", "finding_without_token")),
+        ("gitlab_personal_access_token", False, "", ("local", "", "finding_without_token")),
+    ],
+)
+def test_one_routing_decision_for_every_caller(token_type, has_value, unavailable, expected):
+    from secret_detection.services.routing import token_route
+
+    route = token_route(
+        token_type=token_type, has_value=has_value, partner_types={"aws": "aws"}, unavailable=unavailable
+    )
+    assert (route.verifier, route.partner, route.reason) == expected
+
+
+def test_a_finding_without_a_token_is_backed_off_not_sent(project, developer, import_findings, sdrs_settings):
+    sdrs_settings()
+    (finding,) = import_findings(project, [("AWS", "")])
+
+    with time_machine.travel("2026-11-21T12:00:00Z", tick=False):
+        assert services.token_statuses_route(project_id=project.pk) == {"finding_without_token": 1}
+
+    status = FindingTokenStatus.objects.get(pk=finding.pk)
+    assert (status.status, status.verifier, status.last_error_code) == ("unknown", "partner", "finding_without_token")
+    assert status.next_refresh_at == datetime(2026, 11, 21, 12, 10, tzinfo=UTC)
+    assert not JobRun.objects.filter(name=VERIFY).exists()

@@ -16,9 +16,8 @@ import time_machine
 from django.utils import timezone
 
 from project.errors import PermanentError, RetryableError
-from project.jobs import Defer
-from project.jobs.models import JobRun
-from project.jobs.runner import execute
+from project.jobs import Defer, JobRun
+from project.jobs.testing import run_inline
 from secret_detection import services, tasks
 from secret_detection.models import Finding, FindingTokenStatus, PartnerTokenType
 
@@ -38,7 +37,7 @@ def finding(project, developer, import_findings) -> Finding:
 @pytest.fixture
 def sdrs(sdrs_settings):
     sdrs_settings(url=SDRS)
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mocked:
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as mocked:
         yield mocked
 
 
@@ -195,18 +194,16 @@ def test_an_attempt_in_flight_makes_a_second_one_wait_without_spending_an_attemp
     assert len(sdrs.calls) == 0
 
 
-def test_every_attempt_logs_one_line_with_its_decision_and_a_masked_token(finding, sdrs, caplog):
+def test_every_attempt_logs_one_line_with_its_decision_and_a_masked_token(finding, sdrs, caplog, no_broker):
     caplog.set_level(logging.INFO, logger="secret_detection")
     sdrs.add(responses.POST, VERIFY_URL, status=500)
     sdrs.add(responses.POST, VERIFY_URL, status=429, headers={"Retry-After": "30"})
     sdrs.add(responses.POST, VERIFY_URL, status=401)
     sdrs.add(responses.POST, VERIFY_URL, status=202)
-    for attempt in (1, 2, 3):
-        with (
-            mock.patch("secret_detection.services.verification.current_run", return_value=mock.Mock(attempt=attempt)),
-            pytest.raises((RetryableError, PermanentError)),
-        ):
-            services.token_verification_run(finding_id=finding.pk)
+    outcomes = [
+        run_inline(tasks.verify_partner_token, attempt=attempt, finding_id=finding.pk)[0] for attempt in (1, 2, 3)
+    ]
+    assert outcomes == ["retried", "retried", "failed"]  # retryable, retryable, permanent
     services.token_verification_run(finding_id=finding.pk)
 
     lines = [r for r in caplog.records if r.getMessage().startswith("SDRS verification attempt")]
@@ -236,38 +233,34 @@ def test_failure_hook_leaves_the_status_unknown_with_the_error_code(finding, sdr
     assert status.next_refresh_at > timezone.now()  # the refresher tries again later
 
 
-def test_retries_happen_4_16_and_64_seconds_after_each_failure_then_the_job_fails(
-    finding, sdrs_settings, isolated_queue
-):
-    """SDRS unreachable (a closed port, over real TCP); the toolkit runs each attempt when
-    it is due. The due times it records prove the back-off; the clock is time-machine's."""
+def test_retries_happen_4_16_and_64_seconds_after_each_failure_then_the_job_fails(finding, sdrs_settings, no_broker):
+    """SDRS unreachable (a closed port, over real TCP); the toolkit runs each attempt, as
+    a worker would, when it is due. The due times it records prove the back-off; the clock
+    is time-machine's."""
     sdrs_settings()  # a URL where nothing listens
-    run = tasks.verify_partner_token.enqueue(finding_id=finding.pk)
+    outcomes, gaps = [], []
     with time_machine.travel("2026-11-21T12:00:00Z", tick=False) as clock:
-        for _ in range(4):
-            run.refresh_from_db()
-            clock.move_to(run.due_at)
-            execute(run.pk, run.attempt)
-    run.refresh_from_db()
+        for attempt in (1, 2, 3, 4):
+            outcome, run = run_inline(tasks.verify_partner_token, attempt=attempt, finding_id=finding.pk)
+            outcomes.append(outcome)
+            if outcome == "retried":
+                (attempted,) = run.history
+                gaps.append((run.due_at - datetime.fromisoformat(attempted["finished_at"])).total_seconds())
+                clock.move_to(run.due_at)
 
     assert run.status == "failed"
     assert run.error_code == "sdrs_unavailable"
-    assert [entry["outcome"] for entry in run.history] == ["retried", "retried", "retried", "failed"]
-    gaps = [
-        (datetime.fromisoformat(later["due_at"]) - datetime.fromisoformat(earlier["finished_at"])).total_seconds()
-        for earlier, later in zip(run.history, run.history[1:], strict=False)
-    ]
+    assert outcomes == ["retried", "retried", "retried", "failed"]
     assert gaps == [4, 16, 64]
     status = _status(finding)
     assert (status.status, status.last_error_code, status.attempts) == ("unknown", "sdrs_unavailable", 4)
 
 
-def test_429_retry_after_longer_than_the_policy_delay_is_honoured(finding, sdrs, isolated_queue):
+def test_429_retry_after_longer_than_the_policy_delay_is_honoured(finding, sdrs, no_broker):
     sdrs.add(responses.POST, VERIFY_URL, status=429, headers={"Retry-After": "90"})
-    run = tasks.verify_partner_token.enqueue(finding_id=finding.pk)
     with time_machine.travel("2026-11-21T12:00:00Z", tick=False):
-        execute(run.pk, 1)
-        run.refresh_from_db()
+        outcome, run = run_inline(tasks.verify_partner_token, attempt=1, finding_id=finding.pk)
+        assert outcome == "retried"
         assert run.status == JobRun.Status.QUEUED
         assert run.due_at == timezone.now() + timedelta(seconds=90)
 
