@@ -43,3 +43,19 @@ def fingerprint(value: str) -> str:
     digest = hashlib.sha256(value.encode()).hexdigest()[:8]
     visible = value[:4] if len(value) >= 12 else ""
     return f"{visible}…{digest}"
+
+
+def rsa_private_key_load(pem: str):
+    """The RSA private key in ``pem`` (unencrypted PEM). Raises ``ValueError`` saying what
+    is wrong, in words an operator can act on; the admin's form and the SDRS client both
+    check keys through this."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        key = load_pem_private_key(pem.encode(), password=None)
+    except (ValueError, TypeError):
+        raise ValueError("This is not an unencrypted PEM private key.") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError("The key must be an RSA key (requests are signed with RS256).")
+    return key

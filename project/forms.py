@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django import forms
 
+from project import crypto
 from project.models import AccessToken, ApplicationSetting, User
 
 WRITE_ONLY = ("sdrs_jwt_signing_key", "sdrs_callback_secret")
@@ -77,15 +78,10 @@ class ApplicationSettingForm(forms.ModelForm):
         value = self.cleaned_data["sdrs_jwt_signing_key"].strip()
         if not value:
             return value
-        from cryptography.hazmat.primitives.asymmetric import rsa
-        from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
         try:
-            key = load_pem_private_key(value.encode(), password=None)
-        except (ValueError, TypeError):
-            raise forms.ValidationError("This is not an unencrypted PEM private key.") from None
-        if not isinstance(key, rsa.RSAPrivateKey):
-            raise forms.ValidationError("The key must be an RSA key (requests are signed with RS256).")
+            crypto.rsa_private_key_load(value)
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from None
         return value + "\n"
 
     def save(self, commit: bool = True) -> ApplicationSetting:

@@ -184,7 +184,6 @@ class AccessToken(models.Model):
         return f"{self.name} ({self.prefix}…)"
 
 
-
 @dataclass(frozen=True)
 class SdrsSettings:
     """The SDRS configuration in force: the environment's deployment facts over the

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 import jwt
 import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from django.utils import timezone
 
+from project import crypto
 from project.errors import PermanentError, RetryableError
 
 if TYPE_CHECKING:
@@ -101,14 +101,9 @@ class SdrsConfig:
 @functools.lru_cache(maxsize=4)
 def _private_key(pem: str) -> rsa.RSAPrivateKey:
     try:
-        key = load_pem_private_key(pem.encode(), password=None)
-    except (ValueError, TypeError):
-        raise SdrsMisconfigured(
-            "the SDRS signing key is not an unencrypted PEM key", code="signing_key_invalid"
-        ) from None
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise SdrsMisconfigured("the SDRS signing key must be an RSA key (RS256)", code="signing_key_invalid")
-    return key
+        return crypto.rsa_private_key_load(pem)
+    except ValueError as exc:
+        raise SdrsMisconfigured(f"The SDRS signing key is unusable: {exc}", code="signing_key_invalid") from None
 
 
 def jwt_encode(*, signing_key: str, user_id: int, project_id: int, finding_id: int) -> str:

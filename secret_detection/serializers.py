@@ -121,8 +121,8 @@ class ImportResultSerializer(serializers.Serializer):
     created = serializers.IntegerField()
     updated = serializers.IntegerField()
     unchanged = serializers.IntegerField()
-    routing_job_id = serializers.IntegerField(
-        source="routing_run_id", allow_null=True, help_text="The job that routes the new findings, if any."
+    routing_run_id = serializers.IntegerField(
+        allow_null=True, help_text="The job run that routes the new findings to their verifier, if any."
     )
 
 

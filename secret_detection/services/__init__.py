@@ -15,7 +15,6 @@ Nothing here imports ``secret_detection.tasks``: the tasks import the services.
 """
 
 from secret_detection.services.callbacks import (
-    callback_apply,
     callback_authenticate,
     callback_result_apply,
     callback_signature,
@@ -30,7 +29,6 @@ __all__ = [
     "ConnectionCheck",
     "ImportResult",
     "InvalidReport",
-    "callback_apply",
     "callback_authenticate",
     "callback_result_apply",
     "callback_signature",

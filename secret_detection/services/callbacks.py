@@ -5,10 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-import json
 import logging
 from datetime import timedelta
-from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
@@ -62,34 +60,9 @@ def _invalid(message: str) -> ValidationFailed:
     return ValidationFailed(message, code="invalid_callback")
 
 
-def _parse(body: bytes) -> tuple[int, str, dt.datetime, str]:
-    try:
-        payload: Any = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise _invalid("the body is not valid JSON") from None
-    if not isinstance(payload, dict):
-        raise _invalid("the body must be a JSON object")
-    finding_id = payload.get("finding_id")
-    if not isinstance(finding_id, int) or isinstance(finding_id, bool) or finding_id < 1:
-        raise _invalid("finding_id must be a positive integer")
-    status = payload.get("status")
-    if status not in RESULT_STATUSES:
-        raise _invalid(f"status must be one of {', '.join(RESULT_STATUSES)}")
-    request_id = payload.get("request_id")
-    if not isinstance(request_id, str) or not 0 < len(request_id) <= 64:
-        raise _invalid("request_id must be a string of 1 to 64 characters")
-    raw_time = payload.get("verified_at")
-    try:
-        verified_at = dt.datetime.fromisoformat(raw_time.replace("Z", "+00:00")) if isinstance(raw_time, str) else None
-    except ValueError:
-        verified_at = None
-    if verified_at is None or verified_at.tzinfo is None:
-        raise _invalid("verified_at must be an ISO-8601 time with a time zone")
-    return finding_id, status, verified_at, request_id
-
-
 def _check_result(status: str, verified_at: dt.datetime, request_id: str) -> None:
-    """The rules of a result, whoever parsed it (``_parse`` here, a serializer in a view)."""
+    """The rules of a result, checked again here whoever parsed it (the view's serializer),
+    so that a caller of the service cannot apply an impossible result."""
     if status not in RESULT_STATUSES:
         raise _invalid(f"status must be one of {', '.join(RESULT_STATUSES)}")
     if not 0 < len(request_id) <= 64:
@@ -122,12 +95,3 @@ def callback_result_apply(*, finding_id: int, status: str, verified_at: dt.datet
         extra={"finding_id": finding_id, "status": status, "sdrs_request_id": request_id},
     )
     return outcome
-
-
-def callback_apply(*, body: bytes, timestamp: str | None, signature: str | None) -> str:
-    """Authenticate, parse and apply one callback (see ``callback_result_apply``)."""
-    if len(body) > MAX_BODY_BYTES:
-        raise _invalid("the body is too large")
-    callback_authenticate(body=body, timestamp=timestamp, signature=signature)
-    finding_id, status, verified_at, request_id = _parse(body)
-    return callback_result_apply(finding_id=finding_id, status=status, verified_at=verified_at, request_id=request_id)

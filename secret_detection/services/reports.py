@@ -188,7 +188,7 @@ class ImportResult:
             "created": self.created,
             "updated": self.updated,
             "unchanged": self.unchanged,
-            "routing_job_id": self.routing_run_id,
+            "routing_run_id": self.routing_run_id,
         }
 
 

@@ -17,7 +17,7 @@ from project.errors import AppError, PermanentError
 from project.jobs import Defer, current_run
 from project.models import ApplicationSetting
 from secret_detection import metrics
-from secret_detection.clients import SdrsClient, SdrsConfig, SdrsError, SdrsMisconfigured, VerifyRequest
+from secret_detection.clients import SdrsClient, SdrsConfig, SdrsError, VerifyRequest
 from secret_detection.models import Finding
 from secret_detection.services import jobs, statuses
 from secret_detection.services.routing import partner_types_enabled
@@ -105,13 +105,9 @@ def token_verification_run(*, finding_id: int, user_id: int | None = None, force
         log_attempt(finding=finding, attempt=attempt, request_id=request_id, decision=f"skipped: {reason}")
         return {"skipped": reason}
     try:
-        if not row.effective_sdrs().url:
-            raise SdrsMisconfigured("no SDRS URL is configured", code="sdrs_not_configured")
-        if not row.effective_sdrs().signing_key:
-            raise SdrsMisconfigured("no SDRS JWT signing key is configured", code="signing_key_missing")
+        client = SdrsClient(SdrsConfig.from_settings(row))  # checks the URL and the key
         if not finding.raw_value or not finding.token_type:
             raise PermanentError("the finding has no token value or no token type", code="finding_without_token")
-        client = SdrsClient(SdrsConfig.from_settings(row))
     except AppError as exc:
         log_attempt(finding=finding, attempt=attempt, request_id=request_id, decision=f"failed: {exc.code}", error=exc)
         metrics.VERIFICATION_REQUESTS.labels(partner=partner or "none", outcome="permanent").inc()

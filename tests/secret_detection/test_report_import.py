@@ -199,7 +199,7 @@ def test_developer_imports_a_report_through_the_api(api, project, developer, sam
     assert response.status_code == 201, response.content
     body = response.json()
     assert body["findings"] == body["created"] == 8
-    assert body["routing_job_id"] == JobRun.objects.get(name="secret_detection.update_token_status").pk
+    assert body["routing_run_id"] == JobRun.objects.get(name="secret_detection.update_token_status").pk
 
     again = api(developer).post(REPORTS_URL.format("acme%2Fwidgets"), sample_report, format="json")
     assert again.status_code == 200
