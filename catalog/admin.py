@@ -131,20 +131,10 @@ class CatalogResourceAdmin(ControlledAdmin):
         )
 
     def get_readonly_fields(self, request: HttpRequest, obj: CatalogResource | None = None):
+        # A resource's state is all an operator edits; the rest is copied from its project.
         if obj is None:
             return ()
-        return (
-            "project",
-            "name",
-            "description",
-            "visibility_level",
-            "in_sync",
-            "synced_shown",
-            "created_shown",
-            "updated_shown",
-            "events_shown",
-            "runs_shown",
-        )
+        return tuple(field for field in self.get_fields(request, obj) if field != "state")
 
     @admin.display(description="Name", ordering="name")
     def name_shown(self, obj: CatalogResource) -> str:

@@ -117,33 +117,6 @@ class ProjectExportJobAdmin(ControlledAdmin):
         ("Outcome", {"fields": ("error_code", "error", "upload_shown", "archive_shown")}),
     ]
     # The upload URL may carry a signature: the admin shows its host only.
-    readonly_fields = (
-        "project",
-        "user",
-        "status_shown",
-        "phase_shown",
-        "exported_by_admin",
-        "description",
-        "progress_shown",
-        "relations_done",
-        "relations_total",
-        "rows_written",
-        "run_shown",
-        "attempt_shown",
-        "next_retry_shown",
-        "run_error_shown",
-        "runs_shown",
-        "created_shown",
-        "started_shown",
-        "finished_shown",
-        "duration_shown",
-        "uploaded_shown",
-        "updated_shown",
-        "error_code",
-        "error",
-        "upload_shown",
-        "archive_shown",
-    )
 
     def get_queryset(self, request: HttpRequest):
         # The title names the project and the user; the state comes from the run.

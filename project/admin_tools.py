@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.utils import flatten_fieldsets
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import connection
@@ -162,6 +163,13 @@ class ControlledAdmin(admin.ModelAdmin):
 
     def action_applies(self, obj: Any, name: str) -> bool:
         return True
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None):
+        # Every field a controlled record's page shows is read-only: the fieldsets name
+        # them once.
+        if self.fieldsets:
+            return flatten_fieldsets(self.fieldsets)
+        return super().get_readonly_fields(request, obj)
 
     # -- permission enforcement
 

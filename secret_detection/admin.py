@@ -167,26 +167,6 @@ class FindingAdmin(ControlledAdmin):
             {"fields": ("report_finding_id", "scanner_id", "identifiers", "imported_by", "created_shown")},
         ),
     ]
-    readonly_fields = (
-        "project",
-        "name",
-        "token_type",
-        "value_fingerprint",
-        "severity",
-        "confidence",
-        "location_full",
-        "commit_sha",
-        "description",
-        "token_status_shown",
-        "status_shown",
-        "last_verified_shown",
-        "runs_shown",
-        "report_finding_id",
-        "scanner_id",
-        "identifiers",
-        "imported_by",
-        "created_shown",
-    )
     actions = ["verify_now"]
     detail_actions = ("verify_now",)
     list_per_page = 50
@@ -288,25 +268,6 @@ class FindingTokenStatusAdmin(ControlledAdmin):
             {"fields": ("routed_shown", "pending_shown", "accepted_shown", "created_shown", "updated_shown")},
         ),
     ]
-    readonly_fields = (
-        "finding_full",
-        "project",
-        "token_type",
-        "token",
-        "status_badge",
-        "verifier",
-        "verified_shown",
-        "attempts",
-        "last_error_code",
-        "last_request_id",
-        "next_refresh_shown",
-        "runs_shown",
-        "routed_shown",
-        "pending_shown",
-        "accepted_shown",
-        "created_shown",
-        "updated_shown",
-    )
     actions = ["verify_now", "refresh_now"]
     detail_actions = ("verify_now", "refresh_now")
     list_per_page = 50

@@ -197,32 +197,6 @@ class JobRunAdmin(ControlledAdmin):
             },
         ),
     ]
-    readonly_fields = (
-        "name",
-        "status_shown",
-        "attempt_shown",
-        "target_shown",
-        "kwargs_shown",
-        "scheduled",
-        "progress_shown",
-        "progress_raw",
-        "heartbeat_shown",
-        "worker",
-        "task_id",
-        "created_at",
-        "due_at",
-        "started_at",
-        "finished_at",
-        "duration_shown",
-        "deferrals",
-        "error_code",
-        "error",
-        "result",
-        "cancel_shown",
-        "history_shown",
-        "traceback",
-        "request_id",
-    )
 
     def get_changelist(self, request: HttpRequest, **kwargs):
         return RunChangeList
