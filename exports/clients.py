@@ -65,16 +65,42 @@ def _blocked(reason: str) -> UploadUrlBlocked:
     return UploadUrlBlocked(f"upload[url] is blocked: {reason}")
 
 
-def _check_address(address: str) -> None:
+def _classified(address: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The addresses a connection to ``address`` may reach: an IPv4-mapped address
+    (``::ffff:a.b.c.d``) is that IPv4 address; a 6to4 (``2002:AABB:CCDD::/48``) or Teredo
+    address is itself and the IPv4 addresses it embeds (a relay delivers to them)."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone id
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip.is_loopback or ip.is_unspecified:
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return [ip]
+    if ip.ipv4_mapped is not None:
+        return [ip.ipv4_mapped]
+    embedded = [ip.sixtofour, *(ip.teredo or ())]
+    return [ip, *(each for each in embedded if each is not None)]
+
+
+def _check_address(address: str) -> None:
+    """Refuse an address that is not plainly on the public internet, with GitLab's
+    ``UrlBlocker`` messages.
+
+    Classification is ``ipaddress``'s (``is_global`` and the rest), not a list of ranges,
+    applied to the address and to every IPv4 address embedded in it, so that
+    ``[2002:7f00:1::]`` (6to4 of 127.0.0.1) is loopback and ``[::ffff:10.0.0.1]`` private.
+    Multicast, reserved and IPv6 site-local (``fec0::/10``, deprecated but still routed
+    inside sites) are refused too, although some Python versions count them as global."""
+    candidates = _classified(address)
+    if any(each.is_loopback or each.is_unspecified for each in candidates):
         raise _blocked("Requests to localhost are not allowed")
-    if ip.is_link_local:
+    if any(each.is_link_local for each in candidates):
         raise _blocked("Requests to the link local network are not allowed")
-    if ip.is_private or ip.is_multicast or ip.is_reserved or not ip.is_global:
-        raise _blocked("Requests to the local network are not allowed")
+    for each in candidates:
+        if (
+            not each.is_global
+            or each.is_private
+            or each.is_multicast
+            or each.is_reserved
+            or getattr(each, "is_site_local", False)
+        ):
+            raise _blocked("Requests to the local network are not allowed")
 
 
 def upload_target_resolve(url: str) -> UploadTarget:

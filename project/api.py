@@ -1,31 +1,51 @@
-"""REST API plumbing: authentication, scopes, and the one place errors become JSON.
+"""REST API plumbing: authentication, scopes, malformed input, and the one place errors
+become JSON.
 
-Every API error has the shape ``{"message": ..., "error": "<code>"}``; GitLab clients read
-``message``. GitLab's own bodies are kept where clients depend on them (for example the
-429 body, whose ``message`` is an object). ``project.schema`` documents these shapes
-(``ErrorSerializer``, ``RateLimitedSerializer``): keep the two in step.
+Error bodies are GitLab's, exactly, because GitLab clients read them (python-gitlab shows
+``message``, or ``error`` when the body has one):
+
+* ``{"message": "404 Project Not Found"}``: most errors;
+* ``{"error": "page is invalid"}``: a parameter grape's validation refuses (missing, of
+  the wrong type, not an allowed value, too long);
+* ``{"error": "insufficient_scope", "error_description": …, "scope": "api"}``: a token
+  without the needed scope (GitLab's OAuth 2 bearer-token error);
+* 429: ``{"message": {"error": "This endpoint has been requested too many times…"}}`` for
+  an application rate limit, ``{"message": "Retry later"}`` for too many failed token
+  authentications from the client's address; both with ``Retry-After``.
+
+Our own stable code (``not_found``, ``invalid``, ``auth_throttled``…) travels in the
+``X-Error-Code`` response header, which no GitLab client reads. ``project.schema``
+documents these shapes (``Error``, ``TooManyRequests``): keep the two in step.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, JsonResponse
-from rest_framework import exceptions, permissions
+from rest_framework import exceptions, parsers, permissions
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView, set_rollback
 
 from project.errors import AppError, RateLimited
 from project.models import AccessToken
+from project.ratelimit import GITLAB_MESSAGE
+from project.schema import ApiAutoSchema
 from project.serializers import error_messages
 
 logger = logging.getLogger(__name__)
 
 READ_SCOPES = ("api", "read_api")
 WRITE_SCOPES = ("api",)
+
+INSUFFICIENT_SCOPE_DESCRIPTION = "The request requires higher privileges than provided by the access token."
+#: GitLab's ValidationFailed codes that are grape's parameter validation (``{"error": …}``).
+PARAMETER_ERROR_CODES = ("invalid",)
 
 
 class TokenScopes(permissions.BasePermission):
@@ -52,41 +72,141 @@ class InsufficientScope(exceptions.PermissionDenied):
         self.needed = needed
 
 
+class AuthThrottled(exceptions.Throttled):
+    """Too many failed token authentications from the client's address (GitLab's
+    Rack::Attack answer: "Retry later")."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__(wait=wait)
+
+
+# --- malformed input ----------------------------------------------------------------------
+# A NUL byte or a lone surrogate cannot be stored in PostgreSQL text nor encoded as UTF-8:
+# refused up front with a 400, as GitLab's HandleMalformedStrings middleware does, instead
+# of failing deep in a query with a 500.
+
+_MALFORMED = re.compile("[\x00\ud800-\udfff]")
+#: Nesting deeper than this is not walked (Rack nests parameters 2 levels in practice).
+_MAX_DEPTH = 32
+
+
+class MalformedInput(exceptions.ParseError):
+    """A NUL byte or broken Unicode in the path, the query string or the body."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__(f"400 Bad request - {where} contains a NUL byte or malformed Unicode")
+
+
+def _malformed(value: Any, depth: int = 0) -> bool:
+    if isinstance(value, str):
+        return _MALFORMED.search(value) is not None
+    if depth > _MAX_DEPTH:
+        return False
+    if isinstance(value, Mapping):
+        return any(_malformed(key, depth + 1) or _malformed(item, depth + 1) for key, item in _mapping_items(value))
+    if isinstance(value, list | tuple):
+        return any(_malformed(item, depth + 1) for item in value)
+    return False
+
+
+def _mapping_items(value: Mapping) -> Iterable[tuple[Any, Any]]:
+    lists = getattr(value, "lists", None)  # a QueryDict: every value of a repeated key
+    return lists() if callable(lists) else value.items()
+
+
+def reject_malformed(value: Any, where: str) -> None:
+    """Raise ``MalformedInput`` when ``value`` (a string, or mappings and lists of them) holds
+    a NUL byte or a lone surrogate."""
+    if _malformed(value):
+        raise MalformedInput(where)
+
+
+class CleanJSONParser(parsers.JSONParser):
+    def parse(self, stream, media_type=None, parser_context=None):
+        data = super().parse(stream, media_type, parser_context)
+        reject_malformed(data, "the body")
+        return data
+
+
+class CleanFormParser(parsers.FormParser):
+    def parse(self, stream, media_type=None, parser_context=None):
+        data = super().parse(stream, media_type, parser_context)
+        reject_malformed(data, "the body")
+        return data
+
+
+class CleanMultiPartParser(parsers.MultiPartParser):
+    def parse(self, stream, media_type=None, parser_context=None):
+        parsed = super().parse(stream, media_type, parser_context)
+        reject_malformed(parsed.data, "the body")
+        reject_malformed([upload.name for upload in parsed.files.values()], "a file name")
+        return parsed
+
+
 class ApiView(APIView):
-    """Base of every API view: authenticated, scope-checked."""
+    """Base of every API view: authenticated, scope-checked, malformed input refused."""
 
     permission_classes = [permissions.IsAuthenticated, TokenScopes]
+    parser_classes = [CleanJSONParser, CleanFormParser, CleanMultiPartParser]
+    schema = ApiAutoSchema()
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        # Before authentication, as GitLab's middleware: a malformed request is a 400 for
+        # everyone. The body is checked by the parsers, when a view reads it.
+        reject_malformed(list(kwargs.values()), "the path")
+        reject_malformed(request.query_params, "the query string")
+        super().initial(request, *args, **kwargs)
 
 
-def _body(message: Any, code: str) -> dict[str, Any]:
-    return {"message": message, "error": code}
+# --- errors ---------------------------------------------------------------------------------
+
+
+def _message(message: Any) -> dict[str, Any]:
+    return {"message": message}
 
 
 def error_response(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
-    """(status, body, headers) for any exception raised while serving an API request."""
+    """(status, body, headers) for any exception raised while serving an API request.
+    The headers carry our code as ``X-Error-Code``."""
+    status, body, headers, code = _error(exc)
+    return status, body, {**headers, "X-Error-Code": code}
+
+
+def _error(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str], str]:
     if isinstance(exc, RateLimited):
-        headers = {"Retry-After": str(int(exc.retry_after or 60))}
-        return 429, {"message": exc.message}, headers
+        return 429, _message(exc.message), {"Retry-After": str(int(exc.retry_after or 60))}, exc.code
     if isinstance(exc, AppError):
-        return exc.http_status, _body(exc.message, exc.code), {}
+        if exc.http_status == 400 and exc.code in PARAMETER_ERROR_CODES:
+            return 400, {"error": exc.message}, {}, exc.code
+        return exc.http_status, _message(exc.message), {}, exc.code
     if isinstance(exc, Http404):
-        return 404, _body("404 Not Found", "not_found"), {}
+        return 404, _message("404 Not Found"), {}, "not_found"
     if isinstance(exc, InsufficientScope):
-        return 403, {**_body(str(exc.detail), "insufficient_scope"), "scope": " ".join(exc.needed)}, {}
+        body = {
+            "error": "insufficient_scope",
+            "error_description": INSUFFICIENT_SCOPE_DESCRIPTION,
+            "scope": " ".join(exc.needed),
+        }
+        return 403, body, {}, "insufficient_scope"
     if isinstance(exc, (PermissionDenied, exceptions.PermissionDenied)):
-        return 403, _body("403 Forbidden", "forbidden"), {}
+        return 403, _message("403 Forbidden"), {}, "forbidden"
     if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
-        return 401, _body("401 Unauthorized", "unauthorized"), {"WWW-Authenticate": 'Bearer realm="api"'}
+        return 401, _message("401 Unauthorized"), {"WWW-Authenticate": 'Bearer realm="api"'}, "unauthorized"
+    if isinstance(exc, MalformedInput):
+        return 400, _message(str(exc.detail)), {}, "malformed_request"
     if isinstance(exc, exceptions.ValidationError):
         # Input serializers raise ValidationFailed themselves; this is DRF's own, whose
-        # detail is a structure: joined into one message, so ``message`` is always a string.
-        return 400, _body(", ".join(error_messages(exc.detail)), "invalid"), {}
+        # detail is a structure: joined into one message, as grape joins its errors.
+        return 400, {"error": ", ".join(error_messages(exc.detail))}, {}, "invalid"
+    if isinstance(exc, AuthThrottled):
+        return 429, _message("Retry later"), {"Retry-After": str(max(1, int(exc.wait or 1)))}, "auth_throttled"
     if isinstance(exc, exceptions.Throttled):
-        return 429, {"message": {"error": str(exc.detail)}}, {}
+        return 429, _message(GITLAB_MESSAGE), {"Retry-After": str(max(1, int(exc.wait or 60)))}, "rate_limited"
     if isinstance(exc, exceptions.APIException):
-        code = exc.get_codes() if isinstance(exc.get_codes(), str) else "error"
-        return exc.status_code, _body(f"{exc.status_code} {exc.detail}", code), {}
-    return 500, _body("500 Internal Server Error", "internal_error"), {}
+        codes = exc.get_codes()
+        code = codes if isinstance(codes, str) else "error"
+        return exc.status_code, _message(f"{exc.status_code} {exc.detail}"), {}, code
+    return 500, _message("500 Internal Server Error"), {}, "internal_error"
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
@@ -99,6 +219,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
 
 def json_error_view(status: int, message: str, code: str):
     def view(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
-        return JsonResponse(_body(message, code), status=status)
+        response = JsonResponse(_message(message), status=status)
+        response["X-Error-Code"] = code
+        return response
 
     return view

@@ -14,6 +14,7 @@ import hashlib
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.crypto import salted_hmac
 
 
 @functools.cache
@@ -38,10 +39,29 @@ def decrypt(token: str) -> str:
         raise ImproperlyConfigured("a stored secret cannot be decrypted with ENCRYPTION_KEY") from None
 
 
+#: The purpose label of the fingerprint key: the key is derived from SECRET_KEY for this
+#: use alone (Django's ``salted_hmac``), so no other HMAC of the site can be made with it.
+FINGERPRINT_KEY_SALT = "project.crypto.fingerprint"
+#: Hex characters of the keyed digest kept: 64 bits, enough to tell findings apart.
+FINGERPRINT_DIGEST_LENGTH = 16
+#: Values shorter than this show no prefix at all.
+FINGERPRINT_PREFIX_MIN_LENGTH = 12
+
+
 def fingerprint(value: str) -> str:
-    """A masked, stable fingerprint of a secret: a short prefix plus a hash, never the value."""
-    digest = hashlib.sha256(value.encode()).hexdigest()[:8]
-    visible = value[:4] if len(value) >= 12 else ""
+    """A masked, stable fingerprint of a secret, shown wherever the secret is not:
+    ``<first 4 characters>…<16 hex characters>``, e.g. ``AKIA…3e1f0b2c9d4a7f01``.
+
+    The digest is HMAC-SHA256 of the value under a server key (derived from SECRET_KEY
+    with the label ``FINGERPRINT_KEY_SALT``), truncated to 64 bits. An unkeyed hash would
+    let anyone who reads a fingerprint (an admin page, an API answer, a log line) confirm
+    a guess of a weak secret offline; without the server key the digest confirms nothing.
+    The 4-character prefix (the token type's marker, such as ``AKIA`` or ``ghp_``) is
+    shown only for values of at least 12 characters; shorter ones show none. A new
+    SECRET_KEY gives new fingerprints: the stored ones are those of the key in force when
+    they were computed (data migration ``secret_detection.0005`` recomputed them all)."""
+    digest = salted_hmac(FINGERPRINT_KEY_SALT, value, algorithm="sha256").hexdigest()[:FINGERPRINT_DIGEST_LENGTH]
+    visible = value[:4] if len(value) >= FINGERPRINT_PREFIX_MIN_LENGTH else ""
     return f"{visible}…{digest}"
 
 

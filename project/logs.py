@@ -2,6 +2,13 @@
 
 Both formats include the correlation context (see ``project.context``), so any log line
 can be traced to the request and the job attempt that produced it.
+
+Nothing secret is written: ``RedactFilter`` (on the console handler, so every logger
+passes it, and on the loggers that quote request URLs, so that Django's own handlers see
+the masked record too) cuts the query string of any URL or request path, and token
+formats, from the message and from every extra; the formatters do the same to
+tracebacks. A signed upload URL (``upload[url]`` in a query string) or an admin search
+term (``?q=``) thus never reaches a log line.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import json
 import logging
 
 from project import context
+from project.redact import redact
 
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "ctx"}
 
@@ -19,6 +27,49 @@ class ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.ctx = context.current()
         return True
+
+
+_PLAIN = (int, float, bool, type(None))
+
+
+class RedactFilter(logging.Filter):
+    """Masks URL query strings and token formats (``project.redact``) in the record: its
+    message and its extras. An extra that is not a plain value is written through its
+    ``str()`` (django.request's ``request`` shows as ``<WSGIRequest: GET '/path?query'>``),
+    so it is replaced by its masked text. The record is changed only where something was
+    masked; masking twice changes nothing more (a logger's filter and then the handler's)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = redact(message)
+        if masked != message:
+            record.msg, record.args = masked, ()
+        ctx = getattr(record, "ctx", None)
+        if ctx:
+            record.ctx = {key: redact(value) if isinstance(value, str) else value for key, value in ctx.items()}
+        for key, value in list(vars(record).items()):
+            if key in _RESERVED or key.startswith("_") or isinstance(value, _PLAIN):
+                continue
+            if isinstance(value, str):
+                masked = redact(value)
+                if masked != value:
+                    setattr(record, key, masked)
+            elif not isinstance(value, dict | list | tuple):
+                text = str(value)
+                masked = redact(text)
+                if masked != text:
+                    setattr(record, key, masked)
+            else:
+                text = json.dumps(value, default=str)
+                masked = redact(text)
+                if masked != text:
+                    setattr(record, key, masked)
+        return True
+
+
+def _exception(formatter: logging.Formatter, record: logging.LogRecord) -> str:
+    # A traceback quotes exception messages, which may quote a URL.
+    return redact(formatter.formatException(record.exc_info))
 
 
 def _extras(record: logging.LogRecord) -> dict:
@@ -39,7 +90,7 @@ class JsonFormatter(logging.Formatter):
             **_extras(record),
         }
         if record.exc_info:
-            payload["exception"] = self.formatException(record.exc_info)
+            payload["exception"] = _exception(self, record)
         return json.dumps(payload, default=str)
 
 
@@ -51,5 +102,5 @@ class TextFormatter(logging.Formatter):
         if extras:
             line = f"{line}  [{extras}]"
         if record.exc_info:
-            line = f"{line}\n{self.formatException(record.exc_info)}"
+            line = f"{line}\n{_exception(self, record)}"
         return line

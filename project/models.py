@@ -18,14 +18,25 @@ from project.fields import EncryptedTextField
 
 
 class User(AbstractUser):
-    """A platform user. ``is_staff`` users are instance administrators (GitLab's admins)."""
+    """A platform user. Instance administrators (GitLab's admins, who see and manage every
+    project in the API) are superusers and the users granted ``project.administer_instance``
+    in the admin. ``is_staff`` only lets a user into the admin pages, with the permissions
+    they were given there: it makes no one an administrator."""
 
     class Meta:
         db_table = "users"
+        permissions = [
+            (
+                "administer_instance",
+                "Is a GitLab instance administrator (sees and manages every project in the API)",
+            )
+        ]
 
     @property
     def is_admin(self) -> bool:
-        return self.is_active and self.is_staff
+        # has_perm is True for an active superuser (no query) and False for an inactive
+        # user; otherwise the user's and groups' permissions are read once per instance.
+        return self.is_active and self.has_perm("project.administer_instance")
 
 
 class Visibility(models.IntegerChoices):

@@ -85,7 +85,7 @@ def access_token_revoke(*, token_id: int) -> bool:
 def project_find(*, ref: str) -> Project | None:
     """A project by numeric id or by its ``namespace/path``."""
     ref = ref.strip("/")
-    if ref.isdigit():
+    if ref.isascii() and ref.isdigit():  # not "¹" or "٣": digits to Python, not to int()
         return Project.objects.filter(pk=int(ref)).first()
     if "/" not in ref:
         return None
@@ -98,19 +98,28 @@ def project_access_level(*, user: User, project: Project) -> int | None:
     return ProjectMember.objects.filter(project=project, user=user).values_list("access_level", flat=True).first()
 
 
+def is_administrator(user: User) -> bool:
+    """An instance administrator (GitLab's admin): an active superuser, or a user granted
+    ``project.administer_instance`` in the admin. ``is_staff`` alone is not one."""
+    return bool(user.is_authenticated and user.is_admin)
+
+
 def project_visible(*, user: User, project: Project) -> bool:
+    """GitLab's visibility: public projects to everyone (signed in or not), internal ones
+    to every signed-in user, private ones to their members and administrators."""
     if project.visibility_level == Visibility.PUBLIC:
         return True
     if not user.is_authenticated:
         return False
-    if user.is_admin or project.visibility_level == Visibility.INTERNAL:
+    if project.visibility_level == Visibility.INTERNAL:
         return True
-    return project_access_level(user=user, project=project) is not None
+    # Membership first: it settles most calls without reading the caller's permissions.
+    return project_access_level(user=user, project=project) is not None or is_administrator(user)
 
 
 def projects_visible(*, user: User) -> QuerySet[Project]:
     projects = Project.objects.all()
-    if user.is_authenticated and user.is_admin:
+    if is_administrator(user):
         return projects
     visible = Q(visibility_level=Visibility.PUBLIC)
     if user.is_authenticated:
@@ -129,14 +138,14 @@ def project_require(*, user: User, ref: str, min_access: int | None = None, memb
     project = project_find(ref=ref)
     if project is None or not project_visible(user=user, project=project):
         raise NotFound("404 Project Not Found")
-    if min_access is None or user.is_admin:
+    if min_access is None:
         return project
     level = project_access_level(user=user, project=project)
+    if (level is not None and level >= min_access) or is_administrator(user):
+        return project
     if level is None and member_required:
         raise NotFound("404 Project Not Found")
-    if level is None or level < min_access:
-        raise Forbidden("403 Forbidden")
-    return project
+    raise Forbidden("403 Forbidden")
 
 
 @transaction.atomic

@@ -66,6 +66,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",  # Redoc served from our static files: the docs work offline
     "django_prometheus",
     "django_q",
+    "axes",  # the admin login's lockout (see the security block)
     "project.apps.ProjectConfig",
     "project.jobs",
     "exports",
@@ -77,6 +78,7 @@ MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "project.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "project.middleware.SecurityHeadersMiddleware",  # Content-Security-Policy; no-store on the API
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -84,12 +86,15 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # answers a locked-out admin login
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "project.urls"
 WSGI_APPLICATION = "project.wsgi.application"
 AUTH_USER_MODEL = "project.User"
+# django-axes first: it refuses a locked-out login before the password is checked.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 TEMPLATES = [
@@ -261,6 +266,18 @@ TOKEN_REFRESH_TICK_TIMEOUT = env_int("TOKEN_REFRESH_TICK_TIMEOUT", 240, minimum=
 # refresh) is tried again by the refresher after this long.
 TOKEN_REFRESH_RETRY_AFTER = env_int("TOKEN_REFRESH_RETRY_AFTER", 600, minimum=1)
 SDRS_PENDING_SWEEP_CRON = env_str("SDRS_PENDING_SWEEP_CRON", "* * * * *")
+# Report imports: the API stores the upload (streamed to disk, refused from Content-Length
+# when larger) and the secret_detection.import_report job reads it. The view reads the raw
+# body itself, so Django's DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB) does not apply to it.
+REPORT_IMPORT_MAX_BYTES = env_int("REPORT_IMPORT_MAX_BYTES", 50 * 1024 * 1024, minimum=1024)
+REPORT_IMPORT_RATE_LIMIT = env_int("REPORT_IMPORT_RATE_LIMIT", 10, minimum=0)  # per user per minute; 0: unlimited
+REPORT_IMPORT_JOB_TIMEOUT = env_int("REPORT_IMPORT_JOB_TIMEOUT", 1800, minimum=10)
+REPORT_IMPORT_RETRY_DELAYS = env_delays("REPORT_IMPORT_RETRY_DELAYS", (4, 16, 64))
+REPORT_IMPORT_BATCH_SIZE = env_int("REPORT_IMPORT_BATCH_SIZE", 1000, minimum=1)
+# A stored report still not imported after this long is deleted and its import failed.
+REPORT_IMPORT_FILE_RETENTION = env_int("REPORT_IMPORT_FILE_RETENTION", 24 * 3600, minimum=60)
+REPORT_IMPORT_RETENTION_DAYS = env_int("REPORT_IMPORT_RETENTION_DAYS", 7, minimum=1)
+REPORT_IMPORT_CLEANUP_CRON = env_str("REPORT_IMPORT_CLEANUP_CRON", "45 * * * *")
 
 # --- REST API -------------------------------------------------------------------------
 
@@ -330,6 +347,56 @@ SESSION_COOKIE_SECURE = EXTERNAL_URL.startswith("https://")
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("BEHIND_TLS_PROXY", False) else None
 
+# --- security -------------------------------------------------------------------------
+
+# HTTPS (off by default, for local use). Behind a TLS proxy set BEHIND_TLS_PROXY too, so a
+# request that came in over HTTPS is seen as secure. The health checks and /metrics are
+# exempt from the redirect: probes and scrapers often call them over plain HTTP inside.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SECURE_REDIRECT_EXEMPT = [r"^-/", r"^metrics$"]
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+# The Content-Security-Policy of HTML pages (project.middleware.SecurityHeadersMiddleware
+# has the default: our own scripts only); the API's JSON answers get "default-src 'none'".
+CONTENT_SECURITY_POLICY = env_str("CONTENT_SECURITY_POLICY")
+# Reverse proxies in front that append to X-Forwarded-For: the client's address is that
+# many entries from its end (0: REMOTE_ADDR). Used by every per-address limit below.
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0, minimum=0, maximum=10)
+
+# Admin login (django-axes): a username from one address is locked out after this many
+# wrong passwords, for ADMIN_LOGIN_COOLOFF seconds (the right password is refused too).
+ADMIN_LOGIN_FAILURE_LIMIT = env_int("ADMIN_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+ADMIN_LOGIN_COOLOFF = env_int("ADMIN_LOGIN_COOLOFF", 900, minimum=1)
+AXES_ENABLED = env_bool("ADMIN_LOGIN_LOCKOUT", True)
+AXES_FAILURE_LIMIT = ADMIN_LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = ADMIN_LOGIN_COOLOFF / 3600  # axes reads a number as hours
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "project.middleware.client_address"
+# Unlock with manage.py axes_reset_username USERNAME (or axes_reset): axes' own admin pages
+# stay off, as their actions declare no permissions.
+AXES_ENABLE_ADMIN = False
+
+# API tokens (GitLab's fail2ban for credentials): past API_AUTH_FAILURE_LIMIT failed token
+# authentications from one address in API_AUTH_FAILURE_PERIOD seconds, every token from it
+# is answered 429 for API_AUTH_BAN_TIME seconds (at most 2 h: the counters are pruned
+# after that). 0 turns the limit off.
+API_AUTH_FAILURE_LIMIT = env_int("API_AUTH_FAILURE_LIMIT", 10, minimum=0)
+API_AUTH_FAILURE_PERIOD = env_int("API_AUTH_FAILURE_PERIOD", 60, minimum=1, maximum=3600)
+API_AUTH_BAN_TIME = env_int("API_AUTH_BAN_TIME", 3600, minimum=1, maximum=7200)
+
+# /metrics: unset, anyone who reaches it may scrape. METRICS_TOKEN asks for
+# "Authorization: Bearer <token>", METRICS_BASIC_AUTH ("user:password") for basic auth.
+METRICS_TOKEN = env_secret("METRICS_TOKEN")  # or METRICS_TOKEN_FILE
+METRICS_BASIC_AUTH = env_secret("METRICS_BASIC_AUTH")  # or METRICS_BASIC_AUTH_FILE
+# A scrape folds the metric files of dead processes first (see project.metrics); turn it off
+# when processes in other PID namespaces (containers) share PROMETHEUS_MULTIPROC_DIR.
+METRICS_COMPACT = env_bool("METRICS_COMPACT", True)
+# The per-view request latency histograms: 9 buckets instead of django-prometheus' 17 (the
+# largest part of a scrape: one series per admin and API view).
+PROMETHEUS_LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, float("inf"))
+
 # --- logging and metrics --------------------------------------------------------------
 
 LOG_FORMAT = env_choice("LOG_FORMAT", ("json", "text"), "text" if DEBUG else "json")
@@ -337,18 +404,23 @@ LOG_LEVEL = env_choice("LOG_LEVEL", ("debug", "info", "warning", "error"), "info
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"context": {"()": "project.logs.ContextFilter"}},
+    # "redact" masks URL query strings and token formats in every line (project.logs).
+    "filters": {"context": {"()": "project.logs.ContextFilter"}, "redact": {"()": "project.logs.RedactFilter"}},
     "formatters": {
         "json": {"()": "project.logs.JsonFormatter"},
         "text": {"()": "project.logs.TextFormatter"},
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context"]},
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context", "redact"]},
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django-q": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
         "django.db.backends": {"level": "INFO"},
+        # They quote request URLs (with a signed upload[url], an admin search term): masked
+        # before any handler, Django's own (mail_admins, its DEBUG console) included.
+        "django.request": {"filters": ["redact"]},
+        "urllib3.connectionpool": {"filters": ["redact"]},
     },
 }
 

@@ -1,5 +1,5 @@
 """Findings (tokens masked), token statuses with "Verify now" / "Refresh now", the partner
-token type registry, and the SDRS "check connection" view."""
+token type registry, report imports, and the SDRS "check connection" view."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from project.admin_tools import ControlledAdmin, admin_link, badge, clipped, tim
 from project.jobs import JobRun
 from project.models import ApplicationSetting
 from secret_detection import console, services
-from secret_detection.models import Finding, FindingTokenStatus, PartnerTokenType, TokenStatus
+from secret_detection.models import Finding, FindingTokenStatus, PartnerTokenType, ReportImport, TokenStatus
 
 VERIFY_JOB = "secret_detection.verify_partner_token"
 VERIFY_PERMISSION = "secret_detection.verify_finding"
@@ -350,3 +350,78 @@ class FindingTokenStatusAdmin(ControlledAdmin):
             self.message_user(request, "Nothing to refresh: the selected statuses are pending.", messages.WARNING)
 
     refresh_now.button_label = "Refresh now"
+
+
+_IMPORT_COLOURS = {"queued": "#777", "running": "#2a7ae2", "finished": "#2e7d32", "failed": "#c62828"}
+
+
+@admin.register(ReportImport)
+class ReportImportAdmin(ControlledAdmin):
+    """Uploaded reports and what importing them did (read-only: the job records them)."""
+
+    list_display = (
+        "id",
+        "project_shown",
+        "user",
+        "status_shown",
+        "size_shown",
+        "findings",
+        "findings_created",
+        "duplicates",
+        "error_code",
+        "created_shown",
+        "run_shown",
+    )
+    list_filter = (
+        "status",
+        ("error_code", admin.AllValuesFieldListFilter),
+        ("project", admin.RelatedOnlyFieldListFilter),
+    )
+    list_select_related = ("project", "user", "job_run")
+    search_fields = ("=id", "project__path_with_namespace", "user__username")
+    fieldsets = [
+        (None, {"fields": ("project", "user", "status_shown", "size_shown", "run_shown", "routing_run_shown")}),
+        (
+            "Result",
+            {
+                "fields": (
+                    "findings",
+                    "findings_created",
+                    "findings_updated",
+                    "findings_unchanged",
+                    "duplicates",
+                    "warnings",
+                )
+            },
+        ),
+        ("Failure", {"fields": ("error_code", "error_message", "problems")}),
+        ("Times", {"fields": ("created_shown", "started_shown", "finished_shown")}),
+    ]
+    list_per_page = 50
+
+    def get_queryset(self, request: HttpRequest):
+        return super().get_queryset(request).select_related("project", "user", "job_run", "routing_run")
+
+    @admin.display(description="Project", ordering="project__path_with_namespace")
+    def project_shown(self, obj: ReportImport) -> str:
+        return clipped(obj.project.path_with_namespace, 16)
+
+    @admin.display(description="Status", ordering="status")
+    def status_shown(self, obj: ReportImport) -> str:
+        return badge(obj.status, _IMPORT_COLOURS.get(obj.status, "#000"))
+
+    @admin.display(description="Size", ordering="size")
+    def size_shown(self, obj: ReportImport) -> str:
+        return f"{obj.size / 1024 / 1024:.1f} MB" if obj.size >= 1024 * 1024 else f"{obj.size / 1024:.1f} KB"
+
+    @admin.display(description="Import run")
+    def run_shown(self, obj: ReportImport) -> str:
+        return admin_link(obj.job_run, f"#{obj.job_run_id}") if obj.job_run_id else "-"
+
+    @admin.display(description="Routing run")
+    def routing_run_shown(self, obj: ReportImport) -> str:
+        return admin_link(obj.routing_run, f"#{obj.routing_run_id}") if obj.routing_run_id else "-"
+
+    created_shown = time_column("created_at", "Uploaded")
+    started_shown = time_column("started_at", "Started")
+    finished_shown = time_column("finished_at", "Ended")

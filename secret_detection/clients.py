@@ -41,6 +41,9 @@ class SdrsError(Exception):
     """Mixin: what the far side answered (for the attempt's log line)."""
 
     upstream_status: int | None = None
+    #: The request was written and no answer came (a read timeout): SDRS may have accepted
+    #: it and may still call back, so it must not be sent again before the pending timeout.
+    may_be_accepted: bool = False
 
 
 class SdrsUnavailable(SdrsError, RetryableError):
@@ -210,8 +213,14 @@ class SdrsClient:
                 timeout=self.timeout,
                 allow_redirects=False,
             )
+        except requests.ConnectTimeout as exc:
+            # No connection, so nothing was written: safe to send again.
+            raise SdrsTimeout(f"SDRS did not answer within {self.timeout[0]:g} s ({exc.__class__.__name__})") from None
         except requests.Timeout as exc:
-            raise SdrsTimeout(f"SDRS did not answer within {self.timeout[1]:g} s ({exc.__class__.__name__})") from None
+            # The request was written (a read timeout): SDRS may hold it and call back.
+            error = SdrsTimeout(f"SDRS did not answer within {self.timeout[1]:g} s ({exc.__class__.__name__})")
+            error.may_be_accepted = True
+            raise error from None
         except requests.ConnectionError as exc:
             raise SdrsUnavailable(f"SDRS is unreachable ({exc.__class__.__name__})") from None
         except requests.RequestException as exc:

@@ -158,3 +158,87 @@ class FindingTokenStatus(models.Model):
     def __str__(self) -> str:
         # Named after its finding (one status per finding); the admin selects finding and project.
         return str(self.finding)
+
+
+class ReportImport(models.Model):
+    """One uploaded secret detection report and what importing it did.
+
+    The API stores the upload and answers at once; the ``secret_detection.import_report``
+    job (``job_run``) reads the stored file and records the outcome here. The status only
+    moves forward, by conditional UPDATEs in ``services.reports``: queued → running →
+    finished, queued/running → failed. The stored file is deleted once the import ends (or
+    by the cleanup schedule after ``REPORT_IMPORT_FILE_RETENTION``). Nothing here holds a
+    secret: the warnings and problems name paths in the report, never values.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        FINISHED = "finished"
+        FAILED = "failed"
+
+    ACTIVE = (Status.QUEUED, Status.RUNNING)
+    TERMINAL = (Status.FINISHED, Status.FAILED)
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="secret_detection_report_imports")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    #: Storage name (under MEDIA_ROOT), built by ``services.reports`` from ids and a random
+    #: token; empty once the file is deleted.
+    file = models.FileField(max_length=255, blank=True, default="")
+    size = models.BigIntegerField(default=0, help_text="Bytes uploaded.")
+    findings = models.PositiveIntegerField(null=True, blank=True, help_text="Distinct findings in the report.")
+    findings_created = models.PositiveIntegerField(null=True, blank=True)
+    findings_updated = models.PositiveIntegerField(null=True, blank=True)
+    findings_unchanged = models.PositiveIntegerField(null=True, blank=True)
+    duplicates = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Vulnerabilities dropped because an earlier one had the same identity."
+    )
+    warnings = models.JSONField(default=list, blank=True)
+    problems = models.JSONField(default=list, blank=True, help_text="Why the report was refused (paths, no values).")
+    error_code = models.CharField(max_length=64, blank=True, default="")
+    error_message = models.TextField(blank=True, default="")
+    job_run = models.ForeignKey(
+        "jobs.JobRun",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The toolkit's run importing this report.",
+    )
+    routing_run = models.ForeignKey(
+        "jobs.JobRun",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The routing run started for the new or changed findings.",
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "secret_detection_report_imports"
+        ordering = ["-id"]
+        verbose_name = "report import"
+        indexes = [
+            models.Index(fields=["project", "created_at"], name="sd_report_imports_project"),
+            models.Index(fields=["status", "created_at"], name="sd_report_imports_status"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=["queued", "running", "finished", "failed"]),
+                name="sd_report_imports_status_valid",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"Report import #{self.pk} into {self.project.path_with_namespace}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from project.pagination import PageParams
@@ -15,7 +16,7 @@ from project.serializers import (
     StringParam,
     messages_for,
 )
-from secret_detection.models import Finding, FindingTokenStatus, Severity, TokenStatus
+from secret_detection.models import Finding, FindingTokenStatus, ReportImport, Severity, TokenStatus
 from secret_detection.services.callbacks import RESULT_STATUSES
 
 # --- findings ---------------------------------------------------------------------------
@@ -94,21 +95,22 @@ class ReportUpload(InputSerializer):
     """The multipart form of ``POST /projects/:id/secret_detection/reports``."""
 
     file = serializers.FileField(
-        allow_empty_file=True,  # an empty report is refused by its validation, with the others
+        allow_empty_file=True,  # an empty report is refused by its import, with the others
         error_messages=messages_for(
             "file is missing: upload the report as the multipart field `file`", "required", "null", "invalid"
         ),
-        help_text="gl-secret-detection-report.json (at most 50 MB).",
+        help_text="gl-secret-detection-report.json (at most REPORT_IMPORT_MAX_BYTES, 50 MB by default).",
     )
 
 
-#: The JSON form: the report itself, validated whole by ``services.report_validate`` (which
-#: lists every problem), so the schema only names its parts.
+#: The JSON form: the report itself. The import job checks it whole against
+#: secret_detection/report_schema/ (and lists every problem), so this only names its parts.
 REPORT_SCHEMA = {
     "type": "object",
-    "description": "A gl-secret-detection-report.json (GitLab's secret detection report format).",
+    "description": "A gl-secret-detection-report.json (GitLab's secret detection report format, schema 15.x), "
+    "at most REPORT_IMPORT_MAX_BYTES (50 MB by default).",
     "properties": {
-        "version": {"type": "string"},
+        "version": {"type": "string", "description": "A schema version GitLab supports (15.0.0 to 15.2.x)."},
         "scan": {"type": "object", "properties": {"type": {"type": "string", "enum": ["secret_detection"]}}},
         "vulnerabilities": {"type": "array", "items": {"type": "object"}},
     },
@@ -116,14 +118,76 @@ REPORT_SCHEMA = {
 }
 
 
-class ImportResultSerializer(serializers.Serializer):
-    findings = serializers.IntegerField(help_text="Findings in the report.")
+class ReportImportAcceptedSerializer(serializers.Serializer):
+    id = serializers.IntegerField(help_text="The import's id.")
+    status = serializers.ChoiceField(choices=[ReportImport.Status.QUEUED])
+    status_url = serializers.URLField(help_text="`GET` it for the import's status and result.")
+
+
+class ReportImportResultSerializer(serializers.Serializer):
+    findings = serializers.IntegerField(help_text="Distinct findings in the report.")
     created = serializers.IntegerField()
-    updated = serializers.IntegerField()
+    updated = serializers.IntegerField(help_text="Known findings whose token value changed (verified again).")
     unchanged = serializers.IntegerField()
+    duplicates = serializers.IntegerField(
+        help_text="Vulnerabilities dropped because an earlier one had the same rule, file and lines."
+    )
     routing_run_id = serializers.IntegerField(
         allow_null=True, help_text="The job run that routes the new findings to their verifier, if any."
     )
+
+
+class ReportImportErrorSerializer(serializers.Serializer):
+    code = serializers.CharField(help_text="`invalid_report`, `expired`, `worker_lost`, `timeout`, `cancelled`, …")
+    message = serializers.CharField()
+    problems = serializers.ListField(
+        child=serializers.CharField(),
+        help_text="With invalid_report: the first 50 problems, each a path in the report and a rule, never a value.",
+    )
+
+
+class ReportImportSerializer(serializers.Serializer):
+    """``GET /projects/:id/secret_detection/reports/:import_id``."""
+
+    id = serializers.IntegerField(source="pk")
+    project_id = serializers.IntegerField()
+    status = serializers.ChoiceField(
+        choices=ReportImport.Status.values,
+        help_text="queued, running (the job is reading it), finished (see `result`) or failed (see `error`).",
+    )
+    status_url = serializers.SerializerMethodField()
+    size = serializers.IntegerField(help_text="Bytes uploaded.")
+    result = serializers.SerializerMethodField()
+    warnings = serializers.ListField(
+        child=serializers.CharField(), help_text="What was imported with a caveat (duplicates, the schema version)."
+    )
+    error = serializers.SerializerMethodField()
+    job_run_id = serializers.IntegerField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+    def get_status_url(self, record: ReportImport) -> str:
+        return self.context["status_url"]
+
+    @extend_schema_field(ReportImportResultSerializer(allow_null=True))
+    def get_result(self, record: ReportImport) -> dict | None:
+        if record.status != ReportImport.Status.FINISHED:
+            return None
+        return {
+            "findings": record.findings,
+            "created": record.findings_created,
+            "updated": record.findings_updated,
+            "unchanged": record.findings_unchanged,
+            "duplicates": record.duplicates,
+            "routing_run_id": record.routing_run_id,
+        }
+
+    @extend_schema_field(ReportImportErrorSerializer(allow_null=True))
+    def get_error(self, record: ReportImport) -> dict | None:
+        if record.status != ReportImport.Status.FAILED:
+            return None
+        return {"code": record.error_code, "message": record.error_message, "problems": record.problems}
 
 
 # --- SDRS's callback --------------------------------------------------------------------

@@ -48,3 +48,29 @@ def refresh_token_statuses() -> dict:
 def expire_pending() -> dict:
     """Return pending statuses whose callback never came to unknown."""
     return {"expired": services.pending_expire()}
+
+
+def _report_import_failed(run: JobRun, code: str, message: str) -> None:
+    services.report_import_failed(
+        report_import_id=run.kwargs.get("report_import_id"), code=code, message=message, run_id=run.pk
+    )
+
+
+@job(
+    services.REPORT_IMPORT_JOB,
+    retry=RetryPolicy(setting="REPORT_IMPORT_RETRY_DELAYS"),
+    timeout="REPORT_IMPORT_JOB_TIMEOUT",
+    on_failure=_report_import_failed,
+    # The stored report is deleted once its import ends: upload it again instead.
+    rerun=False,
+    target=Target("secret_detection.ReportImport", "report_import_id"),
+)
+def import_report(*, report_import_id: int) -> dict:
+    """Check an uploaded secret detection report and import its findings."""
+    return services.report_import_run(report_import_id=report_import_id)
+
+
+@job(services.REPORT_IMPORT_CLEANUP_JOB, cron=settings.REPORT_IMPORT_CLEANUP_CRON, timeout=600)
+def cleanup_report_imports() -> dict:
+    """Fail report imports whose upload waited too long, delete orphaned report files, prune old imports."""
+    return services.report_imports_cleanup()

@@ -4,6 +4,11 @@ from secret_detection import views
 
 urlpatterns = [
     path(
+        "projects/<path:project_id>/secret_detection/reports/<int:import_id>",
+        views.ReportImportStatusView.as_view(),
+        name="secret-detection-report",
+    ),
+    path(
         "projects/<path:project_id>/secret_detection/reports",
         views.ReportImportView.as_view(),
         name="secret-detection-reports",

@@ -2,7 +2,8 @@
 
 * ``statuses``: every change of a token status row, as named transitions (the only
   module that writes the row);
-* ``reports``: validate and import gl-secret-detection-report.json;
+* ``reports``: check and import gl-secret-detection-report.json, streamed; the uploads
+  and the import job's record (``ReportImport``);
 * ``routing``: which verifier a token has (one decision for every caller); the routing
   job (UpdateTokenStatus) and "verify now";
 * ``verification``: the PartnerTokenVerification job and the pending sweep;
@@ -21,20 +22,48 @@ from secret_detection.services.callbacks import (
 )
 from secret_detection.services.connection import ConnectionCheck, sdrs_connection_check
 from secret_detection.services.refresher import token_statuses_refresh, token_statuses_refresh_now
-from secret_detection.services.reports import ImportResult, InvalidReport, report_import, report_parse, report_validate
+from secret_detection.services.reports import (
+    REPORT_IMPORT_CLEANUP_JOB,
+    REPORT_IMPORT_JOB,
+    ImportResult,
+    InvalidReport,
+    ReportCheck,
+    ReportTooLarge,
+    ReportUpload,
+    report_check,
+    report_import,
+    report_import_failed,
+    report_import_file,
+    report_import_request,
+    report_import_run,
+    report_imports_cleanup,
+    report_upload,
+    report_validate,
+)
 from secret_detection.services.routing import token_statuses_route, token_statuses_verify_now
 from secret_detection.services.verification import pending_expire, token_verification_failed, token_verification_run
 
 __all__ = [
+    "REPORT_IMPORT_CLEANUP_JOB",
+    "REPORT_IMPORT_JOB",
     "ConnectionCheck",
     "ImportResult",
     "InvalidReport",
+    "ReportCheck",
+    "ReportTooLarge",
+    "ReportUpload",
     "callback_authenticate",
     "callback_result_apply",
     "callback_signature",
     "pending_expire",
+    "report_check",
     "report_import",
-    "report_parse",
+    "report_import_failed",
+    "report_import_file",
+    "report_import_request",
+    "report_import_run",
+    "report_imports_cleanup",
+    "report_upload",
     "report_validate",
     "sdrs_connection_check",
     "token_statuses_refresh",

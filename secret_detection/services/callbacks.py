@@ -1,4 +1,5 @@
-"""SDRS's signed callbacks: authenticate them like webhooks, then apply results in order."""
+"""SDRS's signed callbacks: authenticate them like webhooks, then apply a result only to
+the request it answers."""
 
 from __future__ import annotations
 
@@ -70,28 +71,36 @@ def _check_result(status: str, verified_at: dt.datetime, request_id: str) -> Non
     if verified_at.tzinfo is None:
         raise _invalid("verified_at must be an ISO-8601 time with a time zone")
     if verified_at > timezone.now() + timedelta(seconds=settings.SDRS_CALLBACK_MAX_SKEW):
-        # A time in the future would block every later result.
+        # Beyond the clock skew we tolerate: a wrong clock or a made-up time.
         raise _invalid("verified_at is in the future")
 
 
 def callback_result_apply(*, finding_id: int, status: str, verified_at: dt.datetime, request_id: str) -> str:
     """Apply one authenticated, parsed result; returns ``applied``, ``duplicate`` or ``stale``.
 
-    A repeat of the stored result is a no-op, and a result verified before the stored
-    ``last_verified_at`` never replaces it, so replays and late deliveries change nothing.
-    Raises ``NotFound`` for an unknown finding.
+    The result is applied only to a finding that awaits exactly this request: pending with
+    ``request_id`` as its last request (or that request's callback timed out and nothing
+    was sent since). A result for an older request, for a finding never sent to SDRS or
+    verified locally, or for a value that changed since, is ``stale`` and changes nothing;
+    a replay of the result already applied is ``duplicate`` and changes nothing.
+    ``verified_at`` is clamped to the time of receipt, so a clock ahead of ours (within
+    the tolerated skew) cannot date a verdict in the future. Raises ``NotFound`` for an
+    unknown finding.
     """
+    received_at = timezone.now()
     _check_result(status, verified_at, request_id)
     outcome = statuses.status_result(
-        finding_id=finding_id, status=status, verified_at=verified_at, request_id=request_id
+        finding_id=finding_id, status=status, verified_at=min(verified_at, received_at), request_id=request_id
     )
     if outcome == "missing":
         metrics.CALLBACKS.labels(result="not_found").inc()
         raise NotFound("404 Finding Not Found", code="finding_not_found")
     metrics.CALLBACKS.labels(result=outcome).inc()
-    logger.info(
-        "SDRS callback %s",
-        outcome,
-        extra={"finding_id": finding_id, "status": status, "sdrs_request_id": request_id},
-    )
+    extra = {"finding_id": finding_id, "status": status, "sdrs_request_id": request_id}
+    if outcome == "stale":
+        # Signed by SDRS, yet not the answer to the request the finding awaits: a late
+        # answer to a superseded request, or a result for a finding we never sent.
+        logger.warning("SDRS callback stale: not the result of the request the finding awaits", extra=extra)
+    else:
+        logger.info("SDRS callback %s", outcome, extra=extra)
     return outcome

@@ -184,6 +184,12 @@ class _Batch:
         if error is None:
             return "accepted"
         delay = float(settings.TOKEN_REFRESH_RETRY_AFTER)
+        if getattr(error, "may_be_accepted", False):
+            # Written, no answer: verification_send left it pending for this request (SDRS
+            # may hold it and call back). Going back to the old verdict would make it due
+            # again, and resent, before its callback could arrive.
+            self.state.pause_all(error.code, delay)
+            return "unconfirmed"
         if isinstance(error, SdrsRateLimited):
             delay = float(error.retry_after or delay)
             self.state.pause(partner, error.code, delay)

@@ -10,17 +10,19 @@ routing job holds the lock of ``status_lock_unrouted`` until it has marked them 
 ::
 
     status_create          new finding            → unknown, unrouted
-    status_reset           any (value changed)    → unknown, unrouted, no verdict
+    status_reset           any (value changed)    → unknown, unrouted, no verdict, no request
     status_lock_unrouted   (no write) locks unrouted rows for the routing job's transaction
     status_routed          unrouted               → routed to its verifier
     status_checked_locally not pending            → active / inactive (our own token)
     status_back_off        not pending            → error code, due again later
-    status_claim           not sending, and not awaiting an accepted callback (unless forced)
-                                                  → pending, leased to this request
+    status_claim           not sending; not held by SDRS (unless forced); no result since
+                           the caller's request   → pending, leased to this request
     status_accepted        pending, this request  → SDRS accepted it (awaits the callback)
+    status_unconfirmed     pending, this request  → written, no answer: SDRS may hold it (awaits
+                                                    the callback like an accepted one)
     status_send_failed     pending, this request  → stays pending, error code (a retry follows)
     status_refresh_failed  pending, this request  → the verdict it had, error code, due later
-    status_result          older result or none   → active / inactive / unknown (SDRS's verdict)
+    status_result          awaiting this request  → active / inactive / unknown (SDRS's verdict)
     status_failed          pending                → unknown (the verification job failed)
     status_expire          pending too long, not sending → unknown (callback_timeout)
     status_claim_due       due, not pending       → leased to a refresher tick
@@ -106,6 +108,11 @@ def status_reset(*, finding_ids: list[int]) -> int:
         next_refresh_at=None,
         pending_since=None,
         accepted_at=None,
+        # The request sent for the old value is forgotten, so its late callback matches
+        # nothing, and its lease no longer holds the row.
+        last_request_id="",
+        sending_until=None,
+        result_received_at=None,
     )
 
 
@@ -134,7 +141,8 @@ def status_routed(*, finding_ids: list[int], verifier: str) -> int:
 
 def status_checked_locally(*, finding_id: int, status: str) -> bool:
     """Our own token checked here: active or inactive. Guard: not pending (a partner
-    request in flight owns the row)."""
+    request in flight owns the row). No SDRS request stands for the row afterwards, so a
+    callback for an earlier one is not applied."""
     now = timezone.now()
     return bool(
         _update(
@@ -145,6 +153,7 @@ def status_checked_locally(*, finding_id: int, status: str) -> bool:
             last_verified_at=now,
             attempts=1,
             last_error_code="",
+            last_request_id="",
             pending_since=None,
             accepted_at=None,
             next_refresh_at=_next_refresh(status, now),
@@ -171,21 +180,49 @@ def status_back_off(*, finding_ids: list[int], code: str, seconds: float) -> int
 
 @dataclass(frozen=True)
 class Claim:
-    outcome: str  # claimed, missing, already_accepted, in_flight
+    outcome: str  # claimed, missing, in_flight, already_verified, already_accepted, unconfirmed
     wait_seconds: float = 0.0
 
 
-def status_claim(*, finding_id: int, request_id: str, attempt: int, lease: float, force: bool = False) -> Claim:
+def _held_by_sdrs(now: dt.datetime) -> Q:
+    """Pending with a request SDRS holds, or may hold, and whose callback can still come
+    (within SDRS_PENDING_TIMEOUT): accepted (202), or unconfirmed: the request was written
+    and no outcome was recorded before its lease ended (a read timeout, see
+    ``status_unconfirmed``, or a worker that died while sending). Used with a guard that
+    the lease has ended: a lease still running is an attempt sending now."""
+    recent = now - timedelta(seconds=settings.SDRS_PENDING_TIMEOUT)
+    accepted = Q(accepted_at__gt=recent)
+    unconfirmed = Q(accepted_at__isnull=True, sending_until__isnull=False, pending_since__gt=recent)
+    return Q(status=TokenStatus.PENDING) & (accepted | unconfirmed)
+
+
+def status_claim(
+    *,
+    finding_id: int,
+    request_id: str,
+    attempt: int,
+    lease: float,
+    force: bool = False,
+    since: dt.datetime | None = None,
+) -> Claim:
     """→ pending, leased for ``lease`` seconds to the request ``request_id``.
 
-    Guard: no other attempt is sending it right now (its lease has not run out), and,
-    unless ``force``, SDRS has not accepted a request for it that still awaits its callback
-    (then nothing is sent again)."""
+    Guards: no other attempt is sending it right now (its lease has not run out); SDRS
+    does not hold a request for it whose callback can still come (``_held_by_sdrs``), so
+    the token is never sent again while its result may arrive; and, when the caller says
+    ``since`` when its verification was asked for (a job run's creation), no result has
+    been received since then (that verification is done: a re-run after its worker died
+    sends nothing). ``force`` ("Verify now") overrides the second guard for requests made
+    before ``since`` only, so a forced run that is re-run does not send twice either."""
     now = timezone.now()
     claimable = _rows(pk=finding_id).filter(Q(sending_until__isnull=True) | Q(sending_until__lte=now))
+    held = _held_by_sdrs(now)
     if not force:
-        recent = now - timedelta(seconds=settings.SDRS_PENDING_TIMEOUT)
-        claimable = claimable.exclude(status=TokenStatus.PENDING, accepted_at__gt=recent)
+        claimable = claimable.exclude(held)
+    elif since is not None:
+        claimable = claimable.exclude(held & Q(pending_since__gte=since))
+    if since is not None:
+        claimable = claimable.exclude(result_received_at__gte=since)
     claimed = _update(
         claimable,
         now,
@@ -200,12 +237,16 @@ def status_claim(*, finding_id: int, request_id: str, attempt: int, lease: float
     if claimed:
         return Claim("claimed")
     # Say why: this is the rare path.
-    row = _rows(pk=finding_id).values("sending_until").first()
+    row = _rows(pk=finding_id).values("sending_until", "accepted_at", "result_received_at").first()
     if row is None:
         return Claim("missing")
     if row["sending_until"] and row["sending_until"] > now:
         return Claim("in_flight", wait_seconds=(row["sending_until"] - now).total_seconds())
-    return Claim("already_accepted")
+    if since is not None and row["result_received_at"] and row["result_received_at"] >= since:
+        return Claim("already_verified")
+    if row["accepted_at"]:
+        return Claim("already_accepted")
+    return Claim("unconfirmed")
 
 
 def _ours(finding_id: int, request_id: str) -> QuerySet[FindingTokenStatus]:
@@ -217,6 +258,16 @@ def status_accepted(*, finding_id: int, request_id: str) -> bool:
     """SDRS accepted our request: pending until its callback. Guard: pending for this request."""
     now = timezone.now()
     return bool(_update(_ours(finding_id, request_id), now, sending_until=None, accepted_at=now, last_error_code=""))
+
+
+def status_unconfirmed(*, finding_id: int, request_id: str, code: str) -> bool:
+    """Our request was written but no answer came (a read timeout): SDRS may have accepted
+    it and may still call back. The status stays pending for this request; its lease ends
+    now and stays recorded (``sending_until`` in the past, ``accepted_at`` empty), which
+    ``status_claim`` reads as "held by SDRS" until SDRS_PENDING_TIMEOUT: nothing sends the
+    token again before the callback or the pending sweep. Guard: pending for this request."""
+    now = timezone.now()
+    return bool(_update(_ours(finding_id, request_id), now, sending_until=now, last_error_code=code[:MAX_CODE_LENGTH]))
 
 
 def status_send_failed(*, finding_id: int, request_id: str, code: str) -> bool:
@@ -248,36 +299,36 @@ def status_refresh_failed(*, finding_id: int, request_id: str, code: str, status
 
 
 def status_result(*, finding_id: int, status: str, verified_at: dt.datetime, request_id: str) -> str:
-    """SDRS's verdict (active, inactive or unknown, verified at ``verified_at``).
+    """SDRS's verdict on the request ``request_id`` (active, inactive or unknown, verified
+    at ``verified_at``).
 
-    Guard: newer than the stored verdict (none stored, an older one, or the same time with
-    another status), so concurrent and replayed deliveries cannot reorder. Returns
-    ``applied``, ``duplicate`` (the stored verdict again), ``stale`` (older than the stored
-    one) or ``missing`` (no such status)."""
+    Guard: the status awaits exactly this request: it is pending with ``request_id`` as its
+    request, or that request's callback timed out (``callback_timeout``) and no request was
+    made since. A result for an older request, for a finding never sent to SDRS, verified
+    locally, reset since, or already answered changes nothing. Returns ``applied``,
+    ``duplicate`` (this request's result, already applied), ``stale`` (not the result of
+    the request the status awaits) or ``missing`` (no such status)."""
     now = timezone.now()
-    newer = (
-        Q(last_verified_at__isnull=True)
-        | Q(last_verified_at__lt=verified_at)
-        | (Q(last_verified_at=verified_at) & ~Q(status=status))
-    )
+    awaiting = Q(status=TokenStatus.PENDING) | Q(status=TokenStatus.UNKNOWN, last_error_code="callback_timeout")
     applied = _update(
-        _rows(pk=finding_id).filter(newer),
+        _rows(pk=finding_id, last_request_id=request_id).exclude(last_request_id="").filter(awaiting),
         now,
         status=status,
         last_verified_at=verified_at,
-        last_request_id=request_id,
         last_error_code="",
         pending_since=None,
         accepted_at=None,
+        sending_until=None,
         result_received_at=now,
         next_refresh_at=_next_refresh(status, now),
     )
     if applied:
         return "applied"
-    stored = _rows(pk=finding_id).values("last_verified_at").first()
+    stored = _rows(pk=finding_id).values("status", "last_request_id", "result_received_at").first()
     if stored is None:
         return "missing"
-    return "duplicate" if stored["last_verified_at"] == verified_at else "stale"
+    same = stored["last_request_id"] == request_id and stored["status"] == status
+    return "duplicate" if same and stored["result_received_at"] is not None else "stale"
 
 
 def status_failed(*, finding_id: int, code: str) -> bool:

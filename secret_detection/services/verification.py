@@ -47,11 +47,13 @@ def log_attempt(
     error: BaseException | None = None,
     elapsed: float | None = None,
 ) -> None:
-    """The one log line of a verification attempt. The token appears only as a fingerprint."""
+    """The one log line of a verification attempt. The token appears only as its stored
+    fingerprint (the masked prefix and a keyed digest, see ``crypto.fingerprint``)."""
+    token = finding.value_fingerprint or (crypto.fingerprint(finding.raw_value) if finding.raw_value else "")
     extra = {
         "finding_id": finding.pk,
         "project_id": finding.project_id,
-        "token": crypto.fingerprint(finding.raw_value) if finding.raw_value else "",
+        "token": token,
         "token_type": finding.token_type,
         "attempt": attempt,
         "sdrs_request_id": request_id,
@@ -64,6 +66,10 @@ def log_attempt(
         extra["duration_ms"] = round(elapsed * 1000, 1)
     level = logging.INFO if decision == "accepted" or decision.startswith("skipped") else logging.WARNING
     logger.log(level, "SDRS verification attempt: %s", decision, extra=extra)
+
+
+def _unconfirmed_decision() -> str:
+    return f"unconfirmed: no answer, SDRS may hold the request; no resend before {settings.SDRS_PENDING_TIMEOUT} s"
 
 
 def _decision_after(error: AppError, attempt: int) -> str:
@@ -83,12 +89,18 @@ def token_verification_run(*, finding_id: int, user_id: int | None = None, force
     Guards, in order: a missing finding is skipped; disabled verification is skipped;
     missing configuration or a finding without token is a permanent failure. Then the
     status goes pending and the request is sent. A 202 leaves it pending until the
-    callback; transport errors, timeouts, 429 and 5xx raise retryable errors (the toolkit
-    retries per SDRS_RETRY_DELAYS); 400/401/403/422 raise permanent ones. A re-run after
-    SDRS accepted the request does not send the token again (unless ``force``).
+    callback; transport errors, connect timeouts, 429 and 5xx raise retryable errors (the
+    toolkit retries per SDRS_RETRY_DELAYS); 400/401/403/422 raise permanent ones. A read
+    timeout (the request was written: SDRS may hold it) is *unconfirmed*: the status stays
+    pending for that request and the job ends without a retry, so the token is not sent
+    again while its callback can still come (the pending sweep ends the wait). A re-run
+    after SDRS accepted, may have accepted, or answered the run's request sends nothing
+    (``force`` overrides only requests made before the run was asked for).
     """
     run = current_run()
     attempt = run.attempt if run else 1
+    # When this verification was asked for: a result received since then answers it.
+    since = run.created_at if run else None
     request_id = uuid.uuid4().hex
     finding = Finding.objects.select_related("project").filter(pk=finding_id).first()
     if finding is None or finding.project is None:
@@ -113,7 +125,7 @@ def token_verification_run(*, finding_id: int, user_id: int | None = None, force
         metrics.VERIFICATION_REQUESTS.labels(partner=partner or "none", outcome="permanent").inc()
         raise
     claim = statuses.status_claim(
-        finding_id=finding.pk, request_id=request_id, attempt=attempt, lease=_lease(client), force=force
+        finding_id=finding.pk, request_id=request_id, attempt=attempt, lease=_lease(client), force=force, since=since
     )
     if claim.outcome == "in_flight":
         raise Defer(max(claim.wait_seconds, 1.0), "another attempt is sending this finding")
@@ -130,9 +142,16 @@ def token_verification_run(*, finding_id: int, user_id: int | None = None, force
         decide=_decision_after,
     )
     if isinstance(outcome, AppError):
+        if _may_be_accepted(outcome):
+            # Recorded by verification_send; a retry would send the token a second time.
+            return {"unconfirmed": True, "sdrs_request_id": request_id}
         statuses.status_send_failed(finding_id=finding.pk, request_id=request_id, code=outcome.code)
         raise outcome
     return {"accepted": True, "sdrs_request_id": request_id}
+
+
+def _may_be_accepted(error: AppError) -> bool:
+    return isinstance(error, SdrsError) and error.may_be_accepted
 
 
 def _lease(client: SdrsClient) -> float:
@@ -150,8 +169,11 @@ def verification_send(
     partner: str,
     decide: Callable[[AppError, int], str],
 ) -> AppError | None:
-    """Send a claimed finding's token. On 202 the status records the acceptance; on
-    failure the error is returned (not raised) for the caller to act on. Logs the attempt."""
+    """Send a claimed finding's token. On 202 the status records the acceptance. When the
+    request was written but no answer came, the status records it as unconfirmed (SDRS
+    may hold it; nothing resends it before the callback or SDRS_PENDING_TIMEOUT) and the
+    error is returned; on other failures the error is returned (not raised) for the caller
+    to act on. Logs the attempt."""
     started = time.perf_counter()
     try:
         http_status = client.verify(
@@ -168,14 +190,17 @@ def verification_send(
     except AppError as exc:
         elapsed = time.perf_counter() - started
         metrics.SDRS_REQUEST_SECONDS.observe(elapsed)
-        metrics.VERIFICATION_REQUESTS.labels(
-            partner=partner, outcome="retryable" if exc.retryable else "permanent"
-        ).inc()
+        if _may_be_accepted(exc):
+            statuses.status_unconfirmed(finding_id=finding.pk, request_id=request_id, code=exc.code)
+            outcome, decision = "unconfirmed", _unconfirmed_decision()
+        else:
+            outcome, decision = ("retryable" if exc.retryable else "permanent"), decide(exc, attempt)
+        metrics.VERIFICATION_REQUESTS.labels(partner=partner, outcome=outcome).inc()
         log_attempt(
             finding=finding,
             attempt=attempt,
             request_id=request_id,
-            decision=decide(exc, attempt),
+            decision=decision,
             http_status=exc.upstream_status if isinstance(exc, SdrsError) else None,
             error=exc,
             elapsed=elapsed,

@@ -34,7 +34,8 @@ def test_current_user_with_bearer_token(api, token_for, owner) -> None:
 def test_missing_token_is_401_json(api) -> None:
     response = api().get("/api/v4/user")
     assert response.status_code == 401
-    assert response.json() == {"message": "401 Unauthorized", "error": "unauthorized"}
+    assert response.json() == {"message": "401 Unauthorized"}
+    assert response["X-Error-Code"] == "unauthorized"
 
 
 @pytest.mark.parametrize("state", ["unknown", "expired", "revoked", "blocked_user"])
@@ -66,8 +67,12 @@ def test_read_api_token_reads_but_cannot_write(api, owner, project) -> None:
     assert client.get(f"/api/v4/projects/{project.pk}").status_code == 200
     response = client.post(f"/api/v4/projects/{project.pk}", {})
     assert response.status_code == 403
-    assert response.json()["error"] == "insufficient_scope"
-    assert "message" in response.json()
+    # GitLab's OAuth 2 bearer-token error, exactly.
+    assert response.json() == {
+        "error": "insufficient_scope",
+        "error_description": "The request requires higher privileges than provided by the access token.",
+        "scope": "api",
+    }
 
 
 def test_read_user_token_can_only_read_the_user(api, owner, project) -> None:
@@ -97,7 +102,8 @@ def test_project_by_url_encoded_path(api, owner, project) -> None:
 def test_unknown_or_malformed_project_is_404(api, owner, project, ref) -> None:
     response = api(owner).get(f"/api/v4/projects/{ref}")
     assert response.status_code == 404
-    assert response.json() == {"message": "404 Project Not Found", "error": "not_found"}
+    assert response.json() == {"message": "404 Project Not Found"}
+    assert response["X-Error-Code"] == "not_found"
 
 
 def test_private_project_of_someone_else_is_404(api, outsider, project) -> None:

@@ -62,7 +62,7 @@ def test_a_late_callback_after_the_timeout_is_still_applied(pending, sdrs_settin
     from tests.secret_detection.conftest import CALLBACK_SECRET
 
     sdrs_settings()
-    finding = pending(1000)
+    finding = pending(1000, last_request_id="late")  # the request SDRS answers, late
     with time_machine.travel(NOW, tick=False):
         services.pending_expire()
         body = (

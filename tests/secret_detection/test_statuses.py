@@ -111,24 +111,24 @@ def test_a_failed_refresh_returns_to_the_verdict_it_had(row):
     )
 
 
-def test_a_result_applies_only_when_newer_than_the_stored_one(row):
-    status = row(status="pending")
+def test_a_result_applies_only_to_the_pending_request_it_answers(row):
+    status = row(status="pending", last_request_id="a")
     earlier = NOW - timedelta(minutes=5)
+    # An answer to another request (an older one, or one never sent) changes nothing.
+    assert statuses.status_result(finding_id=status.pk, status="inactive", verified_at=earlier, request_id="b") == (
+        "stale"
+    )
+    assert _get(status).status == "pending"
     assert statuses.status_result(finding_id=status.pk, status="active", verified_at=earlier, request_id="a") == (
         "applied"
     )
+    # A replay of the applied result is harmless, whatever it says.
     assert statuses.status_result(finding_id=status.pk, status="active", verified_at=earlier, request_id="a") == (
         "duplicate"
     )
-    assert statuses.status_result(
-        finding_id=status.pk, status="inactive", verified_at=earlier - timedelta(seconds=1), request_id="b"
-    ) == ("stale")
-    # The same time with another status is a correction and applies.
-    assert statuses.status_result(finding_id=status.pk, status="inactive", verified_at=earlier, request_id="c") == (
-        "applied"
-    )
     stored = _get(status)
-    assert (stored.status, stored.last_request_id, stored.next_refresh_at) == ("inactive", "c", None)
+    assert (stored.status, stored.last_request_id) == ("active", "a")
+    assert stored.last_verified_at == earlier
     assert statuses.status_result(finding_id=987654, status="active", verified_at=NOW, request_id="d") == "missing"
 
 

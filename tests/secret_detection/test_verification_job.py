@@ -103,8 +103,7 @@ def test_each_attempt_has_its_own_request_id(finding, sdrs):
         ({"status": 429, "headers": {"Retry-After": "30"}}, "sdrs_rate_limited", 30),
         ({"status": 429}, "sdrs_rate_limited", 60),
         ({"body": requests.ConnectionError("refused")}, "sdrs_unavailable", None),
-        ({"body": requests.ConnectTimeout("slow")}, "sdrs_timeout", None),
-        ({"body": requests.ReadTimeout("slow")}, "sdrs_timeout", None),
+        ({"body": requests.ConnectTimeout("slow")}, "sdrs_timeout", None),  # nothing was written
     ],
 )
 def test_transient_answers_are_retryable_and_leave_the_status_pending(finding, sdrs, answer, code, retry_after):
@@ -117,6 +116,21 @@ def test_transient_answers_are_retryable_and_leave_the_status_pending(finding, s
     status = _status(finding)
     assert (status.status, status.last_error_code) == ("pending", code)
     assert status.sending_until is None
+
+
+def test_a_read_timeout_leaves_the_request_to_its_callback_and_sends_nothing_again(finding, sdrs):
+    """The request was written and SDRS did not answer in time: it may have accepted it.
+    The status stays pending for that request, and neither a retry nor a re-run sends the
+    token again before SDRS_PENDING_TIMEOUT."""
+    sdrs.add(responses.POST, VERIFY_URL, body=requests.ReadTimeout("slow"))
+    with time_machine.travel("2026-11-21T12:00:00Z", tick=False):
+        result = services.token_verification_run(finding_id=finding.pk)
+        status = _status(finding)
+        assert result == {"unconfirmed": True, "sdrs_request_id": status.last_request_id}
+        assert (status.status, status.last_error_code, status.accepted_at) == ("pending", "sdrs_timeout", None)
+        assert status.sending_until == timezone.now()  # the lease ended with no answer recorded
+        assert services.token_verification_run(finding_id=finding.pk) == {"skipped": "unconfirmed"}
+    assert len(sdrs.calls) == 1
 
 
 @pytest.mark.parametrize(
@@ -276,12 +290,13 @@ def test_the_local_sdrs_accepts_a_real_request_and_checks_our_jwt(finding, devel
     assert record.request_id == _status(finding).last_request_id
 
 
-def test_a_slow_sdrs_is_a_retryable_timeout(finding, sdrs_server, sdrs_settings):
+def test_a_slow_sdrs_is_an_unconfirmed_timeout_that_is_not_sent_again(finding, sdrs_server, sdrs_settings):
     sdrs_settings(url=sdrs_server.url, sdrs_timeout=0.3)
     sdrs_server.failures.latency = 1.0
-    with pytest.raises(RetryableError) as caught:
-        services.token_verification_run(finding_id=finding.pk)
-    assert caught.value.code == "sdrs_timeout"
+    assert services.token_verification_run(finding_id=finding.pk)["unconfirmed"] is True
+    status = _status(finding)
+    assert (status.status, status.last_error_code) == ("pending", "sdrs_timeout")
+    assert services.token_verification_run(finding_id=finding.pk) == {"skipped": "unconfirmed"}
 
 
 def test_sdrs_refusing_our_key_is_permanent(finding, sdrs_server, sdrs_settings):

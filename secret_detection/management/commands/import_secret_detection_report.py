@@ -1,5 +1,7 @@
+import shutil
 import sys
-from pathlib import Path
+import tempfile
+from contextlib import ExitStack
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -11,7 +13,8 @@ from secret_detection import services
 class Command(BaseCommand):
     help = (
         "Import a secret detection report (gl-secret-detection-report.json) into PROJECT (id or "
-        "namespace/path). The whole report is validated first; an invalid one stores nothing."
+        "namespace/path), here and now, through the same streaming check and import as the API's "
+        "job. The whole report is checked first; an invalid one stores nothing."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -28,20 +31,28 @@ class Command(BaseCommand):
             user = User.objects.filter(username=options["user"], is_active=True).first()
             if user is None:
                 raise CommandError(f"no active user named {options['user']!r}")
-        try:
-            if options["file"] == "-":
-                content = sys.stdin.buffer.read()
-            else:
-                content = Path(options["file"]).read_bytes()
-        except OSError as exc:
-            raise CommandError(f"cannot read {options['file']}: {exc.strerror}") from None
-        try:
-            result = services.report_import(project=project, user=user, report=services.report_parse(content=content))
-        except services.InvalidReport as exc:
-            problems = "\n".join(f"  - {problem}" for problem in exc.problems)
-            raise CommandError(f"the report is invalid; nothing was imported:\n{problems}") from None
+        with ExitStack() as stack:
+            try:
+                if options["file"] == "-":
+                    # The report is read twice (checked, then imported): spool the stream to disk.
+                    handle = stack.enter_context(tempfile.TemporaryFile(prefix="report-"))
+                    shutil.copyfileobj(sys.stdin.buffer, handle, 1024 * 1024)
+                    handle.seek(0)
+                else:
+                    handle = stack.enter_context(open(options["file"], "rb"))
+            except OSError as exc:
+                raise CommandError(f"cannot read {options['file']}: {exc.strerror}") from None
+            try:
+                result = services.report_import_file(project=project, user=user, handle=handle)
+            except services.InvalidReport as exc:
+                problems = "\n".join(f"  - {problem}" for problem in exc.problems)
+                more = f"\n  (and {exc.total - len(exc.problems)} more)" if exc.total > len(exc.problems) else ""
+                raise CommandError(f"the report is invalid; nothing was imported:\n{problems}{more}") from None
         job = f"; routing job #{result.routing_run_id} started" if result.routing_run_id else "; nothing new to verify"
+        duplicates = f", {result.duplicates} duplicate(s) skipped" if result.duplicates else ""
         self.stdout.write(
             f"{project.path_with_namespace}: {result.findings} finding(s) in the report, {result.created} new, "
-            f"{result.updated} updated, {result.unchanged} unchanged{job}"
+            f"{result.updated} updated, {result.unchanged} unchanged{duplicates}{job}"
         )
+        for warning in result.warnings:
+            self.stdout.write(f"  warning: {warning}")

@@ -1,0 +1,43 @@
+"""Masking what looks like a secret in free text (error messages, log lines and extras).
+
+Errors are written by our code and name hosts rather than URLs, but a message can still
+quote what a library or a far side said, and a log line can quote a request's URL. Before
+a run's error is stored or shown, and before any log line is written
+(``project.logs.RedactFilter``), the query string of any URL (with or without its scheme
+and host: ``/path?query`` as in a request line), values after ``password=``/``token=``-style
+keys, well-known token formats and long opaque strings are cut down to a short prefix.
+"""
+
+from __future__ import annotations
+
+import re
+
+_RULES: list[tuple[re.Pattern[str], str]] = [
+    # A URL's query may carry a signature (an upload URL, say).
+    (re.compile(r"(\b[a-z][a-z0-9+.\-]*://[^\s?#]+)\?[^\s]*", re.IGNORECASE), r"\1?…"),
+    # A request target without scheme and host ("PUT /bucket/a.tar.gz?X-Amz-Signature=…",
+    # "<WSGIRequest: POST '/api/v4/projects/1/export?upload%5Burl%5D=…'>"): its query too.
+    (re.compile(r"""((?:^|(?<=[\s"'(<=\[]))/[^\s?#"'<>]*)\?[^\s"'<>]+"""), r"\1?…"),
+    (
+        re.compile(r"\b(password|passwd|secret|token|api[_-]?key|signature|sig)=([^\s&]+)", re.IGNORECASE),
+        r"\1=…",
+    ),
+    # Token formats of GitLab and the partners whose leaks we verify.
+    (
+        re.compile(
+            r"\b(glpat-|gloas-|glrt-|ghp_|gho_|ghs_|github_pat_|AKIA|ASIA|AIza|ya29\.|PMAK-|sk-|xox[abprs]-)"
+            r"[A-Za-z0-9_\-.]{4,}"
+        ),
+        r"\1…",
+    ),
+    (re.compile(r"-----BEGIN [A-Z ]+-----.*?(-----END [A-Z ]+-----|$)", re.DOTALL), "[PEM block]"),
+    # Anything long and opaque (keys, signatures): keep 4 characters to tell them apart.
+    # Slashes excluded: a file path in a traceback is not a secret.
+    (re.compile(r"\b([A-Za-z0-9+_\-]{4})[A-Za-z0-9+_\-=]{36,}"), r"\1…"),
+]
+
+
+def redact(text: str) -> str:
+    for pattern, replacement in _RULES:
+        text = pattern.sub(replacement, text)
+    return text
