@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from urllib.parse import urlencode
 
 import pytest
-from django.utils import timezone
 import time_machine
+from django.utils import timezone
 
 from secret_detection.models import Finding, FindingTokenStatus
 from secret_detection.services import callback_signature
