@@ -7,6 +7,7 @@ import datetime as dt
 import hashlib
 import hmac
 import logging
+import re
 from datetime import timedelta
 
 from django.conf import settings
@@ -45,7 +46,8 @@ def callback_authenticate(*, body: bytes, timestamp: str | None, signature: str 
         raise _rejected("callback_secret_missing", "no SDRS callback secret is configured")
     if not timestamp or not signature:
         raise _rejected("signature_missing", "X-SDRS-Timestamp or X-SDRS-Signature is missing")
-    if not timestamp.isdigit() or len(timestamp) > 12:
+    # ASCII digits only: str.isdigit() also takes "²", which int() then refuses.
+    if not re.fullmatch(r"[0-9]{1,12}", timestamp):
         raise _rejected("timestamp_invalid", "X-SDRS-Timestamp is not unix seconds")
     expected = callback_signature(secret=secret, timestamp=timestamp, body=body)
     if not hmac.compare_digest(expected.encode(), signature.strip().encode()):
