@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
 
-.PHONY: run demo test lint format bench clean browser
+.PHONY: run demo test lint format bench bench-smoke clean browser
 
 # The browser tests drive Debian's Chromium (Playwright cannot download its own here).
 # Installed when missing and the machine allows it (root with apt); otherwise those tests
@@ -34,6 +34,12 @@ demo: $(STAMP)
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Every benchmark (bench/*.py) with tiny sizes, a few at a time: each must run and print one
+# JSON document, so that none stops working unnoticed. Needs DATABASE_URL (and REDIS_URL for
+# the Redis runs); scratch databases are dropped afterwards. Sizes: SMOKE_ARGS in bench/_support.py.
+bench-smoke: $(STAMP)
+	$(BIN)/python -m bench._support smoke
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

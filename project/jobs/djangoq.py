@@ -16,23 +16,27 @@ Written against django-q2 1.11.x. The internals relied on:
   options ``group``, ``ack_failure`` and ``timeout`` that ``async_task(q_options=...)``
   would set. We build it here rather than through ``async_task`` because a message must
   go to the broker with a due time, which ``async_task`` cannot pass.
-* ``django_q.signals.pre_execute(sender, func, task)`` in the worker: the task id.
+* ``django_q.signals.pre_execute(sender, func, task)`` in the worker: the task id, and the
+  task dict itself, which the worker later puts on the result queue for the monitor.
+* The monitor acknowledges a finished task only while it carries an ``ack_id``
+  (``task.pop("ack_id", False)``): the worker deletes a successful run's ORM message in
+  the statement that records the success and drops the ``ack_id`` (see ``ORM_ACK_CTE``).
 * ``django_q.exceptions.TimeoutException`` (a ``SystemExit``) raised in a worker whose
   task ran past its timeout.
 * ``django_q.models.OrmQ`` (``key``, ``payload``, ``lock``) and ``Schedule`` (``name``,
   ``func``, ``args``, ``schedule_type``, ``cron``, ``repeats``, ``next_run``).
-* ``django_q.conf.Conf``: ``CLUSTER_NAME``, ``RETRY``, ``BULK``, ``POLL``, ``ORM``,
-  ``WORKERS``.
+* ``django_q.conf.Conf``: ``CLUSTER_NAME``, ``RETRY``, ``BULK`` (messages per pull),
+  ``POLL``, ``ORM``, ``WORKERS``.
 
 Delayed messages: django-q2's scheduler ticks only every 30 s, too coarse for retry delays
 of a few seconds, so a delayed message is handed to the broker with its due time:
 
 * PostgreSQL (ORM broker): the ``lock`` column already means "nobody may pull this before",
   so a delayed message is inserted with ``lock`` set to its due time. Pulling is one
-  ``UPDATE … RETURNING`` over ``FOR UPDATE SKIP LOCKED`` rows in due order, so several
-  clusters can pull from one table without handing out the same message twice.
-* Redis: delayed messages wait in a sorted set scored by due time and are moved onto the
-  list by a Lua script (atomic) just before each pull.
+  ``UPDATE … RETURNING`` over up to ``BULK`` ``FOR UPDATE SKIP LOCKED`` rows in due order,
+  so several clusters can pull from one table without handing out the same message twice.
+* Redis: delayed messages wait in a sorted set scored by due time; one Lua script (atomic)
+  moves the due ones onto the list and pops up to ``BULK`` messages at each pull.
 
 Both record a heartbeat for their cluster in PostgreSQL (readiness uses it), written from
 the sentinel's guard loop, not from the pusher, which blocks while the workers are busy.
@@ -47,6 +51,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from multiprocessing.util import Finalize
 from typing import Any
 
 import redis as redis_lib
@@ -83,6 +88,7 @@ SCHEDULED_FUNC = "project.jobs.runner.run_scheduled"
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY = 5.0
+_INSERT_BATCH = 1000
 
 
 class _HeartbeatMixin:
@@ -130,33 +136,77 @@ class OrmBroker(_HeartbeatMixin, ORM):
         return self.get_connection().create(key=self.list_key, payload=task, lock=due).pk
 
     def enqueue_many_at(self, items: Sequence[tuple[str, dt.datetime]]) -> None:
+        # Not through get_connection(): that closes stale connections and so costs a health
+        # check query on the next use, which the pull loop needs and a sender (a web request,
+        # a worker, after a commit) does not. A single message is one INSERT with no
+        # transaction of its own (bulk_create always opens one); more go 1,000 per INSERT.
+        queue = OrmQ.objects.using(Conf.ORM)
+        if len(items) == 1:
+            ((task, due),) = items
+            queue.create(key=self.list_key, payload=task, lock=due)
+            return
         rows = [OrmQ(key=self.list_key, payload=task, lock=due) for task, due in items]
         with transaction.atomic(using=Conf.ORM):
-            self.get_connection().bulk_create(rows, batch_size=1000)
+            queue.bulk_create(rows, batch_size=_INSERT_BATCH)
+
+    # Messages pulled but not handed to the pusher yet, oldest due first, and the process
+    # that pulled them (a forked copy of this broker starts with none).
+    _pulled: list[tuple[int, str]] = []
+    _pulled_pid = 0
 
     def dequeue(self):
+        """The next due message, oldest due first. Up to ``Conf.BULK`` are pulled at a time
+        with one ``UPDATE … RETURNING`` and handed out one per call (the pusher asks again at
+        once), so a busy cluster costs one statement per ``BULK`` messages. Those still held
+        when the pusher stops are given back (``_release_pulled``)."""
+        if self._pulled_pid == os.getpid() and self._pulled:
+            return [self._pulled.pop(0)]
         self.get_connection()  # closes a stale connection between pulls
         now = timezone.now()
         with connections[Conf.ORM].cursor() as cursor:
             cursor.execute(
                 """
-                UPDATE django_q_ormq SET lock = %s
-                WHERE id IN (
-                    SELECT id FROM django_q_ormq
+                WITH due AS (
+                    SELECT id, lock FROM django_q_ormq
                     WHERE key = %s AND lock < %s
                     ORDER BY lock, id
                     LIMIT %s
                     FOR UPDATE SKIP LOCKED
                 )
-                RETURNING id, payload
+                UPDATE django_q_ormq AS q SET lock = %s FROM due WHERE q.id = due.id
+                RETURNING due.lock, q.id, q.payload
                 """,
-                [now + timedelta(seconds=Conf.RETRY), self.list_key, now, Conf.BULK],
+                [self.list_key, now, max(1, Conf.BULK), now + timedelta(seconds=Conf.RETRY)],
             )
-            rows = cursor.fetchall()
-        if rows:
-            return sorted(rows)
-        time.sleep(Conf.POLL)
-        return None
+            rows = sorted(cursor.fetchall())
+        if not rows:
+            time.sleep(Conf.POLL)
+            return None
+        if len(rows) > 1:
+            if self._pulled_pid != os.getpid():
+                self._pulled_pid = os.getpid()
+                self._pulled = []
+                # Runs when the pusher process ends (multiprocessing's exit finalizers).
+                Finalize(None, self._release_pulled, exitpriority=10)
+            self._pulled.extend((ack_id, payload) for _due, ack_id, payload in rows[1:])
+        _due, ack_id, payload = rows[0]
+        return [(ack_id, payload)]
+
+    def _release_pulled(self) -> None:
+        """Make the messages pulled but never handed out due again at once, so that the next
+        pull (this cluster's after a restart, or another's) takes them without waiting for
+        their redelivery after ``retry`` seconds."""
+        pulled, self._pulled = self._pulled, []
+        if not pulled or self._pulled_pid != os.getpid():
+            return
+        try:
+            with connections[Conf.ORM].cursor() as cursor:
+                cursor.execute(
+                    "UPDATE django_q_ormq SET lock = %s WHERE id = ANY(%s)",
+                    [timezone.now(), [ack_id for ack_id, _payload in pulled]],
+                )
+        except Exception:  # exiting anyway: redelivery after `retry` still covers them
+            logger.warning("could not give back %d pulled messages", len(pulled), exc_info=True)
 
     def depth(self) -> dict[str, int]:
         """Messages waiting: ``ready`` may be pulled now; ``held`` are delayed retries or
@@ -178,6 +228,23 @@ for _, item in ipairs(items) do
   redis.call('ZREM', KEYS[1], item)
 end
 return #items
+"""
+
+# Move the due delayed messages onto the list, then pop up to ARGV[3] messages: one round
+# trip per pull while messages are waiting (the pusher blocks on BLPOP only when none is).
+_MOVE_DUE_AND_POP = """
+local items = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, item in ipairs(items) do
+  redis.call('RPUSH', KEYS[2], item)
+  redis.call('ZREM', KEYS[1], item)
+end
+local popped = {}
+for _ = 1, tonumber(ARGV[3]) do
+  local item = redis.call('LPOP', KEYS[2])
+  if not item then break end
+  popped[#popped + 1] = item
+end
+return popped
 """
 
 
@@ -209,12 +276,25 @@ class RedisBroker(_HeartbeatMixin, Redis):
                 pipe.zadd(self.delayed_key, {task: due.timestamp()})
         pipe.execute()
 
+    _scripts: dict[str, Any] | None = None
+
+    def _script(self, source: str):
+        if self._scripts is None:
+            self._scripts = {}
+        if source not in self._scripts:
+            self._scripts[source] = self.connection.register_script(source)
+        return self._scripts[source]
+
     def move_due(self, limit: int = 100) -> int:
-        script = self.connection.register_script(_MOVE_DUE)
+        script = self._script(_MOVE_DUE)
         return int(script(keys=[self.delayed_key, self.list_key], args=[time.time(), limit]))
 
     def dequeue(self):
-        self.move_due()
+        """Up to ``Conf.BULK`` messages: the due delayed ones are moved onto the list first."""
+        script = self._script(_MOVE_DUE_AND_POP)
+        popped = script(keys=[self.delayed_key, self.list_key], args=[time.time(), 100, max(1, Conf.BULK)])
+        if popped:
+            return [(None, task) for task in popped]
         task = self.connection.blpop(self.list_key, Conf.POLL)
         if task:
             return [(None, task[1])]
@@ -280,6 +360,37 @@ def package(*, run_id: int, attempt: int, name: str, group: str, timeout: int | 
 def pre_execute_connect(receiver: Callable[..., None]) -> None:
     """Call ``receiver(sender, func=, task=)`` in the worker before each task."""
     pre_execute.connect(receiver, dispatch_uid=f"jobs.{receiver.__name__}")
+
+
+# --- acknowledging in the outcome's statement -------------------------------------------
+#
+# With the ORM broker, django-q2's monitor acknowledges each finished message with a DELETE
+# of its own (a statement, a commit and a connection health check per job, in a process
+# that serves every worker). The worker already writes the run's outcome in the same
+# database, so a successful run's message is deleted in that statement instead
+# (``ORM_ACK_CTE``), and the task the worker hands to the monitor no longer carries its
+# ``ack_id``: the monitor acknowledges only what has an ``ack_id`` (``monitor.monitor``).
+# The task dict that ``pre_execute`` receives is the one the worker puts on the result
+# queue (``worker.worker``). A message whose outcome was not written this way keeps its
+# ``ack_id`` and is acknowledged by the monitor as before; one that is never acknowledged
+# (the worker died) is redelivered after ``retry`` seconds.
+
+ORM_ACK_CTE = f"WITH acked AS (DELETE FROM {OrmQ._meta.db_table} WHERE id = %s) "
+
+
+def inline_ack_id(task: dict | None) -> int | None:
+    """The queue row of the message ``task`` (as ``pre_execute`` gave it), when the worker may
+    delete it in the statement that records the run's outcome: the ORM broker, on the
+    database of the runs."""
+    if not task or settings.JOBS_BROKER != "orm" or Conf.ORM != "default":
+        return None
+    ack_id = task.get("ack_id")
+    return ack_id if isinstance(ack_id, int) else None
+
+
+def acknowledged(task: dict) -> None:
+    """The message of ``task`` was deleted with the outcome: the monitor skips its own ack."""
+    task.pop("ack_id", None)
 
 
 # --- schedules --------------------------------------------------------------------------

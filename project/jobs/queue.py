@@ -47,8 +47,8 @@ def runs_enqueue(
         "pushed_at": now,
         "request_id": context.request_id() or "",
     }
-    with transaction.atomic():
-        if dedupe_key is not None:
+    if dedupe_key is not None:
+        with transaction.atomic():
             queued = JobRun.objects.filter(name=job.name, dedupe_key=dedupe_key, status=JobRun.Status.QUEUED)
             existing = queued.first()
             if existing is not None:
@@ -65,6 +65,14 @@ def runs_enqueue(
                     ]
             except IntegrityError:
                 return [queued.get()]
+            transaction.on_commit(lambda: runs_push(runs=runs), robust=True)
+    else:
+        # One INSERT needs no transaction of its own: outside one it commits at once and the
+        # message goes out right after (on_commit runs at once in autocommit), without the
+        # BEGIN and COMMIT round trips that bulk_create always adds.
+        if len(kwargs_list) == 1:
+            kwargs = kwargs_list[0]
+            runs = [JobRun.objects.create(kwargs=kwargs, target_id=job.target_id(kwargs), **base)]
         else:
             runs = JobRun.objects.bulk_create(
                 [JobRun(kwargs=kwargs, target_id=job.target_id(kwargs), **base) for kwargs in kwargs_list]

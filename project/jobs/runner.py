@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from project import context
 from project.errors import AppError
-from project.jobs import declared, metrics, progress, recovery, registry, transitions
+from project.jobs import declared, djangoq, metrics, progress, recovery, registry, transitions
 from project.jobs.djangoq import TimeoutException
 from project.jobs.models import JobPause, JobRun
 
@@ -30,13 +30,14 @@ logger = logging.getLogger("project.jobs")
 
 MAX_ERROR_LENGTH = transitions.MAX_ERROR_LENGTH
 Status = JobRun.Status
-_task_id: contextvars.ContextVar[str] = contextvars.ContextVar("q_task_id", default="")
+_task: contextvars.ContextVar[dict | None] = contextvars.ContextVar("q_task", default=None)
 _current: contextvars.ContextVar[JobRun | None] = contextvars.ContextVar("current_run", default=None)
 
 
 def remember_task_id(sender: Any, func: Any = None, task: dict | None = None, **kwargs: Any) -> None:
-    """django-q2 ``pre_execute`` receiver: the task id is recorded on the run at claim."""
-    _task_id.set((task or {}).get("id", ""))
+    """django-q2 ``pre_execute`` receiver: the task about to run in this worker. Its id is
+    recorded on the run at claim; its message may be acknowledged with the outcome."""
+    _task.set(task)
 
 
 def current_run() -> JobRun | None:
@@ -44,16 +45,42 @@ def current_run() -> JobRun | None:
     return _current.get()
 
 
+_worker_ids: dict[int, str] = {}
+
+
 def _worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    pid = os.getpid()
+    worker = _worker_ids.get(pid)
+    if worker is None:
+        worker = _worker_ids[pid] = f"{socket.gethostname()}:{pid}"
+    return worker
 
 
 def execute(run_id: int, attempt: int) -> str:
     """django-q2 entry point for every job message."""
-    run = transitions.claim(run_id, attempt, worker=_worker_id(), task_id=_task_id.get())
+    task = _task.get()
+    run = _claim(run_id, attempt, task_id=(task or {}).get("id", ""))
     if run is None:
         return _unclaimed(run_id, attempt)
-    return _run(run)
+    return _run(run, task)
+
+
+def _claim(run_id: int, attempt: int, *, task_id: str) -> JobRun | None:
+    """Claim the run; the claim doubles as the check of the worker's connection. django-q2
+    closes stale connections before each task, after which Django would test a reused one
+    with a query of its own (CONN_HEALTH_CHECKS) before the claim: a round trip per run.
+    Here the claim is that test: on a broken connection it fails, the connection is closed
+    and the claim is made once more on a new one (a conditional UPDATE: trying again is
+    harmless)."""
+    if connection.in_atomic_block or not connection.health_check_enabled:
+        return transitions.claim(run_id, attempt, worker=_worker_id(), task_id=task_id)
+    connection.health_check_done = True
+    try:
+        return transitions.claim(run_id, attempt, worker=_worker_id(), task_id=task_id)
+    except (OperationalError, InterfaceError):
+        logger.warning("database connection lost before the claim; claiming on a new one", exc_info=True)
+        connection.close()
+        return transitions.claim(run_id, attempt, worker=_worker_id(), task_id=task_id)
 
 
 def run_scheduled(job_name: str) -> str:
@@ -104,7 +131,23 @@ def _object_ids(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in kwargs.items() if key.endswith(("_id", "_ids"))}
 
 
-def _run(run: JobRun) -> str:
+_metric_children: dict[str, tuple[Any, Any, Any, Any]] = {}
+
+
+def _job_metrics(name: str) -> tuple[Any, Any, Any, Any]:
+    """started, start lateness, in flight and duration, for one job (labels looked up once)."""
+    children = _metric_children.get(name)
+    if children is None:
+        children = _metric_children[name] = (
+            metrics.JOBS_STARTED.labels(job=name),
+            metrics.JOB_START_LATENESS.labels(job=name),
+            metrics.JOBS_IN_FLIGHT.labels(job=name),
+            metrics.JOB_DURATION.labels(job=name),
+        )
+    return children
+
+
+def _run(run: JobRun, task: dict | None = None) -> str:
     job = registry.get(run.name)
     if job is None:
         transitions.finish(
@@ -122,11 +165,13 @@ def _run(run: JobRun) -> str:
     }
     with context.bind(**bind):
         token = _current.set(run)
-        metrics.JOBS_STARTED.labels(job=job.name).inc()
-        metrics.JOB_START_LATENESS.labels(job=job.name).observe(lateness)
-        logger.info("job attempt started", extra={"lateness_s": round(lateness, 3)})
+        started_total, start_lateness, in_flight, duration = _job_metrics(job.name)
+        started_total.inc()
+        start_lateness.observe(lateness)
+        # DEBUG: the run records its start; the attempt's one INFO (or worse) line is its
+        # outcome, which carries the lateness and the duration.
+        logger.debug("job attempt started", extra={"lateness_s": round(lateness, 3)})
         started = time.perf_counter()
-        in_flight = metrics.JOBS_IN_FLIGHT.labels(job=job.name)
         in_flight.inc()
         watch = progress.watch_start(run_id=run.pk, attempt=run.attempt)
         try:
@@ -151,12 +196,12 @@ def _run(run: JobRun) -> str:
             except Exception as exc:  # noqa: BLE001 - every failure is classified and recorded
                 outcome = _failed_attempt(run, job, exc, watch)
             else:
-                outcome = _succeed(run, result, watch)
+                outcome = _succeed(run, result, watch, task, lateness, time.perf_counter() - started)
         finally:
             progress.watch_stop(watch)
             in_flight.dec()
             _current.reset(token)
-            metrics.JOB_DURATION.labels(job=job.name).observe(time.perf_counter() - started)
+            duration.observe(time.perf_counter() - started)
         metrics.JOBS_FINISHED.labels(job=job.name, outcome=outcome).inc()
         return outcome
 
@@ -210,9 +255,15 @@ def _failed_attempt(run: JobRun, job: registry.Job, exc: Exception, watch: progr
     return "failed"
 
 
-def _succeed(run: JobRun, result: Any, watch: progress.Watch) -> str:
-    if not transitions.succeed(run, result, progress=watch.report):
+def _succeed(
+    run: JobRun, result: Any, watch: progress.Watch, task: dict | None, lateness: float, seconds: float
+) -> str:
+    ack = djangoq.inline_ack_id(task)
+    succeeded = transitions.succeed(run, result, progress=watch.report, ack=ack)
+    if ack is not None:
+        djangoq.acknowledged(task)
+    if not succeeded:
         logger.warning("run was taken over before its success was recorded", extra={"run_id": run.pk})
         return "dropped"
-    logger.info("job attempt succeeded")
+    logger.info("job attempt succeeded", extra={"lateness_s": round(lateness, 3), "duration_s": round(seconds, 3)})
     return "succeeded"

@@ -13,15 +13,18 @@ that lost a race (the run moved meanwhile) changes nothing and says so by return
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from django.db import transaction
-from django.db.models import F
+from django.db import connection, transaction
+from django.db.models import F, JSONField
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
+from project.jobs import djangoq
 from project.jobs.models import JobPause, JobRun
 from project.jobs.queue import runs_push
 from project.jobs.redact import redact
@@ -35,16 +38,22 @@ Status = JobRun.Status
 MAX_ERROR_LENGTH = 1000
 
 
-def _history_entry(run: JobRun, outcome: str, code: str = "", message: str = "") -> dict[str, Any]:
+def _history_entry(run: JobRun, outcome: str, code: str = "", message: str = "", *, now: Any = None) -> dict[str, Any]:
     return {
         "attempt": run.attempt,
         "due_at": run.due_at.isoformat(),
         "started_at": run.started_at.isoformat() if run.started_at else None,
-        "finished_at": timezone.now().isoformat(),
+        "finished_at": (now or timezone.now()).isoformat(),
         "outcome": outcome,
         "error_code": code,
         "error": message[:300],
     }
+
+
+def _history_appended(entry: dict[str, Any]) -> RawSQL:
+    """The run's history with ``entry`` appended, in the UPDATE itself (not the list this
+    process read at the claim, rewritten whole)."""
+    return RawSQL("history || %s::jsonb", (json.dumps([entry]),), output_field=JSONField())
 
 
 def _owned(run: JobRun, statuses: Sequence[str] = (Status.RUNNING,), **extra: Any):
@@ -52,44 +61,75 @@ def _owned(run: JobRun, statuses: Sequence[str] = (Status.RUNNING,), **extra: An
     return JobRun.objects.filter(pk=run.pk, attempt=run.attempt, status__in=statuses, **extra)
 
 
+# The hot path (every run: claim, then success) is written as SQL built once: one statement
+# each, the claim returning the whole row, so a run costs no re-read and no query building.
+_FIELDS = JobRun._meta.concrete_fields
+_ATTNAMES = [field.attname for field in _FIELDS]
+_CONVERTED = [(index, field) for index, field in enumerate(_FIELDS) if hasattr(field, "from_db_value")]
+_TABLE = JobRun._meta.db_table
+_PAUSES = JobPause._meta.db_table
+
+_CLAIM_SQL = f"""
+    UPDATE {_TABLE} SET status = 'running', started_at = %s, heartbeat_at = %s, finished_at = NULL,
+        worker = %s, task_id = %s, progress = NULL, updated_at = %s
+    WHERE id = %s AND attempt = %s AND status = 'queued'
+      AND NOT EXISTS (SELECT 1 FROM {_PAUSES} p WHERE p.name = {_TABLE}.name)
+    RETURNING {", ".join(field.column for field in _FIELDS)}
+"""
+
+_SUCCEED_SQL = f"""
+    UPDATE {_TABLE} SET status = 'succeeded', finished_at = %s, result = %s::jsonb, error_code = '',
+        error = '', history = history || %s::jsonb, updated_at = %s, progress = %s::jsonb
+    WHERE id = %s AND attempt = %s AND status = 'running'
+"""
+
+
+def _run_from_row(row: Sequence[Any]) -> JobRun:
+    values = list(row)
+    for index, field in _CONVERTED:
+        values[index] = field.from_db_value(values[index], None, connection)
+    return JobRun.from_db(connection.alias, _ATTNAMES, values)
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
 def claim(run_id: int, attempt: int, *, worker: str, task_id: str) -> JobRun | None:
-    """queued → running for exactly this attempt, unless its job is paused."""
+    """queued → running for exactly this attempt, unless its job is paused. One UPDATE that
+    returns the claimed row."""
     now = timezone.now()
-    claimed = (
-        JobRun.objects.filter(pk=run_id, attempt=attempt, status=Status.QUEUED)
-        .exclude(name__in=JobPause.objects.values("name"))
-        .update(
-            status=Status.RUNNING,
-            started_at=now,
-            heartbeat_at=now,
-            finished_at=None,
-            worker=worker,
-            task_id=task_id,
-            progress=None,
-            updated_at=now,
-        )
-    )
-    if not claimed:
-        return None
-    return JobRun.objects.get(pk=run_id)
+    with connection.cursor() as cursor:
+        cursor.execute(_CLAIM_SQL, [now, now, worker, task_id, now, run_id, attempt])
+        row = cursor.fetchone()
+    return None if row is None else _run_from_row(row)
 
 
-def succeed(run: JobRun, result: Any, *, progress: dict[str, Any] | None) -> bool:
+def succeed(run: JobRun, result: Any, *, progress: dict[str, Any] | None, ack: int | None = None) -> bool:
+    """running → succeeded, appending the attempt to the run's history in the same UPDATE.
+    With ``ack`` (the ORM queue row of the message being executed), the same statement
+    acknowledges the message, whether or not the run was still this worker's."""
     now = timezone.now()
     if not isinstance(result, (dict, list, int, float, str, bool, type(None))):
         result = None
-    return bool(
-        _owned(run).update(
-            status=Status.SUCCEEDED,
-            finished_at=now,
-            result=result,
-            error_code="",
-            error="",
-            history=[*run.history, _history_entry(run, "succeeded")],
-            updated_at=now,
-            progress=progress,
-        )
-    )
+    sql, params = _SUCCEED_SQL, []
+    if ack is not None:
+        sql, params = djangoq.ORM_ACK_CTE + sql, [ack]
+    params += [
+        now,
+        _json(result),
+        json.dumps([_history_entry(run, "succeeded", now=now)]),  # appended in SQL, as in retry and finish
+        now,
+        _json(progress),
+        run.pk,
+        run.attempt,
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        updated = cursor.rowcount
+    if updated:
+        run.status, run.finished_at, run.result = Status.SUCCEEDED, now, result
+    return bool(updated)
 
 
 def retry(
@@ -107,7 +147,7 @@ def retry(
         pushed_at=now,
         error_code=code,
         error=message,
-        history=[*run.history, _history_entry(run, "retried", code, message)],
+        history=_history_appended(_history_entry(run, "retried", code, message, now=now)),
         updated_at=now,
     )
     if not updated:
@@ -155,7 +195,7 @@ def finish(
             error_code=code,
             error=message,
             traceback=redact(trace),
-            history=[*run.history, _history_entry(run, status, code, message)],
+            history=_history_appended(_history_entry(run, status, code, message, now=now)),
             updated_at=now,
         )
         if updated and job is not None:

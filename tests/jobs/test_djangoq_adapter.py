@@ -82,3 +82,25 @@ def test_the_models_we_read_and_write_keep_their_fields(model, fields) -> None:
 def test_the_configuration_we_read_is_there() -> None:
     for name in ("CLUSTER_NAME", "RETRY", "BULK", "POLL", "ORM", "WORKERS", "ACK_FAILURES"):
         assert hasattr(Conf, name), name
+
+
+def test_the_monitor_acknowledges_only_a_task_that_still_carries_its_ack_id() -> None:
+    # A successful run deletes its own ORM message and drops the ack_id, so the monitor
+    # must skip a task without one (and still acknowledge one that has it).
+    source = inspect.getsource(monitor)
+    assert 'ack_id = task.pop("ack_id", False)' in source
+    assert "broker.acknowledge(ack_id)" in source
+
+
+def test_the_worker_hands_the_monitor_the_task_dict_pre_execute_saw() -> None:
+    # We take the ack_id off the dict in pre_execute's receiver; the worker must put that
+    # same dict on the result queue.
+    source = inspect.getsource(worker.worker)
+    assert 'pre_execute.send(sender="django_q", func=f, task=task)' in source
+    assert "result_queue.put(task)" in source
+
+
+def test_the_pusher_gives_each_task_the_ack_id_of_its_message() -> None:
+    from django_q import pusher
+
+    assert 'task["ack_id"] = ack_id' in inspect.getsource(pusher)

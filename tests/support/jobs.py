@@ -86,3 +86,8 @@ def progress(*, key: str, steps: int, interval: float) -> dict:
 def once(*, key: str) -> None:
     """A job that declares it cannot be re-run."""
     _record(key)
+
+
+@job("probe.noop")
+def noop() -> None:
+    """Does nothing (the throughput benchmark: the toolkit's own cost per run)."""
