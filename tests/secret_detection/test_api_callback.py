@@ -120,12 +120,16 @@ def test_invalid_callbacks_are_counted(api, finding) -> None:
     assert metrics.CALLBACKS.labels(result="invalid")._value.get() == before + 1
 
 
-@pytest.mark.parametrize("timestamp", ["²", "１２３", "12.5", "-1", "1" * 13, " 1"])
+@pytest.mark.parametrize("timestamp", ["\u00b2", "\uff11\uff12\uff13", "12.5", "-1", "1" * 13, " 1"])
 def test_a_timestamp_that_is_not_ascii_unix_seconds_is_a_401_not_a_500(api, finding, timestamp) -> None:
     body = json.dumps(_result(finding.pk)).encode()
     signature = callback_signature(secret=CALLBACK_SECRET, timestamp=timestamp, body=body)
     response = api().post(
-        URL, data=body, content_type="application/json", HTTP_X_SDRS_TIMESTAMP=timestamp, HTTP_X_SDRS_SIGNATURE=signature
+        URL,
+        data=body,
+        content_type="application/json",
+        HTTP_X_SDRS_TIMESTAMP=timestamp,
+        HTTP_X_SDRS_SIGNATURE=signature,
     )
     assert response.status_code == 401
     assert response["X-Error-Code"] == "timestamp_invalid"
