@@ -31,7 +31,12 @@ logger = logging.getLogger(__name__)
 
 CHANNEL = "catalog_sync_events"
 APPLICATION_NAME = "gitlab-jobs-catalog-listener"
-RECONNECT_DELAYS = (0.5, 1, 2, 5, 10, 30)
+#: Pauses between reconnect attempts; the last repeats. Capped at 5 s: a reconnect attempt
+#: costs one refused or timed-out connection, while a longer cap kept the listener deaf for
+#: up to 30 s after PostgreSQL was back (15.7 s after a 63 s outage).
+RECONNECT_DELAYS = (0.5, 1, 2, 5)
+#: libpq waits for ever for an unreachable host by default; the loop must keep turning.
+CONNECT_TIMEOUT = 5
 #: Longest blocking wait, so a stop request is honoured within this many seconds.
 MAX_WAIT = 1.0
 
@@ -44,6 +49,7 @@ def connect_kwargs() -> dict[str, Any]:
     params.setdefault("keepalives_idle", 30)
     params.setdefault("keepalives_interval", 10)
     params.setdefault("keepalives_count", 3)
+    params.setdefault("connect_timeout", CONNECT_TIMEOUT)
     return params
 
 
