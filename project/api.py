@@ -11,7 +11,10 @@ Error bodies are GitLab's, exactly, because GitLab clients read them (python-git
   without the needed scope (GitLab's OAuth 2 bearer-token error);
 * 429: ``{"message": {"error": "This endpoint has been requested too many times…"}}`` for
   an application rate limit, ``{"message": "Retry later"}`` for too many failed token
-  authentications from the client's address; both with ``Retry-After``.
+  authentications from the client's address; both with ``Retry-After``;
+* 503: ``{"message": "503 Service Unavailable"}`` with ``Retry-After`` while the database is
+  unreachable, on every endpoint (the API through DRF's exception handler, everything else,
+  the admin and the middleware included, through ``server_error``, the ``handler500``).
 
 Our own stable code (``not_found``, ``invalid``, ``auth_throttled``…) travels in the
 ``X-Error-Code`` response header, which no GitLab client reads. ``project.schema``
@@ -22,17 +25,19 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions, parsers, permissions
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView, set_rollback
 
-from project.errors import AppError, RateLimited
+from project.errors import AppError, DatabaseUnavailable, RateLimited
 from project.models import AccessToken
 from project.ratelimit import GITLAB_MESSAGE
 from project.schema import ApiAutoSchema
@@ -172,12 +177,36 @@ def error_response(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, s
     return status, body, {**headers, "X-Error-Code": code}
 
 
+#: ``Retry-After`` of a 503 that names no delay of its own (the database is unavailable).
+RETRY_AFTER_UNAVAILABLE = 5
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc``, or the error it was raised from, is the database being unreachable
+    or the connection lost: Django's ``OperationalError`` (connection refused, server
+    restarting, terminated backend, a cancelled or timed-out statement) or
+    ``InterfaceError`` (the connection is closed). Transient, so worth a retry."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, (OperationalError, InterfaceError)):
+            return True
+        seen.add(id(current))
+        current = current.__cause__
+    return False
+
+
 def _error(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str], str]:
+    if database_unavailable(exc):
+        exc = DatabaseUnavailable()
     if isinstance(exc, RateLimited):
         return 429, _message(exc.message), {"Retry-After": str(int(exc.retry_after or 60))}, exc.code
     if isinstance(exc, AppError):
         if exc.http_status == 400 and exc.code in PARAMETER_ERROR_CODES:
             return 400, {"error": exc.message}, {}, exc.code
+        if exc.http_status == 503:  # transient: always say when to come back
+            retry_after = max(1, int(exc.retry_after or RETRY_AFTER_UNAVAILABLE))
+            return 503, _message(exc.message), {"Retry-After": str(retry_after)}, exc.code
         return exc.http_status, _message(exc.message), {}, exc.code
     if isinstance(exc, Http404):
         return 404, _message("404 Not Found"), {}, "not_found"
@@ -211,10 +240,18 @@ def _error(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str], str
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     status, body, headers = error_response(exc)
-    if status >= 500:
+    if database_unavailable(exc):
+        # One line, not a traceback per request for as long as the outage lasts.
+        logger.warning("API request refused: the database is unavailable", extra={"error": _first_line(exc)})
+    elif status >= 500:
         logger.exception("API request failed", exc_info=exc)
     set_rollback()
     return Response(body, status=status, headers=headers)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def json_error_view(status: int, message: str, code: str):
@@ -224,3 +261,19 @@ def json_error_view(status: int, message: str, code: str):
         return response
 
     return view
+
+
+def server_error(request: HttpRequest) -> JsonResponse:
+    """``handler500``: an exception no view handled, raised anywhere in the middleware
+    (sessions, authentication, django-axes) or in a view outside the API (the admin).
+    Django calls it while handling that exception, so ``sys.exc_info()`` names it. The
+    database being unavailable is the 503 the API answers; anything else is a 500."""
+    exc = sys.exc_info()[1]
+    if exc is not None and database_unavailable(exc):
+        status, body, headers = error_response(exc)
+    else:
+        status, body, headers = 500, _message("500 Internal Server Error"), {"X-Error-Code": "internal_error"}
+    response = JsonResponse(body, status=status)
+    for name, value in headers.items():
+        response[name] = value
+    return response

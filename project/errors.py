@@ -47,6 +47,19 @@ class RetryableError(AppError):
     retryable = True
 
 
+class DatabaseUnavailable(RetryableError):
+    """PostgreSQL cannot be reached or dropped the connection (``OperationalError`` or
+    ``InterfaceError``): every endpoint answers 503 with ``Retry-After``
+    (``project.api.error_response``), so that a client, SDRS' callback included, sends
+    its request again instead of losing it."""
+
+    code = "database_unavailable"
+    http_status = 503
+
+    def default_message(self) -> str:
+        return "503 Service Unavailable"
+
+
 class PermanentError(AppError):
     """Will fail again: authentication, configuration, invalid input."""
 

@@ -209,3 +209,31 @@ def error_responses(*codes: int, **descriptions: str) -> dict[int, OpenApiRespon
         body = TooManyRequestsSerializer if code == 429 else ErrorSerializer
         responses[code] = OpenApiResponse(body, description=description)
     return responses
+
+
+#: Every operation, the callback's too, answers this while the database is unavailable.
+UNAVAILABLE_DESCRIPTION = (
+    'The database is unavailable (restarting, unreachable): `{"message": "503 Service Unavailable"}`. '
+    "Nothing was done; send the request again after `Retry-After` seconds."
+)
+
+
+def document_database_unavailable(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict:
+    """drf-spectacular post-processing hook: the 503 of ``project.api`` (with
+    ``Retry-After`` and ``X-Error-Code``) on every operation, from the one place that sends it."""
+    headers = {
+        "Retry-After": {"schema": {"type": "integer"}, "required": True, "description": "Seconds to wait."},
+        "X-Error-Code": {"schema": {"type": "string"}, "description": "`database_unavailable`."},
+    }
+    for item in result.get("paths", {}).values():
+        for operation in item.values():
+            if isinstance(operation, dict) and "responses" in operation:
+                operation["responses"].setdefault(
+                    "503",
+                    {
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                        "headers": headers,
+                        "description": UNAVAILABLE_DESCRIPTION,
+                    },
+                )
+    return result

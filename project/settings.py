@@ -303,6 +303,11 @@ SPECTACULAR_SETTINGS = {
     "secret detection token verification.",
     "VERSION": "4",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The 503 every operation answers while the database is unavailable (project.api).
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "project.schema.document_database_unavailable",
+    ],
     # No CDN: the docs page loads Redoc (and Swagger UI, should a view use it) from the
     # sidecar's static files, so it works with no network. Our template override
     # (project/templates/drf_spectacular/redoc.html) drops the web fonts.

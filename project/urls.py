@@ -3,7 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularJSONAPIView, SpectacularRedocView
 
 from project import views
-from project.api import json_error_view
+from project.api import json_error_view, server_error
 
 # Order matters: project routes take a <path:> id (namespace/path may contain "/"), so
 # the app routes with a suffix come before the bare project route.
@@ -26,4 +26,5 @@ urlpatterns = [
 ]
 
 handler404 = json_error_view(404, "404 Not Found", "not_found")
-handler500 = json_error_view(500, "500 Internal Server Error", "internal_error")
+# A 500, or the 503 with Retry-After when the database is unavailable (project.api).
+handler500 = server_error

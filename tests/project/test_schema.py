@@ -74,7 +74,7 @@ def test_the_callback_takes_json_only_and_documents_its_signature_headers(openap
     assert headers["X-SDRS-Signature"]["required"]
     body = openapi.schema["components"]["schemas"]["TokenStatusCallback"]
     assert set(body["required"]) == {"finding_id", "status", "request_id", "verified_at"}
-    assert set(operation["responses"]) == {"200", "400", "401", "404", "415"}
+    assert set(operation["responses"]) == {"200", "400", "401", "404", "415", "503"}
 
 
 def test_the_findings_list_is_a_paginated_list(openapi) -> None:
@@ -175,3 +175,11 @@ def test_a_response_the_schema_does_not_document_fails_the_test_that_got_it(api,
     monkeypatch.setitem(user, "responses", {k: v for k, v in user["responses"].items() if k != "200"})
     with pytest.raises(UndocumentedResponse, match=r"GET /api/v4/user answered 200: status 200 is not documented"):
         api(owner).get("/api/v4/user")
+
+
+def test_every_operation_documents_the_503_of_an_unavailable_database(openapi) -> None:
+    error = {"$ref": "#/components/schemas/Error"}
+    for path, method, operation in _operations(openapi.schema):
+        unavailable = operation["responses"]["503"]
+        assert unavailable["content"]["application/json"]["schema"] == error, (method, path)
+        assert unavailable["headers"]["Retry-After"]["required"], (method, path)
