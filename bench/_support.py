@@ -75,8 +75,16 @@ SMOKE_ARGS: dict[str, list[str]] = {
     ],
     "console.py": ["--sizes", "1000", "--repeat", "2", "--warmup", "1"],
     "export.py": ["--sizes", "200", "--repeat", "1"],
+    "health_under_load.py": [
+        "--pollers", "4", "--users", "2", "--seconds", "1", "--idle-seconds", "0.5", "--workers", "1",
+    ],
     "report_import.py": ["--findings", "200"],
+    "sdrs_outage.py": ["--findings", "4", "--workers", "2", "--outage", "2", "--db-outage", "2", "--kill-every", "3"],
     "retry_timing.py": ["--jobs", "4", "--tick-baseline"],
+    "status_load.py": [
+        "--users", "6", "--clients", "3", "--seconds", "0.5", "--warmup", "0.2", "--rounds", "1",
+        "--pollers", "5", "--jobs", "20",
+    ],
     "throughput.py": ["--jobs", "20", "--warmup", "0", "--workers", "1"],
     "verification.py": ["--findings", "10", "--latency", "0.01", "--concurrency", "2"],
 }  # fmt: skip

@@ -169,7 +169,7 @@ def _print_banner(host: str, port: int, admin_line: str, children: dict[str, lis
                 f"  {admin_line}",
                 f"  API:       {base}/api/v4/   (schema {base}/api/openapi.json, docs {base}/api/docs/)",
                 f"  Metrics:   {base}/metrics",
-                f"  Health:    {base}/-/readiness",
+                f"  Health:    {base}/-/readiness   (probes: {_probe_line(host)})",
                 f"  Database:  {db}",
                 f"  Processes: {', '.join(children)}   (Ctrl-C stops everything)",
                 "",
@@ -177,6 +177,14 @@ def _print_banner(host: str, port: int, admin_line: str, children: dict[str, lis
         ),
         flush=True,
     )
+
+
+def _probe_line(host: str) -> str:
+    """Where the web server's probe port answers (``WEB_PROBE_PORT``, project/gunicorn_conf.py)."""
+    from project.env import env_int
+
+    port = env_int("WEB_PROBE_PORT", 8001, minimum=0, maximum=65535)
+    return f"http://{host}:{port}/-/readiness" if port else "off"
 
 
 def main(argv: list[str] | None = None) -> int:
