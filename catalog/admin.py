@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import operator
 from datetime import timedelta
+from typing import TYPE_CHECKING, TypedDict
 from urllib.parse import urlencode
 
 from django.contrib import admin, messages
@@ -19,12 +20,20 @@ from django.views.decorators.http import require_POST
 
 from catalog import services
 from catalog.models import SYNCED_FIELDS, CatalogResource, SyncEvent
-from project.admin_tools import ControlledAdmin, admin_link, badge, clipped, seconds_text, time_column
+from project.admin_tools import ControlledAdmin, admin_link, badge, clipped, detail_button, seconds_text, time_column
 from project.errors import AppError
 from project.jobs import JobRun
 
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
+
 PROCESS_JOB = "catalog.process_sync_events"
 SYNC_PERMISSION = "catalog.sync_catalogresource"
+
+
+class _InSync(TypedDict):
+    is_in_sync: bool
+
 
 #: Computed in SQL next to the project's columns, so the list needs no query per row.
 IN_SYNC = ExpressionWrapper(
@@ -145,7 +154,7 @@ class CatalogResourceAdmin(ControlledAdmin):
         return admin_link(obj.project, clipped(obj.project.path_with_namespace, 28))
 
     @admin.display(description="In sync", boolean=True, ordering="is_in_sync")
-    def in_sync(self, obj: CatalogResource) -> bool:
+    def in_sync(self, obj: WithAnnotations[CatalogResource, _InSync]) -> bool:
         return obj.is_in_sync
 
     synced_shown = time_column("synced_at", "Synced", empty="never")
@@ -175,6 +184,7 @@ class CatalogResourceAdmin(ControlledAdmin):
         obj.refresh_from_db()
         obj._state.adding = False
 
+    @detail_button("Resync")
     @admin.action(description="Resync selected resources from their projects", permissions=["sync"])
     def resync_selected(self, request: HttpRequest, queryset) -> None:
         result = services.catalog_resources_resync(resource_ids=list(queryset.values_list("pk", flat=True)))
@@ -188,8 +198,6 @@ class CatalogResourceAdmin(ControlledAdmin):
             f"{result['checked'] - result['updated']} already in sync.",
             level,
         )
-
-    resync_selected.button_label = "Resync"
 
     @admin.action(description="Process pending events now", permissions=["sync"])
     def process_pending_now(self, request: HttpRequest, queryset) -> None:
@@ -284,7 +292,7 @@ class SyncEventAdmin(ControlledAdmin):
         try:
             _process_now(self, request)
         except AppError as exc:
-            self.message_user(request, exc.message, messages.ERROR)
+            self.message_user(request, str(exc), messages.ERROR)
         return HttpResponseRedirect(reverse("admin:catalog_syncevent_changelist"))
 
     def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:

@@ -274,6 +274,7 @@ def catalog_sync_events_prune(*, older_than_days: int | None = None, batch_size:
     batch_size = batch_size or settings.CATALOG_PRUNE_BATCH_SIZE
     cutoff = timezone.now() - timedelta(days=days)
     after = deleted = 0
+    count: int  # rows deleted by one batch
     while True:
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(sql.PRUNE_BATCH, {"after": after, "cutoff": cutoff, "batch_size": batch_size})

@@ -4,13 +4,14 @@ live progress, cancel) is its run's, linked from here."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import Q
-from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import FileResponse, HttpRequest, HttpResponseRedirect
+from django.http.response import HttpResponseBase
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
@@ -23,6 +24,7 @@ from project.admin_tools import (
     admin_link,
     badge,
     clipped,
+    detail_button,
     duration,
     relative,
     time_column,
@@ -53,7 +55,7 @@ _PHASES = {
 }
 
 
-def _size(value: int) -> str:
+def _size(value: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if value < 1024 or unit == "GB":
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
@@ -66,7 +68,7 @@ def runs_url(export_job_id: int) -> str:
     return f"{reverse('admin:jobs_jobrun_changelist')}?{query}"
 
 
-def _retry_due(job: ProjectExportJob):
+def _retry_due(job: ProjectExportJob) -> datetime | None:
     """When the next attempt starts, if the export's run is waiting for a retry."""
     run = job.job_run
     if run is not None and job.is_active and run.waiting_for_retry:
@@ -223,7 +225,7 @@ class ProjectExportJobAdmin(ControlledAdmin):
         run = obj.job_run
         if obj.error_code or obj.error:
             code, message = obj.error_code, obj.error
-        elif _retry_due(obj) is not None and run.error_code:
+        elif run is not None and _retry_due(obj) is not None and run.error_code:
             code, message = run.error_code, run.error
         else:
             return ""
@@ -274,6 +276,7 @@ class ProjectExportJobAdmin(ControlledAdmin):
 
     # -- actions (each through exports.services)
 
+    @detail_button("Retry")
     @admin.action(description="Retry (queue a new export for the same project and user)", permissions=["control"])
     def retry(self, request: HttpRequest, queryset) -> None:
         self.each(
@@ -284,8 +287,7 @@ class ProjectExportJobAdmin(ControlledAdmin):
             noun="new export(s)",
         )
 
-    retry.button_label = "Retry"
-
+    @detail_button("Cancel")
     @admin.action(description="Cancel (a running export stops within a second)", permissions=["control"])
     def cancel(self, request: HttpRequest, queryset) -> None:
         by = request.user.get_username()
@@ -297,8 +299,7 @@ class ProjectExportJobAdmin(ControlledAdmin):
             noun="export(s)",
         )
 
-    cancel.button_label = "Cancel"
-
+    @detail_button("Delete archive")
     @admin.action(description="Delete the archive of the job's project and user", permissions=["delete_archive"])
     def delete_archive(self, request: HttpRequest, queryset) -> None:
         pairs = set(queryset.values_list("project_id", "user_id"))
@@ -314,8 +315,6 @@ class ProjectExportJobAdmin(ControlledAdmin):
             noun="archive(s)",
             problems=[] if deleted else ["The selected jobs have no archive to delete."],
         )
-
-    delete_archive.button_label = "Delete archive"
 
 
 @admin.register(ProjectExportArchive)
@@ -405,7 +404,7 @@ class ProjectExportArchiveAdmin(ControlledAdmin):
         url = reverse("admin:exports_projectexportarchive_download", args=[obj.pk])
         return format_html('<a href="{}">{}</a>', url, "expired" if obj.is_expired else "download")
 
-    def download_view(self, request: HttpRequest, archive_id: int) -> HttpResponse:
+    def download_view(self, request: HttpRequest, archive_id: int) -> HttpResponseBase:
         """Staff who may view archives may download them (``exports.view_projectexportarchive``)."""
         archive = ProjectExportArchive.objects.filter(pk=archive_id).select_related("project", "user").first()
         if archive is None or not self.has_view_permission(request, archive):

@@ -8,6 +8,8 @@ import logging
 import shutil
 import time
 from datetime import timedelta
+from pathlib import Path
+from typing import cast
 
 from django.conf import settings
 from django.core.files.storage import default_storage
@@ -79,7 +81,7 @@ def workdirs_cleanup() -> int:
         return 0
     too_old = time.time() - settings.EXPORT_MAX_AGE
     paths = list(root.iterdir())
-    ids = {}
+    ids: dict[Path, int | None] = {}  # scratch directory: the export job it belongs to
     for path in paths:
         try:
             ids[path] = int(path.name.split("-")[1])
@@ -111,7 +113,7 @@ def export_archives_cleanup() -> dict[str, int]:
     refers to, and scratch directories left by killed workers."""
     now = timezone.now()
     deleted = freed = 0
-    removed_names = set()
+    removed_names: set[str] = set()
     for archive_id in list(ProjectExportArchive.objects.filter(expires_at__lte=now).values_list("pk", flat=True)):
         with transaction.atomic():
             archive = (
@@ -121,9 +123,10 @@ def export_archives_cleanup() -> dict[str, int]:
             )
             if archive is None:
                 continue  # replaced by a new export meanwhile, or being replaced now
-            name, size = archive.file.name, archive.size
+            name, size = cast(str, archive.file.name), archive.size  # a saved archive has a file
             archive.delete()
-            transaction.on_commit(lambda name=name: services.storage_delete(name), robust=True)
+            # (mypy cannot infer a lambda with a default argument, here binding this loop's name.)
+            transaction.on_commit(lambda name=name: services.storage_delete(name), robust=True)  # type: ignore[misc]
         removed_names.add(name)
         deleted += 1
         freed += size

@@ -16,6 +16,7 @@ def _export_rerun(run: JobRun, by: str) -> JobRun:
     # Running the same export job again would find it finished and skip: a re-run is a new
     # export of the same project for the same user.
     new = services.export_job_retry(export_job_id=run.kwargs["export_job_id"])
+    assert new.job_run is not None  # export_request enqueues the new job's run
     return new.job_run
 
 

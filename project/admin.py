@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, TypedDict
+
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.db.models import Count, Exists, OuterRef
@@ -11,10 +13,21 @@ from django_q import admin as q_admin
 from django_q.models import Failure, Success
 
 from project import services
-from project.admin_tools import ControlledAdmin, badge, clipped, time_column
+from project.admin_tools import ControlledAdmin, badge, clipped, detail_button, time_column
 from project.errors import AppError
 from project.forms import AccessTokenCreateForm, ApplicationSettingForm
 from project.models import AccessToken, ApplicationSetting, Issue, Label, Note, Project, ProjectMember, User
+
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
+
+
+class _IssueTotal(TypedDict):
+    issue_total: int
+
+
+class _IsLive(TypedDict):
+    is_live: bool
 
 
 @admin.register(User)
@@ -46,7 +59,7 @@ class ProjectAdmin(admin.ModelAdmin):
             super().save_model(request, obj, form, change)
 
     @admin.display(description="Issues", ordering="issue_total")
-    def issue_count(self, obj: Project) -> int:
+    def issue_count(self, obj: WithAnnotations[Project, _IssueTotal]) -> int:
         return obj.issue_total
 
     created_shown = time_column("created_at", "Created")
@@ -157,7 +170,7 @@ class AccessTokenAdmin(ControlledAdmin):
         return ", ".join(obj.scopes or []) or "-"
 
     @admin.display(description="State", ordering="revoked_at")
-    def state_shown(self, obj: AccessToken) -> str:
+    def state_shown(self, obj: WithAnnotations[AccessToken, _IsLive]) -> str:
         if obj.revoked_at is not None:
             return badge("revoked", "#5d4037")
         if not obj.is_live:  # annotated from AccessToken.objects.live(), the one definition
@@ -170,10 +183,10 @@ class AccessTokenAdmin(ControlledAdmin):
 
     revoked_shown = time_column("revoked_at", "Revoked")
 
-    def get_form(self, request: HttpRequest, obj: AccessToken | None = None, **kwargs):
+    def get_form(self, request: HttpRequest, obj: AccessToken | None = None, change: bool = False, **kwargs):
         if obj is None:
             return AccessTokenCreateForm
-        return super().get_form(request, obj, **kwargs)
+        return super().get_form(request, obj, change=change, **kwargs)
 
     def get_fields(self, request: HttpRequest, obj: AccessToken | None = None):
         if obj is None:
@@ -194,7 +207,7 @@ class AccessTokenAdmin(ControlledAdmin):
         try:
             token, value = services.access_token_create(**form.cleaned_data)
         except AppError as exc:
-            self.message_user(request, exc.message, messages.ERROR)
+            self.message_user(request, str(exc), messages.ERROR)
             return super().add_view(request, form_url, extra_context)
         # Rendered directly, never stored in a message or session, and never shown again.
         return TemplateResponse(
@@ -210,6 +223,7 @@ class AccessTokenAdmin(ControlledAdmin):
             },
         )
 
+    @detail_button("Revoke")
     @admin.action(description="Revoke selected tokens", permissions=["revoke"])
     def revoke(self, request: HttpRequest, queryset) -> None:
         done, problems = 0, []
@@ -219,8 +233,6 @@ class AccessTokenAdmin(ControlledAdmin):
             else:
                 problems.append(f"{token}: already revoked.")
         self.report(request, done=done, verb="Revoked", noun="token(s)", problems=problems)
-
-    revoke.button_label = "Revoke"
 
 
 @admin.register(ApplicationSetting)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from django.contrib import admin, messages
 from django.contrib.admin.utils import flatten_fieldsets
@@ -134,6 +134,19 @@ def estimated_rows(table: str) -> int:
 
 # --- controlled records -----------------------------------------------------------------
 
+_ActionFunc = TypeVar("_ActionFunc", bound=Callable[..., Any])
+
+
+def detail_button(label: str) -> Callable[[_ActionFunc], _ActionFunc]:
+    """The label of an admin action's button on the detail page (see ``ControlledAdmin``);
+    without it the button shows the action's description."""
+
+    def decorate(func: _ActionFunc) -> _ActionFunc:
+        func.__dict__["button_label"] = label
+        return func
+
+    return decorate
+
 
 class ControlledAdmin(admin.ModelAdmin):
     """Read-only records an operator acts on.
@@ -173,8 +186,8 @@ class ControlledAdmin(admin.ModelAdmin):
 
     # -- permission enforcement
 
-    def _declared_actions(self) -> dict[str, Callable]:
-        return {name: func for func, name, _ in self._get_base_actions()}
+    def _declared_actions(self) -> dict[str, Callable[..., Any]]:
+        return {name: func for func, name, _ in self._get_base_actions()}  # type: ignore[attr-defined]  # private Django API, not in django-stubs
 
     def _refuse_unpermitted(self, request: HttpRequest, name: str) -> None:
         if name in self._declared_actions() and name not in self.get_actions(request):
@@ -204,8 +217,9 @@ class ControlledAdmin(admin.ModelAdmin):
         opts = self.model._meta
         buttons = []
         for name in self.detail_actions:
-            if name in actions and self.action_applies(obj, name):
-                func, _, description = actions[name]
+            entry = actions.get(name)
+            if entry is not None and self.action_applies(obj, name):
+                func, _, description = entry
                 buttons.append(
                     {
                         "name": name,
@@ -228,8 +242,8 @@ class ControlledAdmin(admin.ModelAdmin):
         if action not in self.detail_actions:
             raise PermissionDenied(f"{action!r} is not an action of this page.")
         self._refuse_unpermitted(request, action)
-        actions = self.get_actions(request)
-        if action not in actions:
+        entry = self.get_actions(request).get(action)
+        if entry is None:
             raise PermissionDenied(f"{action!r} is not an action of this page.")
         queryset = self.get_queryset(request).filter(pk=object_id)
         if not queryset.exists():
@@ -237,8 +251,8 @@ class ControlledAdmin(admin.ModelAdmin):
             return HttpResponseRedirect(
                 reverse(f"admin:{self.model._meta.app_label}_{self.model._meta.model_name}_changelist")
             )
-        func = actions[action][0]
-        response = func(self, request, queryset)
+        # An action returns a response or None (django-stubs types its result as str).
+        response = cast("HttpResponse | None", entry[0](self, request, queryset))
         if response is not None:
             return response
         return HttpResponseRedirect(

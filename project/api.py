@@ -144,7 +144,8 @@ class CleanMultiPartParser(parsers.MultiPartParser):
     def parse(self, stream, media_type=None, parser_context=None):
         parsed = super().parse(stream, media_type, parser_context)
         reject_malformed(parsed.data, "the body")
-        reject_malformed([upload.name for upload in parsed.files.values()], "a file name")
+        names = [upload.name for upload in parsed.files.values()]  # type: ignore[union-attr]  # an upload, never []
+        reject_malformed(names, "a file name")
         return parsed
 
 
@@ -228,9 +229,11 @@ def _error(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str], str
         # detail is a structure: joined into one message, as grape joins its errors.
         return 400, {"error": ", ".join(error_messages(exc.detail))}, {}, "invalid"
     if isinstance(exc, AuthThrottled):
-        return 429, _message("Retry later"), {"Retry-After": str(max(1, int(exc.wait or 1)))}, "auth_throttled"
+        wait = exc.wait  # type: ignore[attr-defined]  # set by Throttled.__init__; not in the DRF stubs
+        return 429, _message("Retry later"), {"Retry-After": str(max(1, int(wait or 1)))}, "auth_throttled"
     if isinstance(exc, exceptions.Throttled):
-        return 429, _message(GITLAB_MESSAGE), {"Retry-After": str(max(1, int(exc.wait or 60)))}, "rate_limited"
+        wait = exc.wait  # type: ignore[attr-defined]  # set by Throttled.__init__; not in the DRF stubs
+        return 429, _message(GITLAB_MESSAGE), {"Retry-After": str(max(1, int(wait or 60)))}, "rate_limited"
     if isinstance(exc, exceptions.APIException):
         codes = exc.get_codes()
         code = codes if isinstance(codes, str) else "error"

@@ -33,7 +33,7 @@ def _user(username: str) -> User:
     return user
 
 
-def _project(index: int, owner: User, members: dict[int, User]) -> Project:
+def _project(index: int, owner: User, members: dict[AccessLevel, User]) -> Project:
     project = Project.objects.filter(namespace_path="demo", path=f"project-{index}").first()
     if project is None:
         project = services.project_create(

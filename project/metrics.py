@@ -34,6 +34,7 @@ from prometheus_client import multiprocess as prometheus_multiprocess
 from prometheus_client.core import Metric
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class _Merged:
     """What ``generate_latest`` needs (a ``collect()``): this process's registry, or every
     process's files in multiprocess mode, then the gauges read from the database."""
 
-    def __init__(self, source: CollectorRegistry) -> None:
+    def __init__(self, source: Collector) -> None:
         self.source = source
 
     def collect(self) -> Iterable[Metric]:

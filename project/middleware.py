@@ -18,7 +18,7 @@ class RequestIdMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         request_id = context.clean_request_id(request.headers.get("X-Request-ID"))
-        request.request_id = request_id
+        request.request_id = request_id  # type: ignore[attr-defined]  # our attribute, for views; HttpRequest declares no such field
         with context.bind(request_id=request_id):
             response = self.get_response(request)
         response["X-Request-ID"] = request_id

@@ -106,7 +106,9 @@ class GitLabPagination(BasePagination):
         return self.page - 1 if 1 < self.page <= self.total_pages else None
 
     def _href(self, page: int) -> str:
-        params = {key: value for key, value in self.request.query_params.items() if key not in ("page", "per_page")}
+        params: dict[str, Any] = {
+            key: value for key, value in self.request.query_params.items() if key not in ("page", "per_page")
+        }
         params.update(page=page, per_page=self.per_page)
         query = urlencode(sorted(params.items()))  # Rails' to_query sorts the keys
         return f"{settings.EXTERNAL_URL}{escape_uri_path(self.request.path_info)}?{query}"

@@ -12,7 +12,13 @@ from typing import Any
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiRequest, OpenApiResponse, PolymorphicProxySerializer
+from drf_spectacular.utils import (
+    Direction,
+    OpenApiParameter,
+    OpenApiRequest,
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+)
 from rest_framework import serializers
 
 
@@ -154,7 +160,11 @@ def query_parameters(serializer_class: type[serializers.Serializer]) -> list[Any
         if isinstance(field, serializers.BaseSerializer):
             parameters.append(
                 OpenApiParameter(
-                    name, field.__class__, style="deepObject", explode=True, description=field.help_text or ""
+                    name,
+                    field.__class__,  # type: ignore[arg-type]  # any serializer class; the hint names Serializer only
+                    style="deepObject",
+                    explode=True,
+                    description=field.help_text or "",
                 )
             )
     return parameters
@@ -181,7 +191,7 @@ class ApiAutoSchema(AutoSchema):
     throttle, every 429 documents ``Retry-After``, and every error the ``X-Error-Code``
     header, without each view listing them."""
 
-    def _get_response_bodies(self, direction: str = "response") -> dict[str, Any]:
+    def _get_response_bodies(self, direction: Direction = "response") -> dict[str, Any]:
         # (The hook after @extend_schema's responses: its subclass answers
         # get_response_serializers itself.)
         responses = super()._get_response_bodies(direction)

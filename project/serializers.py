@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
@@ -28,6 +28,9 @@ from rest_framework.settings import api_settings
 
 from project.errors import ValidationFailed
 from project.models import Project, User
+
+if TYPE_CHECKING:
+    from django_stubs_ext import StrOrPromise
 
 # Grape's messages. "{{param}}" survives DRF's str.format() as "{param}", which
 # ``error_messages`` replaces by the parameter's full name.
@@ -128,7 +131,7 @@ class IntegerParam(serializers.IntegerField):
         "max_string_length": PARAM_INVALID,
     }
 
-    def to_internal_value(self, data: Any) -> int | None:
+    def to_internal_value(self, data: Any) -> int | None:  # type: ignore[override]  # "" is absent: None
         if data == "":
             return None
         if isinstance(data, bool):
@@ -172,7 +175,7 @@ class UrlParam(StringParam):
     """A URL, checked by the service that uses it (schemes, resolution, local addresses)."""
 
 
-def messages_for(message: str, *keys: str) -> dict[str, str]:
+def messages_for(message: str, *keys: str) -> dict[str, StrOrPromise]:
     """One message for every way a field can be wrong."""
     keys = keys or ("invalid", "required", "null", "blank", "invalid_choice", "min_value", "max_value")
     return dict.fromkeys(keys, message)

@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import URLPattern, URLResolver, include, path
 from drf_spectacular.views import SpectacularJSONAPIView, SpectacularRedocView
 
 from project import views
@@ -7,7 +7,7 @@ from project.api import json_error_view, server_error
 
 # Order matters: project routes take a <path:> id (namespace/path may contain "/"), so
 # the app routes with a suffix come before the bare project route.
-api_v4 = [
+api_v4: list[URLPattern | URLResolver] = [
     path("", include("exports.urls")),
     path("", include("catalog.urls")),
     path("", include("secret_detection.urls")),

@@ -10,7 +10,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from project.admin_tools import ControlledAdmin, admin_link, badge, clipped, time_column, when
+from project.admin_tools import ControlledAdmin, admin_link, badge, clipped, detail_button, time_column, when
 from project.jobs import JobRun
 from project.models import ApplicationSetting
 from secret_detection import console, services
@@ -110,7 +110,8 @@ class PartnerTokenTypeAdmin(admin.ModelAdmin):
     def check_connection_view(self, request: HttpRequest) -> HttpResponse:
         """Linked from the application settings: probe SDRS, report the result there."""
         target = reverse("admin:project_applicationsetting_change", args=[ApplicationSetting.current().pk])
-        if not request.user.has_perm("project.change_applicationsetting"):
+        # (An anonymous user has no permission; the first test says so to the type checker.)
+        if not request.user.is_authenticated or not request.user.has_perm("project.change_applicationsetting"):
             self.message_user(request, "You may not change the application settings.", messages.ERROR)
             return HttpResponseRedirect(target)
         check = services.sdrs_connection_check(user_id=request.user.pk)
@@ -341,6 +342,7 @@ class FindingTokenStatusAdmin(ControlledAdmin):
     def verify_now(self, request: HttpRequest, queryset) -> None:
         verify_now_report(self, request, list(queryset.values_list("pk", flat=True)))
 
+    @detail_button("Refresh now")
     @admin.action(description="Refresh now (make due and start a refresh tick)", permissions=["verify"])
     def refresh_now(self, request: HttpRequest, queryset) -> None:
         due = services.token_statuses_refresh_now(finding_ids=list(queryset.values_list("pk", flat=True)))
@@ -348,8 +350,6 @@ class FindingTokenStatusAdmin(ControlledAdmin):
             self.message_user(request, f"{due} status(es) are due now; a refresh tick was started.", messages.SUCCESS)
         else:
             self.message_user(request, "Nothing to refresh: the selected statuses are pending.", messages.WARNING)
-
-    refresh_now.button_label = "Refresh now"
 
 
 _IMPORT_COLOURS = {"queued": "#777", "running": "#2a7ae2", "finished": "#2e7d32", "failed": "#c62828"}

@@ -167,6 +167,7 @@ def _session(base_url: str) -> requests.Session:
 
 def _raise_for(response: requests.Response) -> None:
     status = response.status_code
+    error: SdrsError
     if status == 429:
         seconds = retry_after_seconds(response.headers.get("Retry-After"))
         error = SdrsRateLimited(f"SDRS is rate limiting (429), retry after {seconds:.0f} s", retry_after=seconds)

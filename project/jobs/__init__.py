@@ -15,11 +15,17 @@ Apps use only the names below. ``JobRun``, ``current_run`` and ``control`` are l
 first use, because this package is imported before Django's models are ready.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from project.errors import PermanentError, RetryableError
 from project.jobs.progress import JobCancelled, heartbeat, report_progress
 from project.jobs.registry import Defer, Job, RetryPolicy, Target, job
+
+if TYPE_CHECKING:  # what __getattr__ below loads on first use, for the type checker
+    from project.jobs import console, control, overview
+    from project.jobs.models import JobRun
+    from project.jobs.overview import Backlog, Switch, SwitchSource
+    from project.jobs.runner import current_run
 
 __all__ = [
     "Backlog",

@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 from django.apps import apps
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.admin.views.main import ChangeList
+from django.db.models import Model, QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
@@ -17,6 +20,9 @@ from django.utils.html import format_html, format_html_join
 from project.admin_tools import ControlledAdmin, admin_link, badge, clipped, duration, relative, time_column, when
 from project.jobs import control, registry
 from project.jobs.models import ClusterHeartbeat, JobPause, JobRun
+
+if TYPE_CHECKING:
+    from django.contrib.admin.filters import _ListFilterChoices
 
 Status = JobRun.Status
 COLOURS = {
@@ -74,10 +80,10 @@ class KindFilter(admin.SimpleListFilter):
     title = "kind"
     parameter_name = "kind"
 
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin):
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]) -> list[tuple[str, str]]:
         return [("housekeeping", "Scheduled housekeeping"), ("all", "All runs")]
 
-    def choices(self, changelist):
+    def choices(self, changelist: ChangeList) -> Iterator[_ListFilterChoices]:
         yield {
             "selected": self.value() is None,
             "query_string": changelist.get_query_string(remove=[self.parameter_name]),
@@ -90,7 +96,7 @@ class KindFilter(admin.SimpleListFilter):
                 "display": title,
             }
 
-    def queryset(self, request: HttpRequest, queryset):
+    def queryset(self, request: HttpRequest, queryset: QuerySet[JobRun]) -> QuerySet[JobRun]:
         if self.value() == "all":
             return queryset
         return queryset.filter(scheduled=self.value() == "housekeeping")
@@ -100,10 +106,10 @@ class JobNameFilter(admin.SimpleListFilter):
     title = "job"
     parameter_name = "job"
 
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin):
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]) -> list[tuple[str, str]]:
         return [(name, name) for name in registry.names()]
 
-    def queryset(self, request: HttpRequest, queryset):
+    def queryset(self, request: HttpRequest, queryset: QuerySet[JobRun]) -> QuerySet[JobRun]:
         return queryset.filter(name=self.value()) if self.value() else queryset
 
 
@@ -111,7 +117,7 @@ class StatusFilter(admin.SimpleListFilter):
     title = "status"
     parameter_name = "status"
 
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin):
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]) -> list[tuple[str, str]]:
         return [
             ("queued", "queued"),
             ("retry_waiting", "waiting for a retry"),
@@ -122,7 +128,7 @@ class StatusFilter(admin.SimpleListFilter):
             ("cancelled", "cancelled"),
         ]
 
-    def queryset(self, request: HttpRequest, queryset):
+    def queryset(self, request: HttpRequest, queryset: QuerySet[JobRun]) -> QuerySet[JobRun]:
         value, now = self.value(), timezone.now()
         if value == "retry_waiting":
             return queryset.filter(status=Status.QUEUED, attempt__gt=1, due_at__gt=now)
@@ -139,14 +145,14 @@ class RunChangeList(ChangeList):
         attach_targets(self.result_list)
 
 
-def attach_targets(runs) -> None:
+def attach_targets(runs: Iterable[JobRun]) -> None:
     """Load the records the runs work on, one query per kind of record."""
     wanted: dict[str, set[int]] = defaultdict(set)
     for run in runs:
         job = registry.get(run.name)
         if job and job.target and run.target_id is not None:
             wanted[job.target.model].add(run.target_id)
-    found = {}
+    found: dict[tuple[str, Any], Model] = {}  # (model label, primary key)
     for label, ids in wanted.items():
         model = apps.get_model(label)
         for pk, obj in model._default_manager.select_related().in_bulk(ids).items():
@@ -198,10 +204,10 @@ class JobRunAdmin(ControlledAdmin):
         ),
     ]
 
-    def get_changelist(self, request: HttpRequest, **kwargs):
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return RunChangeList
 
-    def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None):
+    def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None) -> JobRun | None:
         run = super().get_object(request, object_id, from_field)
         if run is not None:
             attach_targets([run])
@@ -311,14 +317,14 @@ class JobRunAdmin(ControlledAdmin):
     # -- actions (each through project.jobs.control)
 
     @admin.action(description="Cancel", permissions=["control"])
-    def cancel(self, request: HttpRequest, queryset) -> None:
+    def cancel(self, request: HttpRequest, queryset: QuerySet[JobRun]) -> None:
         by = request.user.get_username()
         self.each(
             request, queryset, lambda run: control.run_cancel(run_id=run.pk, by=by), verb="Cancelled", noun="run(s)"
         )
 
     @admin.action(description="Retry now", permissions=["control"])
-    def retry_now(self, request: HttpRequest, queryset) -> None:
+    def retry_now(self, request: HttpRequest, queryset: QuerySet[JobRun]) -> None:
         by = request.user.get_username()
         self.each(
             request,
@@ -329,12 +335,12 @@ class JobRunAdmin(ControlledAdmin):
         )
 
     @admin.action(description="Re-run (do the work again)", permissions=["control"])
-    def rerun(self, request: HttpRequest, queryset) -> None:
+    def rerun(self, request: HttpRequest, queryset: QuerySet[JobRun]) -> None:
         by = request.user.get_username()
         self.each(request, queryset, lambda run: control.run_rerun(run_id=run.pk, by=by), verb="Re-ran", noun="run(s)")
 
     @admin.action(description="Recover runs whose worker is gone", permissions=["control"])
-    def recover_lost(self, request: HttpRequest, queryset) -> None:
+    def recover_lost(self, request: HttpRequest, queryset: QuerySet[JobRun]) -> None:
         from project.jobs.recovery import run_recover_lost
 
         moved = sum(1 for pk in queryset.values_list("pk", flat=True) if run_recover_lost(run_id=pk))
@@ -359,7 +365,7 @@ class JobPauseAdmin(ControlledAdmin):
     paused_shown = time_column("paused_at", "Paused")
 
     @admin.action(description="Resume", permissions=["control"])
-    def resume(self, request: HttpRequest, queryset) -> None:
+    def resume(self, request: HttpRequest, queryset: QuerySet[JobPause]) -> None:
         by = request.user.get_username()
         self.each(
             request, queryset, lambda pause: control.job_resume(name=pause.name, by=by), verb="Resumed", noun="job(s)"

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import datetime as dt
 from datetime import timedelta
+from typing import Any
 
 from django.contrib import messages
 from django.contrib.admin import AdminSite
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
-from django.urls import path, reverse
+from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -35,7 +36,7 @@ CONTROL_PERMISSION = "jobs.control_jobrun"
 REFRESH_SECONDS = 5
 
 
-def urls(site: AdminSite) -> list:
+def urls(site: AdminSite) -> list[URLPattern]:
     return [
         path("jobs/", site.admin_view(console_view), name="jobs_console"),
         path("jobs/control/", site.admin_view(control_view), name="jobs_control"),
@@ -101,7 +102,7 @@ def control_view(request: HttpRequest) -> HttpResponse:
         try:
             messages.success(request, source.flip(key, on, by))
         except AppError as exc:
-            messages.error(request, exc.message)
+            messages.error(request, str(exc))
         return _back(request)
     operations = {
         "pause": lambda: control.job_pause(name=request.POST.get("name", ""), by=by),
@@ -118,7 +119,7 @@ def control_view(request: HttpRequest) -> HttpResponse:
     try:
         messages.success(request, operations[op]().message)
     except AppError as exc:
-        messages.warning(request, exc.message)
+        messages.warning(request, str(exc))
     return _back(request)
 
 
@@ -189,7 +190,7 @@ def chart_svg(rows: list[tuple[dt.datetime, int, int]], *, now: dt.datetime | No
     )
 
 
-def summary_context(request: HttpRequest) -> dict:
+def summary_context(request: HttpRequest) -> dict[str, Any]:
     """The admin index's panel: the console's verdict in one line."""
     if not request.user.has_perm(VIEW_PERMISSION):
         return {}

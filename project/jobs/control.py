@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from django.db import IntegrityError, transaction
 
 from project.errors import Conflict, NotFound
 from project.jobs import registry, transitions
 from project.jobs.models import JobPause, JobRun
+
+if TYPE_CHECKING:
+    from project.jobs.overview import Switch
 
 logger = logging.getLogger("project.jobs")
 
@@ -145,7 +149,7 @@ def pauses() -> dict[str, JobPause]:
     return {pause.name: pause for pause in JobPause.objects.all()}
 
 
-def pause_switches() -> list:
+def pause_switches() -> list[Switch]:
     """Each paused job as a switch of the console's panel (flipping it on resumes it)."""
     from project.jobs import overview
 

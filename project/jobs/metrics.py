@@ -49,8 +49,8 @@ def jobs_gauges() -> Iterable[Metric]:
     for row in active.values("name", "status").annotate(n=Count("id")):
         runs.add_metric([row["name"], row["status"]], row["n"])
     due = active.filter(status=JobRun.Status.QUEUED, due_at__lte=now)
-    for row in due.values("name").annotate(first=Min("due_at")):
-        oldest.add_metric([row["name"]], (now - row["first"]).total_seconds())
+    for due_row in due.values("name").annotate(first=Min("due_at")):
+        oldest.add_metric([due_row["name"]], (now - due_row["first"]).total_seconds())
     yield runs
     yield oldest
     paused = GaugeMetricFamily("jobs_paused", "1 for each job an operator paused.", labels=["job"])

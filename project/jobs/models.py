@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -55,6 +57,10 @@ class JobRun(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
 
+    #: Not a column: the record the run works on, set only on the runs the admin shows
+    #: (``project.jobs.admin.attach_targets``).
+    target_obj: models.Model | None
+
     class Meta:
         db_table = "job_runs"
         ordering = ["-id"]
@@ -96,7 +102,7 @@ class JobRun(models.Model):
         return f"{self.name} #{self.pk}"
 
     @property
-    def duration(self):
+    def duration(self) -> timedelta | None:
         if self.started_at and self.finished_at:
             return self.finished_at - self.started_at
         return None

@@ -189,7 +189,7 @@ class Overview:
                 return [plain(item) for item in value]
             return value
 
-        return plain(
+        plain_dict: dict[str, Any] = plain(
             {
                 "now": self.now,
                 "problems": self.problems,
@@ -203,6 +203,7 @@ class Overview:
                 "switches": [asdict(row) for row in self.switches],
             }
         )
+        return plain_dict
 
 
 _ACTIVE_SQL = """
@@ -299,10 +300,11 @@ JOIN LATERAL (
 """
 
 
-def _rows(sql: str, params: dict[str, Any]) -> list[tuple]:
+def _rows(sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return cursor.fetchall()
+        rows: list[tuple[Any, ...]] = cursor.fetchall()
+        return rows
 
 
 def job_rows(*, now: dt.datetime | None = None) -> list[JobRow]:

@@ -54,7 +54,7 @@ class Watch:
     flushed: int = 0
     last_beat: float = field(default_factory=time.monotonic)
     stop_reason: str | None = None
-    token: contextvars.Token | None = field(default=None, repr=False)
+    token: contextvars.Token[Watch | None] | None = field(default=None, repr=False)
 
 
 _current: contextvars.ContextVar[Watch | None] = contextvars.ContextVar("job_watch", default=None)

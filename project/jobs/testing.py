@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from project.jobs import progress, queue, registry
+
+if TYPE_CHECKING:
+    from project.jobs.models import JobRun
 
 
 def poll_controls() -> None:
@@ -20,7 +23,7 @@ def poll_controls() -> None:
         progress.check(watch)
 
 
-def progress_report() -> dict | None:
+def progress_report() -> dict[str, Any] | None:
     """The latest ``report_progress()`` of the run executing in this thread."""
     watch = progress.current_watch()
     return watch.report if watch is not None else None
@@ -33,7 +36,7 @@ def recovery_sweep() -> dict[str, int]:
     return runs_recover()
 
 
-def run_is_lost(run) -> bool:
+def run_is_lost(run: JobRun) -> bool:
     """True once the run's worker has been silent for longer than its job's threshold."""
     from project.jobs.runner import is_lost
 

@@ -17,10 +17,10 @@ import json
 import logging
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.db import connection, transaction
-from django.db.models import F, JSONField
+from django.db.models import F, JSONField, QuerySet
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
@@ -56,7 +56,7 @@ def _history_appended(entry: dict[str, Any]) -> RawSQL:
     return RawSQL("history || %s::jsonb", (json.dumps([entry]),), output_field=JSONField())
 
 
-def _owned(run: JobRun, statuses: Sequence[str] = (Status.RUNNING,), **extra: Any):
+def _owned(run: JobRun, statuses: Sequence[str] = (Status.RUNNING,), **extra: Any) -> QuerySet[JobRun]:
     """The run, only while it is still in this attempt and state (nobody took it over)."""
     return JobRun.objects.filter(pk=run.pk, attempt=run.attempt, status__in=statuses, **extra)
 
@@ -65,6 +65,7 @@ def _owned(run: JobRun, statuses: Sequence[str] = (Status.RUNNING,), **extra: An
 # each, the claim returning the whole row, so a run costs no re-read and no query building.
 _FIELDS = JobRun._meta.concrete_fields
 _ATTNAMES = [field.attname for field in _FIELDS]
+_COLUMNS = [cast(str, field.column) for field in _FIELDS]  # a concrete field always has one
 _CONVERTED = [(index, field) for index, field in enumerate(_FIELDS) if hasattr(field, "from_db_value")]
 _TABLE = JobRun._meta.db_table
 _PAUSES = JobPause._meta.db_table
@@ -74,7 +75,7 @@ _CLAIM_SQL = f"""
         worker = %s, task_id = %s, progress = NULL, updated_at = %s
     WHERE id = %s AND attempt = %s AND status = 'queued'
       AND NOT EXISTS (SELECT 1 FROM {_PAUSES} p WHERE p.name = {_TABLE}.name)
-    RETURNING {", ".join(field.column for field in _FIELDS)}
+    RETURNING {", ".join(_COLUMNS)}
 """
 
 _SUCCEED_SQL = f"""
@@ -112,7 +113,8 @@ def succeed(run: JobRun, result: Any, *, progress: dict[str, Any] | None, ack: i
     now = timezone.now()
     if not isinstance(result, (dict, list, int, float, str, bool, type(None))):
         result = None
-    sql, params = _SUCCEED_SQL, []
+    sql = _SUCCEED_SQL
+    params: list[Any] = []
     if ack is not None:
         sql, params = djangoq.ORM_ACK_CTE + sql, [ack]
     params += [

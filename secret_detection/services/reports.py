@@ -34,7 +34,7 @@ import re
 import secrets
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
@@ -195,7 +195,7 @@ _TYPE_LABELS = {
 }
 
 
-def _path(parts: tuple | list) -> str:
+def _path(parts: Sequence[Any]) -> str:
     shown = ""
     if len(parts) > 12:
         parts = [*parts[:12], "…"]
@@ -209,7 +209,7 @@ def _path(parts: tuple | list) -> str:
     return shown
 
 
-def _describe(error: Any, prefix: tuple) -> list[str]:
+def _describe(error: Any, prefix: tuple[Any, ...]) -> list[str]:
     """A jsonschema error in our words: the path and the rule, never the value."""
     where = _path((*prefix, *error.absolute_path))
     subject = where or "the report"
@@ -221,7 +221,7 @@ def _describe(error: Any, prefix: tuple) -> list[str]:
             if isinstance(error.instance, dict) and name not in error.instance
         ]
     if rule == "type":
-        names = expected if isinstance(expected, list) else [expected]
+        names: list[str] = expected if isinstance(expected, list) else [expected]
         labels = [_TYPE_LABELS.get(name, name) for name in names]
         wanted = labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " or " + labels[-1]
         return [f"{subject} must be {wanted} (got {_kind(error.instance)})"]
@@ -249,7 +249,7 @@ def _describe(error: Any, prefix: tuple) -> list[str]:
     return [f"{subject} is invalid"]
 
 
-def _schema_problems(validator: Draft7Validator, instance: Any, prefix: tuple) -> list[str]:
+def _schema_problems(validator: Draft7Validator, instance: Any, prefix: tuple[Any, ...]) -> list[str]:
     found: list[str] = []
     for error in validator.iter_errors(instance):
         for message in _describe(error, prefix):
@@ -282,7 +282,7 @@ def _version_check(version: Any) -> tuple[list[str], list[str]]:
     ], []
 
 
-def _line_problems(vuln: dict, where: str) -> list[str]:
+def _line_problems(vuln: dict[str, Any], where: str) -> list[str]:
     location = vuln.get("location") or {}
     start, end = location.get("start_line"), location.get("end_line")
     if isinstance(start, int) and isinstance(end, int) and end < start:
@@ -303,10 +303,12 @@ _SURROGATE_ESCAPE = re.compile(
 _ESCAPE_BYTES = b"\\u0123456789abcdefABCDEF"
 
 
-def _mark_unpaired(match: re.Match) -> bytes:
-    run, code = match.group(1), match.group(2)
+def _mark_unpaired(match: re.Match[bytes]) -> bytes:
+    run: bytes = match.group(1)
+    code: bytes = match.group(2)
     if len(run) % 2 == 0 or len(code) > 4:
-        return match.group(0)  # an escaped backslash followed by text, or a proper pair
+        whole: bytes = match.group(0)
+        return whole  # an escaped backslash followed by text, or a proper pair
     return run + b"u0000"
 
 
@@ -365,7 +367,7 @@ def _text_ok(text: str) -> bool:
 
 
 class _TooDeep(Exception):
-    def __init__(self, parts: tuple | list) -> None:
+    def __init__(self, parts: Sequence[Any]) -> None:
         super().__init__("too deep")
         self.parts = tuple(parts)
 
@@ -407,11 +409,12 @@ class _ReportReader:
         self.unreadable: set[str] = set()
         #: The JSON itself is broken (or too deep): nothing after the problem was read.
         self.fatal = False
-        self._where: tuple = ((), [], [])
+        #: Where the reader is: the prefix, the open containers and their current keys.
+        self._where: tuple[tuple[Any, ...], list[Any], list[str | None]] = ((), [], [])
 
     # --- paths -----------------------------------------------------------------------------
 
-    def _current(self) -> list:
+    def _current(self) -> list[Any]:
         prefix, stack, names = self._where
         parts = list(prefix)
         for position, frame in enumerate(stack):
@@ -423,7 +426,7 @@ class _ReportReader:
 
     # --- values ----------------------------------------------------------------------------
 
-    def _value(self, event: str, value: Any, prefix: tuple) -> tuple[Any, bool]:
+    def _value(self, event: str, value: Any, prefix: tuple[Any, ...]) -> tuple[Any, bool]:
         """Build the JSON value that starts with this event, refusing it (without building
         the rest) when it is too large; ``(value, True)`` or ``(None, False)``."""
         if event in _SCALAR:
@@ -434,8 +437,8 @@ class _ReportReader:
         if len(prefix) + 1 > MAX_DEPTH:
             raise _TooDeep(prefix)
         root: Any = {} if event == "start_map" else []
-        stack: list = [root]
-        names: list = [None]
+        stack: list[Any] = [root]
+        names: list[str | None] = [None]
         self._where = (prefix, stack, names)
         depth_base = len(prefix)
         ok, nodes = True, 1
@@ -477,7 +480,7 @@ class _ReportReader:
                 names.append(None)
         raise ijson.IncompleteJSONError("premature end of the report")
 
-    def _skip_open(self, open_containers: int, prefix: tuple) -> None:
+    def _skip_open(self, open_containers: int, prefix: tuple[Any, ...]) -> None:
         """Read past the rest of a value whose ``open_containers`` are still open."""
         depth = open_containers
         for event, _value in self.events:
@@ -490,7 +493,7 @@ class _ReportReader:
                 if depth == 0:
                     return
 
-    def _skip(self, event: str, value: Any, prefix: tuple) -> None:
+    def _skip(self, event: str, value: Any, prefix: tuple[Any, ...]) -> None:
         """Read past a value this product does not use, checking only its depth and text."""
         self._where = (prefix, [], [])
         if event in _SCALAR:
@@ -578,10 +581,11 @@ class _ReportReader:
 # --- checking -----------------------------------------------------------------------------
 
 
-def _token_type(identifiers: list[dict]) -> str:
+def _token_type(identifiers: list[dict[str, Any]]) -> str:
     for identifier in identifiers:
         if identifier.get("type") == GITLEAKS_RULE_ID:
-            return identifier.get("value", "")[:255]
+            value: str = identifier.get("value", "")
+            return value[:255]
     return ""
 
 
@@ -599,7 +603,7 @@ def _identity_key(identity: str) -> int:
     return int(identity[:32], 16)
 
 
-def _vulnerability_identity(vuln: dict) -> str:
+def _vulnerability_identity(vuln: dict[str, Any]) -> str:
     location = vuln["location"]
     return finding_identity(
         token_type=_token_type(vuln["identifiers"]),
@@ -700,7 +704,7 @@ class ParsedFinding:
     raw_value: str
 
 
-def _parse(vuln: dict, scanner_id: str) -> ParsedFinding:
+def _parse(vuln: dict[str, Any], scanner_id: str) -> ParsedFinding:
     location = vuln["location"]
     identifiers = vuln["identifiers"]
     raw_value = vuln.get("raw_source_code_extract") or ""
@@ -944,10 +948,11 @@ def report_import(*, project: Project, user: User | None, report: Any) -> Import
 # --- uploads and the import job ---------------------------------------------------------------
 
 
-class _MovableFile(File):
+class _MovableFile(File):  # type: ignore[type-arg]  # generic in django-stubs only: File[bytes] fails at run time
     """Lets FileSystemStorage rename the received file into place instead of copying it."""
 
     def temporary_file_path(self) -> str:
+        assert self.file is not None  # made from an open handle
         return self.file.name
 
 
@@ -1060,7 +1065,7 @@ def report_import_fail(*, report_import_id: int, code: str, message: str, proble
     return failed
 
 
-def report_import_run(*, report_import_id: int) -> dict:
+def report_import_run(*, report_import_id: int) -> dict[str, Any]:
     """The import job: claim the import, check and import its stored report, record the
     outcome. Safe to run twice: a finished or failed import is skipped, and a crashed
     attempt wrote nothing (the import is one transaction)."""
@@ -1100,7 +1105,7 @@ def report_import_run(*, report_import_id: int) -> dict:
                 project=record.project, user=record.user, handle=handle, progress=progress, before_commit=finish
             )
     except InvalidReport as exc:
-        report_import_fail(report_import_id=record.pk, code=exc.code, message=exc.message, problems=exc.problems)
+        report_import_fail(report_import_id=record.pk, code=exc.code, message=str(exc), problems=exc.problems)
         return {"report_import_id": record.pk, "status": "failed", "error_code": exc.code, "problems": exc.total}
     return {
         "report_import_id": record.pk,
@@ -1132,7 +1137,7 @@ def report_import_failed(*, report_import_id: int | None, code: str, message: st
     return report_import_fail(report_import_id=report_import_id, code=code, message=public)
 
 
-def report_imports_cleanup() -> dict:
+def report_imports_cleanup() -> dict[str, int]:
     """The cleanup schedule: fail imports whose report waited longer than
     REPORT_IMPORT_FILE_RETENTION (deleting it), delete stored or scratch files no import
     refers to, and prune import records older than REPORT_IMPORT_RETENTION_DAYS."""

@@ -8,6 +8,7 @@ import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -139,7 +140,7 @@ def token_statuses_route(*, project_id: int) -> dict[str, int]:
 def _route_batch(batch: list[FindingTokenStatus]) -> Counter[str]:
     counts: Counter[str] = Counter()
     by_verifier: dict[str, list[int]] = defaultdict(list)
-    to_verify: list[dict] = []
+    to_verify: list[dict[str, Any]] = []
     for row, route, outcome in statuses_dispatch(batch, unavailable=sdrs_unavailable_reason()):
         by_verifier[route.verifier].append(row.pk)
         if outcome == TO_PARTNER:
@@ -158,7 +159,7 @@ def token_statuses_verify_now(*, finding_ids: list[int], user_id: int | None) ->
     partner types are enqueued (forcing a new request even if one is awaiting its
     callback), our own tokens are checked here, and the rest are counted as unverifiable."""
     counts: Counter[str] = Counter()
-    to_verify: list[dict] = []
+    to_verify: list[dict[str, Any]] = []
     with transaction.atomic():
         rows = FindingTokenStatus.objects.select_related("finding").filter(pk__in=finding_ids)
         for row, _route, outcome in statuses_dispatch(rows, unavailable=sdrs_unavailable_reason(), back_off=False):

@@ -2,6 +2,7 @@ import shutil
 import sys
 import tempfile
 from contextlib import ExitStack
+from typing import IO
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -32,6 +33,7 @@ class Command(BaseCommand):
             if user is None:
                 raise CommandError(f"no active user named {options['user']!r}")
         with ExitStack() as stack:
+            handle: IO[bytes]
             try:
                 if options["file"] == "-":
                     # The report is read twice (checked, then imported): spool the stream to disk.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import getpass
 from collections.abc import Callable
+from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -57,7 +58,7 @@ class Command(BaseCommand):
                 sub.add_argument("--reason", default="", help="why, for whoever finds it paused")
             sub.add_argument("--by", default=None, help="who acts (default: cli:<your OS user>)")
 
-    def handle(self, *args, **options) -> None:
+    def handle(self, *args: Any, **options: Any) -> None:
         by = operator(options.get("by"))
         calls: dict[str, Callable[[], control.Outcome]] = {
             "cancel": lambda: control.run_cancel(run_id=options["run_id"], by=by),

@@ -13,6 +13,7 @@ import json
 import textwrap
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.management.color import Style
@@ -257,7 +258,7 @@ class Command(BaseCommand):
         # For tests: stop --watch after this many frames.
         parser.add_argument("--frames", type=int, default=None, help=argparse.SUPPRESS)
 
-    def handle(self, *args, **options) -> None:
+    def handle(self, *args: Any, **options: Any) -> None:
         watch = options["watch"]
         if watch is None:
             data = self._read()
