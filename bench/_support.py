@@ -75,6 +75,7 @@ SMOKE_ARGS: dict[str, list[str]] = {
     ],
     "console.py": ["--sizes", "1000", "--repeat", "2", "--warmup", "1"],
     "export.py": ["--sizes", "200", "--repeat", "1"],
+    "faults.py": ["--cap", "90", "--no-baseline", "--fast"],
     "health_under_load.py": [
         "--pollers", "4", "--users", "2", "--seconds", "1", "--idle-seconds", "0.5", "--workers", "1",
     ],

@@ -37,7 +37,7 @@ VAR_DIR = var_dir(BASE_DIR)
 # --- core -----------------------------------------------------------------------------
 
 DEBUG = env_bool("DEBUG", False)
-SECRET_KEY = env_secret("SECRET_KEY")  # or SECRET_KEY_FILE
+SECRET_KEY = env_secret("SECRET_KEY") or ""  # or SECRET_KEY_FILE
 if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("SECRET_KEY is required unless DEBUG=1")
@@ -65,10 +65,11 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Redoc served from our static files: the docs work offline
     "django_prometheus",
-    "django_q",
     "axes",  # the admin login's lockout (see the security block)
     "project.apps.ProjectConfig",
+    # Before django_q: its ``qcluster`` command is replaced by the toolkit's (the earlier app wins).
     "project.jobs",
+    "django_q",
     "exports",
     "catalog",
     "secret_detection",
@@ -131,8 +132,12 @@ DATABASES["default"].update(
         "CONN_MAX_AGE": env_int("DB_CONN_MAX_AGE", 300, minimum=0),
         "CONN_HEALTH_CHECKS": True,
         "TEST": {"NAME": env_str("TEST_DATABASE_NAME")},
+        # Django's backend, with the health check only for a connection idle longer than
+        # DB_HEALTH_CHECK_IDLE s: no SELECT 1 per request or job under load (project/postgresql).
+        "ENGINE": "project.postgresql",
     }
 )
+DB_HEALTH_CHECK_IDLE = env_float("DB_HEALTH_CHECK_IDLE", 1.0, minimum=0)
 DATABASES["default"]["OPTIONS"].setdefault("application_name", "gitlab-jobs")
 
 # --- cache, broker, cluster -----------------------------------------------------------
@@ -196,6 +201,17 @@ JOBS_LOST_AFTER = env_float("JOBS_LOST_AFTER", 60, minimum=1)
 JOBS_CONTROL_POLL = env_float("JOBS_CONTROL_POLL", 1, minimum=0.05, maximum=60)
 # A queued run this late is assumed to have lost its broker message and is pushed again.
 JOBS_REPUSH_AFTER = env_float("JOBS_REPUSH_AFTER", 300, minimum=1)
+# Recovery (docs/reliability.md). A pulled ORM message is invisible to other pulls for
+# this long: the messages a dead cluster held come back after it.
+JOBS_MESSAGE_LEASE = env_float("JOBS_MESSAGE_LEASE", 30, minimum=1)
+# A pool that took no task for this long while tasks waited and a worker was idle is stuck
+# (a worker died holding the task queue's lock): the sentinel restarts it.
+JOBS_STALL_AFTER = env_float("JOBS_STALL_AFTER", 10, minimum=1)
+# How often each cluster's sentinel looks for lost runs (dead local workers, silent remote ones).
+JOBS_LOST_CHECK_EVERY = env_float("JOBS_LOST_CHECK_EVERY", 10, minimum=1)
+# How long a worker keeps trying to claim a run or record its outcome while the database
+# is unreachable, before it leaves the message for redelivery.
+JOBS_DB_RETRY_FOR = env_float("JOBS_DB_RETRY_FOR", 30, minimum=0)
 JOBS_RUN_RETENTION_DAYS = env_int("JOBS_RUN_RETENTION_DAYS", 7, minimum=1)
 # A cluster whose sentinel has not been seen for this long is reported as down, and its
 # row is deleted once it has been silent for JOBS_CLUSTER_PRUNE_AFTER.
@@ -266,6 +282,12 @@ TOKEN_REFRESH_TICK_TIMEOUT = env_int("TOKEN_REFRESH_TICK_TIMEOUT", 240, minimum=
 # refresh) is tried again by the refresher after this long.
 TOKEN_REFRESH_RETRY_AFTER = env_int("TOKEN_REFRESH_RETRY_AFTER", 600, minimum=1)
 SDRS_PENDING_SWEEP_CRON = env_str("SDRS_PENDING_SWEEP_CRON", "* * * * *")
+# The circuit breaker in front of SDRS (secret_detection/services/breaker.py): open after
+# this many attempts in a row found SDRS unavailable; while open, one probe every
+# SDRS_PROBE_INTERVAL seconds (and at SDRS_PROBE_CRON) closes it when SDRS answers.
+SDRS_BREAKER_THRESHOLD = env_int("SDRS_BREAKER_THRESHOLD", 5, minimum=1)
+SDRS_PROBE_INTERVAL = env_int("SDRS_PROBE_INTERVAL", 15, minimum=1)
+SDRS_PROBE_CRON = env_str("SDRS_PROBE_CRON", "* * * * *")
 # Report imports: the API stores the upload (streamed to disk, refused from Content-Length
 # when larger) and the secret_detection.import_report job reads it. The view reads the raw
 # body itself, so Django's DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB) does not apply to it.

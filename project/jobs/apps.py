@@ -16,3 +16,4 @@ class JobsConfig(AppConfig):
         overview.register_switches(overview.SwitchSource(list=control.pause_switches, flip=control.pause_switch_flip))
         post_migrate.connect(schedules.schedules_sync_on_migrate, sender=self)
         djangoq.pre_execute_connect(runner.remember_task_id)
+        djangoq.pre_execute_connect(djangoq.count_taken)

@@ -1,6 +1,7 @@
 """The toolkit's one seam to django-q2: its brokers, its message format, its signals, its
 schedules and its configuration. No other module of the product imports django_q
-(the admin's transport views excepted), so a django-q2 upgrade is checked here and in
+(the admin's transport views excepted, and ``cluster.py``, the cluster's supervisor, which
+subclasses django-q2's sentinel), so a django-q2 upgrade is checked here and in
 tests/jobs/test_djangoq_adapter.py, which fails loudly when one of these changes.
 
 Written against django-q2 1.11.x. The internals relied on:
@@ -11,6 +12,9 @@ Written against django-q2 1.11.x. The internals relied on:
   ``Q_CLUSTER["broker_class"]`` with ``list_key=``.
 * ``Broker.set_stat(key, value, timeout)`` is called by the sentinel's guard loop about
   every half second (``Sentinel.guard`` → ``Stat(self).save()``): our cluster heartbeat.
+* ``django_q.cluster``: ``Cluster.start`` spawns the module's ``Sentinel`` (replaced by
+  ``cluster.sentinel_install``); the sentinel's pool, queues, spawn and guard methods; a
+  worker's ``timer`` (-1 idle, -2 recycled, 0 timed out, else seconds left).
 * The message format: ``SignedPackage.dumps(task)`` of a dict with ``id`` (a humanhash
   uuid), ``name``, ``func`` (a dotted path), ``args``, ``kwargs``, ``started``, and the
   options ``group``, ``ack_failure`` and ``timeout`` that ``async_task(q_options=...)``
@@ -52,7 +56,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from multiprocessing.util import Finalize
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import redis as redis_lib
 from django.conf import settings
@@ -66,6 +70,12 @@ from django_q.humanhash import uuid
 from django_q.models import OrmQ, Schedule
 from django_q.signals import pre_execute
 from django_q.signing import SignedPackage
+
+if TYPE_CHECKING:
+    # The mixin extends Broker.set_stat; at run time it is mixed in before ORM or Redis.
+    from django_q.brokers import Broker as _MixinBase
+else:
+    _MixinBase = object
 
 __all__ = [
     "RUNNER",
@@ -91,11 +101,11 @@ HEARTBEAT_EVERY = 5.0
 _INSERT_BATCH = 1000
 
 
-class _HeartbeatMixin:
+class _HeartbeatMixin(_MixinBase):
     broker_name = ""
     _last_beat = 0.0
 
-    def set_stat(self, key: str, value: str, timeout: int):
+    def set_stat(self, key: str, value: str, timeout: int) -> Any:  # what django-q2's returns
         self._beat()
         return super().set_stat(key, value, timeout)
 
@@ -133,7 +143,8 @@ class OrmBroker(_HeartbeatMixin, ORM):
         return self.enqueue_at(task, timezone.now())
 
     def enqueue_at(self, task: str, due: dt.datetime) -> int:
-        return self.get_connection().create(key=self.list_key, payload=task, lock=due).pk
+        pk: int = self.get_connection().create(key=self.list_key, payload=task, lock=due).pk
+        return pk
 
     def enqueue_many_at(self, items: Sequence[tuple[str, dt.datetime]]) -> None:
         # Not through get_connection(): that closes stale connections and so costs a health
@@ -154,7 +165,7 @@ class OrmBroker(_HeartbeatMixin, ORM):
     _pulled: list[tuple[int, str]] = []
     _pulled_pid = 0
 
-    def dequeue(self):
+    def dequeue(self) -> list[tuple[int, str]] | None:
         """The next due message, oldest due first. Up to ``Conf.BULK`` are pulled at a time
         with one ``UPDATE … RETURNING`` and handed out one per call (the pusher asks again at
         once), so a busy cluster costs one statement per ``BULK`` messages. Those still held
@@ -176,7 +187,7 @@ class OrmBroker(_HeartbeatMixin, ORM):
                 UPDATE django_q_ormq AS q SET lock = %s FROM due WHERE q.id = due.id
                 RETURNING due.lock, q.id, q.payload
                 """,
-                [self.list_key, now, max(1, Conf.BULK), now + timedelta(seconds=Conf.RETRY)],
+                [self.list_key, now, max(1, Conf.BULK), now + timedelta(seconds=message_lease())],
             )
             rows = sorted(cursor.fetchall())
         if not rows:
@@ -253,15 +264,16 @@ class RedisBroker(_HeartbeatMixin, Redis):
     the toolkit's recovery sweep (heartbeats on our own rows) moves the run on."""
 
     broker_name = "redis"
+    connection: redis_lib.Redis  # set by django-q2's Broker.__init__ from get_connection()
 
     @property
     def delayed_key(self) -> str:
         return f"{self.list_key}:delayed"
 
-    def enqueue(self, task: str):
+    def enqueue(self, task: str) -> int:
         return self.connection.rpush(self.list_key, task)
 
-    def enqueue_at(self, task: str, due: dt.datetime):
+    def enqueue_at(self, task: str, due: dt.datetime) -> int | float | None:  # as redis answers
         if due <= timezone.now():
             return self.connection.rpush(self.list_key, task)
         return self.connection.zadd(self.delayed_key, {task: due.timestamp()})
@@ -278,7 +290,7 @@ class RedisBroker(_HeartbeatMixin, Redis):
 
     _scripts: dict[str, Any] | None = None
 
-    def _script(self, source: str):
+    def _script(self, source: str) -> Any:
         if self._scripts is None:
             self._scripts = {}
         if source not in self._scripts:
@@ -289,7 +301,7 @@ class RedisBroker(_HeartbeatMixin, Redis):
         script = self._script(_MOVE_DUE)
         return int(script(keys=[self.delayed_key, self.list_key], args=[time.time(), limit]))
 
-    def dequeue(self):
+    def dequeue(self) -> list[tuple[None, bytes | str]] | None:
         """Up to ``Conf.BULK`` messages: the due delayed ones are moved onto the list first."""
         script = self._script(_MOVE_DUE_AND_POP)
         popped = script(keys=[self.delayed_key, self.list_key], args=[time.time(), 100, max(1, Conf.BULK)])
@@ -307,13 +319,14 @@ class RedisBroker(_HeartbeatMixin, Redis):
         """``ready`` on the list; ``held`` in the sorted set of delayed retries."""
         return {"ready": self.connection.llen(self.list_key), "held": self.connection.zcard(self.delayed_key)}
 
-    def purge_queue(self):
+    def purge_queue(self) -> Any:  # what django-q2's returns
         self.connection.delete(self.delayed_key)
         return super().purge_queue()
 
     @staticmethod
     def get_connection(list_key: str | None = None) -> redis_lib.Redis:
-        return redis_lib.from_url(settings.REDIS_URL)
+        # settings.py refuses JOBS_BROKER=redis without REDIS_URL.
+        return redis_lib.from_url(cast(str, settings.REDIS_URL))
 
 
 _cache: dict[tuple[str, str], OrmBroker | RedisBroker] = {}
@@ -334,7 +347,8 @@ def get_broker(queue: str | None = None) -> OrmBroker | RedisBroker:
 
 def cluster_name() -> str:
     """The queue this process serves and enqueues to by default."""
-    return Conf.CLUSTER_NAME
+    name: str = Conf.CLUSTER_NAME
+    return name
 
 
 def package(*, run_id: int, attempt: int, name: str, group: str, timeout: int | None) -> str:
@@ -354,12 +368,56 @@ def package(*, run_id: int, attempt: int, name: str, group: str, timeout: int | 
     }
     if timeout is not None:
         task["timeout"] = timeout
-    return SignedPackage.dumps(task)
+    signed: str = SignedPackage.dumps(task)
+    return signed
 
 
 def pre_execute_connect(receiver: Callable[..., None]) -> None:
     """Call ``receiver(sender, func=, task=)`` in the worker before each task."""
     pre_execute.connect(receiver, dispatch_uid=f"jobs.{receiver.__name__}")
+
+
+def message_lease() -> float:
+    """How long a pulled ORM message stays invisible to other pulls: a message whose
+    cluster died (pre-fetched, or being executed) is pulled again after this. A message
+    pulled again while its run still runs finds nothing to claim."""
+    return min(float(settings.JOBS_MESSAGE_LEASE), float(Conf.RETRY))
+
+
+#: Tasks taken by the workers of this cluster (a shared counter the sentinel creates
+#: before it forks them; see ``project.jobs.cluster``).
+_taken: Any = None
+
+
+def taken_counter_set(counter: Any) -> None:
+    global _taken
+    _taken = counter
+
+
+def count_taken(sender: Any, func: Any = None, task: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    """``pre_execute`` receiver: a worker took a task."""
+    counter = _taken
+    if counter is not None:
+        with counter.get_lock():
+            counter.value += 1
+
+
+def redeliver_later(task: dict[str, Any] | None, *, run_id: int, attempt: int, delay: float = 5.0) -> None:
+    """The run of ``task`` could not be read or written: do not let its message be
+    acknowledged. An ORM message stays locked until its lease ends and is pulled again;
+    a Redis message (already removed from the list) is sent again ``delay`` s from now."""
+    if not task:
+        return
+    task.pop("ack_id", None)
+    if settings.JOBS_BROKER != "redis":
+        return
+    name = str(task.get("name", ""))
+    job = name.split("#", 1)[0]
+    message = package(run_id=run_id, attempt=attempt, name=name, group=str(task.get("group") or job), timeout=None)
+    try:
+        get_broker(task.get("cluster") or None).enqueue_at(message, timezone.now() + timedelta(seconds=delay))
+    except Exception:  # the re-push sweep still covers the run
+        logger.warning("could not send the message of run %s again", run_id, exc_info=True)
 
 
 # --- acknowledging in the outcome's statement -------------------------------------------
@@ -378,7 +436,7 @@ def pre_execute_connect(receiver: Callable[..., None]) -> None:
 ORM_ACK_CTE = f"WITH acked AS (DELETE FROM {OrmQ._meta.db_table} WHERE id = %s) "
 
 
-def inline_ack_id(task: dict | None) -> int | None:
+def inline_ack_id(task: dict[str, Any] | None) -> int | None:
     """The queue row of the message ``task`` (as ``pre_execute`` gave it), when the worker may
     delete it in the statement that records the run's outcome: the ORM broker, on the
     database of the runs."""
@@ -388,7 +446,7 @@ def inline_ack_id(task: dict | None) -> int | None:
     return ack_id if isinstance(ack_id, int) else None
 
 
-def acknowledged(task: dict) -> None:
+def acknowledged(task: dict[str, Any]) -> None:
     """The message of ``task`` was deleted with the outcome: the monitor skips its own ack."""
     task.pop("ack_id", None)
 
@@ -396,14 +454,17 @@ def acknowledged(task: dict) -> None:
 # --- schedules --------------------------------------------------------------------------
 
 
-def schedules_upsert(declared: dict[str, str], *, next_run: Callable[[str], dt.datetime]) -> dict[str, int]:
-    """Make django-q2's schedule rows match ``{job name: cron}``: create, update (when the
-    cron changed), and delete the rows of schedules no longer declared."""
+def schedules_upsert(declared: dict[str, tuple[str, int]], *, next_run: Callable[[str], dt.datetime]) -> dict[str, int]:
+    """Make django-q2's schedule rows match ``{job name: (cron, timeout in seconds)}``:
+    create, update (when either changed), and delete the rows of schedules no longer
+    declared. The timeout goes with every task the schedule fires (``q_options``), so a
+    scheduled run has its job's budget, not the cluster's default."""
     created = updated = 0
-    for name, cron in declared.items():
+    for name, (cron, timeout) in declared.items():
         defaults = {
             "func": SCHEDULED_FUNC,
             "args": repr((name,)),
+            "kwargs": repr({"q_options": {"timeout": timeout}}),
             "schedule_type": Schedule.CRON,
             "cron": cron,
             "repeats": -1,

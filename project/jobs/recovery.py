@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+import socket
+from datetime import datetime, timedelta
 
+import psutil
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -19,16 +21,42 @@ WORKER_LOST = "worker_lost"
 Status = JobRun.Status
 
 
-def run_recover_lost(*, run_id: int) -> str | None:
-    """Move on one run whose worker stopped proving it is alive: retry it under its policy,
-    or fail it (running its job's failure hook) when no attempts are left. A run an
-    operator asked to cancel ends cancelled instead."""
+def worker_gone(worker: str, started_at: datetime | None) -> bool | None:
+    """Whether the worker (``host:pid``) that claimed a run at ``started_at`` no longer
+    exists: known only on its own host (hostnames must be unique per cluster host), None
+    elsewhere. A pid taken by a process started after the claim counts as gone."""
+    host, _, pid_text = worker.rpartition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return None
+    try:
+        process = psutil.Process(int(pid_text))
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return True
+        created = process.create_time()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return True
+    except psutil.AccessDenied:
+        return False
+    # create_time is rounded to the clock tick: a second of slack.
+    return started_at is not None and created > started_at.timestamp() + 1
+
+
+def is_lost(run: JobRun) -> bool:
+    """A running run's worker is gone: dead on this host (known at once), or silent (no
+    heartbeat for the job's ``lost_after``), wherever it runs."""
+    if worker_gone(run.worker, run.started_at):
+        return True
+    threshold = timezone.now() - timedelta(seconds=declared.lost_after_seconds(run.name))
+    return run.heartbeat_at is None or run.heartbeat_at < threshold
+
+
+def run_recover_lost(*, run_id: int, worker_dead: bool = False) -> str | None:
+    """Move on one run whose worker is gone: retry it under its policy, or fail it (running
+    its job's failure hook) when no attempts are left. A run an operator asked to cancel
+    ends cancelled instead. ``worker_dead``: its sentinel saw the worker die."""
     with transaction.atomic():
         run = JobRun.objects.select_for_update(skip_locked=True).filter(pk=run_id, status=Status.RUNNING).first()
-        if run is None or (
-            run.heartbeat_at is not None
-            and run.heartbeat_at >= timezone.now() - timedelta(seconds=declared.lost_after_seconds(run.name))
-        ):
+        if run is None or not (worker_dead or is_lost(run)):
             return None
         job = declared.get(run.name)
         message = f"worker {run.worker or '?'} stopped during attempt {run.attempt}"
@@ -47,17 +75,39 @@ def run_recover_lost(*, run_id: int) -> str | None:
     return outcome
 
 
+def runs_recover_of_worker(*, pid: int | None) -> list[str | None]:
+    """The sentinel saw its worker ``pid`` die: move its run on now."""
+    worker = f"{socket.gethostname()}:{pid}"
+    run_ids = list(JobRun.objects.filter(status=Status.RUNNING, worker=worker).values_list("pk", flat=True))
+    return [run_recover_lost(run_id=run_id, worker_dead=True) for run_id in run_ids]
+
+
+def runs_recover_dead_local() -> list[str | None]:
+    """Runs claimed by workers of this host that no longer exist (a cluster killed whole),
+    moved on when a cluster starts here."""
+    host = socket.gethostname()
+    running = JobRun.objects.filter(status=Status.RUNNING, worker__startswith=f"{host}:")
+    rows = running.values_list("pk", "worker", "started_at")
+    dead = [pk for pk, worker, started_at in rows if worker_gone(worker, started_at)]
+    return [run_recover_lost(run_id=run_id, worker_dead=True) for run_id in dead]
+
+
+def runs_recover_lost(*, limit: int = 500) -> list[str | None]:
+    """Every lost run: this host's dead workers' runs, and other hosts' silent ones."""
+    now = timezone.now()
+    thresholds = [job.lost_after_seconds for job in declared.REGISTRY.values()] + [settings.JOBS_LOST_AFTER]
+    silent = JobRun.objects.filter(
+        status=Status.RUNNING, heartbeat_at__lt=now - timedelta(seconds=min(thresholds))
+    ).values_list("pk", flat=True)[:limit]
+    outcomes = [run_recover_lost(run_id=run_id) for run_id in list(silent)]
+    return outcomes + runs_recover_dead_local()
+
+
 def runs_recover(*, limit: int = 500) -> dict[str, int]:
     """Recover lost runs, re-send messages of runs that waited too long for theirs, and
     forget clusters that have been silent for JOBS_CLUSTER_PRUNE_AFTER."""
     now = timezone.now()
-    thresholds = [job.lost_after_seconds for job in declared.REGISTRY.values()] + [settings.JOBS_LOST_AFTER]
-    lost_ids = list(
-        JobRun.objects.filter(
-            status=Status.RUNNING, heartbeat_at__lt=now - timedelta(seconds=min(thresholds))
-        ).values_list("pk", flat=True)[:limit]
-    )
-    outcomes = [run_recover_lost(run_id=run_id) for run_id in lost_ids]
+    outcomes = runs_recover_lost(limit=limit)
     late = now - timedelta(seconds=settings.JOBS_REPUSH_AFTER)
     with transaction.atomic():
         stale = list(

@@ -14,9 +14,10 @@ import os
 import socket
 import time
 import traceback as tb
-from datetime import timedelta
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
@@ -30,11 +31,11 @@ logger = logging.getLogger("project.jobs")
 
 MAX_ERROR_LENGTH = transitions.MAX_ERROR_LENGTH
 Status = JobRun.Status
-_task: contextvars.ContextVar[dict | None] = contextvars.ContextVar("q_task", default=None)
+_task: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("q_task", default=None)
 _current: contextvars.ContextVar[JobRun | None] = contextvars.ContextVar("current_run", default=None)
 
 
-def remember_task_id(sender: Any, func: Any = None, task: dict | None = None, **kwargs: Any) -> None:
+def remember_task_id(sender: Any, func: Any = None, task: dict[str, Any] | None = None, **kwargs: Any) -> None:
     """django-q2 ``pre_execute`` receiver: the task about to run in this worker. Its id is
     recorded on the run at claim; its message may be acknowledged with the outcome."""
     _task.set(task)
@@ -57,12 +58,41 @@ def _worker_id() -> str:
 
 
 def execute(run_id: int, attempt: int) -> str:
-    """django-q2 entry point for every job message."""
+    """django-q2 entry point for every job message. While the database cannot be reached,
+    the claim is tried again for up to ``JOBS_DB_RETRY_FOR`` seconds; after that the message
+    is left for redelivery, never acknowledged unread."""
     task = _task.get()
-    run = _claim(run_id, attempt, task_id=(task or {}).get("id", ""))
-    if run is None:
-        return _unclaimed(run_id, attempt)
+    try:
+        run = _with_database(lambda: _claim(run_id, attempt, task_id=(task or {}).get("id", "")), what="claim")
+        if run is None:
+            return _with_database(lambda: _unclaimed(run_id, attempt), what="read")
+    except (OperationalError, InterfaceError):
+        logger.error("database unavailable: message left for redelivery", extra={"run_id": run_id})
+        djangoq.redeliver_later(task, run_id=run_id, attempt=attempt)
+        return "database_unavailable"
     return _run(run, task)
+
+
+_T = TypeVar("_T")
+
+
+def _with_database(fn: Callable[[], _T], *, what: str, budget: float | None = None) -> _T:
+    """``fn()``, tried again with backoff while the database is unreachable, for up to
+    ``budget`` seconds (``JOBS_DB_RETRY_FOR``): a database restart delays a run rather than
+    costing it an attempt or losing its outcome. ``fn`` must be safe to repeat (a
+    conditional UPDATE, or a transaction that rolled back)."""
+    deadline = time.monotonic() + (settings.JOBS_DB_RETRY_FOR if budget is None else budget)
+    delay = 0.2
+    while True:
+        try:
+            return fn()
+        except (OperationalError, InterfaceError):
+            if connection.in_atomic_block or time.monotonic() + delay > deadline:
+                raise
+            logger.warning("database unavailable (%s); trying again in %.1f s", what, delay, exc_info=True)
+            connection.close()
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 def _claim(run_id: int, attempt: int, *, task_id: str) -> JobRun | None:
@@ -72,9 +102,11 @@ def _claim(run_id: int, attempt: int, *, task_id: str) -> JobRun | None:
     Here the claim is that test: on a broken connection it fails, the connection is closed
     and the claim is made once more on a new one (a conditional UPDATE: trying again is
     harmless)."""
-    if connection.in_atomic_block or not connection.health_check_enabled:
+    # health_check_enabled and health_check_done: set in BaseDatabaseWrapper.__init__ and
+    # connect() (Django >= 4.1), not declared in django-stubs.
+    if connection.in_atomic_block or not connection.health_check_enabled:  # type: ignore[attr-defined]  # not in django-stubs
         return transitions.claim(run_id, attempt, worker=_worker_id(), task_id=task_id)
-    connection.health_check_done = True
+    connection.health_check_done = True  # type: ignore[attr-defined]  # not in django-stubs
     try:
         return transitions.claim(run_id, attempt, worker=_worker_id(), task_id=task_id)
     except (OperationalError, InterfaceError):
@@ -122,9 +154,7 @@ def _unclaimed(run_id: int, attempt: int) -> str:
     return "duplicate"
 
 
-def is_lost(run: JobRun) -> bool:
-    threshold = timezone.now() - timedelta(seconds=declared.lost_after_seconds(run.name))
-    return run.heartbeat_at is None or run.heartbeat_at < threshold
+is_lost = recovery.is_lost
 
 
 def _object_ids(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -147,13 +177,17 @@ def _job_metrics(name: str) -> tuple[Any, Any, Any, Any]:
     return children
 
 
-def _run(run: JobRun, task: dict | None = None) -> str:
+def _run(run: JobRun, task: dict[str, Any] | None = None) -> str:
     job = registry.get(run.name)
     if job is None:
-        transitions.finish(
-            run, None, status=Status.FAILED, code="unknown_job", message=f"no job is registered as {run.name!r}"
+        _record(
+            run,
+            lambda: transitions.finish(
+                run, None, status=Status.FAILED, code="unknown_job", message=f"no job is registered as {run.name!r}"
+            ),
         )
         return "failed"
+    assert run.started_at is not None  # set by the claim
     lateness = max(0.0, (run.started_at - run.due_at).total_seconds())
     bind = {
         "job": run.name,
@@ -178,19 +212,23 @@ def _run(run: JobRun, task: dict | None = None) -> str:
             try:
                 result = job.func(**run.kwargs)
             except registry.Defer as defer:
-                transitions.defer(run, seconds=defer.seconds)
-                logger.debug("job deferred for %.1f s: %s", defer.seconds, defer.reason)
+                seconds = defer.seconds
+                _record(run, lambda: transitions.defer(run, seconds=seconds))
+                logger.debug("job deferred for %.1f s: %s", seconds, defer.reason)
                 outcome = "deferred"
             except progress.JobCancelled as cancelled:
                 outcome = _cancelled(run, job, cancelled.reason)
             except TimeoutException:
                 _close_if_broken(force=True)
-                transitions.finish(
+                _record(
                     run,
-                    job,
-                    status=Status.FAILED,
-                    code="timeout",
-                    message=f"the attempt exceeded its {job.timeout_seconds} s budget",
+                    lambda: transitions.finish(
+                        run,
+                        job,
+                        status=Status.FAILED,
+                        code="timeout",
+                        message=f"the attempt exceeded its {job.timeout_seconds} s budget",
+                    ),
                 )
                 raise
             except Exception as exc:  # noqa: BLE001 - every failure is classified and recorded
@@ -204,6 +242,17 @@ def _run(run: JobRun, task: dict | None = None) -> str:
             duration.observe(time.perf_counter() - started)
         metrics.JOBS_FINISHED.labels(job=job.name, outcome=outcome).inc()
         return outcome
+
+
+#: Attempts failed by a database outage that are run again without counting.
+MAX_DATABASE_DEFERRALS = 5
+DATABASE_DEFER_SECONDS = 5.0
+
+
+def _record(run: JobRun, write: Callable[[], bool]) -> bool:
+    """Record an outcome the worker holds, tried again while the database is down, for as
+    long as the run cannot be taken for lost (its ``lost_after``)."""
+    return _with_database(write, what="outcome", budget=declared.lost_after_seconds(run.name))
 
 
 def classify(exc: BaseException) -> tuple[str, str, str]:
@@ -225,7 +274,7 @@ def _close_if_broken(*, force: bool = False) -> None:
 
 def _cancelled(run: JobRun, job: registry.Job, reason: str) -> str:
     _close_if_broken()
-    if transitions.finish(run, job, status=Status.CANCELLED, code="cancelled", message=reason):
+    if _record(run, lambda: transitions.finish(run, job, status=Status.CANCELLED, code="cancelled", message=reason)):
         logger.warning("job cancelled: %s", reason)
         return "cancelled"
     logger.info("job stopped: %s", reason)
@@ -239,6 +288,11 @@ def _failed_attempt(run: JobRun, job: registry.Job, exc: Exception, watch: progr
     if watch.stop_reason is not None:
         # Cancelled while failing: no retry for a run an operator stopped.
         return _cancelled(run, job, watch.stop_reason)
+    if code == "database_unavailable" and run.deferrals < MAX_DATABASE_DEFERRALS:
+        # The database's fault, not the job's: the same attempt runs again, even the last.
+        wait = job.retry.delay_after(run.attempt) or DATABASE_DEFER_SECONDS
+        logger.warning("database unavailable; attempt runs again in %.1f s: %s", wait, message)
+        return "deferred" if _record(run, lambda: transitions.defer(run, seconds=wait)) else "dropped"
     trace = tb.format_exc() if kind == "unexpected" else ""
     delay = None
     if kind == "retryable":
@@ -249,18 +303,19 @@ def _failed_attempt(run: JobRun, job: registry.Job, exc: Exception, watch: progr
     log_extra = {"error_code": code, "kind": kind}
     if delay is not None:
         logger.warning("job attempt failed; retry in %.1f s: %s", delay, message, extra=log_extra)
-        return "retried" if transitions.retry(run, delay=delay, code=code, message=message) else "dropped"
+        retried = _record(run, lambda: transitions.retry(run, delay=delay, code=code, message=message))
+        return "retried" if retried else "dropped"
     logger.error("job failed: %s", message, extra=log_extra, exc_info=kind == "unexpected")
-    transitions.finish(run, job, status=Status.FAILED, code=code, message=message, trace=trace)
+    _record(run, lambda: transitions.finish(run, job, status=Status.FAILED, code=code, message=message, trace=trace))
     return "failed"
 
 
 def _succeed(
-    run: JobRun, result: Any, watch: progress.Watch, task: dict | None, lateness: float, seconds: float
+    run: JobRun, result: Any, watch: progress.Watch, task: dict[str, Any] | None, lateness: float, seconds: float
 ) -> str:
     ack = djangoq.inline_ack_id(task)
-    succeeded = transitions.succeed(run, result, progress=watch.report, ack=ack)
-    if ack is not None:
+    succeeded = _record(run, lambda: transitions.succeed(run, result, progress=watch.report, ack=ack))
+    if ack is not None and task is not None:  # an ack id comes from a task
         djangoq.acknowledged(task)
     if not succeeded:
         logger.warning("run was taken over before its success was recorded", extra={"run_id": run.pk})

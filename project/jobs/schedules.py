@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import Any
 
@@ -18,11 +19,12 @@ def schedules_sync() -> dict[str, int]:
     """Upsert django-q2's schedule rows from the jobs declared with a ``cron``."""
     from croniter import croniter
 
-    def next_run(cron: str):
+    def next_run(cron: str) -> dt.datetime:
         now = timezone.now()
-        return croniter(cron, now).get_next(type(now))
+        when: dt.datetime = croniter(cron, now).get_next(type(now))
+        return when
 
-    declared_crons = {job.name: job.cron for job in declared.REGISTRY.values() if job.cron}
+    declared_crons = {job.name: (job.cron, job.timeout_seconds) for job in declared.REGISTRY.values() if job.cron}
     return djangoq.schedules_upsert(declared_crons, next_run=next_run)
 
 

@@ -104,3 +104,34 @@ def test_the_pusher_gives_each_task_the_ack_id_of_its_message() -> None:
     from django_q import pusher
 
     assert 'task["ack_id"] = ack_id' in inspect.getsource(pusher)
+
+
+def test_the_cluster_spawns_the_sentinel_its_module_names() -> None:
+    # project.jobs.cluster.sentinel_install() replaces that name with our sentinel.
+    assert "target=Sentinel" in inspect.getsource(cluster.Cluster.start)
+
+
+def test_the_sentinel_keeps_what_our_supervisor_overrides_and_reads() -> None:
+    for name in ("spawn_process", "spawn_cluster", "spawn_worker", "spawn_pusher", "reincarnate", "guard", "stop"):
+        assert callable(getattr(cluster.Sentinel, name)), name
+    init = inspect.getsource(cluster.Sentinel.__init__)
+    for attribute in ("self.task_queue", "self.result_queue", "self.event_out", "self.pool_size", "start=True"):
+        assert attribute in init, attribute
+    spawn = inspect.getsource(cluster.Sentinel.spawn_worker)
+    assert 'Value("f", -1)' in spawn
+    assert "self.timeout" in spawn
+
+
+def test_the_worker_marks_idle_busy_and_recycled_in_its_timer() -> None:
+    source = inspect.getsource(worker)
+    for state in ("timer.value = -1", "timer.value = timer_value", "timer.value = -2", 'task.pop("timeout", timeout)'):
+        assert state in source, state
+    assert source.index("pre_execute.send") < source.index("timer.value = timer_value")
+
+
+def test_the_scheduler_passes_the_q_options_of_a_schedule_s_kwargs() -> None:
+    from django_q import scheduler
+
+    source = inspect.getsource(scheduler.scheduler)
+    assert 'q_options = kwargs.get("q_options", {})' in source
+    assert 'kwargs["q_options"] = q_options' in source

@@ -226,6 +226,19 @@ def test_schedules_are_upserted_by_name() -> None:
     assert schedules.schedules_sync() == {"created": 0, "updated": 0, "removed": 0}
 
 
+def test_scheduled_tasks_carry_their_job_s_declared_timeout_not_the_cluster_default() -> None:
+    import ast
+
+    from project.jobs import declared
+
+    schedules.schedules_sync()
+    for schedule in Schedule.objects.filter(func=schedules.SCHEDULED_FUNC):
+        job = declared.get(schedule.name)
+        assert ast.literal_eval(schedule.kwargs) == {"q_options": {"timeout": job.timeout_seconds}}, schedule.name
+    Schedule.objects.filter(name="jobs.recover").update(kwargs="")
+    assert schedules.schedules_sync()["updated"] == 1
+
+
 def test_scheduled_run_is_recorded_and_executed() -> None:
     assert runner.run_scheduled("jobs.prune_runs") == "succeeded"
     run = JobRun.objects.get(name="jobs.prune_runs")
