@@ -39,6 +39,14 @@ REFRESH_ROWS = Counter(
     "secret_detection_refresh_rows_total", "Token statuses handled by the refresher, by outcome.", ["outcome"]
 )
 
+CIRCUIT_CHANGES = Counter(
+    "secret_detection_sdrs_circuit_changes_total", "The SDRS circuit breaker opening and closing.", ["to"]
+)
+LOST_CALLBACKS = Counter(
+    "secret_detection_callbacks_lost_total",
+    "Pending verifications sent again because a callback outage may have lost their callback.",
+)
+
 
 def token_status_gauges() -> Iterable[Metric]:
     from django.db.models import Count, Min

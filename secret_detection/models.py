@@ -160,6 +160,47 @@ class FindingTokenStatus(models.Model):
         return str(self.finding)
 
 
+class SdrsHealth(models.Model):
+    """What we know of SDRS's availability and of our own callback endpoint's: one row.
+
+    The circuit breaker (``services.breaker``): ``failures`` counts consecutive attempts
+    that found SDRS unavailable (refused, connect timeout, 5xx); at the threshold, or when
+    a verification ends failed as unavailable, the circuit opens: no verification is sent
+    until one probe (the half-open request, without a token) gets an answer, which closes
+    it and makes every status that failed as unavailable due at once.
+
+    ``callbacks_refused_at`` is the latest moment our callback endpoint refused a callback
+    because the database was unavailable (``services.callbacks``): findings accepted
+    before it may have lost their callback and are verified again.
+    """
+
+    class Circuit(models.TextChoices):
+        CLOSED = "closed"
+        OPEN = "open"
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1, editable=False)
+    circuit = models.CharField(max_length=8, choices=Circuit.choices, default=Circuit.CLOSED)
+    failures = models.PositiveIntegerField(default=0, help_text="Consecutive attempts that found SDRS unavailable.")
+    last_failure_code = models.CharField(max_length=64, blank=True, default="")
+    opened_at = models.DateTimeField(null=True, blank=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+    probed_at = models.DateTimeField(null=True, blank=True, help_text="The latest half-open probe.")
+    probe_result = models.CharField(max_length=64, blank=True, default="")
+    callbacks_refused_at = models.DateTimeField(
+        null=True, blank=True, help_text="The latest callback refused while the database was unavailable."
+    )
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "secret_detection_sdrs_health"
+        verbose_name = "SDRS health"
+        verbose_name_plural = "SDRS health"
+        constraints = [models.CheckConstraint(condition=Q(id=1), name="sd_sdrs_health_one_row")]
+
+    def __str__(self) -> str:
+        return f"SDRS circuit {self.circuit}"
+
+
 class ReportImport(models.Model):
     """One uploaded secret detection report and what importing it did.
 

@@ -46,8 +46,15 @@ def refresh_token_statuses() -> dict:
 
 @job(jobs.EXPIRE_PENDING, cron=settings.SDRS_PENDING_SWEEP_CRON, timeout=120)
 def expire_pending() -> dict:
-    """Return pending statuses whose callback never came to unknown."""
-    return {"expired": services.pending_expire()}
+    """Verify again the pending statuses whose callback a callback outage may have lost, and
+    return those whose callback never came to unknown."""
+    return {"callbacks_lost": services.callbacks_lost_reverify(), "expired": services.pending_expire()}
+
+
+@job(jobs.PROBE, cron=settings.SDRS_PROBE_CRON, timeout=150)
+def probe_sdrs() -> dict:
+    """The circuit breaker's half-open probe: while SDRS is marked down, one request."""
+    return services.sdrs_probe()
 
 
 def _report_import_failed(run: JobRun, code: str, message: str) -> None:

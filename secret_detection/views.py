@@ -7,6 +7,7 @@ from collections.abc import Callable
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.core.files.uploadhandler import FileUploadHandler, StopFutureHandlers
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest
 from django.http.multipartparser import MultiPartParser as DjangoMultiPartParser
 from django.http.multipartparser import MultiPartParserError
@@ -286,9 +287,16 @@ class TokenStatusCallbackView(APIView):
         body = _callback_body(request)
         timestamp = request.headers.get("X-SDRS-Timestamp")
         signature = request.headers.get("X-SDRS-Signature")
-        services.callback_authenticate(body=body, timestamp=timestamp, signature=signature)
-        result = _callback_parse(request, body)
-        outcome = services.callback_result_apply(**result)
+        try:
+            callbacks.callback_refusals_flush()  # a refusal of this process, once the database is back
+            services.callback_authenticate(body=body, timestamp=timestamp, signature=signature)
+            result = _callback_parse(request, body)
+            outcome = services.callback_result_apply(**result)
+        except (OperationalError, InterfaceError):
+            # Refused (503 with Retry-After, by the API's error handler): SDRS may give up on
+            # it, so the findings it could answer are verified again once the database is back.
+            callbacks.callback_refused_note()
+            raise
         return Response({"message": "200 OK", "result": outcome})
 
 

@@ -9,7 +9,8 @@
 * ``verification``: the PartnerTokenVerification job and the pending sweep;
 * ``callbacks``: SDRS's signed callbacks;
 * ``refresher``: the scheduled re-verification of stale statuses;
-* ``connection``: the admin's "check connection";
+* ``connection``: the admin's "check connection" and the circuit breaker's probe;
+* ``breaker``: the circuit breaker in front of SDRS;
 * ``jobs``: the names of the jobs ``tasks`` declares, for the services that start them.
 
 Nothing here imports ``secret_detection.tasks``: the tasks import the services.
@@ -20,7 +21,7 @@ from secret_detection.services.callbacks import (
     callback_result_apply,
     callback_signature,
 )
-from secret_detection.services.connection import ConnectionCheck, sdrs_connection_check
+from secret_detection.services.connection import ConnectionCheck, sdrs_connection_check, sdrs_probe
 from secret_detection.services.refresher import token_statuses_refresh, token_statuses_refresh_now
 from secret_detection.services.reports import (
     REPORT_IMPORT_CLEANUP_JOB,
@@ -41,7 +42,12 @@ from secret_detection.services.reports import (
     report_validate,
 )
 from secret_detection.services.routing import token_statuses_route, token_statuses_verify_now
-from secret_detection.services.verification import pending_expire, token_verification_failed, token_verification_run
+from secret_detection.services.verification import (
+    callbacks_lost_reverify,
+    pending_expire,
+    token_verification_failed,
+    token_verification_run,
+)
 
 __all__ = [
     "REPORT_IMPORT_CLEANUP_JOB",
@@ -55,6 +61,7 @@ __all__ = [
     "callback_authenticate",
     "callback_result_apply",
     "callback_signature",
+    "callbacks_lost_reverify",
     "pending_expire",
     "report_check",
     "report_import",
@@ -66,6 +73,7 @@ __all__ = [
     "report_upload",
     "report_validate",
     "sdrs_connection_check",
+    "sdrs_probe",
     "token_statuses_refresh",
     "token_statuses_refresh_now",
     "token_statuses_route",

@@ -1,5 +1,6 @@
 """SDRS's signed callbacks: authenticate them like webhooks, then apply a result only to
-the request it answers."""
+the request it answers. A callback refused because the database was unavailable is noted,
+so that the findings whose callback may have been lost are verified again once it is back."""
 
 from __future__ import annotations
 
@@ -8,16 +9,20 @@ import hashlib
 import hmac
 import logging
 import re
+import threading
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS, DatabaseError
+from django.db.models import Q
 from django.utils import timezone
 
 from project.errors import NotFound, Unauthorized, ValidationFailed
 from project.models import ApplicationSetting
 from secret_detection import metrics
-from secret_detection.models import TokenStatus
-from secret_detection.services import statuses
+from secret_detection.models import SdrsHealth, TokenStatus
+from secret_detection.services import breaker, jobs, statuses
 
 logger = logging.getLogger(__name__)
 
@@ -106,3 +111,58 @@ def callback_result_apply(*, finding_id: int, status: str, verified_at: dt.datet
     else:
         logger.info("SDRS callback %s", outcome, extra=extra)
     return outcome
+
+
+# --- callbacks refused during a database outage -----------------------------------------
+
+_refused_lock = threading.Lock()
+#: The latest callback this process refused because the database was unavailable, until
+#: it is written to the database (``callback_refusals_flush``).
+_refused_at: dt.datetime | None = None
+
+
+def callback_refused_note() -> None:
+    """The callback endpoint could not reach the database: SDRS's callback is refused
+    (503), and SDRS may give up on it. Remember when, in this process: the database cannot
+    take it now. No query."""
+    global _refused_at
+    with _refused_lock:
+        _refused_at = timezone.now()
+    metrics.CALLBACKS.labels(result="database_unavailable").inc()
+    logger.warning("SDRS callback refused: the database is unavailable")
+
+
+def callback_refusals_flush() -> bool:
+    """Write the noted refusal to ``SdrsHealth.callbacks_refused_at`` and start the sweep
+    that verifies again the findings whose callback it may have lost
+    (``verification.callbacks_lost_reverify``), at once. Nothing noted: no query. The
+    database still unavailable: the note is kept for the next try. True when written."""
+    global _refused_at
+    with _refused_lock:
+        noted = _refused_at
+    if noted is None:
+        return False
+    try:
+        breaker.ensure_row()
+        later = Q(callbacks_refused_at__isnull=True) | Q(callbacks_refused_at__lt=noted)
+        SdrsHealth.objects.filter(later, pk=1).update(callbacks_refused_at=noted, updated_at=timezone.now())
+        jobs.job_get(jobs.EXPIRE_PENDING).enqueue(_dedupe_key="callbacks-lost")
+    except DatabaseError:
+        return False
+    with _refused_lock:
+        if _refused_at == noted:
+            _refused_at = None
+    logger.warning("the database is back: findings whose callback may have been lost are verified again")
+    return True
+
+
+def callback_refusals_flush_on_connect(sender: Any, connection: Any, **kwargs: Any) -> None:
+    """``connection_created`` receiver: a process that refused a callback opens a new
+    connection once the database is back (the broken one is discarded); that is when the
+    refusal can be written. No query when nothing was refused."""
+    if _refused_at is None or connection.alias != DEFAULT_DB_ALIAS:
+        return
+    try:
+        callback_refusals_flush()
+    except Exception:  # never break the connection of the request that opened it
+        logger.exception("writing a refused callback failed; kept for the next connection")

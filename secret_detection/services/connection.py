@@ -1,7 +1,9 @@
-"""The admin's "check connection": can we reach SDRS, and does it accept our signed JWT?"""
+"""The admin's "check connection": can we reach SDRS, and does it accept our signed JWT?
+And the circuit breaker's half-open probe, the same request sent while the circuit is open."""
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -9,7 +11,10 @@ from dataclasses import dataclass, field
 from project.errors import AppError
 from project.models import ApplicationSetting
 from secret_detection.clients import SdrsClient, SdrsConfig, SdrsMisconfigured, SdrsTimeout, SdrsUnavailable
+from secret_detection.services import breaker
 from secret_detection.services.verification import callback_url
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -71,3 +76,36 @@ def sdrs_connection_check(*, user_id: int) -> ConnectionCheck:
     return ConnectionCheck(
         result, f"{message} (HTTP {status}, {elapsed:g} ms)", http_status=status, duration_ms=elapsed, warnings=warnings
     )
+
+
+def sdrs_probe() -> dict[str, str]:
+    """The half-open state of the circuit breaker: while the circuit is open, send one
+    verify request that carries no token. Any answer but a 5xx means SDRS is back: the
+    circuit closes and the findings it parked are made due at once
+    (``breaker.breaker_record_success``). Otherwise the next probe is queued
+    SDRS_PROBE_INTERVAL seconds later. With the circuit closed it sends nothing."""
+    if not breaker.breaker_is_open():
+        return {"circuit": "closed"}
+    row = ApplicationSetting.current()
+    if not row.sdrs_enabled:
+        # Nothing is sent while verification is off; the schedule looks again.
+        return {"circuit": "open", "probe": "skipped: verification_disabled"}
+    try:
+        client = SdrsClient(SdrsConfig.from_settings(row))
+        status = client.probe(user_id=0, callback_url=callback_url(), request_id=uuid.uuid4().hex)
+    except SdrsMisconfigured as exc:
+        breaker.breaker_probe_recorded(result=exc.code)
+        return {"circuit": "open", "probe": exc.code}
+    except AppError as exc:
+        result = exc.code
+    else:
+        result = f"http_{status}"
+        if status < 500:
+            breaker.breaker_probe_recorded(result=result)
+            breaker.breaker_record_success()
+            logger.info("SDRS probe: answered", extra={"http_status": status})
+            return {"circuit": "closed", "probe": result}
+    breaker.breaker_probe_recorded(result=result)
+    breaker.breaker_probe_later()
+    logger.info("SDRS probe: still unavailable", extra={"error_code": result})
+    return {"circuit": "open", "probe": result}

@@ -14,6 +14,7 @@ ROUTE = "secret_detection.update_token_status"
 VERIFY = "secret_detection.verify_partner_token"
 REFRESH = "secret_detection.refresh_token_statuses"
 EXPIRE_PENDING = "secret_detection.expire_pending"
+PROBE = "secret_detection.probe_sdrs"
 
 
 def job_get(name: str) -> Job:

@@ -31,7 +31,7 @@ from project.models import ApplicationSetting
 from secret_detection import metrics
 from secret_detection.clients import SdrsClient, SdrsConfig, SdrsMisconfigured, SdrsRateLimited
 from secret_detection.models import FindingTokenStatus
-from secret_detection.services import jobs, statuses
+from secret_detection.services import breaker, jobs, statuses
 from secret_detection.services.routing import TO_PARTNER, statuses_dispatch
 from secret_detection.services.verification import verification_send
 
@@ -200,6 +200,9 @@ class _Batch:
         statuses.status_refresh_failed(
             finding_id=row.pk, request_id=request_id, code=error.code, status=previous_status, retry_in=delay
         )
+        # Failed as unavailable: the circuit opens, so that the probe makes the row due as
+        # soon as SDRS answers rather than TOKEN_REFRESH_RETRY_AFTER later.
+        breaker.breaker_open(code=error.code)
         return "rate_limited" if isinstance(error, SdrsRateLimited) else "failed"
 
 
@@ -249,6 +252,10 @@ def token_statuses_refresh() -> dict[str, Any]:
         totals: Counter[str] = Counter()
         pool = _Pool(settings.TOKEN_REFRESH_CONCURRENCY)
         state = _TickState()
+        if breaker.breaker_is_open():
+            # SDRS is marked down: nothing is sent; the probe makes these rows due again
+            # as soon as it answers.
+            state.pause_all(breaker.DOWN_CODE, float(settings.TOKEN_REFRESH_RETRY_AFTER))
         try:
             while True:
                 rows = _claim_due(batch_size=settings.TOKEN_REFRESH_BATCH_SIZE)

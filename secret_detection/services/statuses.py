@@ -23,10 +23,19 @@ routing job holds the lock of ``status_lock_unrouted`` until it has marked them 
     status_send_failed     pending, this request  → stays pending, error code (a retry follows)
     status_refresh_failed  pending, this request  → the verdict it had, error code, due later
     status_result          awaiting this request  → active / inactive / unknown (SDRS's verdict)
-    status_failed          pending                → unknown (the verification job failed)
+    status_failed          pending, not held by SDRS → unknown (the verification job failed)
     status_expire          pending too long, not sending → unknown (callback_timeout)
+    status_callbacks_lost  held by SDRS, asked before a callback outage, not sending
+                                                  → unknown (callback_lost), due now
     status_claim_due       due, not pending       → leased to a refresher tick
     status_make_due        not pending            → due now
+    status_requeue_unavailable  not pending, failed as unavailable → due now (SDRS is back)
+
+"Held by SDRS" is the one fact that stops a resend: the row is pending for a request that
+was written, or may have been (``accepted_at``, or a lease recorded and not released by a
+"not written" outcome). Every transition that could let the token be sent again checks it;
+only ``status_expire`` (SDRS_PENDING_TIMEOUT), ``status_callbacks_lost`` (our callback
+endpoint was down after SDRS accepted) and a forced "Verify now" end it.
 """
 
 from __future__ import annotations
@@ -196,6 +205,13 @@ def _held_by_sdrs(now: dt.datetime) -> Q:
     return Q(status=TokenStatus.PENDING) & (accepted | unconfirmed)
 
 
+def _request_written() -> Q:
+    """Pending for a request that reached SDRS or may have: accepted (202), or leased and
+    not released by a "not written" outcome (``status_send_failed`` clears the lease; a
+    read timeout, a worker that died or was stopped while sending, leave it)."""
+    return Q(status=TokenStatus.PENDING) & (Q(accepted_at__isnull=False) | Q(sending_until__isnull=False))
+
+
 def status_claim(
     *,
     finding_id: int,
@@ -309,7 +325,11 @@ def status_result(*, finding_id: int, status: str, verified_at: dt.datetime, req
     ``duplicate`` (this request's result, already applied), ``stale`` (not the result of
     the request the status awaits) or ``missing`` (no such status)."""
     now = timezone.now()
-    awaiting = Q(status=TokenStatus.PENDING) | Q(status=TokenStatus.UNKNOWN, last_error_code="callback_timeout")
+    # A late callback for the request we sent still counts after the pending timeout or a
+    # re-verification started by a callback outage, until a newer request is made.
+    awaiting = Q(status=TokenStatus.PENDING) | Q(
+        status=TokenStatus.UNKNOWN, last_error_code__in=("callback_timeout", "callback_lost")
+    )
     applied = _update(
         _rows(pk=finding_id, last_request_id=request_id).exclude(last_request_id="").filter(awaiting),
         now,
@@ -333,9 +353,17 @@ def status_result(*, finding_id: int, status: str, verified_at: dt.datetime, req
 
 def status_failed(*, finding_id: int, code: str) -> bool:
     """The verification job ended failed (retries spent or a permanent error): pending →
-    unknown with the reason, due again after TOKEN_REFRESH_RETRY_AFTER. Guard: pending."""
+    unknown with the reason, due again after TOKEN_REFRESH_RETRY_AFTER.
+
+    Guard: pending, and not for a request SDRS may hold (``_request_written``). A run that
+    fails while its request may have been accepted (its worker died on the last attempt,
+    it was stopped at its time budget or cancelled while sending) leaves the status pending
+    for that request: its callback is still applied, and nothing sends the token again
+    before the callback, a callback outage or SDRS_PENDING_TIMEOUT. Going back to unknown
+    here made the refresher send it a second time and the callback "stale"."""
     now = timezone.now()
-    return bool(_update(_rows(pk=finding_id, status=TokenStatus.PENDING), now, **_back_to_unknown(code=code, now=now)))
+    failed = _rows(pk=finding_id, status=TokenStatus.PENDING).exclude(_request_written())
+    return bool(_update(failed, now, **_back_to_unknown(code=code, now=now)))
 
 
 def status_expire(*, limit: int) -> int:
@@ -350,6 +378,27 @@ def status_expire(*, limit: int) -> int:
         if not ids:
             return 0
         return _update(expired.filter(pk__in=ids), now, **_back_to_unknown(code="callback_timeout", now=now))
+
+
+def status_callbacks_lost(*, before: dt.datetime, limit: int) -> list[int]:
+    """Up to ``limit`` statuses whose callback may have been lost: held by SDRS for a
+    request made before ``before`` (when our callback endpoint refused a callback, or the
+    database restarted), and not sending now → unknown (``callback_lost``), due at once for
+    the refresher. The request id is kept, so the lost callback is still applied if SDRS
+    sends it after all, until the new request is made. Rows another sweep holds are
+    skipped. Returns their ids."""
+    now = timezone.now()
+    lost = (
+        _rows(pending_since__lt=before)
+        .filter(_request_written())
+        .filter(Q(sending_until__isnull=True) | Q(sending_until__lte=now))
+    )
+    with transaction.atomic():
+        ids = list(lost.select_for_update(skip_locked=True).values_list("pk", flat=True)[:limit])
+        if ids:
+            fields = _back_to_unknown(code="callback_lost", now=now)
+            _update(lost.filter(pk__in=ids), now, **{**fields, "next_refresh_at": now})
+    return ids
 
 
 # --- the refresher ----------------------------------------------------------------------
@@ -378,3 +427,12 @@ def status_make_due(*, finding_ids: list[int]) -> int:
         return 0
     now = timezone.now()
     return _update(_rows(pk__in=finding_ids).exclude(status=TokenStatus.PENDING), now, next_refresh_at=now)
+
+
+def status_requeue_unavailable(*, codes: Iterable[str]) -> int:
+    """SDRS answers again: every status whose last attempt failed as unavailable (one of
+    ``codes``) is due now instead of after its back-off. Guard: not pending, and due later
+    than now (a verdict received since cleared the code)."""
+    now = timezone.now()
+    waiting = _rows(last_error_code__in=list(codes), next_refresh_at__gt=now).exclude(status=TokenStatus.PENDING)
+    return _update(waiting, now, next_refresh_at=now)

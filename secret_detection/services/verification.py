@@ -4,13 +4,16 @@ of ``statuses``; the retry policy is the one declared on the job (``tasks``)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
+from django.utils import timezone
 
 from project import crypto
 from project.errors import AppError, PermanentError
@@ -18,8 +21,8 @@ from project.jobs import Defer, current_run
 from project.models import ApplicationSetting
 from secret_detection import metrics
 from secret_detection.clients import SdrsClient, SdrsConfig, SdrsError, VerifyRequest
-from secret_detection.models import Finding
-from secret_detection.services import jobs, statuses
+from secret_detection.models import Finding, SdrsHealth
+from secret_detection.services import breaker, jobs, statuses
 from secret_detection.services.routing import partner_types_enabled
 
 logger = logging.getLogger(__name__)
@@ -124,6 +127,12 @@ def token_verification_run(*, finding_id: int, user_id: int | None = None, force
         log_attempt(finding=finding, attempt=attempt, request_id=request_id, decision=f"failed: {exc.code}", error=exc)
         metrics.VERIFICATION_REQUESTS.labels(partner=partner or "none", outcome="permanent").inc()
         raise
+    if breaker.breaker_is_open():
+        # SDRS is down: park the finding instead of spending retries on it; the probe
+        # makes it due, for the refresher, as soon as SDRS answers again.
+        _park(finding.pk)
+        log_attempt(finding=finding, attempt=attempt, request_id=request_id, decision=f"skipped: {breaker.DOWN_CODE}")
+        return {"skipped": breaker.DOWN_CODE}
     claim = statuses.status_claim(
         finding_id=finding.pk, request_id=request_id, attempt=attempt, lease=_lease(client), force=force, since=since
     )
@@ -152,6 +161,16 @@ def token_verification_run(*, finding_id: int, user_id: int | None = None, force
 
 def _may_be_accepted(error: AppError) -> bool:
     return isinstance(error, SdrsError) and error.may_be_accepted
+
+
+def _park(finding_id: int) -> None:
+    # A pending row of this run's earlier attempt (nothing written) goes back to unknown;
+    # one SDRS may hold keeps awaiting its callback; any other keeps its verdict.
+    with transaction.atomic():
+        if not statuses.status_failed(finding_id=finding_id, code=breaker.DOWN_CODE):
+            statuses.status_back_off(
+                finding_ids=[finding_id], code=breaker.DOWN_CODE, seconds=settings.TOKEN_REFRESH_RETRY_AFTER
+            )
 
 
 def _lease(client: SdrsClient) -> float:
@@ -195,6 +214,10 @@ def verification_send(
             outcome, decision = "unconfirmed", _unconfirmed_decision()
         else:
             outcome, decision = ("retryable" if exc.retryable else "permanent"), decide(exc, attempt)
+            if exc.code in breaker.UNAVAILABLE_CODES:
+                breaker.breaker_record_failure(code=exc.code)
+            elif isinstance(exc, SdrsError):
+                breaker.breaker_record_success()  # it answered (4xx, 429)
         metrics.VERIFICATION_REQUESTS.labels(partner=partner, outcome=outcome).inc()
         log_attempt(
             finding=finding,
@@ -210,6 +233,7 @@ def verification_send(
     metrics.SDRS_REQUEST_SECONDS.observe(elapsed)
     metrics.VERIFICATION_REQUESTS.labels(partner=partner, outcome="accepted").inc()
     statuses.status_accepted(finding_id=finding.pk, request_id=request_id)
+    breaker.breaker_record_success()
     log_attempt(
         finding=finding,
         attempt=attempt,
@@ -229,6 +253,9 @@ def token_verification_failed(*, finding_id: int, code: str) -> None:
         if not statuses.status_failed(finding_id=finding_id, code=code):
             statuses.status_back_off(finding_ids=[finding_id], code=code, seconds=settings.TOKEN_REFRESH_RETRY_AFTER)
     logger.warning("partner verification failed", extra={"finding_id": finding_id, "error_code": code})
+    # Failed as unavailable: the circuit opens, so the probe brings the finding back as
+    # soon as SDRS answers rather than after TOKEN_REFRESH_RETRY_AFTER.
+    breaker.breaker_open(code=code)
 
 
 def pending_expire(*, limit: int = 1000) -> int:
@@ -243,3 +270,47 @@ def pending_expire(*, limit: int = 1000) -> int:
     if expired:
         logger.warning("pending token statuses expired without a callback", extra={"expired": expired})
     return expired
+
+
+def _callback_outage_point() -> dt.datetime | None:
+    """The latest moment a callback may have been lost because we could not take it: the
+    latest callback refused while the database was unavailable (written once it was back,
+    ``callbacks.callback_refusals_flush``), or the database server's start, when it
+    restarted within SDRS_PENDING_TIMEOUT (a refusal answered before our code ran leaves
+    no note). The start is read as an age on the database's clock, so clock skew between
+    the hosts does not move it."""
+    points = [
+        refused
+        for refused in SdrsHealth.objects.filter(pk=1).values_list("callbacks_refused_at", flat=True)
+        if refused is not None
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT EXTRACT(EPOCH FROM (now() - pg_postmaster_start_time()))")
+        row = cursor.fetchone()
+    age = float(row[0]) if row and row[0] is not None else None
+    if age is not None and age < settings.SDRS_PENDING_TIMEOUT:
+        points.append(timezone.now() - timedelta(seconds=age))
+    return max(points) if points else None
+
+
+def callbacks_lost_reverify(*, limit: int = 1000) -> int:
+    """After an outage of our callback endpoint, verify again the findings whose callback
+    it may have lost: pending for a request SDRS accepted (or may have) before the outage,
+    and not sending now. They go back to unknown (``callback_lost``, the request id kept so
+    that a late callback still applies) and are due at once; a refresher tick starts. This
+    sends such a token a second time, by design: SDRS offers no status query, and without a
+    callback the status would wait for SDRS_PENDING_TIMEOUT (15 min)."""
+    before = _callback_outage_point()
+    if before is None:
+        return 0
+    lost = 0
+    while True:
+        batch = statuses.status_callbacks_lost(before=before, limit=limit)
+        if not batch:
+            break
+        lost += len(batch)
+    if lost:
+        metrics.LOST_CALLBACKS.inc(lost)
+        logger.warning("callbacks may have been lost during an outage: verifying again", extra={"findings": lost})
+        jobs.job_get(jobs.REFRESH).enqueue(_dedupe_key="refresh-now")
+    return lost

@@ -51,7 +51,7 @@ def test_the_sweep_is_a_scheduled_job(pending, settings, no_broker):
     assert tasks.expire_pending.cron == settings.SDRS_PENDING_SWEEP_CRON
     with time_machine.travel(NOW, tick=False):
         outcome, run = run_inline(tasks.expire_pending)
-    assert (outcome, run.result) == ("succeeded", {"expired": 1})
+    assert (outcome, run.result) == ("succeeded", {"callbacks_lost": 0, "expired": 1})
     assert not FindingTokenStatus.objects.filter(status="pending").exists()
 
 

@@ -473,7 +473,7 @@ def test_a_real_cluster_imports_an_uploaded_report(api, project, developer, medi
     media root) imports it, and the status says so."""
     from django.conf import settings as django_settings
 
-    from tests.support.cluster import running_cluster, wait_for
+    from tests.support.cluster import running_cluster, wait_until
 
     client = api(developer)
     env = {"MEDIA_ROOT": str(media_root)}
@@ -481,9 +481,13 @@ def test_a_real_cluster_imports_an_uploaded_report(api, project, developer, medi
         response = post_raw(client, project, SAMPLE.read_bytes())
         assert response.status_code == 202, response.content
         record_id = response.json()["id"]
-        wait_for(
+        # Fails only when the import's run has not moved (status, progress, heartbeat) for 60 s.
+        wait_until(
             lambda: not ReportImport.objects.filter(pk=record_id, status__in=ReportImport.ACTIVE).exists(),
-            timeout=60,
+            progress=lambda: list(
+                map(str, JobRun.objects.values_list("status", "attempt", "heartbeat_at", "progress"))
+            ),
+            stall=60,
             message=f"the import did not end:\n{cluster.output()}",
         )
     body = client.get(URL.format(project.pk) + f"/{record_id}").json()

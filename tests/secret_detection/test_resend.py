@@ -208,7 +208,8 @@ def test_a_refresh_that_times_out_after_writing_is_not_sent_again_by_the_next_ti
     assert (first["claimed"], first["unconfirmed"]) == (1, 1)
     status = _status(due)
     assert (status.status, status.last_error_code) == ("pending", "sdrs_timeout")  # awaits its callback
-    wait_until(lambda: len(sdrs_server.verifies) == 1, stall=10)  # SDRS took it, late
+    # SDRS took it, late (it sleeps 1 s before recording it): nothing else moves meanwhile.
+    wait_until(lambda: len(sdrs_server.verifies) == 1, progress=lambda: sdrs_server.max_in_flight, stall=30)
     FindingTokenStatus.objects.filter(pk=due.pk).update(next_refresh_at=past)  # even if due again
     second = services.token_statuses_refresh()
     assert second.get("claimed", 0) == 0
@@ -314,7 +315,7 @@ def test_a_worker_killed_after_sdrs_accepted_does_not_send_again(
 
         wait_until(recovered, progress=_progress(sdrs), message=f"the run was not recovered:\n{cluster.output()}")
         wait_until(lambda: _runs_done(1), progress=_progress(sdrs), message=f"run not done:\n{cluster.output()}")
-        wait_until(sdrs.callbacks_idle, stall=10)
+        wait_until(sdrs.callbacks_idle, progress=_progress(sdrs))
 
     assert _sends(sdrs) == {finding.pk: 1}
     run = JobRun.objects.get(name=VERIFY)

@@ -133,7 +133,8 @@ def test_a_result_applies_only_to_the_pending_request_it_answers(row):
 
 
 def test_failed_moves_only_a_pending_status_back_to_unknown(row):
-    pending = row(status="pending", pending_since=NOW, accepted_at=NOW, sending_until=NOW)
+    # Pending for a request that was never written (send_failed released its lease).
+    pending = row(status="pending", pending_since=NOW, last_request_id="r1")
     active = row(status="active")
     assert statuses.status_failed(finding_id=pending.pk, code="sdrs_auth_rejected") is True
     assert statuses.status_failed(finding_id=active.pk, code="sdrs_auth_rejected") is False
@@ -142,6 +143,59 @@ def test_failed_moves_only_a_pending_status_back_to_unknown(row):
     assert (stored.pending_since, stored.accepted_at, stored.sending_until) == (None, None, None)
     assert stored.next_refresh_at == NOW + timedelta(minutes=10)
     assert _get(active).status == "active"
+
+
+def test_a_failed_run_leaves_a_request_sdrs_may_hold_awaiting_its_callback(row, clock):
+    """The run failed (its worker died on the last attempt, its time budget ran out or it
+    was cancelled while sending) after its request was written: the status stays pending
+    for that request, so the callback still applies and nothing sends the token again."""
+    accepted = row(status="pending", pending_since=NOW, accepted_at=NOW, last_request_id="a")
+    sending = row(status="pending", pending_since=NOW, sending_until=NOW + timedelta(seconds=20), last_request_id="s")
+    for held in (accepted, sending):
+        assert statuses.status_failed(finding_id=held.pk, code="worker_lost") is False
+        assert (_get(held).status, _get(held).last_error_code) == ("pending", "")
+    clock.move_to(NOW + timedelta(seconds=60))  # the lease ran out: possibly accepted
+    again = statuses.status_claim(finding_id=sending.pk, request_id="again", attempt=1, lease=9)
+    assert again.outcome == "unconfirmed"
+    assert statuses.status_result(finding_id=accepted.pk, status="active", verified_at=NOW, request_id="a") == (
+        "applied"
+    )
+
+
+def test_callbacks_lost_in_an_outage_make_the_requests_held_before_it_due_again(row):
+    """A request accepted (or possibly accepted) before the outage whose callback did not
+    come: unknown, callback_lost, due now; its late callback still applies. Requests made
+    after the outage, rows sending now and requests never written are left alone."""
+    outage = NOW - timedelta(seconds=10)
+    before = NOW - timedelta(seconds=30)
+    lost = row(status="pending", pending_since=before, accepted_at=before, last_request_id="lost")
+    unconfirmed = row(status="pending", pending_since=before, sending_until=before, last_request_id="u")
+    after = row(status="pending", pending_since=NOW, accepted_at=NOW, last_request_id="after")
+    sending = row(status="pending", pending_since=before, sending_until=NOW + timedelta(seconds=5))
+    unwritten = row(status="pending", pending_since=before, last_request_id="x")
+    assert sorted(statuses.status_callbacks_lost(before=outage, limit=10)) == sorted([lost.pk, unconfirmed.pk])
+    stored = _get(lost)
+    assert (stored.status, stored.last_error_code, stored.next_refresh_at) == ("unknown", "callback_lost", NOW)
+    assert stored.last_request_id == "lost"
+    for untouched in (after, sending, unwritten):
+        assert _get(untouched).status == "pending"
+    assert statuses.status_result(finding_id=lost.pk, status="inactive", verified_at=NOW, request_id="lost") == (
+        "applied"
+    )
+    assert statuses.status_callbacks_lost(before=outage, limit=10) == []
+
+
+def test_requeue_unavailable_makes_due_what_failed_as_unavailable(row):
+    later = NOW + timedelta(minutes=10)
+    parked = [
+        row(status="unknown", last_error_code=code, next_refresh_at=later) for code in ("sdrs_unavailable", "sdrs_down")
+    ]
+    rejected = row(status="unknown", last_error_code="sdrs_auth_rejected", next_refresh_at=later)
+    pending = row(status="pending", last_error_code="sdrs_unavailable", next_refresh_at=later)
+    assert statuses.status_requeue_unavailable(codes=["sdrs_unavailable", "sdrs_down"]) == 2
+    assert [_get(each).next_refresh_at for each in parked] == [NOW, NOW]
+    assert _get(rejected).next_refresh_at == later
+    assert _get(pending).next_refresh_at == later
 
 
 def test_back_off_make_due_and_local_checks_leave_pending_statuses_alone(row):
