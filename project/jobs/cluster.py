@@ -30,7 +30,7 @@ import time
 import uuid
 from multiprocessing import Value, current_process
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, cast
 
 from django import db
 from django.conf import settings
@@ -60,6 +60,19 @@ def _child(target: Any, *args: Any) -> None:
 
 
 class Sentinel(stock.Sentinel):
+    # What django-q2's sentinel sets up and this one replaces or reads (django-q2 has no types).
+    pool: list[Any]
+    pusher: Any
+    monitor: Any
+    task_queue: Any
+    result_queue: Any
+    event_out: Any
+    stop_event: Any
+    start_event: Any
+    cluster_id: Any
+    pool_size: int
+    timeout: int
+
     def __init__(
         self,
         stop_event: Any,
@@ -72,7 +85,7 @@ class Sentinel(stock.Sentinel):
         super().__init__(stop_event, start_event, cluster_id, broker, timeout, start=False)
         self._terminating = False
         signal.signal(signal.SIGTERM, self._sigterm)
-        self.draining: list[BaseProcess] = []
+        self.draining: list[Any] = []
         self.pool_restarts = 0
         self._taken = Value("L", 0)
         djangoq.taken_counter_set(self._taken)
@@ -95,18 +108,18 @@ class Sentinel(stock.Sentinel):
         process.daemon = True
         if target is worker:
             process.daemon = Conf.DAEMONIZE_WORKERS
-            process.timer = args[2]  # type: ignore[attr-defined]  # django-q2's guard reads it
+            process.timer = args[2]  # django-q2's guard reads it
             self.pool.append(process)
         process.start()
-        return process
+        return cast(BaseProcess, process)
 
     def spawn_cluster(self) -> None:
         self._recover_dead_workers_runs()
         super().spawn_cluster()
 
-    def reincarnate(self, process: BaseProcess) -> None:
+    def reincarnate(self, process: Any) -> None:
         if process in self.pool:
-            timer = process.timer.value  # type: ignore[attr-defined]
+            timer = process.timer.value
             if timer == TIMED_OUT and process.is_alive():
                 # Over its budget: stock django-q2 sends SIGTERM, which workers ignore here.
                 process.kill()
@@ -142,12 +155,12 @@ class Sentinel(stock.Sentinel):
         cycle = Conf.GUARD_CYCLE
         while True:
             for process in list(self.pool):
-                with process.timer.get_lock():  # type: ignore[attr-defined]
-                    if not process.is_alive() or process.timer.value == TIMED_OUT:  # type: ignore[attr-defined]
+                with process.timer.get_lock():
+                    if not process.is_alive() or process.timer.value == TIMED_OUT:
                         self.reincarnate(process)
                         continue
-                    if process.timer.value > 0:  # type: ignore[attr-defined]
-                        process.timer.value -= cycle  # type: ignore[attr-defined]
+                    if process.timer.value > 0:
+                        process.timer.value -= cycle
             self._drain_check()
             if not self.monitor.is_alive():
                 self.reincarnate(self.monitor)
@@ -168,10 +181,10 @@ class Sentinel(stock.Sentinel):
         self.stop()
 
     def _cluster_name(self) -> str:
-        return stock.humanize(self.cluster_id.hex)
+        return str(stock.humanize(self.cluster_id.hex))
 
     def _stalled(self) -> bool:
-        idle = any(p.is_alive() and p.timer.value == IDLE for p in self.pool)  # type: ignore[attr-defined]
+        idle = any(p.is_alive() and p.timer.value == IDLE for p in self.pool)
         try:
             waiting = self.task_queue.qsize()
         except NotImplementedError:  # macOS: no sem_getvalue
@@ -190,7 +203,7 @@ class Sentinel(stock.Sentinel):
         self.pusher.join(5)
         for process in list(self.pool):
             self.pool.remove(process)
-            if process.is_alive() and process.timer.value > 0:  # type: ignore[attr-defined]
+            if process.is_alive() and process.timer.value > 0:
                 self.draining.append(process)  # busy: finishes its task, then is stopped
             else:
                 process.kill()
@@ -206,7 +219,7 @@ class Sentinel(stock.Sentinel):
 
     def _drain_check(self) -> None:
         for process in list(self.draining):
-            timer = process.timer.value  # type: ignore[attr-defined]
+            timer = process.timer.value
             if not process.is_alive() or timer <= 0:
                 # Done with its task (now waiting on the dead queue), or over its budget.
                 if process.is_alive():
@@ -216,7 +229,7 @@ class Sentinel(stock.Sentinel):
                 if timer == TIMED_OUT or timer > 0:
                     self._recover_runs_of(process.pid)
             else:
-                process.timer.value -= Conf.GUARD_CYCLE  # type: ignore[attr-defined]
+                process.timer.value -= Conf.GUARD_CYCLE
 
     def _lost_check(self) -> None:
         now = time.monotonic()
@@ -290,4 +303,4 @@ class _StallWatch:
 def sentinel_install() -> None:
     """Make django-q2's ``Cluster.start`` spawn this sentinel (it names the module's
     ``Sentinel``; tests/jobs/test_djangoq_adapter.py checks that it still does)."""
-    stock.Sentinel = Sentinel  # type: ignore[misc]
+    stock.Sentinel = Sentinel

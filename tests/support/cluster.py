@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 from django.conf import settings
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.utils import timezone
 from django_q.conf import Conf
 
@@ -129,17 +129,49 @@ class ClusterProcess(ManagePyProcess):
         return found
 
 
+def job_activity() -> object:
+    """A snapshot of the job runs that changes whenever a cluster does something (a run
+    created, claimed, finished, or a heartbeat)."""
+    from django.db.models import Count, Max
+
+    from project.jobs.models import JobRun
+
+    return tuple(JobRun.objects.aggregate(Count("id"), Max("updated_at"), Max("heartbeat_at")).values())
+
+
 def wait_for(
-    predicate: Callable[[], object], *, timeout: float = 20, interval: float = 0.05, message: str = ""
+    predicate: Callable[[], object],
+    *,
+    timeout: float = 20,
+    interval: float = 0.05,
+    message: str = "",
+    progress: Callable[[], object] | None = job_activity,
 ) -> object:
-    """Poll until ``predicate()`` is truthy; fail with ``message`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """Poll until ``predicate()`` is truthy. Fail when nothing has moved for ``timeout``
+    seconds, ``progress()`` telling what moved (by default the job runs: a loaded machine
+    gets more time while the cluster works, a stuck one fails as soon); never wait more
+    than ten times ``timeout``. ``progress=None``: ``timeout`` is a plain deadline."""
+    started = moved = time.monotonic()
+    last: object = None
+    if progress is not None:
+        try:
+            last = progress()
+        except (RuntimeError, DatabaseError):  # no database access here: a plain deadline
+            progress = None
+    checked = started
+    while True:
         value = predicate()
         if value:
             return value
+        now = time.monotonic()
+        if progress is not None and now - checked >= 0.5:
+            checked = now
+            current = progress()
+            if current != last:
+                last, moved = current, now
+        if now - moved > timeout or now - started > 10 * timeout:
+            raise AssertionError(message or f"condition not met; nothing moved for {timeout} s")
         time.sleep(interval)
-    raise AssertionError(message or f"condition not met within {timeout} s")
 
 
 @contextlib.contextmanager
