@@ -171,3 +171,61 @@ class ProjectExportStatusSerializer(ProjectIdentitySerializer):
     def get_export_archive(self, project: Project) -> dict[str, Any] | None:
         archive = self.state.archive
         return ExportArchiveSerializer(archive).data if archive is not None else None
+
+
+#: Formats a datetime as DRF does (ISO 8601 in the current time zone, "Z" for UTC).
+_DATETIME = serializers.DateTimeField()
+
+
+def _datetime(value: Any) -> str | None:
+    return _DATETIME.to_representation(value) if value else None
+
+
+def export_status_body(project: Project, state: services.ExportState) -> dict[str, Any]:
+    """``ProjectExportStatusSerializer(project, context={"state": state}).data``, built
+    directly: GitLab clients poll the status every second, and a DRF serializer copies its
+    dozen fields (and its nested serializers' fields) for every instance. The serializer
+    stays the documented shape; ``tests/exports/test_status_queries.py`` checks that both
+    give the same body in every state."""
+    body: dict[str, Any] = {
+        "id": project.pk,
+        "description": project.description,
+        "name": project.name,
+        "name_with_namespace": f"{project.namespace_path} / {project.name}",
+        "path": project.path,
+        "path_with_namespace": project.path_with_namespace,
+        "created_at": _datetime(project.created_at),
+        "export_status": state.status,
+    }
+    if state.status == "finished":
+        body["_links"] = {
+            "api_url": f"{settings.EXTERNAL_URL}/api/v4/projects/{project.pk}/export/download",
+            "web_url": f"{project.web_url}/download_export",
+        }
+    job = state.active_job
+    progress = None
+    if job is not None:
+        run = job.job_run
+        live = (run.progress if run is not None and run.status == "running" else None) or {}
+        progress = {
+            "phase": services.export_phase(job),
+            "relations_done": int(live.get("relations_done", 0)),
+            "relations_total": int(live.get("relations_total", job.relations_total)),
+            "rows_written": int(live.get("rows_written", 0)),
+            "started_at": _datetime(job.started_at),
+        }
+    body["export_progress"] = progress
+    latest = state.latest_job
+    body["export_error"] = (latest.error or latest.error_code) if latest and latest.status == "failed" else None
+    archive = state.archive
+    body["export_archive"] = (
+        {
+            "size": int(archive.size),
+            "sha256": str(archive.sha256),
+            "created_at": _datetime(archive.created_at),
+            "expires_at": _datetime(archive.expires_at),
+        }
+        if archive is not None
+        else None
+    )
+    return body

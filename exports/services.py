@@ -14,21 +14,22 @@ import shutil
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, cast
 
 from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import default_storage
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from exports import archive as archive_writer
 from exports import clients, metrics, relations
 from exports.models import MAX_ERROR_LENGTH, ProjectExportArchive, ProjectExportJob
-from project import locks
+from project import locks, sqlrows
+from project import services as core
 from project.errors import Conflict, NotFound, RetryableError, ValidationFailed
 from project.jobs import Defer, JobRun, control, report_progress
-from project.models import Project, User
+from project.models import AccessLevel, ApplicationSetting, Project, User
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +153,70 @@ def export_request(
     return job
 
 
+# --- the API's access check -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExportLimits:
+    """The application settings' rate limits of the export API (per minute, 0: none)."""
+
+    export: int
+    download: int
+
+
+_PROJECT = sqlrows.Columns(
+    Project,
+    "p",
+    [
+        "id", "name", "path", "namespace_path", "path_with_namespace", "description", "visibility_level", "creator",
+        "created_at", "updated_at",
+    ],
+)  # fmt: skip
+#: The project (by id, or by full path as ``project_find`` matches it, on the index of
+#: UPPER(path_with_namespace)), the caller's access level on it and the settings, as one
+#: row even when there is no such project.
+_ACCESS_SQL = f"""
+    SELECT {_PROJECT.sql},
+           (SELECT m.access_level FROM project_members AS m
+            WHERE m.project_id = p.id AND m.user_id = %(user)s LIMIT 1),
+           s.project_export_enabled, s.project_export_limit, s.project_download_export_limit
+    FROM (SELECT 1) AS one
+    LEFT JOIN projects AS p
+           ON (p.id = %(id)s OR UPPER(p.path_with_namespace::text) = UPPER(%(path)s))
+    LEFT JOIN application_settings AS s ON s.id = 1
+"""
+
+
+def export_project_require(*, user: User, ref: str) -> tuple[Project, ExportLimits]:
+    """GitLab's ``before`` block of the export API: 404 "404 Not Found" while exports are
+    turned off, then the project, for maintainers and above (other members 403,
+    non-members 404), as ``project.services.project_require`` decides.
+
+    One statement reads the project, the caller's access level on it and the application
+    settings (this is on the path of every status poll; the ORM's statement cost more CPU to
+    build than to answer). Only before the settings row exists are they read on their own.
+    """
+    project_id, path = core.project_ref_parse(ref)
+    project, level, enabled, export_limit, download_limit = None, None, None, 0, 0
+    if project_id is not None or path is not None:
+        with connection.cursor() as cursor:
+            cursor.execute(_ACCESS_SQL, {"user": user.pk, "id": project_id, "path": path})
+            row = cursor.fetchone()
+        project, level, enabled, export_limit, download_limit = sqlrows.split(row, _PROJECT)
+    if enabled is None:  # no settings row yet
+        settings_row = ApplicationSetting.current()
+        enabled = settings_row.project_export_enabled
+        export_limit, download_limit = settings_row.project_export_limit, settings_row.project_download_export_limit
+    if not enabled:
+        raise NotFound("404 Not Found")
+    if project is not None:
+        core.project_access_level_known(project=project, user=user, level=level)
+    project = core.project_authorize(
+        user=user, project=project, min_access=AccessLevel.MAINTAINER, member_required=True
+    )
+    return project, ExportLimits(export=export_limit, download=download_limit)
+
+
 # --- the per-user status ----------------------------------------------------------------
 
 
@@ -169,14 +234,15 @@ def export_state(*, project: Project, user: User) -> ExportState:
 
     "finished" means this user has a downloadable (unexpired) archive. "failed" means
     the user's latest job failed and there is no archive to fall back on.
+
+    One statement reads the user's archive, active jobs, latest job and the active jobs'
+    runs: it sees the database at one moment (read separately, a job finishing between the
+    reads would show as "started" plus an archive, that is regeneration_in_progress), with
+    no transaction to open and close around it. Clients poll this, so it is one round trip.
     """
-    jobs = ProjectExportJob.objects.filter(project=project, user=user).select_related("job_run")
-    # One snapshot: read separately, a job finishing between the reads would show as
-    # "started" plus an archive, that is regeneration_in_progress.
-    with archive_writer.read_snapshot():
-        active = list(jobs.filter(status__in=ProjectExportJob.ACTIVE).order_by("id"))
-        latest = jobs.order_by("-id").first()
-        archive = ProjectExportArchive.objects.filter(project=project, user=user, expires_at__gt=timezone.now()).first()
+    archive, jobs = _state_read(project_id=project.pk, user_id=user.pk)
+    active = [job for job in jobs if job.status in ProjectExportJob.ACTIVE]
+    latest = jobs[-1] if jobs else None
     statuses = {job.status for job in active}
     if active and archive is not None:
         status = "regeneration_in_progress"
@@ -191,6 +257,68 @@ def export_state(*, project: Project, user: User) -> ExportState:
     else:
         status = "none"
     return ExportState(status=status, archive=archive, active_job=active[-1] if active else None, latest_job=latest)
+
+
+#: What the status reads of each model. The job's upload URL (encrypted, never shown) and
+#: the run's bulky columns (traceback, history, result) stay unread.
+_ARCHIVE = sqlrows.Columns(
+    ProjectExportArchive,
+    "a",
+    ["id", "project", "user", "job", "file", "filename", "size", "sha256", "created_at", "expires_at"],
+)
+_JOB = sqlrows.Columns(
+    ProjectExportJob,
+    "j",
+    [
+        "id", "project", "user", "status", "job_run", "relations_done", "relations_total", "rows_written",
+        "error_code", "error", "exported_by_admin", "description", "upload_method", "uploaded_at", "created_at",
+        "updated_at", "started_at", "finished_at",
+    ],
+)  # fmt: skip
+_RUN = sqlrows.Columns(
+    JobRun,
+    "r",
+    [
+        "id", "name", "status", "attempt", "max_attempts", "deferrals", "due_at", "started_at", "heartbeat_at",
+        "finished_at", "progress", "target_id", "cancel_requested_at", "created_at", "updated_at",
+    ],
+)  # fmt: skip
+_STATE_SQL = f"""
+    SELECT {_ARCHIVE.sql}, {_JOB.sql}, {_RUN.sql}
+    FROM (SELECT 1) AS one
+    LEFT JOIN project_export_archives AS a
+           ON a.project_id = %(project)s AND a.user_id = %(user)s AND a.expires_at > %(now)s
+    LEFT JOIN (
+        SELECT * FROM project_export_jobs AS mine
+        WHERE mine.project_id = %(project)s AND mine.user_id = %(user)s
+          AND (mine.status = ANY(%(active)s) OR mine.id = (
+               SELECT max(id) FROM project_export_jobs WHERE project_id = %(project)s AND user_id = %(user)s))
+    ) AS j ON true
+    LEFT JOIN job_runs AS r ON r.id = j.job_run_id
+    ORDER BY j.id
+"""
+
+
+def _state_read(*, project_id: int, user_id: int) -> tuple[ProjectExportArchive | None, list[ProjectExportJob]]:
+    """The user's unexpired archive, and their active jobs plus their latest job (oldest
+    first, each with its run), in one statement."""
+    params = {
+        "project": project_id,
+        "user": user_id,
+        "now": timezone.now(),
+        "active": [str(status) for status in ProjectExportJob.ACTIVE],
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_STATE_SQL, params)
+        rows = cursor.fetchall()
+    archive = _ARCHIVE.instance(rows[0][: _ARCHIVE.width])
+    jobs = []
+    for row in rows:
+        _, job, run = sqlrows.split(row, _ARCHIVE, _JOB, _RUN)
+        if job is not None:  # else the one row of LEFT JOINs that found no job
+            job.job_run = run
+            jobs.append(job)
+    return archive, jobs
 
 
 def export_phase(job: ProjectExportJob) -> str | None:
@@ -208,17 +336,17 @@ def export_phase(job: ProjectExportJob) -> str | None:
     return "uploading" if (run.progress or {}).get("phase") == "uploading" else "exporting"
 
 
-def archive_open(*, archive: ProjectExportArchive) -> BinaryIO:
+def archive_open(*, archive: ProjectExportArchive) -> File[bytes]:
     """The archive's file, opened for streaming; 404 "not available yet" when the record
     exists but storage does not have the file."""
     try:
-        return default_storage.open(archive.file.name, "rb")
+        return default_storage.open(cast(str, archive.file.name), "rb")  # a saved archive has a file
     except OSError:
         logger.warning("export archive missing from storage", extra={"archive_id": archive.pk})
         raise NotFound(FILE_NOT_AVAILABLE) from None
 
 
-def export_download_open(*, project: Project, user: User) -> tuple[BinaryIO, ProjectExportArchive]:
+def export_download_open(*, project: Project, user: User) -> tuple[File[bytes], ProjectExportArchive]:
     """The user's archive, opened for streaming, or GitLab's two 404s."""
     live = ProjectExportArchive.objects.filter(project=project, user=user, expires_at__gt=timezone.now())
     archive = live.first()
@@ -288,10 +416,11 @@ def _gate_claim(export_job_id: int) -> ProjectExportJob | None:
         return job
 
 
-class _TemporaryFile(File):
+class _TemporaryFile(File):  # type: ignore[type-arg]  # generic in django-stubs only: File[bytes] fails at run time
     """Lets FileSystemStorage rename the finished file into place instead of copying it."""
 
     def temporary_file_path(self) -> str:
+        assert self.file is not None  # made from an open handle
         return self.file.name
 
 
@@ -334,7 +463,7 @@ def _publish(job: ProjectExportJob, result: archive_writer.ArchiveResult) -> Pro
                 project_id=job.project_id, user_id=job.user_id, defaults=values
             )
             if not created:
-                previous = archive.file.name
+                previous = cast(str, archive.file.name)  # a saved archive has a file
                 for key, value in values.items():
                     setattr(archive, key, value)
                 archive.save()
@@ -374,7 +503,7 @@ def _upload(job: ProjectExportJob, result: archive_writer.ArchiveResult, progres
     ProjectExportJob.objects.filter(pk=job.pk).update(uploaded_at=timezone.now())
 
 
-def export_run(*, export_job_id: int) -> dict:
+def export_run(*, export_job_id: int) -> dict[str, Any]:
     """The export job: claim, write the archive, upload it if asked, then publish it and
     finish the job in one transaction.
 
@@ -461,7 +590,7 @@ def export_job_cancel(*, export_job_id: int, by: str) -> str:
     if not job.is_active:
         raise Conflict(f"Export #{job.pk} is already {job.status}.", code="export_finished")
     if job.job_run is not None and job.job_run.is_active:
-        return control.run_cancel(run_id=job.job_run_id, by=by).message
+        return control.run_cancel(run_id=job.job_run.pk, by=by).message
     if not export_job_fail(export_job_id=job.pk, code="cancelled", error=f"The export was cancelled by {by}."):
         raise Conflict(f"Export #{job.pk} changed state meanwhile; nothing was done.", code="export_changed")
     return f"Export #{job.pk} was failed (its job run had already ended)."
@@ -483,7 +612,7 @@ def export_archive_delete(*, archive_id: int) -> bool:
         archive = ProjectExportArchive.objects.select_for_update().filter(pk=archive_id).first()
         if archive is None:
             return False
-        name = archive.file.name
+        name = cast(str, archive.file.name)  # a saved archive has a file
         archive.delete()
         transaction.on_commit(lambda: storage_delete(name), robust=True)
     logger.info("export archive deleted", extra={"archive_id": archive_id})

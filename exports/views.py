@@ -9,11 +9,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from exports import services
-from exports.serializers import ProjectExportRequest, ProjectExportStatusSerializer
-from project import services as core
+from exports.serializers import ProjectExportRequest, ProjectExportStatusSerializer, export_status_body
 from project.api import ApiView
-from project.errors import NotFound
-from project.models import AccessLevel, ApplicationSetting, Project
+from project.authentication import signed_in_user
+from project.models import Project
 from project.ratelimit import rate_limit_hit
 from project.schema import RETRY_AFTER, MessageSerializer, error_responses, query_parameters, rack_request
 from project.serializers import rack_params
@@ -21,15 +20,9 @@ from project.serializers import rack_params
 _NOT_FOUND = "Unknown project, one the caller is not a member of, or exports are turned off."
 
 
-def _export_project(request: Request, project_id: str) -> tuple[Project, ApplicationSetting]:
+def _export_project(request: Request, project_id: str) -> tuple[Project, services.ExportLimits]:
     """GitLab's ``before`` block: 404 when exports are off, then maintainer or above."""
-    app_settings = ApplicationSetting.current()
-    if not app_settings.project_export_enabled:
-        raise NotFound("404 Not Found")
-    project = core.project_require(
-        user=request.user, ref=project_id, min_access=AccessLevel.MAINTAINER, member_required=True
-    )
-    return project, app_settings
+    return services.export_project_require(user=signed_in_user(request), ref=project_id)
 
 
 class ProjectExportView(ApiView):
@@ -41,8 +34,8 @@ class ProjectExportView(ApiView):
     )
     def get(self, request: Request, project_id: str) -> Response:
         project, _ = _export_project(request, project_id)
-        state = services.export_state(project=project, user=request.user)
-        return Response(ProjectExportStatusSerializer(project, context={"state": state}).data)
+        state = services.export_state(project=project, user=signed_in_user(request))
+        return Response(export_status_body(project, state))
 
     @extend_schema(
         request=rack_request(ProjectExportRequest),
@@ -55,10 +48,12 @@ class ProjectExportView(ApiView):
         operation_id="startProjectExport",
     )
     def post(self, request: Request, project_id: str) -> Response:
-        project, app_settings = _export_project(request, project_id)
+        project, limits = _export_project(request, project_id)
         params = ProjectExportRequest.parse(rack_params(request))
-        rate_limit_hit(key=f"project_export:user:{request.user.pk}", limit=app_settings.project_export_limit)
-        services.export_request(project=project, user=request.user, **ProjectExportRequest.export_arguments(params))
+        rate_limit_hit(key=f"project_export:user:{request.user.pk}", limit=limits.export)
+        services.export_request(
+            project=project, user=signed_in_user(request), **ProjectExportRequest.export_arguments(params)
+        )
         return Response({"message": "202 Accepted"}, status=202)
 
 
@@ -91,12 +86,11 @@ class ProjectExportDownloadView(ApiView):
         operation_id="downloadProjectExport",
     )
     def get(self, request: Request, project_id: str) -> FileResponse:
-        project, app_settings = _export_project(request, project_id)
+        project, limits = _export_project(request, project_id)
         rate_limit_hit(
-            key=f"project_download_export:user:{request.user.pk}:project:{project.pk}",
-            limit=app_settings.project_download_export_limit,
+            key=f"project_download_export:user:{request.user.pk}:project:{project.pk}", limit=limits.download
         )
-        handle, archive = services.export_download_open(project=project, user=request.user)
+        handle, archive = services.export_download_open(project=project, user=signed_in_user(request))
         response = FileResponse(handle, as_attachment=True, filename=archive.filename, content_type="application/gzip")
         response["Content-Length"] = str(archive.size)
         return response

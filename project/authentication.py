@@ -4,21 +4,31 @@ while ``rest_framework.views`` is still loading."""
 from __future__ import annotations
 
 import math
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import connection
+from django.db.models import QuerySet
 from django.utils import timezone
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, SessionAuthentication
 from rest_framework.request import Request
 
-from project import services
+from project import services, sqlrows
 from project.errors import AppError, RateLimited
 from project.middleware import client_address
-from project.models import AccessToken, RateLimitCounter
+from project.models import AccessToken, RateLimitCounter, User
 from project.ratelimit import rate_limit_hit
+
+
+def signed_in_user(request: Request) -> User:
+    """The user of a request that ``ApiView`` let through: its ``IsAuthenticated``
+    permission has refused anonymous ones already (DRF types ``request.user`` as either)."""
+    user = request.user
+    if not user.is_authenticated:
+        raise exceptions.NotAuthenticated()
+    return user
 
 
 class AccessTokenAuthentication(BaseAuthentication):
@@ -38,9 +48,14 @@ class AccessTokenAuthentication(BaseAuthentication):
                 return None
             value = header[7:]
         address = client_address(request) or "unknown"
-        auth_ban_check(address)
+        value = value.strip()
+        token, banned_since = _token_read(value, address) if value else (None, None)
+        if token is None:
+            auth_ban_check(address)
+        else:
+            _ban_raise(banned_since)  # a banned address is refused whatever it sent
         try:
-            token = services.access_token_authenticate(value=value)
+            token = services.access_token_accept(token=token)
         except AppError as exc:
             auth_failure_record(address)
             raise exceptions.AuthenticationFailed(exc.message) from None
@@ -65,22 +80,71 @@ def _ban_key(address: str) -> str:
     return f"api_auth_ban:{address}"
 
 
-def auth_ban_check(address: str) -> None:
-    """Raise the 429 while ``address`` is banned for failed authentications."""
+def _bans(address: str) -> QuerySet[RateLimitCounter]:
+    """The start of ``address``'s ban in force, if any (one row at most: the latest)."""
+    since = timezone.now() - timedelta(seconds=settings.API_AUTH_BAN_TIME)
+    return RateLimitCounter.objects.filter(key=_ban_key(address), window_start__gt=since).order_by("-window_start")
+
+
+# Every API request starts here, so this is one hand-written statement (``project.sqlrows``):
+# the live token (as ``AccessToken.objects.live()``: not revoked, not expired), its user and
+# the start of the client address's ban, if any.
+_TOKEN = sqlrows.Columns(
+    AccessToken,
+    "t",
+    ["id", "user", "name", "digest", "prefix", "scopes", "expires_at", "last_used_at", "revoked_at", "created_at"],
+)
+_USER = sqlrows.Columns(
+    User,
+    "u",
+    [
+        "id", "password", "last_login", "is_superuser", "username", "first_name", "last_name", "email", "is_staff",
+        "is_active", "date_joined",
+    ],
+)  # fmt: skip
+_TOKEN_SQL = f"""
+    SELECT {_TOKEN.sql}, {_USER.sql},
+           (SELECT max(b.window_start) FROM rate_limit_counters AS b
+            WHERE b.key = %(ban_key)s AND b.window_start > %(ban_since)s)
+    FROM personal_access_tokens AS t
+    JOIN users AS u ON u.id = t.user_id
+    WHERE t.digest = %(digest)s AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > %(today)s)
+"""
+
+
+def _token_read(value: str, address: str) -> tuple[AccessToken | None, datetime | None]:
+    """The live token of ``value`` with its user, and the start of ``address``'s ban (None
+    without a token: ``auth_ban_check`` then reads the ban alone)."""
+    banning = settings.API_AUTH_FAILURE_LIMIT > 0
+    params = {
+        "ban_key": _ban_key(address) if banning else None,
+        "ban_since": timezone.now() - timedelta(seconds=settings.API_AUTH_BAN_TIME),
+        "digest": services.token_digest(value),
+        "today": timezone.localdate(),
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_TOKEN_SQL, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None, None
+    token, user, banned_since = sqlrows.split(row, _TOKEN, _USER)
+    token.user = user
+    return token, banned_since
+
+
+def _ban_raise(since: datetime | None) -> None:
     from project.api import AuthThrottled
 
+    if since is not None:
+        elapsed = (timezone.now() - since).total_seconds()
+        raise AuthThrottled(wait=math.ceil(settings.API_AUTH_BAN_TIME - elapsed))
+
+
+def auth_ban_check(address: str) -> None:
+    """Raise the 429 while ``address`` is banned for failed authentications."""
     if settings.API_AUTH_FAILURE_LIMIT <= 0:
         return
-    now = timezone.now()
-    ban_time = settings.API_AUTH_BAN_TIME
-    since = (
-        RateLimitCounter.objects.filter(key=_ban_key(address), window_start__gt=now - timedelta(seconds=ban_time))
-        .order_by("-window_start")
-        .values_list("window_start", flat=True)
-        .first()
-    )
-    if since is not None:
-        raise AuthThrottled(wait=math.ceil(ban_time - (now - since).total_seconds()))
+    _ban_raise(_bans(address).values_list("window_start", flat=True).first())
 
 
 def auth_failure_record(address: str) -> None:

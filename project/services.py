@@ -8,9 +8,11 @@ import secrets
 import string
 from collections.abc import Callable, Iterable
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
+from django.contrib.auth.models import AnonymousUser
 from django.db import transaction
-from django.db.models import Q, QuerySet
+from django.db.models import OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from project.errors import Forbidden, NotFound, Unauthorized, ValidationFailed
@@ -24,6 +26,9 @@ from project.models import (
     User,
     Visibility,
 )
+
+if TYPE_CHECKING:
+    from project.jobs import Switch
 
 TOKEN_PREFIX = "glpat-"  # noqa: S105 - a public prefix, not a secret
 _TOKEN_ALPHABET = string.ascii_letters + string.digits + "-_"
@@ -69,6 +74,12 @@ def access_token_find_live(*, value: str) -> AccessToken | None:
 
 def access_token_authenticate(*, value: str) -> AccessToken:
     token = access_token_find_live(value=value.strip()) if value else None
+    return access_token_accept(token=token)
+
+
+def access_token_accept(*, token: AccessToken | None) -> AccessToken:
+    """The token found for a request, if it may sign in (its user is active), with its use
+    recorded; 401 otherwise."""
     if token is None or not token.user.is_active:
         raise Unauthorized("401 Unauthorized")
     now = timezone.now()
@@ -82,29 +93,65 @@ def access_token_revoke(*, token_id: int) -> bool:
     return bool(AccessToken.objects.filter(pk=token_id, revoked_at__isnull=True).update(revoked_at=timezone.now()))
 
 
-def project_find(*, ref: str) -> Project | None:
-    """A project by numeric id or by its ``namespace/path``."""
+def project_ref_parse(ref: str) -> tuple[int | None, str | None]:
+    """A project reference of the API: (id, None) for a numeric id, (None, path) for a
+    ``namespace/path``, (None, None) for anything else."""
     ref = ref.strip("/")
     if ref.isascii() and ref.isdigit():  # not "¹" or "٣": digits to Python, not to int()
-        return Project.objects.filter(pk=int(ref)).first()
+        return int(ref), None
     if "/" not in ref:
+        return None, None
+    return None, ref
+
+
+def project_find(*, ref: str, user: User | AnonymousUser | None = None) -> Project | None:
+    """A project by numeric id or by its ``namespace/path``.
+
+    With a signed-in ``user``, the user's access level is read in the same query and kept
+    on the project for :func:`project_access_level`: one query for the usual "find the
+    project, check the caller's access".
+    """
+    project_id, path = project_ref_parse(ref)
+    if project_id is None and path is None:
         return None
-    return Project.objects.filter(path_with_namespace__iexact=ref).first()
+    projects = Project.objects.all()
+    member = user is not None and user.is_authenticated
+    if member:
+        levels = ProjectMember.objects.filter(project=OuterRef("pk"), user=user).values("access_level")[:1]
+        projects = projects.annotate(caller_access_level=Subquery(levels))
+    if project_id is not None:
+        project = projects.filter(pk=project_id).first()
+    else:
+        project = projects.filter(path_with_namespace__iexact=path).first()
+    if project is not None and member:
+        project_access_level_known(project=project, user=user, level=project.caller_access_level)
+    return project
 
 
-def project_access_level(*, user: User, project: Project) -> int | None:
+def project_access_level_known(*, project: Project, user: User | AnonymousUser, level: int | None) -> None:
+    """Remember ``user``'s access level on this project instance (read along with it), so
+    that the permission checks of this request do not read it again."""
+    project._access_levels = {user.pk: level}  # type: ignore[attr-defined]  # per-instance memo, not a field
+
+
+def project_access_level(*, user: User | AnonymousUser, project: Project) -> int | None:
     if not user.is_authenticated:
         return None
-    return ProjectMember.objects.filter(project=project, user=user).values_list("access_level", flat=True).first()
+    known = getattr(project, "_access_levels", {})
+    if user.pk in known:
+        return known[user.pk]
+    level = ProjectMember.objects.filter(project=project, user=user).values_list("access_level", flat=True).first()
+    project_access_level_known(project=project, user=user, level=level)
+    return level
 
 
-def is_administrator(user: User) -> bool:
+def is_administrator(user: User | AnonymousUser) -> bool:
     """An instance administrator (GitLab's admin): an active superuser, or a user granted
     ``project.administer_instance`` in the admin. ``is_staff`` alone is not one."""
     return bool(user.is_authenticated and user.is_admin)
 
 
-def project_visible(*, user: User, project: Project) -> bool:
+def project_visible(*, user: User | AnonymousUser, project: Project) -> bool:
     """GitLab's visibility: public projects to everyone (signed in or not), internal ones
     to every signed-in user, private ones to their members and administrators."""
     if project.visibility_level == Visibility.PUBLIC:
@@ -117,7 +164,7 @@ def project_visible(*, user: User, project: Project) -> bool:
     return project_access_level(user=user, project=project) is not None or is_administrator(user)
 
 
-def projects_visible(*, user: User) -> QuerySet[Project]:
+def projects_visible(*, user: User | AnonymousUser) -> QuerySet[Project]:
     projects = Project.objects.all()
     if is_administrator(user):
         return projects
@@ -127,7 +174,9 @@ def projects_visible(*, user: User) -> QuerySet[Project]:
     return projects.filter(visible).distinct()
 
 
-def project_require(*, user: User, ref: str, min_access: int | None = None, member_required: bool = False) -> Project:
+def project_require(
+    *, user: User | AnonymousUser, ref: str, min_access: int | None = None, member_required: bool = False
+) -> Project:
     """The project the caller may act on, or the error GitLab gives.
 
     Unknown, malformed and invisible projects are all 404, so that the answer does not
@@ -135,7 +184,19 @@ def project_require(*, user: User, ref: str, min_access: int | None = None, memb
     is too low is 403; with ``member_required``, non-members get 404 even on a public
     project (as for exports).
     """
-    project = project_find(ref=ref)
+    return project_authorize(
+        user=user, project=project_find(ref=ref, user=user), min_access=min_access, member_required=member_required
+    )
+
+
+def project_authorize(
+    *,
+    user: User | AnonymousUser,
+    project: Project | None,
+    min_access: int | None = None,
+    member_required: bool = False,
+) -> Project:
+    """:func:`project_require` for a project already looked up (None: not found)."""
     if project is None or not project_visible(user=user, project=project):
         raise NotFound("404 Project Not Found")
     if min_access is None:
@@ -246,7 +307,7 @@ def application_setting_switch(*, field: str, on: bool, by: str) -> str:
     return f"{label} is now {'on' if on else 'off'}."
 
 
-def application_switches() -> list:
+def application_switches() -> list[Switch]:
     """The instance's switches, for the job console."""
     from project.jobs import overview
 

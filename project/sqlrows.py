@@ -1,0 +1,56 @@
+"""Model instances from hand-written SQL, for the few hot paths where one statement must
+read several tables (the export status that GitLab clients poll every second).
+
+The ORM builds and compiles a statement on every call, which costs more CPU than
+PostgreSQL spends answering it on such small reads; these statements are written once, and
+their rows become ordinary model instances (through the fields' converters, as the ORM
+does), so the code that uses them does not know the difference. A field left unread is
+deferred: touching it loads it with a query of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar
+
+from django.db import connection, models
+
+M = TypeVar("M", bound=models.Model)
+
+
+class Columns:
+    """Some fields of ``model`` under a table alias: their SQL, and the instance built from
+    their values in a row."""
+
+    def __init__(self, model: type[M], alias: str, names: Iterable[str]) -> None:
+        wanted = set(names)
+        self.model = model
+        # In the model's order: Model.from_db takes the values of a subset in that order.
+        self.fields = [field for field in model._meta.concrete_fields if field.name in wanted]
+        unknown = wanted - {field.name for field in self.fields}
+        if unknown:
+            raise LookupError(f"{model.__name__} has no column {', '.join(sorted(unknown))}")
+        self.sql = ", ".join(f'{alias}."{field.column}"' for field in self.fields)
+        self.attnames = [field.attname for field in self.fields]
+        self.width = len(self.fields)
+
+    def instance(self, values: Sequence[Any]) -> Any:
+        """The instance of these columns' values (None when its primary key is NULL: a LEFT
+        JOIN that found nothing)."""
+        if values[0] is None and self.fields[0].primary_key:
+            return None
+        converted = []
+        for field, value in zip(self.fields, values, strict=True):
+            for converter in field.get_db_converters(connection):
+                value = converter(value, field, connection)
+            converted.append(value)
+        return self.model.from_db(connection.alias, self.attnames, converted)
+
+
+def split(row: Sequence[Any], *parts: Columns) -> list[Any]:
+    """The instances of consecutive column groups in ``row``, then the remaining values."""
+    instances, start = [], 0
+    for part in parts:
+        instances.append(part.instance(row[start : start + part.width]))
+        start += part.width
+    return [*instances, *row[start:]]

@@ -1,0 +1,69 @@
+"""The real web server (gunicorn with ``project/gunicorn_conf.py``, as ``make run`` starts
+it) in a subprocess, on the test database."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.support.cluster import ROOT, ManagePyProcess
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class WebServerProcess(ManagePyProcess):
+    """gunicorn serving ``project.wsgi``: ``workers`` processes of ``threads`` threads. The
+    runs it enqueues go to ``queue`` (a cluster's name) through ``broker``."""
+
+    command = "gunicorn"
+
+    def __init__(
+        self, *, broker: str, queue: str, workers: int = 2, threads: int = 4, env: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(broker=broker, queue=queue, env={"WEB_THREADS": str(threads), **(env or {})})
+        self.workers = workers
+        self.port = free_port()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return "127.0.0.1", self.port
+
+    def start(self, timeout: float = 60) -> WebServerProcess:
+        self.process = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "gunicorn"),
+                "project.wsgi:application",
+                "--config",
+                str(ROOT / "project" / "gunicorn_conf.py"),
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--workers",
+                str(self.workers),
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited early:\n{self.output()}")
+            with contextlib.suppress(OSError):
+                connection = http.client.HTTPConnection(*self.address, timeout=5)
+                connection.request("GET", "/-/liveness")
+                if connection.getresponse().status == 200:
+                    return self
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"gunicorn was not ready within {timeout} s:\n{self.output()}")
