@@ -10,8 +10,8 @@ recovered after ``--cap`` seconds is reported as ``null`` with ``"recovered": fa
 * ``killed_worker``: SIGKILL the worker running a job; until its next attempt starts.
 * ``killed_lock_holder``: SIGKILL the idle worker that waits on the task queue (it holds
   the queue's read lock), then enqueue 4 jobs; until all have run.
-* ``killed_cluster``: SIGKILL the whole cluster while one job runs and 3 wait pulled,
-  restart it at once; from the restart until all 4 have run.
+* ``killed_cluster``: SIGKILL the whole cluster while two jobs run and 3 wait pulled,
+  restart it at once; from the restart command until all 5 have run.
 * ``group_sigterm``: SIGTERM to the whole process group while a 2 s job runs; until the
   cluster exits (and whether the job finished).
 * ``database_outage``: new connections refused and open ones dropped for ``--outage`` s
@@ -182,16 +182,16 @@ def killed_cluster(kind: str, cap: float, log: Path) -> dict:
 
     cluster = Cluster(kind, log)
     try:
-        running = fault_jobs.sleep.enqueue(seconds=60)
-        _wait(lambda: _all([running.pk], status="running"), cap=60, what="job start")
+        running = [fault_jobs.sleep.enqueue(seconds=60).pk for _ in range(2)]
+        _wait(lambda: _all(running, status="running"), cap=60, what="jobs start")
         waiting = [fault_jobs.sleep.enqueue(seconds=0).pk for _ in range(3)]
-        time.sleep(1)  # pulled by the pusher; the second worker takes one, or all wait behind it
+        time.sleep(1)  # pulled by the pusher while both workers are busy
     finally:
         cluster.kill()
+    started = time.monotonic()
     restarted = Cluster(kind, log)
     try:
-        started = time.monotonic()
-        ids = [running.pk, *waiting]
+        ids = [*running, *waiting]
         done = _wait(lambda: _all(ids, status="succeeded"), cap=cap)
         return _result(None if done is None else round(time.monotonic() - started, 2))
     finally:

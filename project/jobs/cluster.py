@@ -8,13 +8,15 @@ with this sentinel. What it adds, each for a failure that stock django-q2 does n
   never releases it: no worker can take a task again, and the cluster looks alive. The
   sentinel counts the tasks workers take; when tasks wait, a worker is idle and none was
   taken for ``JOBS_STALL_AFTER`` seconds, it gives the pool a new queue: idle workers
-  and the pusher are replaced at once, busy ones finish their task first. The messages
-  stranded in the old queue come back when their lease ends (``JOBS_MESSAGE_LEASE``).
+  and the pusher are replaced at once, busy ones finish their task first. The runs whose
+  messages were stranded in the old queue (due for that long) are sent again.
 * **A dead worker's run moves on at once.** When a worker dies (not recycled), the run it
   was executing is recovered there and then (retried under its policy, or failed), rather
   than when its heartbeat goes stale. At start, the runs of this host's workers that no
   longer exist (a cluster killed whole) are recovered the same way; every
   ``JOBS_LOST_CHECK_EVERY`` seconds, so are runs whose heartbeat went stale elsewhere.
+  A cluster that starts with no other alive on its queue sends the due runs' messages
+  again (those a dead cluster had pulled would otherwise wait for their lease).
 * **SIGTERM to the whole process group is a clean stop**, as systemd sends it
   (``KillMode=control-group``): the sentinel turns it into a graceful stop, and workers,
   pusher and monitor ignore it, so running jobs finish and the pulled messages are given
@@ -140,6 +142,9 @@ class Sentinel(stock.Sentinel):
     def _recover_dead_workers_runs(self) -> None:
         try:
             recovery.runs_recover_dead_local()
+            # Pulled by a cluster that died (if no other serves the queue): at once, not
+            # when their lease ends.
+            recovery.runs_repush_stranded(queue=self.queue_name(), waiting_for=0, alone=True)
         except DatabaseError:
             logger.warning("could not look for runs of dead workers", exc_info=True)
         db.connections.close_all()  # not inherited by the processes about to be forked
@@ -216,6 +221,12 @@ class Sentinel(stock.Sentinel):
             self.spawn_worker()
         self.pusher = self.spawn_pusher()
         self._stall.reset(self._taken.value)
+        try:
+            # Their messages are in the old queue: sent again rather than left to their lease.
+            recovery.runs_repush_stranded(queue=self.queue_name(), waiting_for=self._stall.after)
+        except DatabaseError:
+            logger.warning("could not send the stranded messages again", exc_info=True)
+        db.connections.close_all()
 
     def _drain_check(self) -> None:
         for process in list(self.draining):

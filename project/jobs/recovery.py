@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from datetime import datetime, timedelta
 
@@ -101,6 +102,34 @@ def runs_recover_lost(*, limit: int = 500) -> list[str | None]:
     ).values_list("pk", flat=True)[:limit]
     outcomes = [run_recover_lost(run_id=run_id) for run_id in list(silent)]
     return outcomes + runs_recover_dead_local()
+
+
+def runs_repush_stranded(*, queue: str, waiting_for: float, alone: bool = False, limit: int = 500) -> int:
+    """Send again the messages of ``queue``'s runs that have been due for ``waiting_for``
+    seconds: after a pool restart (their messages sat in the stuck task queue) or a start
+    with no other cluster alive on the queue (``alone``: whatever a dead cluster had
+    pulled). A message that comes back later finds nothing to claim."""
+    now = timezone.now()
+    names = [job.name for job in declared.REGISTRY.values() if (job.queue or queue) == queue]
+    if alone:
+        fresh = ClusterHeartbeat.objects.filter(
+            cluster_name=queue, last_seen__gte=now - timedelta(seconds=settings.JOBS_CLUSTER_STALE_AFTER)
+        ).values_list("host", "pid")
+        host = socket.gethostname()
+        # This host's dead sentinels do not count (a cluster killed whole, restarting now).
+        if any(h != host or (pid != os.getpid() and psutil.pid_exists(pid)) for h, pid in fresh):
+            return 0
+    late = now - timedelta(seconds=waiting_for)
+    with transaction.atomic():
+        stranded = list(
+            JobRun.objects.select_for_update(skip_locked=True)
+            .filter(status=Status.QUEUED, name__in=names, due_at__lte=late, pushed_at__lte=late)
+            .exclude(name__in=JobPause.objects.values("name"))[:limit]
+        )
+        transitions.repush(stranded)
+    if stranded:
+        logger.warning("sent %d stranded messages again", len(stranded), extra={"queue": queue})
+    return len(stranded)
 
 
 def runs_recover(*, limit: int = 500) -> dict[str, int]:
