@@ -80,7 +80,7 @@ SMOKE_ARGS: dict[str, list[str]] = {
         "--pollers", "4", "--users", "2", "--seconds", "1", "--idle-seconds", "0.5", "--workers", "1",
     ],
     "report_import.py": ["--findings", "200"],
-    "sdrs_outage.py": ["--findings", "4", "--workers", "2", "--outage", "2", "--db-outage", "2", "--kill-every", "3"],
+    "sdrs_outage.py": ["--scenario", "sdrs_outage", "--findings", "4", "--workers", "2", "--outage", "2"],
     "retry_timing.py": ["--jobs", "4", "--tick-baseline"],
     "status_load.py": [
         "--users", "6", "--clients", "3", "--seconds", "0.5", "--warmup", "0.2", "--rounds", "1",
