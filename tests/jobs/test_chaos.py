@@ -183,3 +183,31 @@ def test_database_outage_delays_runs_without_losing_or_charging_them() -> None:
     assert {status for status, _code, _history in rows} == {"succeeded"}, cluster.output()
     charged = [h for _s, _c, history in rows for h in history if h["outcome"] != "succeeded"]
     assert charged == [], "an attempt was charged for the database's fault"
+
+
+def test_busy_workers_killed_again_and_again_leave_no_run_behind() -> None:
+    import threading
+
+    with running_cluster(broker="orm", workers=3, env=SLOW_LOSS) as cluster:
+        runs = [probes.slow.enqueue(key=f"massacre-{n}", seconds=0.3, first_attempt_only=True) for n in range(40)]
+        stop = threading.Event()
+        killed = []
+
+        def killer() -> None:
+            while not stop.wait(0.7) and len(killed) < 15:
+                for worker in cluster.workers():
+                    with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+                        if "processing" in " ".join(worker.cmdline()):
+                            os.kill(worker.pid, signal.SIGKILL)
+                            killed.append(worker.pid)
+
+        thread = threading.Thread(target=killer, daemon=True)
+        thread.start()
+        try:
+            _wait_final(runs, cluster)
+        finally:
+            stop.set()
+            thread.join()
+    assert killed
+    statuses = set(JobRun.objects.filter(pk__in=[r.pk for r in runs]).values_list("status", flat=True))
+    assert statuses <= {"succeeded", "failed"}, cluster.output()
