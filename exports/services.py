@@ -302,7 +302,7 @@ _STATE_SQL = f"""
 def _state_read(*, project_id: int, user_id: int) -> tuple[ProjectExportArchive | None, list[ProjectExportJob]]:
     """The user's unexpired archive, and their active jobs plus their latest job (oldest
     first, each with its run), in one statement."""
-    params = {
+    params: dict[str, Any] = {
         "project": project_id,
         "user": user_id,
         "now": timezone.now(),

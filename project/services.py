@@ -115,16 +115,17 @@ def project_find(*, ref: str, user: User | AnonymousUser | None = None) -> Proje
     if project_id is None and path is None:
         return None
     projects = Project.objects.all()
-    member = user is not None and user.is_authenticated
-    if member:
-        levels = ProjectMember.objects.filter(project=OuterRef("pk"), user=user).values("access_level")[:1]
+    member = user if user is not None and user.is_authenticated else None
+    if member is not None:
+        levels = ProjectMember.objects.filter(project=OuterRef("pk"), user=member).values("access_level")[:1]
         projects = projects.annotate(caller_access_level=Subquery(levels))
     if project_id is not None:
         project = projects.filter(pk=project_id).first()
     else:
         project = projects.filter(path_with_namespace__iexact=path).first()
-    if project is not None and member:
-        project_access_level_known(project=project, user=user, level=project.caller_access_level)
+    if project is not None and member is not None:
+        level = project.caller_access_level  # type: ignore[attr-defined]  # annotated above, for a member
+        project_access_level_known(project=project, user=member, level=level)
     return project
 
 
@@ -137,7 +138,7 @@ def project_access_level_known(*, project: Project, user: User | AnonymousUser, 
 def project_access_level(*, user: User | AnonymousUser, project: Project) -> int | None:
     if not user.is_authenticated:
         return None
-    known = getattr(project, "_access_levels", {})
+    known: dict[int, int | None] = getattr(project, "_access_levels", {})  # user id: access level
     if user.pk in known:
         return known[user.pk]
     level = ProjectMember.objects.filter(project=project, user=user).values_list("access_level", flat=True).first()

@@ -23,6 +23,7 @@ from rest_framework.views import APIView
 
 from project import services as core
 from project.api import ApiView
+from project.authentication import signed_in_user
 from project.errors import NotFound, ValidationFailed
 from project.models import AccessLevel
 from project.pagination import PAGINATION_HEADERS, GitLabPagination
@@ -196,7 +197,7 @@ class ReportImportView(ApiView):
         multipart = _declared_size(request)
         with services.report_upload() as upload:
             _receive_report(request, upload, multipart=multipart)
-            record = services.report_import_request(project=project, user=request.user, upload=upload)
+            record = services.report_import_request(project=project, user=signed_in_user(request), upload=upload)
         url = _status_url(request, record)
         body = ReportImportAcceptedSerializer({"id": record.pk, "status": record.status, "status_url": url}).data
         return Response(body, status=202, headers={"Location": url})

@@ -16,6 +16,7 @@ behaviour).
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from django.conf import settings
 from django.db.backends.postgresql import base
@@ -24,6 +25,9 @@ from django.db.backends.postgresql import base
 class DatabaseWrapper(base.DatabaseWrapper):
     #: time.monotonic() when a cursor was last taken on the current connection.
     last_used_at = float("-inf")
+    # Set by BaseDatabaseWrapper (CONN_HEALTH_CHECKS); django-stubs does not declare them.
+    health_check_enabled: bool
+    health_check_done: bool
 
     def close_if_health_check_failed(self) -> None:
         if (
@@ -36,8 +40,8 @@ class DatabaseWrapper(base.DatabaseWrapper):
             return
         super().close_if_health_check_failed()
 
-    def _cursor(self, name=None):
-        cursor = super()._cursor(name)
+    def _cursor(self, name: str | None = None) -> Any:
+        cursor = super()._cursor(name)  # type: ignore[misc]  # private Django API, not in django-stubs
         self.last_used_at = time.monotonic()
         return cursor
 

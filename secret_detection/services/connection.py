@@ -65,7 +65,7 @@ def sdrs_connection_check(*, user_id: int) -> ConnectionCheck:
     except SdrsUnavailable as exc:
         return ConnectionCheck("unreachable", f"{exc.message} at {row.effective_sdrs().url}.", warnings=warnings)
     except AppError as exc:
-        return ConnectionCheck("unexpected", exc.message, warnings=warnings)
+        return ConnectionCheck("unexpected", str(exc), warnings=warnings)
     elapsed = round((time.perf_counter() - started) * 1000, 1)
     if status in _BY_STATUS:
         result, message = _BY_STATUS[status]

@@ -50,7 +50,8 @@ class _Pool:
     def __init__(self, size: int) -> None:
         self.size = size
         self.outcomes: Counter[str] = Counter()
-        self._queue: queue.Queue = queue.Queue()
+        #: (the submitter's context, the function, its argument), or None: stop.
+        self._queue: queue.Queue[tuple[contextvars.Context, Callable[[Any], str], Any] | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
         self._pending = 0
         self._done = threading.Condition()
@@ -136,7 +137,7 @@ def _claim_due(*, batch_size: int) -> list[FindingTokenStatus]:
     return sorted(rows, key=lambda row: order[row.pk])
 
 
-def _interleave(groups: dict[str, list]) -> list[tuple[str, Any]]:
+def _interleave(groups: dict[str, list[FindingTokenStatus]]) -> list[tuple[str, Any]]:
     # Alternate partners so that one paused (rate limited) partner does not hold a run
     # of the pool's slots while the others wait.
     lanes = [[(partner, row) for row in rows] for partner, rows in groups.items()]

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -86,7 +87,7 @@ def _decision_after(error: AppError, attempt: int) -> str:
     return f"failed: {error.code}"
 
 
-def token_verification_run(*, finding_id: int, user_id: int | None = None, force: bool = False) -> dict:
+def token_verification_run(*, finding_id: int, user_id: int | None = None, force: bool = False) -> dict[str, Any]:
     """The PartnerTokenVerification job: send one finding's token to SDRS.
 
     Guards, in order: a missing finding is skipped; disabled verification is skipped;
@@ -141,6 +142,7 @@ def token_verification_run(*, finding_id: int, user_id: int | None = None, force
     if claim.outcome != "claimed":
         log_attempt(finding=finding, attempt=attempt, request_id=request_id, decision=f"skipped: {claim.outcome}")
         return {"skipped": claim.outcome}
+    assert partner is not None  # a finding with a token type and no enabled partner returned above
     outcome = verification_send(
         finding=finding,
         client=client,
