@@ -25,8 +25,10 @@ threaded = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def due(project, import_findings):
-    """``due([(type, value), ...], status="active")``: findings whose status is due now."""
+def due(project, import_findings, no_broker):
+    """``due([(type, value), ...], status="active")``: findings whose status is due now.
+    The import's jobs are recorded but not sent: a cluster left running by another test
+    would otherwise verify these findings while the test refreshes them."""
 
     batches = iter(range(1000))
 
