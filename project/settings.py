@@ -288,12 +288,6 @@ SDRS_PENDING_SWEEP_CRON = env_str("SDRS_PENDING_SWEEP_CRON", "* * * * *")
 SDRS_BREAKER_THRESHOLD = env_int("SDRS_BREAKER_THRESHOLD", 5, minimum=1)
 SDRS_PROBE_INTERVAL = env_int("SDRS_PROBE_INTERVAL", 15, minimum=1)
 SDRS_PROBE_CRON = env_str("SDRS_PROBE_CRON", "* * * * *")
-# The circuit breaker in front of SDRS (secret_detection/services/breaker.py): open after
-# this many attempts in a row found SDRS unavailable; while open, one probe every
-# SDRS_PROBE_INTERVAL seconds (and at SDRS_PROBE_CRON) closes it when SDRS answers.
-SDRS_BREAKER_THRESHOLD = env_int("SDRS_BREAKER_THRESHOLD", 5, minimum=1)
-SDRS_PROBE_INTERVAL = env_int("SDRS_PROBE_INTERVAL", 15, minimum=1)
-SDRS_PROBE_CRON = env_str("SDRS_PROBE_CRON", "* * * * *")
 # Report imports: the API stores the upload (streamed to disk, refused from Content-Length
 # when larger) and the secret_detection.import_report job reads it. The view reads the raw
 # body itself, so Django's DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB) does not apply to it.
