@@ -355,7 +355,7 @@ def test_whole_cluster_killed_mid_work_in_all_three_features_loses_and_repeats_n
     assert ProjectExportJob.objects.filter(pk__in=[j.pk for j in jobs], status="finished").count() == EXPORTS, list(
         ProjectExportJob.objects.exclude(status="finished").values_list("pk", "error_code", "error")
     )
-    assert _scratch(media) == [], "a scratch file of an export was left behind"
+    assert _scratch(media) == [], f"a scratch file of an export was left behind (at the kill: {stranded})"
     with time_machine.travel(timezone.now() + timedelta(seconds=django_settings.EXPORT_ORPHAN_GRACE + 60)):
         maintenance.export_archives_cleanup()  # what the hourly sweep does to a file a kill orphaned
     stored = {str(p.relative_to(media)) for p in (media / "exports").rglob("*") if p.is_file()}

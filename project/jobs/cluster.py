@@ -22,6 +22,9 @@ with this sentinel. What it adds, each for a failure that stock django-q2 does n
   pusher and monitor ignore it, so running jobs finish and the pulled messages are given
   back. A worker over its time budget is killed with SIGKILL.
 * **Stopping cannot hang**: workers that do not exit within their budget are killed.
+* **The database's fault is not the job's**: a worker that dies (its budget spent waiting
+  for the database, say) within ``DATABASE_FAULT_WINDOW`` of the sentinel finding the
+  database unavailable has its run put back for the same attempt, not charged.
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ from project.jobs import djangoq, recovery
 logger = logging.getLogger("project.jobs")
 
 IDLE, RECYCLED, TIMED_OUT = -1, -2, 0
+#: A worker that dies this soon after the sentinel found the database unavailable is taken
+#: to have died of the outage (seconds).
+DATABASE_FAULT_WINDOW = 30.0
 
 
 def _ignore_sigterm() -> None:
@@ -93,6 +99,7 @@ class Sentinel(stock.Sentinel):
         djangoq.taken_counter_set(self._taken)
         self._stall = _StallWatch(after=settings.JOBS_STALL_AFTER)
         self._next_lost_check = 0.0
+        self._dead_workers: dict[int | None, bool] = {}
         if start:
             self.start()
 
@@ -133,11 +140,18 @@ class Sentinel(stock.Sentinel):
         super().reincarnate(process)
 
     def _recover_runs_of(self, pid: int | None) -> None:
+        # A worker that died while the database was away most likely died of it (stuck
+        # recording an outcome until its budget ran out): its attempt is not charged.
+        fault = self._dead_workers.get(pid, djangoq.database_failed_within(DATABASE_FAULT_WINDOW))
         try:
-            recovery.runs_recover_of_worker(pid=pid)
-        except DatabaseError:  # the periodic check or the sweep will do it
-            logger.warning("could not recover the run of dead worker %s", pid, exc_info=True)
+            recovery.runs_recover_of_worker(pid=pid, database_fault=fault)
+        except DatabaseError:
+            logger.warning("could not recover the run of dead worker %s yet", pid, exc_info=True)
             db.connections.close_all()
+            djangoq.database_failed()
+            self._dead_workers[pid] = fault  # tried again at the next lost-run check
+        else:
+            self._dead_workers.pop(pid, None)
 
     def _recover_dead_workers_runs(self) -> None:
         try:
@@ -247,11 +261,14 @@ class Sentinel(stock.Sentinel):
         if now < self._next_lost_check:
             return
         self._next_lost_check = now + settings.JOBS_LOST_CHECK_EVERY
+        for pid in list(self._dead_workers):
+            self._recover_runs_of(pid)
         try:
             recovery.runs_recover_lost()
         except DatabaseError:
             logger.warning("lost-run check failed", exc_info=True)
             db.connections.close_all()
+            djangoq.database_failed()
 
     # --- stopping --------------------------------------------------------------------
 

@@ -118,6 +118,21 @@ class _HeartbeatMixin(_MixinBase):
             cluster_heartbeat_record(broker=self.broker_name)
         except Exception:  # a missed heartbeat must not stop the sentinel
             logger.warning("could not record the cluster heartbeat", exc_info=True)
+            database_failed()
+
+
+_database_failed_at: float | None = None
+
+
+def database_failed() -> None:
+    """This process found the database unavailable just now."""
+    global _database_failed_at
+    _database_failed_at = time.monotonic()
+
+
+def database_failed_within(seconds: float) -> bool:
+    """Whether this process found the database unavailable in the last ``seconds``."""
+    return _database_failed_at is not None and time.monotonic() - _database_failed_at <= seconds
 
 
 def cluster_heartbeat_record(*, broker: str) -> None:

@@ -37,6 +37,13 @@ class JobRun(models.Model):
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     worker = models.CharField(max_length=255, blank=True, default="")
+    queue = models.CharField(
+        max_length=100,
+        blank=True,
+        default="",
+        help_text="The queue its messages go to, fixed at enqueue: a retry sent by any process "
+        "(a sweep, another cluster's sentinel) goes where the first message went.",
+    )
     task_id = models.CharField(max_length=32, blank=True, default="", help_text="django-q2 task of the latest attempt.")
     request_id = models.CharField(max_length=128, blank=True, default="")
     dedupe_key = models.CharField(max_length=255, null=True, blank=True)

@@ -46,6 +46,7 @@ def runs_enqueue(
         "due_at": now + timedelta(seconds=delay),
         "pushed_at": now,
         "request_id": context.request_id() or "",
+        "queue": job.queue or djangoq.cluster_name(),
     }
     if dedupe_key is not None:
         with transaction.atomic():
@@ -93,7 +94,7 @@ def runs_push(*, runs: Sequence[JobRun], due: dt.datetime | None = None) -> None
     by_queue: dict[str | None, list[JobRun]] = defaultdict(list)
     for run in runs:
         job = declared.get(run.name)
-        by_queue[job.queue if job else None].append(run)
+        by_queue[run.queue or (job.queue if job else None)].append(run)
     for queue, queued in by_queue.items():
         broker = djangoq.get_broker(queue)
         messages = []

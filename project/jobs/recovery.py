@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 import psutil
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from project.db import rows_delete_in_batches
@@ -19,6 +20,10 @@ from project.jobs.models import ClusterHeartbeat, JobPause, JobRun
 logger = logging.getLogger("project.jobs")
 
 WORKER_LOST = "worker_lost"
+#: Attempts put back without counting when the database, not the job, failed (the
+#: runner's rule too: project/jobs/runner.py).
+MAX_DATABASE_DEFERRALS = 5
+DATABASE_DEFER_SECONDS = 5.0
 Status = JobRun.Status
 
 
@@ -51,10 +56,12 @@ def is_lost(run: JobRun) -> bool:
     return run.heartbeat_at is None or run.heartbeat_at < threshold
 
 
-def run_recover_lost(*, run_id: int, worker_dead: bool = False) -> str | None:
+def run_recover_lost(*, run_id: int, worker_dead: bool = False, database_fault: bool = False) -> str | None:
     """Move on one run whose worker is gone: retry it under its policy, or fail it (running
     its job's failure hook) when no attempts are left. A run an operator asked to cancel
-    ends cancelled instead. ``worker_dead``: its sentinel saw the worker die."""
+    ends cancelled instead. ``worker_dead``: its sentinel saw the worker die;
+    ``database_fault``: while the database was unavailable, so the same attempt runs again
+    (as a job failing on the database does, at most ``MAX_DATABASE_DEFERRALS`` times)."""
     with transaction.atomic():
         run = JobRun.objects.select_for_update(skip_locked=True).filter(pk=run_id, status=Status.RUNNING).first()
         if run is None or not (worker_dead or is_lost(run)):
@@ -66,6 +73,9 @@ def run_recover_lost(*, run_id: int, worker_dead: bool = False) -> str | None:
             reason = f"cancelled by {run.cancel_requested_by or 'an operator'}; {message}"
             transitions.finish(run, job, status=Status.CANCELLED, code="cancelled", message=reason)
             outcome = "cancelled"
+        elif database_fault and run.deferrals < MAX_DATABASE_DEFERRALS:
+            transitions.defer(run, seconds=DATABASE_DEFER_SECONDS)
+            outcome = "deferred"
         elif delay is not None:
             transitions.retry(run, delay=delay, code=WORKER_LOST, message=message)
             outcome = "retried"
@@ -76,11 +86,11 @@ def run_recover_lost(*, run_id: int, worker_dead: bool = False) -> str | None:
     return outcome
 
 
-def runs_recover_of_worker(*, pid: int | None) -> list[str | None]:
+def runs_recover_of_worker(*, pid: int | None, database_fault: bool = False) -> list[str | None]:
     """The sentinel saw its worker ``pid`` die: move its run on now."""
     worker = f"{socket.gethostname()}:{pid}"
     run_ids = list(JobRun.objects.filter(status=Status.RUNNING, worker=worker).values_list("pk", flat=True))
-    return [run_recover_lost(run_id=run_id, worker_dead=True) for run_id in run_ids]
+    return [run_recover_lost(run_id=run_id, worker_dead=True, database_fault=database_fault) for run_id in run_ids]
 
 
 def runs_recover_dead_local() -> list[str | None]:
@@ -123,7 +133,8 @@ def runs_repush_stranded(*, queue: str, waiting_for: float, alone: bool = False,
     with transaction.atomic():
         stranded = list(
             JobRun.objects.select_for_update(skip_locked=True)
-            .filter(status=Status.QUEUED, name__in=names, due_at__lte=late, pushed_at__lte=late)
+            .filter(Q(queue=queue) | Q(queue="", name__in=names))
+            .filter(status=Status.QUEUED, due_at__lte=late, pushed_at__lte=late)
             .exclude(name__in=JobPause.objects.values("name"))[:limit]
         )
         transitions.repush(stranded)

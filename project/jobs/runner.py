@@ -127,7 +127,12 @@ def run_scheduled(job_name: str) -> str:
         return "paused"
     now = timezone.now()
     run = JobRun.objects.create(
-        name=job_name, scheduled=True, max_attempts=job.retry.max_attempts, due_at=now, pushed_at=now
+        name=job_name,
+        scheduled=True,
+        max_attempts=job.retry.max_attempts,
+        due_at=now,
+        pushed_at=now,
+        queue=job.queue or djangoq.cluster_name(),
     )
     return execute(run.pk, 1)
 
@@ -244,9 +249,8 @@ def _run(run: JobRun, task: dict[str, Any] | None = None) -> str:
         return outcome
 
 
-#: Attempts failed by a database outage that are run again without counting.
-MAX_DATABASE_DEFERRALS = 5
-DATABASE_DEFER_SECONDS = 5.0
+MAX_DATABASE_DEFERRALS = recovery.MAX_DATABASE_DEFERRALS
+DATABASE_DEFER_SECONDS = recovery.DATABASE_DEFER_SECONDS
 
 
 def _record(run: JobRun, write: Callable[[], bool]) -> bool:
