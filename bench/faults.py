@@ -53,7 +53,7 @@ def _environment() -> None:
     os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(40))
     os.environ.setdefault("ENCRYPTION_KEY", Fernet.generate_key().decode())
     os.environ.setdefault("LOG_LEVEL", "warning")
-    os.environ["JOBS_EXTRA_MODULES"] = "bench.fault_jobs"
+    os.environ["JOBS_EXTRA_MODULES"] = "bench._fault_jobs"
     os.environ["JOBS_BROKER"] = "orm"
     os.environ["Q_WORKERS"] = "2"
     os.environ["WEB_PROBE_PORT"] = "0"
@@ -137,7 +137,7 @@ def _result(seconds: float | None, **extra) -> dict:
 
 
 def killed_worker(kind: str, cap: float, log: Path) -> dict:
-    from bench import fault_jobs
+    from bench import _fault_jobs as fault_jobs
 
     cluster = Cluster(kind, log)
     try:
@@ -153,7 +153,7 @@ def killed_worker(kind: str, cap: float, log: Path) -> dict:
 
 
 def killed_lock_holder(kind: str, cap: float, log: Path) -> dict:
-    from bench import fault_jobs
+    from bench import _fault_jobs as fault_jobs
 
     cluster = Cluster(kind, log)
     try:
@@ -178,7 +178,7 @@ def killed_lock_holder(kind: str, cap: float, log: Path) -> dict:
 
 
 def killed_cluster(kind: str, cap: float, log: Path) -> dict:
-    from bench import fault_jobs
+    from bench import _fault_jobs as fault_jobs
 
     cluster = Cluster(kind, log)
     try:
@@ -200,7 +200,7 @@ def killed_cluster(kind: str, cap: float, log: Path) -> dict:
 
 
 def group_sigterm(kind: str, cap: float, log: Path) -> dict:
-    from bench import fault_jobs
+    from bench import _fault_jobs as fault_jobs
 
     cluster = Cluster(kind, log)
     try:
@@ -233,7 +233,7 @@ def _blocked(blocked: bool) -> None:
 def database_outage(kind: str, cap: float, log: Path, outage: float) -> dict:
     from django.db import connection
 
-    from bench import fault_jobs
+    from bench import _fault_jobs as fault_jobs
 
     def batch(fault: bool) -> tuple[float | None, int]:
         ids = [fault_jobs.sleep.enqueue(seconds=1, every_attempt=True).pk for _ in range(8)]

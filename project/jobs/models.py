@@ -41,6 +41,7 @@ class JobRun(models.Model):
         max_length=100,
         blank=True,
         default="",
+        db_default="",  # rows inserted by raw SQL or by a previous release's code
         help_text="The queue its messages go to, fixed at enqueue: a retry sent by any process "
         "(a sweep, another cluster's sentinel) goes where the first message went.",
     )

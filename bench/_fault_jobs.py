@@ -1,4 +1,4 @@
-"""The job bench/faults.py runs (``JOBS_EXTRA_MODULES=bench.fault_jobs``)."""
+"""The job bench/faults.py runs (``JOBS_EXTRA_MODULES=bench._fault_jobs``)."""
 
 from __future__ import annotations
 
