@@ -6,21 +6,14 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import requests
 
-from tests.support.cluster import ROOT, database_url, wait_until
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.support.cluster import database_url, wait_until
+from tests.support.web import free_port, gunicorn_start
 
 
 class ProbedWebServer:
@@ -44,23 +37,7 @@ class ProbedWebServer:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> ProbedWebServer:
-        self.process = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "gunicorn"),
-                "project.wsgi:application",
-                "--config",
-                str(ROOT / "project" / "gunicorn_conf.py"),
-                "--bind",
-                f"127.0.0.1:{self.port}",
-                "--workers",
-                str(self.workers),
-            ],
-            cwd=ROOT,
-            env=self.env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self.process = gunicorn_start(port=self.port, workers=self.workers, env=self.env, log=self.log)
 
         def serving() -> bool:
             assert self.process is not None

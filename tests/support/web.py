@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 from tests.support.cluster import ROOT, ManagePyProcess
 
@@ -18,6 +19,28 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def gunicorn_start(*, port: int, workers: int, env: dict[str, str], log: IO[bytes]) -> subprocess.Popen:
+    """``gunicorn project.wsgi`` with the production configuration on 127.0.0.1:``port``,
+    in its own process group, its output in ``log``."""
+    return subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "gunicorn"),
+            "project.wsgi:application",
+            "--config",
+            str(ROOT / "project" / "gunicorn_conf.py"),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(workers),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 class WebServerProcess(ManagePyProcess):
@@ -38,23 +61,7 @@ class WebServerProcess(ManagePyProcess):
         return "127.0.0.1", self.port
 
     def start(self, timeout: float = 60) -> WebServerProcess:
-        self.process = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "gunicorn"),
-                "project.wsgi:application",
-                "--config",
-                str(ROOT / "project" / "gunicorn_conf.py"),
-                "--bind",
-                f"127.0.0.1:{self.port}",
-                "--workers",
-                str(self.workers),
-            ],
-            cwd=ROOT,
-            env=self.env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self.process = gunicorn_start(port=self.port, workers=self.workers, env=self.env, log=self.log)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
