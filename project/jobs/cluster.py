@@ -22,6 +22,10 @@ with this sentinel. What it adds, each for a failure that stock django-q2 does n
   pusher and monitor ignore it, so running jobs finish and the pulled messages are given
   back. A worker over its time budget is killed with SIGKILL.
 * **Stopping cannot hang**: workers that do not exit within their budget are killed.
+* **A worker killed while it holds its timer's lock does not stop the guard.** django-q2's
+  worker holds that lock while it hands its result over, and stock django-q2's guard
+  waits for it without a limit: one SIGKILL at that moment and no worker is ever
+  replaced again. This guard reads timers without the lock and waits for it briefly.
 * **The database's fault is not the job's**: a worker that dies (its budget spent waiting
   for the database, say) within ``DATABASE_FAULT_WINDOW`` of the sentinel finding the
   database unavailable has its run put back for the same attempt, not charged.
@@ -128,11 +132,14 @@ class Sentinel(stock.Sentinel):
 
     def reincarnate(self, process: Any) -> None:
         if process in self.pool:
-            timer = process.timer.value
+            timer = _timer(process)
             if timer == TIMED_OUT and process.is_alive():
                 # Over its budget: stock django-q2 sends SIGTERM, which workers ignore here.
                 process.kill()
                 process.join(5)
+            if not process.is_alive():
+                # It may have died holding its timer's lock, which stock django-q2 takes.
+                process.timer = Value("f", timer)
             super().reincarnate(process)
             if timer != RECYCLED:
                 self._recover_runs_of(process.pid)
@@ -174,12 +181,10 @@ class Sentinel(stock.Sentinel):
         cycle = Conf.GUARD_CYCLE
         while True:
             for process in list(self.pool):
-                with process.timer.get_lock():
-                    if not process.is_alive() or process.timer.value == TIMED_OUT:
-                        self.reincarnate(process)
-                        continue
-                    if process.timer.value > 0:
-                        process.timer.value -= cycle
+                if not process.is_alive():
+                    self.reincarnate(process)
+                elif not _tick(process, cycle):
+                    self.reincarnate(process)
             self._drain_check()
             if not self.monitor.is_alive():
                 self.reincarnate(self.monitor)
@@ -203,7 +208,7 @@ class Sentinel(stock.Sentinel):
         return str(stock.humanize(self.cluster_id.hex))
 
     def _stalled(self) -> bool:
-        idle = any(p.is_alive() and p.timer.value == IDLE for p in self.pool)
+        idle = any(p.is_alive() and _timer(p) == IDLE for p in self.pool)
         try:
             waiting = self.task_queue.qsize()
         except NotImplementedError:  # macOS: no sem_getvalue
@@ -222,7 +227,7 @@ class Sentinel(stock.Sentinel):
         self.pusher.join(5)
         for process in list(self.pool):
             self.pool.remove(process)
-            if process.is_alive() and process.timer.value > 0:
+            if process.is_alive() and _timer(process) > 0:
                 self.draining.append(process)  # busy: finishes its task, then is stopped
             else:
                 process.kill()
@@ -244,7 +249,7 @@ class Sentinel(stock.Sentinel):
 
     def _drain_check(self) -> None:
         for process in list(self.draining):
-            timer = process.timer.value
+            timer = _timer(process)
             if not process.is_alive() or timer <= 0:
                 # Done with its task (now waiting on the dead queue), or over its budget.
                 if process.is_alive():
@@ -254,7 +259,7 @@ class Sentinel(stock.Sentinel):
                 if timer == TIMED_OUT or timer > 0:
                     self._recover_runs_of(process.pid)
             else:
-                process.timer.value -= Conf.GUARD_CYCLE
+                _tick(process, Conf.GUARD_CYCLE)
 
     def _lost_check(self) -> None:
         now = time.monotonic()
@@ -305,6 +310,30 @@ class Sentinel(stock.Sentinel):
         while self.monitor.is_alive() and time.monotonic() < deadline:
             time.sleep(0.1)
         Stat(self).save()
+
+
+def _timer(process: Any) -> float:
+    """A worker's timer, read without its lock (which a killed worker may hold for ever)."""
+    return float(process.timer.get_obj().value)
+
+
+def _tick(process: Any, cycle: float) -> bool:
+    """Count a busy worker's budget down; False once it is spent. A worker holds its
+    timer's lock while it hands its result over (its budget must not run out then):
+    when the lock is held, the tick is skipped rather than waited for, because the
+    holder may have been killed; the next cycle finds it dead."""
+    lock = process.timer.get_lock()
+    if not lock.acquire(timeout=cycle):
+        return True
+    try:
+        value = process.timer.value
+        if value == TIMED_OUT:
+            return False
+        if value > 0:
+            process.timer.value = value - cycle
+        return True
+    finally:
+        lock.release()
 
 
 class _StallWatch:

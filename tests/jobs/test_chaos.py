@@ -72,6 +72,18 @@ def test_idle_worker_killed_while_holding_the_queue_lock_does_not_stop_the_clust
     assert ProbeExecution.objects.filter(key__startswith="after-kill-").count() == 6
 
 
+def test_worker_killed_while_holding_its_timer_lock_is_replaced() -> None:
+    # The stock guard waits on that lock for ever: the one worker is never replaced.
+    with running_cluster(broker="orm", workers=1, env=SLOW_LOSS) as cluster:
+        dying = probes.die_handing_over.enqueue(key="handing-over")
+        _wait_final([dying], cluster)
+        runs = [probes.ok.enqueue(key=f"after-handover-{n}") for n in range(3)]
+        _wait_final(runs, cluster)
+        output = cluster.output()
+    assert "reincarnated worker" in output
+    assert set(JobRun.objects.filter(pk__in=[r.pk for r in runs]).values_list("status", flat=True)) == {"succeeded"}
+
+
 @pytest.mark.parametrize("broker", BROKERS)
 def test_killed_busy_worker_has_its_run_retried_by_its_sentinel_at_once(broker) -> None:
     with running_cluster(broker=broker, workers=1, env=SLOW_LOSS) as cluster:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 from project.errors import PermanentError, RetryableError
@@ -91,3 +92,17 @@ def once(*, key: str) -> None:
 @job("probe.noop")
 def noop() -> None:
     """Does nothing (the throughput benchmark: the toolkit's own cost per run)."""
+
+
+def _die(sender: object, **kwargs: object) -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@job("probe.die_handing_over")
+def die_handing_over(*, key: str) -> None:
+    """Succeeds, then kills its worker while the worker hands the result over, which
+    django-q2 does holding the lock of the worker's timer (the guard's lock too)."""
+    from django_q.signals import post_execute_in_worker
+
+    _record(key)
+    post_execute_in_worker.connect(_die, weak=False, dispatch_uid="probe.die_handing_over")
