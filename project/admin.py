@@ -16,7 +16,17 @@ from project import services
 from project.admin_tools import ControlledAdmin, badge, clipped, detail_button, time_column
 from project.errors import AppError
 from project.forms import AccessTokenCreateForm, ApplicationSettingForm
-from project.models import AccessToken, ApplicationSetting, Issue, Label, Note, Project, ProjectMember, User
+from project.models import (
+    AccessToken,
+    ApplicationSetting,
+    Issue,
+    Label,
+    LabelLink,
+    Note,
+    Project,
+    ProjectMember,
+    User,
+)
 
 if TYPE_CHECKING:
     from django_stubs_ext import WithAnnotations
@@ -82,6 +92,15 @@ class LabelAdmin(admin.ModelAdmin):
     autocomplete_fields = ("project",)
 
 
+class LabelLinkInline(admin.TabularInline):
+    # The labels relation has its own model (timestamps), which filter_horizontal cannot edit.
+    model = LabelLink
+    extra = 0
+    fields = ("label", "created_at")
+    readonly_fields = ("created_at",)
+    raw_id_fields = ("label",)
+
+
 class NoteInline(admin.TabularInline):
     model = Note
     extra = 0
@@ -96,8 +115,7 @@ class IssueAdmin(admin.ModelAdmin):
     list_select_related = ("project",)
     search_fields = ("title", "project__path_with_namespace")
     raw_id_fields = ("project", "author")
-    filter_horizontal = ("labels",)
-    inlines = [NoteInline]
+    inlines = [LabelLinkInline, NoteInline]
 
 
 @admin.register(AccessToken)

@@ -17,7 +17,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from project import services
-from project.models import AccessLevel, Issue, Label, Note, Project, ProjectMember, User, Visibility
+from project.models import AccessLevel, Issue, Label, LabelLink, Note, Project, ProjectMember, User, Visibility
 
 LABELS = [("bug", "#d9534f"), ("feature", "#5cb85c"), ("docs", "#428bca"), ("security", "#8e44ad"), ("ux", "#f0ad4e")]
 ROLES = [AccessLevel.GUEST, AccessLevel.REPORTER, AccessLevel.DEVELOPER, AccessLevel.MAINTAINER]
@@ -74,11 +74,11 @@ def _issues(project: Project, count: int, notes_per_issue: int, authors: list[Us
             ]
         )
         links = [
-            Issue.labels.through(issue_id=issue.pk, label_id=label.pk)
+            LabelLink(issue_id=issue.pk, label_id=label.pk)
             for issue in issues
             for label in rng.sample(labels, k=min(2, len(labels)))
         ]
-        Issue.labels.through.objects.bulk_create(links, batch_size=BATCH)
+        LabelLink.objects.bulk_create(links, batch_size=BATCH)
         Note.objects.bulk_create(
             [
                 Note(

@@ -10,7 +10,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractUser
 from django.db import models
 from django.db.models import F, Q, Value
-from django.db.models.functions import Concat, Upper
+from django.db.models.functions import Concat, Now, Upper
 from django.utils import timezone
 
 from project.errors import PermanentError
@@ -31,6 +31,10 @@ class User(AbstractUser):
                 "Is a GitLab instance administrator (sees and manages every project in the API)",
             )
         ]
+
+    #: GitLab's public email: empty unless the user chose to show one. Exports carry it
+    #: for everyone; the private ``email`` only goes into an administrator's export.
+    public_email = models.EmailField(blank=True, default="", db_default="")
 
     @property
     def is_admin(self) -> bool:
@@ -127,13 +131,45 @@ class Issue(models.Model):
         OPENED = "opened"
         CLOSED = "closed"
 
+    class Type(models.TextChoices):
+        """GitLab's issue types (``WorkItems::Type.base_types``)."""
+
+        ISSUE = "issue"
+        INCIDENT = "incident"
+        TEST_CASE = "test_case"
+        REQUIREMENT = "requirement"
+        TASK = "task"
+        OBJECTIVE = "objective"
+        KEY_RESULT = "key_result"
+        EPIC = "epic"
+        TICKET = "ticket"
+
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="issues")
     iid = models.IntegerField(help_text="The issue number within its project.")
     title = models.CharField(max_length=255)
     description = models.TextField(blank=True, default="")
     state = models.CharField(max_length=16, choices=State.choices, default=State.OPENED)
+    issue_type = models.CharField(max_length=32, choices=Type.choices, default=Type.ISSUE, db_default=Type.ISSUE)
     author = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
-    labels = models.ManyToManyField(Label, blank=True, related_name="issues", db_table="issue_labels")
+    labels = models.ManyToManyField(Label, blank=True, related_name="issues", through="LabelLink")
+    # Database defaults too: benchmarks and tests insert issues with set-based SQL.
+    confidential = models.BooleanField(default=False, db_default=False)
+    due_date = models.DateField(null=True, blank=True)
+    #: GitLab's tri-state: NULL (never set) differs from an explicit unlock.
+    discussion_locked = models.BooleanField(null=True, blank=True)
+    relative_position = models.IntegerField(null=True, blank=True, help_text="Manual order on boards.")
+    #: Optimistic locking counter (GitLab's ``lock_version``): bumped on every edit.
+    lock_version = models.IntegerField(default=0, db_default=0)
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    closed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    last_edited_at = models.DateTimeField(null=True, blank=True)
+    last_edited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
     closed_at = models.DateTimeField(null=True, blank=True)
@@ -144,6 +180,24 @@ class Issue(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.iid} {self.title}"
+
+
+class LabelLink(models.Model):
+    """An issue's label (GitLab's ``label_links``), with when it was applied. The table is
+    the one the plain many-to-many used; its timestamps default in the database so that
+    set-based inserts of (issue_id, label_id) still work."""
+
+    issue = models.ForeignKey(Issue, on_delete=models.CASCADE, related_name="label_links")
+    label = models.ForeignKey(Label, on_delete=models.CASCADE, related_name="label_links")
+    created_at = models.DateTimeField(default=timezone.now, db_default=Now())
+    updated_at = models.DateTimeField(default=timezone.now, db_default=Now())
+
+    class Meta:
+        db_table = "issue_labels"
+        constraints = [models.UniqueConstraint(fields=["issue", "label"], name="issue_label_unique")]
+
+    def __str__(self) -> str:
+        return f"label {self.label_id} on issue {self.issue_id}"
 
 
 class Note(models.Model):
