@@ -103,14 +103,14 @@ def _environment(args: argparse.Namespace) -> None:
 
 
 def _url(base: str, *, database: str | None = None, application_name: str | None = None) -> str:
-    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+    from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
     parts = urlsplit(base)
     query = dict(parse_qsl(parts.query))
     if application_name:
         query["application_name"] = application_name
     path = f"/{database}" if database else parts.path
-    return urlunsplit(parts._replace(path=path, query=urlencode(query)))
+    return urlunsplit(parts._replace(path=path, query=urlencode(query, quote_via=quote)))
 
 
 # --- processes ----------------------------------------------------------------------------

@@ -139,6 +139,16 @@ DATABASES["default"].update(
 )
 DB_HEALTH_CHECK_IDLE = env_float("DB_HEALTH_CHECK_IDLE", 1.0, minimum=0)
 DATABASES["default"]["OPTIONS"].setdefault("application_name", "gitlab-jobs")
+# PostgreSQL notices that a client died only when it next writes to it: a worker killed
+# while its statement waits for a lock would keep its session, and the session's advisory
+# locks (the catalog processor's), until that wait ends. Checked every this many ms while
+# a statement runs (0: never; not available on every server platform).
+DB_CLIENT_CHECK_INTERVAL_MS = env_int("DB_CLIENT_CHECK_INTERVAL_MS", 2000, minimum=0)
+if DB_CLIENT_CHECK_INTERVAL_MS:
+    _options = DATABASES["default"]["OPTIONS"]
+    _options["options"] = (
+        f"{_options.get('options', '')} -c client_connection_check_interval={DB_CLIENT_CHECK_INTERVAL_MS}"
+    ).strip()
 
 # --- cache, broker, cluster -----------------------------------------------------------
 
@@ -455,3 +465,24 @@ PROMETHEUS_EXPORT_MIGRATIONS = False
 
 if SDRS_JWT_SIGNING_KEY_FILE and not Path(SDRS_JWT_SIGNING_KEY_FILE).is_file():
     raise ImproperlyConfigured(f"SDRS_JWT_SIGNING_KEY_FILE={SDRS_JWT_SIGNING_KEY_FILE!r} is not a readable file")
+
+# --- secret detection: direct partner verification (issue 12) -------------------------
+# Each partner's API, verified directly when SDRS is off or the admin routes a type to it
+# (secret_detection/partners). Operator-set URLs: the SSRF guard does not apply; the
+# proxy environment (HTTPS_PROXY, NO_PROXY) does. Plain http only with DEBUG (stand-ins).
+_PARTNER_SCHEMES = ("http", "https") if DEBUG or env_bool("PARTNER_ALLOW_HTTP", False) else ("https",)
+PARTNER_AWS_URL = env_url("PARTNER_AWS_URL", "https://sts.amazonaws.com/", schemes=_PARTNER_SCHEMES)
+PARTNER_GCP_URL = env_url("PARTNER_GCP_URL", "https://oauth2.googleapis.com/tokeninfo", schemes=_PARTNER_SCHEMES)
+PARTNER_POSTMAN_URL = env_url("PARTNER_POSTMAN_URL", "https://api.getpostman.com/me", schemes=_PARTNER_SCHEMES)
+PARTNER_GITHUB_URL = env_url("PARTNER_GITHUB_URL", "https://api.github.com/user", schemes=_PARTNER_SCHEMES)
+PARTNER_TIMEOUT = env_float("PARTNER_TIMEOUT", 10.0, minimum=0.1, maximum=60)
+# Network errors and timeouts: retried after these delays, then the verification fails.
+PARTNER_RETRY_DELAYS = env_delays("PARTNER_RETRY_DELAYS", (4, 16, 64))
+# A partner's 429/503: the token is tried again after this delay, at most this many times.
+PARTNER_RATE_LIMIT_DELAY = env_float("PARTNER_RATE_LIMIT_DELAY", 10.0, minimum=0.1)
+PARTNER_RATE_LIMIT_MAX_RESCHEDULES = env_int("PARTNER_RATE_LIMIT_MAX_RESCHEDULES", 5, minimum=0)
+# Our own limit per project and partner API, requests per second (0: none).
+PARTNER_AWS_RATE = env_float("PARTNER_AWS_RATE", 400.0, minimum=0)
+PARTNER_GCP_RATE = env_float("PARTNER_GCP_RATE", 500.0, minimum=0)
+PARTNER_POSTMAN_RATE = env_float("PARTNER_POSTMAN_RATE", 4.0, minimum=0)
+PARTNER_GITHUB_RATE = env_float("PARTNER_GITHUB_RATE", 60 / 3600, minimum=0)

@@ -36,7 +36,8 @@ def database_url() -> str:
         query["host"] = host
         host = ""
     netloc += "@" + host + (f":{db['PORT']}" if db["PORT"] else "")
-    return f"postgresql://{netloc}/{db['NAME']}" + (f"?{urlencode(query)}" if query else "")
+    # quote, not quote_plus: libpq reads "+" literally (the options parameter has spaces).
+    return f"postgresql://{netloc}/{db['NAME']}" + (f"?{urlencode(query, quote_via=quote)}" if query else "")
 
 
 class ManagePyProcess:
