@@ -155,18 +155,37 @@ def _padding(size: int) -> bytes:
     return b"\0" * (-size % tarfile.BLOCKSIZE)
 
 
-def archive_write(*, project_id: int, description: str | None, workdir: Path, progress: Progress) -> ArchiveResult:
+def _small_file(name: str, text: str) -> bytes:
+    data = text.encode()
+    return _header(name, len(data)) + data + _padding(len(data))
+
+
+def archive_write(
+    *,
+    project_id: int,
+    description: str | None,
+    workdir: Path,
+    progress: Progress,
+    exported_by_admin: bool = False,
+) -> ArchiveResult:
     """Write the project's archive as ``workdir/archive.tar.gz.part`` and return its size and
     checksum. ``workdir`` is private to this attempt; the caller moves the file into place."""
     started = time.monotonic()
-    params = {"project_id": project_id, "description": description}
+    params = {"project_id": project_id, "description": description, "exported_by_admin": exported_by_admin}
     part = workdir / "archive.tar.gz.part"
     rows = 0
     with open(part, "wb") as raw:
         out = _HashingWriter(raw)
-        version = relations.VERSION.encode()
-        out.write(_gzip_member(_header("VERSION", len(version)) + version + _padding(len(version))))
-        total = tarfile.BLOCKSIZE + len(version) + len(_padding(len(version)))
+        head = b"".join(
+            _small_file(name, text)
+            for name, text in (
+                ("VERSION", relations.VERSION),
+                ("GITLAB_VERSION", relations.GITLAB_VERSION),
+                ("GITLAB_REVISION", relations.GITLAB_REVISION),
+            )
+        )
+        out.write(_gzip_member(head))
+        total = len(head)
         with read_snapshot():
             for relation in relations.TREE:
                 member = workdir / f"{relation.name}.ndjson.gz"

@@ -133,7 +133,8 @@ def upload_target_resolve(url: str) -> UploadTarget:
 
 
 def upload_method_clean(value: str | None) -> str:
-    method = (value or "PUT").strip().upper()
+    # Case-sensitive, as GitLab's Grape ``values: %w[PUT POST]`` is: "put" is refused.
+    method = value or "PUT"
     if method not in METHODS:
         raise ValidationFailed("upload[http_method] does not have a valid value")
     return method

@@ -9,7 +9,8 @@ follow GitLab's ``import_export.yml`` for the models this product has.
 PostgreSQL builds every JSON line itself (``row_to_json``) and streams them with
 ``COPY … TO STDOUT``: the worker only moves bytes, so memory stays flat and throughput is
 close to what the database can produce. Every statement takes the project id (and
-project.json the description override) as bound parameters, never interpolated text.
+project.json the description override, members whether an administrator exports) as bound
+parameters, never interpolated text; the f-strings only splice in fixed SQL fragments.
 """
 
 from __future__ import annotations
@@ -18,6 +19,16 @@ from dataclasses import dataclass
 
 #: GitLab's import/export format version (``Gitlab::ImportExport::VERSION``).
 VERSION = "0.2.4"
+#: Written as GITLAB_VERSION / GITLAB_REVISION: the GitLab release whose export format this
+#: product writes (GitLab records its own version there; importers log it).
+GITLAB_VERSION = "17.6.0"
+GITLAB_REVISION = "gitlab-compatible"
+
+
+def ts(column: str) -> str:
+    """A timestamp as GitLab's JSON writes it (``2026-11-29T10:00:00.123Z``: UTC,
+    milliseconds), not row_to_json's ``+00:00`` with microseconds."""
+    return f"""to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"""
 
 
 @dataclass(frozen=True)
@@ -45,13 +56,19 @@ PROJECT = Relation(
 PROJECT_MEMBERS = Relation(
     name="project_members",
     path="tree/project/project_members.ndjson",
-    sql="""
+    sql=f"""
         SELECT row_to_json(t) FROM (
             SELECT m.id, m.access_level, 'Project'::text AS source_type, m.user_id,
-                   3 AS notification_level, m.created_at, m.created_at AS updated_at,
-                   NULL::timestamptz AS expires_at, usr AS "user"
+                   3 AS notification_level, {ts("m.created_at")} AS created_at,
+                   {ts("m.created_at")} AS updated_at, NULL::text AS expires_at,
+                   -- GitLab's members mapper matches users by email on an administrator's
+                   -- import; only an administrator's export carries the private address.
+                   CASE WHEN %(exported_by_admin)s
+                        THEN json_build_object('id', u.id, 'email', u.email, 'public_email', u.public_email,
+                                               'username', u.username)
+                        ELSE json_build_object('id', u.id, 'public_email', u.public_email, 'username', u.username)
+                   END AS "user"
             FROM project_members m JOIN users u ON u.id = m.user_id
-            CROSS JOIN LATERAL (SELECT u.id, u.username) usr
             WHERE m.project_id = %(project_id)s
         ) t ORDER BY t.id
     """,
@@ -60,9 +77,10 @@ PROJECT_MEMBERS = Relation(
 LABELS = Relation(
     name="labels",
     path="tree/project/labels.ndjson",
-    sql="""
+    sql=f"""
         SELECT row_to_json(t) FROM (
-            SELECT l.id, l.title, l.color, l.project_id, l.created_at, l.updated_at,
+            SELECT l.id, l.title, l.color, l.project_id, {ts("l.created_at")} AS created_at,
+                   {ts("l.updated_at")} AS updated_at,
                    false AS template, l.description, 'ProjectLabel'::text AS type,
                    '[]'::json AS priorities
             FROM labels l WHERE l.project_id = %(project_id)s
@@ -76,14 +94,19 @@ LABELS = Relation(
 ISSUES = Relation(
     name="issues",
     path="tree/project/issues.ndjson",
-    sql="""
+    sql=f"""
         SELECT row_to_json(t) FROM (
-            SELECT i.id, i.title, i.author_id, i.project_id, i.created_at, i.updated_at,
-                   i.description, i.iid, i.state, i.closed_at,
+            SELECT i.id, i.title, i.author_id, i.project_id, {ts("i.created_at")} AS created_at,
+                   {ts("i.updated_at")} AS updated_at, i.description, i.iid, i.state,
+                   {ts("i.closed_at")} AS closed_at, i.updated_by_id, i.closed_by_id, i.confidential,
+                   to_char(i.due_date, 'YYYY-MM-DD') AS due_date, i.discussion_locked, i.relative_position,
+                   i.lock_version, {ts("i.last_edited_at")} AS last_edited_at, i.last_edited_by_id,
+                   i.issue_type,
                    COALESCE((
                        SELECT array_to_json(array_agg(n ORDER BY n.id)) FROM (
                            SELECT n.id, n.note, 'Issue'::text AS noteable_type, n.author_id,
-                                  n.created_at, n.updated_at, i.project_id, n.system, author
+                                  {ts("n.created_at")} AS created_at, {ts("n.updated_at")} AS updated_at,
+                                  i.project_id, n.system, author
                            FROM notes n LEFT JOIN users u ON u.id = n.author_id
                            CROSS JOIN LATERAL (
                                SELECT COALESCE(NULLIF(btrim(u.first_name || ' ' || u.last_name), ''), u.username)
@@ -94,10 +117,12 @@ ISSUES = Relation(
                    ), '[]'::json) AS notes,
                    COALESCE((
                        SELECT array_to_json(array_agg(ll ORDER BY ll.id)) FROM (
-                           SELECT il.id, 'Issue'::text AS target_type, label
+                           SELECT il.id, 'Issue'::text AS target_type, {ts("il.created_at")} AS created_at,
+                                  {ts("il.updated_at")} AS updated_at, label
                            FROM issue_labels il JOIN labels l ON l.id = il.label_id
                            CROSS JOIN LATERAL (
-                               SELECT l.title, l.color, l.description, 'ProjectLabel'::text AS type
+                               SELECT l.id, l.title, l.color, l.description, 'ProjectLabel'::text AS type,
+                                      {ts("l.created_at")} AS created_at, {ts("l.updated_at")} AS updated_at
                            ) label
                            WHERE il.issue_id = i.id
                        ) ll

@@ -28,7 +28,7 @@ from project.serializers import (
 
 class UploadMethodParam(ChoiceParam):
     """``upload[http_method]``: cleaned by ``clients.upload_method_clean``, the one owner of
-    the rule (PUT or POST, case-insensitive, PUT by default) and of its message."""
+    the rule (PUT or POST, case-sensitive as GitLab's, PUT by default) and of its message."""
 
     default_error_messages = {"invalid": PARAM_INVALID}
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import quote
 
 from django.conf import settings
 from django.core.files import File
@@ -158,10 +159,12 @@ def export_request(
 
 @dataclass(frozen=True)
 class ExportLimits:
-    """The application settings' rate limits of the export API (per minute, 0: none)."""
+    """The application settings' rate limits of the export API (per minute, 0: none) and
+    the largest project exported (MiB, 0: none)."""
 
     export: int
     download: int
+    max_size_mib: int = 0
 
 
 _PROJECT = sqlrows.Columns(
@@ -179,7 +182,8 @@ _ACCESS_SQL = f"""
     SELECT {_PROJECT.sql},
            (SELECT m.access_level FROM project_members AS m
             WHERE m.project_id = p.id AND m.user_id = %(user)s LIMIT 1),
-           s.project_export_enabled, s.project_export_limit, s.project_download_export_limit
+           s.project_export_enabled, s.project_export_limit, s.project_download_export_limit,
+           s.max_export_size
     FROM (SELECT 1) AS one
     LEFT JOIN projects AS p
            ON (p.id = %(id)s OR UPPER(p.path_with_namespace::text) = UPPER(%(path)s))
@@ -197,16 +201,17 @@ def export_project_require(*, user: User, ref: str) -> tuple[Project, ExportLimi
     build than to answer). Only before the settings row exists are they read on their own.
     """
     project_id, path = core.project_ref_parse(ref)
-    project, level, enabled, export_limit, download_limit = None, None, None, 0, 0
+    project, level, enabled, export_limit, download_limit, max_size = None, None, None, 0, 0, 0
     if project_id is not None or path is not None:
         with connection.cursor() as cursor:
             cursor.execute(_ACCESS_SQL, {"user": user.pk, "id": project_id, "path": path})
             row = cursor.fetchone()
-        project, level, enabled, export_limit, download_limit = sqlrows.split(row, _PROJECT)
+        project, level, enabled, export_limit, download_limit, max_size = sqlrows.split(row, _PROJECT)
     if enabled is None:  # no settings row yet
         settings_row = ApplicationSetting.current()
         enabled = settings_row.project_export_enabled
         export_limit, download_limit = settings_row.project_export_limit, settings_row.project_download_export_limit
+        max_size = settings_row.max_export_size
     if not enabled:
         raise NotFound("404 Not Found")
     if project is not None:
@@ -214,7 +219,34 @@ def export_project_require(*, user: User, ref: str) -> tuple[Project, ExportLimi
     project = core.project_authorize(
         user=user, project=project, min_access=AccessLevel.MAINTAINER, member_required=True
     )
-    return project, ExportLimits(export=export_limit, download=download_limit)
+    return project, ExportLimits(export=export_limit, download=download_limit, max_size_mib=max_size or 0)
+
+
+EXPORT_TOO_LARGE = "The project size exceeds the export limit."
+#: What the archive's bulk is made of: the text of issues, notes and labels. A cheap,
+#: deterministic stand-in for GitLab's repository statistics (we store no repository).
+_SIZE_SQL = """
+    SELECT COALESCE((SELECT sum(octet_length(i.title) + octet_length(i.description))
+                     FROM issues i WHERE i.project_id = %(p)s), 0)
+         + COALESCE((SELECT sum(octet_length(n.note)) FROM notes n JOIN issues i ON i.id = n.issue_id
+                     WHERE i.project_id = %(p)s), 0)
+         + COALESCE((SELECT sum(octet_length(l.title) + octet_length(l.description))
+                     FROM labels l WHERE l.project_id = %(p)s), 0)
+"""
+
+
+def project_size_estimate(*, project: Project) -> int:
+    """The project's content size in bytes, as the export size limit measures it."""
+    with connection.cursor() as cursor:
+        cursor.execute(_SIZE_SQL, {"p": project.pk})
+        row = cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+def export_size_check(*, project: Project, max_size_mib: int) -> None:
+    """GitLab's ``max_export_size`` (MiB, 0: no limit): a larger project answers 400."""
+    if max_size_mib and project_size_estimate(project=project) > max_size_mib * 1024 * 1024:
+        raise ValidationFailed(EXPORT_TOO_LARGE, code="export_too_large")
 
 
 # --- the per-user status ----------------------------------------------------------------
@@ -431,10 +463,24 @@ def storage_delete(name: str) -> None:
         logger.warning("could not delete an export file", exc_info=True, extra={"file": name})
 
 
+#: GitLab's ``Gitlab::ImportExport::FILENAME_LIMIT``; its ``basename[0..FILENAME_LIMIT]`` is
+#: an inclusive Ruby range, so the kept basename is one character longer than the limit.
+FILENAME_LIMIT = 50
+
+
 def archive_filename(project: Project, *, at: Any) -> str:
-    """GitLab's download name: ``<time>_<full path with _>_export.tar.gz``."""
+    """GitLab's download name (``Gitlab::ImportExport.export_filename``):
+    ``<time>_<full path with _>`` cut to 51 characters, then ``_export.tar.gz``."""
     stamp = at.strftime("%Y-%m-%d_%H-%M-") + f"{at.microsecond // 1000:03d}"
-    return f"{stamp}_{project.path_with_namespace.replace('/', '_')}_export.tar.gz"
+    basename = f"{stamp}_{project.path_with_namespace.replace('/', '_')}"
+    return f"{basename[: FILENAME_LIMIT + 1]}_export.tar.gz"
+
+
+def content_disposition(filename: str) -> str:
+    """Both forms Rails' ``send_file`` writes: a plain ``filename`` for old clients (non-ASCII
+    replaced) and the exact name as RFC 6266's ``filename*``."""
+    plain = "".join(ch if 32 <= ord(ch) < 127 and ch not in '"\\' else "_" for ch in filename)
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 def _publish(job: ProjectExportJob, result: archive_writer.ArchiveResult) -> ProjectExportArchive:
@@ -520,7 +566,11 @@ def export_run(*, export_job_id: int) -> dict[str, Any]:
     try:
         workdir.mkdir(parents=True)
         result = archive_writer.archive_write(
-            project_id=job.project_id, description=job.description, workdir=workdir, progress=progress
+            project_id=job.project_id,
+            description=job.description,
+            workdir=workdir,
+            progress=progress,
+            exported_by_admin=job.exported_by_admin,
         )
         if job.upload_url:
             _upload(job, result, progress)

@@ -51,6 +51,7 @@ class ProjectExportView(ApiView):
         project, limits = _export_project(request, project_id)
         params = ProjectExportRequest.parse(rack_params(request))
         rate_limit_hit(key=f"project_export:user:{request.user.pk}", limit=limits.export)
+        services.export_size_check(project=project, max_size_mib=limits.max_size_mib)
         services.export_request(
             project=project, user=signed_in_user(request), **ProjectExportRequest.export_arguments(params)
         )
@@ -68,7 +69,8 @@ class ProjectExportDownloadView(ApiView):
                 location=OpenApiParameter.HEADER,
                 response=[200],
                 required=True,
-                description='`attachment; filename="<time>_<namespace>_<path>_export.tar.gz"`',
+                description='`attachment; filename="<time>_<namespace>_<path>_export.tar.gz"; '
+                "filename*=UTF-8''<the same, percent-encoded>` (the basename cut at 51 characters, as GitLab's)",
             ),
             RETRY_AFTER,
         ],
@@ -91,6 +93,7 @@ class ProjectExportDownloadView(ApiView):
             key=f"project_download_export:user:{request.user.pk}:project:{project.pk}", limit=limits.download
         )
         handle, archive = services.export_download_open(project=project, user=signed_in_user(request))
-        response = FileResponse(handle, as_attachment=True, filename=archive.filename, content_type="application/gzip")
+        response = FileResponse(handle, content_type="application/gzip")
+        response["Content-Disposition"] = services.content_disposition(archive.filename)
         response["Content-Length"] = str(archive.size)
         return response

@@ -271,8 +271,16 @@ class ApplicationSettingAdmin(admin.ModelAdmin):
     }
     fieldsets = [
         (
-            "Project exports",
-            {"fields": ("project_export_enabled", "project_export_limit", "project_download_export_limit")},
+            "Project exports and imports",
+            {
+                "fields": (
+                    "project_export_enabled",
+                    "project_export_limit",
+                    "project_download_export_limit",
+                    "max_export_size",
+                    "max_import_size",
+                )
+            },
         ),
         ("CI catalog", {"fields": ("catalog_sync_enabled",)}),
         (

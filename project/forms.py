@@ -51,6 +51,8 @@ class ApplicationSettingForm(forms.ModelForm):
             "project_export_enabled",
             "project_export_limit",
             "project_download_export_limit",
+            "max_export_size",
+            "max_import_size",
             "catalog_sync_enabled",
             "sdrs_enabled",
             "sdrs_url",

@@ -307,6 +307,18 @@ class ApplicationSetting(models.Model):
     project_download_export_limit = models.PositiveIntegerField(
         default=1, help_text="Export downloads per user and project per minute (0 disables the limit)."
     )
+    max_export_size = models.PositiveIntegerField(
+        "Maximum export size (MiB)",
+        default=0,
+        db_default=0,
+        help_text="Larger projects cannot be exported (0: no limit). GitLab's max_export_size.",
+    )
+    max_import_size = models.PositiveIntegerField(
+        "Maximum import size (MiB)",
+        default=0,
+        db_default=0,
+        help_text="Largest import archive accepted, compressed (0: no limit). GitLab's max_import_size.",
+    )
 
     # catalog
     catalog_sync_enabled = models.BooleanField(

@@ -125,7 +125,7 @@ def test_download_streams_the_archive_with_its_name_and_checksum(api, maintainer
     assert response.status_code == 200
     assert response["Content-Type"] == "application/gzip"
     assert response["Content-Disposition"].startswith('attachment; filename="')
-    assert response["Content-Disposition"].endswith('_acme_widgets_export.tar.gz"')
+    assert "_acme_widgets_export.tar.gz\"; filename*=UTF-8''" in response["Content-Disposition"]
     data = b"".join(response.streaming_content)
     archive = ProjectExportArchive.objects.get()
     assert int(response["Content-Length"]) == len(data) == archive.size
@@ -259,6 +259,8 @@ def resolves_to(monkeypatch):
             {"error": "upload[http_method] does not have a valid value"},
         ),
         ({"upload[http_method]": "GET"}, {"error": "upload[http_method] does not have a valid value"}),
+        # Grape's values: check is case-sensitive.
+        ({"upload[http_method]": "put"}, {"error": "upload[http_method] does not have a valid value"}),
     ],
 )
 def test_bad_upload_parameters_get_400_with_the_reason(api, maintainer, project, resolves_to, data, message) -> None:
@@ -320,7 +322,7 @@ def test_metrics_show_export_jobs_and_archives(client, api, maintainer, project)
 
 def test_parameters_may_come_in_the_query_string_as_gitlab_clients_send_them(api, maintainer, project, resolves_to):
     resolves_to({"uploads.example.test": ["93.184.215.14"]})
-    query = "description=From+the+query&upload[url]=https://uploads.example.test/a&upload[http_method]=post"
+    query = "description=From+the+query&upload[url]=https://uploads.example.test/a&upload[http_method]=POST"
     response = api(maintainer).post(f"/api/v4/projects/{project.pk}/export?{query}")
     assert response.status_code == 202
     job = ProjectExportJob.objects.get()

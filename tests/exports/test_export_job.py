@@ -237,6 +237,8 @@ def test_archive_has_gitlabs_layout(project, maintainer, issues) -> None:
     members = _archive_members(project, maintainer)
     assert list(members) == [
         "VERSION",
+        "GITLAB_VERSION",
+        "GITLAB_REVISION",
         "tree/project.json",
         "tree/project/project_members.ndjson",
         "tree/project/labels.ndjson",
