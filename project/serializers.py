@@ -314,14 +314,15 @@ class ProjectAccessSerializer(serializers.Serializer):
 
 
 class ProjectPermissionsSerializer(serializers.Serializer):
-    """The caller's access (``context["access_level"]``), as GitLab shows it."""
+    """The caller's access (``context["access_level"]``, or in a list each project's
+    ``caller_access_level`` annotation), as GitLab shows it."""
 
     project_access = serializers.SerializerMethodField()
     group_access = serializers.SerializerMethodField()
 
     @extend_schema_field(ProjectAccessSerializer(allow_null=True))
     def get_project_access(self, project: Project) -> dict[str, int] | None:
-        level = self.context.get("access_level")
+        level = self.context.get("access_level", getattr(project, "caller_access_level", None))
         return {"access_level": level, "notification_level": 3} if level else None
 
     @extend_schema_field(ProjectAccessSerializer(allow_null=True))

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import URLPattern, URLResolver, include, path
 from drf_spectacular.views import SpectacularJSONAPIView, SpectacularRedocView
 
-from project import views
+from project import read_api, views
 from project.api import json_error_view, server_error
 
 # Order matters: project routes take a <path:> id (namespace/path may contain "/"), so
@@ -12,6 +12,22 @@ api_v4: list[URLPattern | URLResolver] = [
     path("", include("catalog.urls")),
     path("", include("secret_detection.urls")),
     path("user", views.CurrentUserView.as_view(), name="api-user"),
+    path("projects", read_api.ProjectListView.as_view(), name="api-projects"),
+    path(
+        "projects/<path:project_id>/issues/<int:issue_iid>/notes",
+        read_api.IssueNoteListView.as_view(),
+        name="api-issue-notes",
+    ),
+    path(
+        "projects/<path:project_id>/issues/<int:issue_iid>/award_emoji",
+        read_api.IssueAwardEmojiListView.as_view(),
+        name="api-issue-award-emoji",
+    ),
+    path("projects/<path:project_id>/issues/<int:issue_iid>", read_api.IssueView.as_view(), name="api-issue"),
+    path("projects/<path:project_id>/issues", read_api.IssueListView.as_view(), name="api-issues"),
+    path("projects/<path:project_id>/labels", read_api.LabelListView.as_view(), name="api-labels"),
+    path("projects/<path:project_id>/members/all", read_api.AllMemberListView.as_view(), name="api-members-all"),
+    path("projects/<path:project_id>/members", read_api.MemberListView.as_view(), name="api-members"),
     path("projects/<path:project_id>", views.ProjectView.as_view(), name="api-project"),
 ]
 
