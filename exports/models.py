@@ -130,3 +130,83 @@ class ProjectExportArchive(models.Model):
     @property
     def is_expired(self) -> bool:
         return self.expires_at <= timezone.now()
+
+
+class ProjectImportJob(models.Model):
+    """One import of a GitLab export archive (GitLab's ``project_import_state``). Its status
+    moves forward only, by conditional UPDATEs in ``exports.importer.services``:
+    scheduled → started → finished, scheduled/started → failed.
+
+    Everything the import writes into the project commits in one transaction with the move
+    to finished, so a project never shows half its content and a killed import restarts
+    from nothing. The counts, skipped relations and failed relations are the outcome."""
+
+    class Status(models.TextChoices):
+        SCHEDULED = "scheduled"
+        STARTED = "started"
+        FINISHED = "finished"
+        FAILED = "failed"
+
+    ACTIVE = (Status.SCHEDULED, Status.STARTED)
+    TERMINAL = (Status.FINISHED, Status.FAILED)
+
+    project = models.ForeignKey("project.Project", on_delete=models.CASCADE, related_name="import_jobs")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="import_jobs")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.SCHEDULED)
+    job_run = models.ForeignKey(
+        "jobs.JobRun",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The toolkit's run executing this import.",
+    )
+    imported_by_admin = models.BooleanField(default=False)
+    #: Storage name of the uploaded archive, built from ids and a random token; deleted
+    #: once the import ends.
+    source = models.CharField(max_length=255, blank=True, default="")
+    source_size = models.BigIntegerField(default=0)
+    #: With ``overwrite``, the import fills a new project under a temporary path and takes
+    #: this path (replacing the project there) when it finishes, as GitLab's overwrite does.
+    overwrite_path = models.CharField(max_length=255, blank=True, default="")
+    #: Rows imported per relation (project, project_members, labels, issues, notes, label_links).
+    counts = models.JSONField(default=dict, blank=True)
+    #: What the archive holds that this product does not model, by name, with how many.
+    skipped = models.JSONField(default=dict, blank=True)
+    #: GitLab's ``failed_relations``: one entry per relation item that could not be saved.
+    failed_relations = models.JSONField(default=list, blank=True)
+    error_code = models.CharField(max_length=64, blank=True, default="")
+    error = models.CharField(max_length=MAX_ERROR_LENGTH, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "project_import_jobs"
+        ordering = ["-id"]
+        verbose_name = "import job"
+        permissions = [("control_projectimportjob", "Can cancel import jobs")]
+        indexes = [
+            models.Index(fields=["project", "-id"], name="import_jobs_project"),
+            models.Index(fields=["status", "created_at"], name="import_jobs_status_created"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=["scheduled", "started", "finished", "failed"]),
+                name="import_jobs_status_valid",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"Import into {self.project.path_with_namespace} by {self.user.get_username()} (#{self.pk})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE
+
+    @property
+    def duration(self) -> timedelta | None:
+        if self.started_at is None:
+            return None
+        return (self.finished_at or timezone.now()) - self.started_at

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 
 from exports import maintenance, services
+from exports.importer import services as importer
 from project.jobs import JobRun, RetryPolicy, Target, job
 
 
@@ -50,3 +51,20 @@ def cleanup_archives() -> dict:
 def prune_jobs() -> dict:
     """Delete export jobs not updated for the retention period, in batches."""
     return {"deleted": maintenance.export_jobs_prune()}
+
+
+def _import_failed(run: JobRun, code: str, message: str) -> None:
+    importer.import_run_failed(import_job_id=run.kwargs.get("import_job_id"), code=code, message=message, run_id=run.pk)
+
+
+@job(
+    "exports.import",
+    retry=RetryPolicy(setting="IMPORT_RETRY_DELAYS"),
+    timeout="IMPORT_JOB_TIMEOUT",
+    on_failure=_import_failed,
+    target=Target("exports.ProjectImportJob", "import_job_id"),
+    lost_after="IMPORT_STUCK_AFTER",
+)
+def run_import(*, import_job_id: int) -> dict:
+    """Import a GitLab export archive into its project."""
+    return importer.import_run(import_job_id=import_job_id)

@@ -279,6 +279,7 @@ class ApplicationSettingAdmin(admin.ModelAdmin):
                     "project_download_export_limit",
                     "max_export_size",
                     "max_import_size",
+                    "max_decompressed_archive_size",
                 )
             },
         ),

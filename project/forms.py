@@ -53,6 +53,7 @@ class ApplicationSettingForm(forms.ModelForm):
             "project_download_export_limit",
             "max_export_size",
             "max_import_size",
+            "max_decompressed_archive_size",
             "catalog_sync_enabled",
             "sdrs_enabled",
             "sdrs_url",

@@ -319,6 +319,13 @@ class ApplicationSetting(models.Model):
         db_default=0,
         help_text="Largest import archive accepted, compressed (0: no limit). GitLab's max_import_size.",
     )
+    max_decompressed_archive_size = models.PositiveIntegerField(
+        "Maximum decompressed archive size (MiB)",
+        default=25600,
+        db_default=25600,
+        help_text="An import archive larger than this once decompressed is refused before extraction "
+        "(0: no limit). GitLab's max_decompressed_archive_size.",
+    )
 
     # catalog
     catalog_sync_enabled = models.BooleanField(

@@ -248,6 +248,20 @@ EXPORT_STUCK_AFTER = env_int("EXPORT_STUCK_AFTER", 60, minimum=2)
 EXPORT_ARCHIVE_TTL = env_int("EXPORT_ARCHIVE_TTL", 24 * 3600, minimum=60)
 # An archive file no record refers to is deleted by the cleanup once this old (seconds).
 EXPORT_ORPHAN_GRACE = env_int("EXPORT_ORPHAN_GRACE", 3600, minimum=60)
+
+# --- imports (GitLab export archives; the size limits are application settings) -------
+
+IMPORT_JOB_TIMEOUT = env_int("IMPORT_JOB_TIMEOUT", 3 * 3600, minimum=10)
+IMPORT_RETRY_DELAYS = env_delays("IMPORT_RETRY_DELAYS", (4, 16, 64))
+IMPORT_STUCK_AFTER = env_int("IMPORT_STUCK_AFTER", 60, minimum=2)
+# An archive holds a few files; more than this is refused before anything is extracted.
+IMPORT_MAX_FILES = env_int("IMPORT_MAX_FILES", 1000, minimum=1)
+# One NDJSON line is one relation with its children (an issue with its notes).
+IMPORT_MAX_LINE_BYTES = env_int("IMPORT_MAX_LINE_BYTES", 32 * 1024 * 1024, minimum=1024)
+IMPORT_BATCH_SIZE = env_int("IMPORT_BATCH_SIZE", 1000, minimum=1)
+# The compressed upload accepted by POST /projects/import (GitLab's MAXIMUM_FILE_SIZE is 50 MB
+# for this endpoint; the max_import_size application setting can lower it).
+IMPORT_MAX_UPLOAD_BYTES = env_int("IMPORT_MAX_UPLOAD_BYTES", 1024 * 1024 * 1024, minimum=1024)
 EXPORT_JOB_RETENTION_DAYS = env_int("EXPORT_JOB_RETENTION_DAYS", 7, minimum=1)
 EXPORT_PRUNE_BATCH_SIZE = env_int("EXPORT_PRUNE_BATCH_SIZE", 1000, minimum=1)
 EXPORT_UPLOAD_TIMEOUT = env_float("EXPORT_UPLOAD_TIMEOUT", 60, minimum=1)
