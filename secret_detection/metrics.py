@@ -33,6 +33,7 @@ REFRESH_OUTCOMES = (
     "no_verifier",
     "local_active",
     "local_inactive",
+    "direct_enqueued",
     "error",
 )
 REFRESH_ROWS = Counter(
@@ -69,3 +70,29 @@ def token_status_gauges() -> Iterable[Metric]:
     due = GaugeMetricFamily("secret_detection_refresh_due", "Token statuses due for a refresh now.")
     due.add_metric([], FindingTokenStatus.objects.filter(next_refresh_at__lte=now).count())
     yield due
+
+
+# Direct partner verification (secret_detection.partners). Labels: the partner's short
+# name, a closed outcome set, an exception class name or ``http_<status>``, a rate-limit key.
+PARTNER_API_SECONDS = Histogram(
+    "secret_detection_partner_api_seconds",
+    "Duration of calls to a partner's API.",
+    ["partner"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+PARTNER_REQUESTS = Counter(
+    "secret_detection_partner_requests_total",
+    "Direct verifications by partner and outcome (active, inactive, unknown, format_mismatch, "
+    "rate_limited, server_error, network_error, response_error).",
+    ["partner", "outcome"],
+)
+PARTNER_NETWORK_ERRORS = Counter(
+    "secret_detection_partner_network_errors_total",
+    "Network errors calling a partner's API, by error class (exception name or http_<5xx>).",
+    ["partner", "error_class"],
+)
+RATE_LIMIT_HITS = Counter(
+    "secret_detection_rate_limit_hits_total",
+    "Rate limits met by direct verification: ours (partner_<name>_api) or the partner's (<name>_429).",
+    ["limit"],
+)

@@ -30,7 +30,13 @@ class PartnerTokenType(models.Model):
         max_length=255, help_text="The gitleaks rule id, as in the report's identifiers (case-insensitive)."
     )
     partner = models.CharField(max_length=32, choices=Partner.choices)
-    enabled = models.BooleanField(default=True, help_text="Send tokens of this type to SDRS.")
+    enabled = models.BooleanField(default=True, help_text="Verify tokens of this type.")
+    verifier = models.CharField(
+        max_length=16,
+        choices=[("auto", "default"), ("sdrs", "SDRS"), ("direct", "direct (partner API)"), ("none", "none")],
+        default="auto",
+        help_text="Who verifies this type. Default: SDRS when it is on, else the partner's API when we have a client.",
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
     updated_by = models.CharField(max_length=150, blank=True, default="", editable=False)
@@ -108,8 +114,49 @@ class TokenStatus(models.TextChoices):
 
 class Verifier(models.TextChoices):
     PARTNER = "partner", "partner (SDRS)"
+    DIRECT = "direct", "direct (partner API)"
     LOCAL = "local", "local (our tokens)"
     NONE = "none", "none"
+
+
+class DirectPartner(models.Model):
+    """A partner verified directly through its own API (``secret_detection.partners``): the
+    per-partner switch, the pause a 429 from it sets for all its rows, and the admin's
+    latest "Check connection". The clients themselves are code; this row is their state."""
+
+    partner = models.CharField(max_length=32, primary_key=True)
+    enabled = models.BooleanField(default=True, help_text="Send tokens to this partner's API.")
+    paused_until = models.DateTimeField(null=True, blank=True, help_text="Rate limited by the partner until then.")
+    rate_limit_hits = models.PositiveIntegerField(default=0, help_text="Rate limits met (ours and the partner's).")
+    last_rate_limit_at = models.DateTimeField(null=True, blank=True)
+    last_check_at = models.DateTimeField(null=True, blank=True)
+    last_check_result = models.CharField(max_length=255, blank=True, default="")
+    last_check_ms = models.PositiveIntegerField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.CharField(max_length=150, blank=True, default="", editable=False)
+
+    class Meta:
+        db_table = "secret_detection_direct_partners"
+        ordering = ["partner"]
+        permissions = [("check_directpartner", "Can check the connection to a partner's API")]
+
+    def __str__(self) -> str:
+        return self.partner
+
+
+class PartnerRateSlot(models.Model):
+    """Our own per-project rate limit of a partner API, as a theoretical arrival time
+    (GCRA): each request reserves the next free slot in one atomic upsert, so workers
+    across the cluster pace themselves without a lock or a polling loop."""
+
+    key = models.CharField(max_length=255, primary_key=True)
+    next_free_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "secret_detection_partner_rate_slots"
+
+    def __str__(self) -> str:
+        return self.key
 
 
 class FindingTokenStatus(models.Model):
@@ -125,6 +172,9 @@ class FindingTokenStatus(models.Model):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
     status = models.CharField(max_length=16, choices=TokenStatus.choices, default=TokenStatus.UNKNOWN)
     verifier = models.CharField(max_length=16, choices=Verifier.choices, blank=True, default="")
+    partner = models.CharField(
+        max_length=32, blank=True, default="", help_text="The partner whose API gave the latest direct verdict."
+    )
     routed_at = models.DateTimeField(null=True, blank=True, help_text="When the routing job handled it.")
     last_verified_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0, help_text="Requests sent in the latest verification.")

@@ -38,6 +38,27 @@ def verify_partner_token(*, finding_id: int, user_id: int | None = None, force: 
     return services.token_verification_run(finding_id=finding_id, user_id=user_id, force=force)
 
 
+def _direct_verification_failed(run: JobRun, code: str, message: str) -> None:
+    services.token_direct_verification_failed(finding_id=run.kwargs["finding_id"], code=code)
+
+
+@job(
+    jobs.DIRECT_VERIFY,
+    retry=RetryPolicy(setting="PARTNER_RETRY_DELAYS"),
+    # One call at PARTNER_TIMEOUT (60 s at most) and the bookkeeping around it.
+    timeout=90,
+    on_failure=_direct_verification_failed,
+    target=Target("secret_detection.FindingTokenStatus", "finding_id"),
+)
+def verify_direct_token(
+    *, finding_id: int, user_id: int | None = None, force: bool = False, reschedules: int = 0, paced: bool = False
+) -> dict:
+    """Ask the partner that issued one finding's token whether it is live (direct verification)."""
+    return services.token_direct_verify_run(
+        finding_id=finding_id, user_id=user_id, force=force, reschedules=reschedules, paced=paced
+    )
+
+
 @job(jobs.REFRESH, cron=settings.TOKEN_REFRESH_CRON, timeout="TOKEN_REFRESH_TICK_TIMEOUT")
 def refresh_token_statuses() -> dict:
     """Re-verify token statuses whose next refresh time has passed."""

@@ -6,7 +6,10 @@
   and the import job's record (``ReportImport``);
 * ``routing``: which verifier a token has (one decision for every caller); the routing
   job (UpdateTokenStatus) and "verify now";
-* ``verification``: the PartnerTokenVerification job and the pending sweep;
+* ``verifiers``: the verifier interface (SDRS, direct) every caller starts work through;
+* ``verification``: the PartnerTokenVerification job (SDRS) and the pending sweep;
+* ``direct``: the direct partner verification job (``secret_detection.partners``);
+* ``pacing``: our per-project limit of each partner API and a partner's 429 pause;
 * ``callbacks``: SDRS's signed callbacks;
 * ``refresher``: the scheduled re-verification of stale statuses;
 * ``connection``: the admin's "check connection" and the circuit breaker's probe;
@@ -22,6 +25,7 @@ from secret_detection.services.callbacks import (
     callback_signature,
 )
 from secret_detection.services.connection import ConnectionCheck, sdrs_connection_check, sdrs_probe
+from secret_detection.services.direct import token_direct_verification_failed, token_direct_verify_run
 from secret_detection.services.refresher import token_statuses_refresh, token_statuses_refresh_now
 from secret_detection.services.reports import (
     REPORT_IMPORT_CLEANUP_JOB,
@@ -74,6 +78,8 @@ __all__ = [
     "report_validate",
     "sdrs_connection_check",
     "sdrs_probe",
+    "token_direct_verification_failed",
+    "token_direct_verify_run",
     "token_statuses_refresh",
     "token_statuses_refresh_now",
     "token_statuses_route",

@@ -12,6 +12,7 @@ from project.jobs import Job, RetryPolicy, declared_job
 
 ROUTE = "secret_detection.update_token_status"
 VERIFY = "secret_detection.verify_partner_token"
+DIRECT_VERIFY = "secret_detection.verify_direct_token"
 REFRESH = "secret_detection.refresh_token_statuses"
 EXPIRE_PENDING = "secret_detection.expire_pending"
 PROBE = "secret_detection.probe_sdrs"

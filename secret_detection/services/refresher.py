@@ -31,9 +31,10 @@ from project.models import ApplicationSetting
 from secret_detection import metrics
 from secret_detection.clients import SdrsClient, SdrsConfig, SdrsMisconfigured, SdrsRateLimited
 from secret_detection.models import FindingTokenStatus
-from secret_detection.services import breaker, jobs, statuses
-from secret_detection.services.routing import TO_PARTNER, statuses_dispatch
+from secret_detection.services import breaker, jobs, pacing, statuses
+from secret_detection.services.routing import TO_DIRECT, TO_PARTNER, statuses_dispatch
 from secret_detection.services.verification import verification_send
+from secret_detection.services.verifiers import DIRECT
 
 logger = logging.getLogger(__name__)
 
@@ -219,18 +220,39 @@ def _refresh_batch(rows: list[FindingTokenStatus], pool: _Pool, state: _TickStat
         except SdrsMisconfigured as exc:
             unavailable = exc.code
     groups: dict[str, list[FindingTokenStatus]] = defaultdict(list)
+    direct: dict[str, list[FindingTokenStatus]] = defaultdict(list)
     for row, route, outcome in statuses_dispatch(rows, unavailable=unavailable):
         if outcome == TO_PARTNER:
             groups[route.partner].append(row)
+        elif outcome == TO_DIRECT:
+            direct[route.partner].append(row)
         elif outcome.startswith("local_"):
             counts[outcome] += 1
         else:
             counts["no_verifier"] += 1  # backed off by the routing
+    counts += _refresh_direct(direct)
     for outcome, number in counts.items():
         metrics.REFRESH_ROWS.labels(outcome=outcome).inc(number)
     if groups and client is not None:
         # Sent by the pool; their outcomes are counted there.
         pool.submit(_Batch(client, state).refresh_one, _interleave(groups))
+    return counts
+
+
+def _refresh_direct(groups: dict[str, list[FindingTokenStatus]]) -> Counter[str]:
+    """Direct partners answer within their own job: start one per row, except for a
+    partner that a 429 paused (its rows wait for the pause, as SDRS's do in a tick)."""
+    counts: Counter[str] = Counter()
+    for partner, rows in groups.items():
+        ids = [row.pk for row in rows]
+        paused = pacing.partner_paused_for(partner=partner)
+        if paused > 0:
+            statuses.status_back_off(finding_ids=ids, code="partner_paused", seconds=paused)
+            counts["skipped_paused"] += len(ids)
+            continue
+        with transaction.atomic():
+            DIRECT.start({"finding_id": pk, "user_id": None} for pk in ids)
+        counts["direct_enqueued"] += len(ids)
     return counts
 
 

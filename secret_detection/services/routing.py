@@ -15,8 +15,10 @@ from django.db import transaction
 
 from project import services as core
 from project.models import ApplicationSetting
-from secret_detection.models import FindingTokenStatus, PartnerTokenType, TokenStatus, Verifier
-from secret_detection.services import jobs, statuses
+from secret_detection import partners
+from secret_detection.models import DirectPartner, FindingTokenStatus, PartnerTokenType, TokenStatus, Verifier
+from secret_detection.services import statuses
+from secret_detection.services.verifiers import verifier_get
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +28,8 @@ ROUTING_BATCH_SIZE = 100
 LOCAL_TOKEN_TYPES = frozenset({"gitlab_personal_access_token", "gitlab_personal_access_token_routable"})
 #: The outcome of a row whose token goes to SDRS (the caller sends it).
 TO_PARTNER = "partner"
+#: The outcome of a row whose token goes to its partner's API (the caller starts the job).
+TO_DIRECT = "direct"
 
 
 @dataclass(frozen=True)
@@ -45,31 +49,80 @@ def partner_types_enabled() -> dict[str, str]:
     }
 
 
+@dataclass(frozen=True)
+class RoutingTable:
+    """What one routing decision reads, loaded once per batch."""
+
+    partner_types: dict[str, str]
+    #: lower-cased rule id → the admin's choice (auto, sdrs, direct, none).
+    choices: dict[str, str]
+    sdrs_on: bool
+    partners_off: frozenset[str]
+
+
+def routing_table() -> RoutingTable:
+    rows = PartnerTokenType.objects.filter(enabled=True).values_list("token_type", "partner", "verifier")
+    types = {token_type.lower(): (partner, choice) for token_type, partner, choice in rows}
+    return RoutingTable(
+        partner_types={key: partner for key, (partner, _) in types.items()},
+        choices={key: choice for key, (_, choice) in types.items()},
+        sdrs_on=ApplicationSetting.current().sdrs_enabled,
+        partners_off=frozenset(DirectPartner.objects.filter(enabled=False).values_list("partner", flat=True)),
+    )
+
+
 def sdrs_unavailable_reason() -> str:
     """Why partner verification cannot be used now (empty when it can), as far as the
     routing decision is concerned: the refresher also knows whether its client works."""
     return "" if ApplicationSetting.current().sdrs_enabled else "verification_disabled"
 
 
-def token_route(*, token_type: str, has_value: bool, partner_types: dict[str, str], unavailable: str = "") -> Route:
+def token_route(
+    *,
+    token_type: str,
+    has_value: bool,
+    partner_types: dict[str, str],
+    unavailable: str = "",
+    choice: str = "auto",
+    sdrs_on: bool = True,
+    partners_off: frozenset[str] = frozenset(),
+) -> Route:
     """The verifier of a token, and why it cannot verify it now (``reason``):
 
     * no token value: nothing to verify (``finding_without_token``);
     * our own format: checked here (local);
-    * an enabled partner type: sent to SDRS, unless partner verification is
-      ``unavailable`` (that reason: disabled, misconfigured);
+    * an enabled partner type: to the verifier the admin chose for it (``choice``). The
+      default (auto) is SDRS while SDRS is on, else the partner's API when we have a
+      client for the type. Through SDRS it waits while SDRS is ``unavailable`` (that
+      reason: disabled, misconfigured); directly, while the partner is switched off
+      (``partner_disabled``); "none" is ``verification_off_for_type``;
     * anything else: no verifier (``no_verifier``).
     """
     lowered = token_type.lower()
     if lowered in LOCAL_TOKEN_TYPES:
         route = Route(Verifier.LOCAL)
     elif lowered in partner_types:
-        route = Route(Verifier.PARTNER, partner_types[lowered], reason=unavailable)
+        route = _partner_route(lowered, partner_types[lowered], choice, sdrs_on, partners_off, unavailable)
     else:
         route = Route(Verifier.NONE, reason="no_verifier")
     if not has_value:
         return Route(route.verifier, route.partner, reason="finding_without_token")
     return route
+
+
+def _partner_route(
+    lowered: str, partner: str, choice: str, sdrs_on: bool, partners_off: frozenset[str], unavailable: str
+) -> Route:
+    entry = partners.entry_for(lowered)
+    if choice == "auto":
+        choice = "sdrs" if sdrs_on or entry is None else "direct"
+    if choice == "none":
+        return Route(Verifier.NONE, partner, reason="verification_off_for_type")
+    if choice == "direct":
+        if entry is None:
+            return Route(Verifier.DIRECT, partner, reason="no_direct_client")
+        return Route(Verifier.DIRECT, entry.partner, reason="partner_disabled" if entry.partner in partners_off else "")
+    return Route(Verifier.PARTNER, partner, reason=unavailable)
 
 
 def local_token_status(*, value: str) -> str:
@@ -86,8 +139,9 @@ def statuses_dispatch(
     tokens are checked here, and rows nothing can verify now are backed off
     TOKEN_REFRESH_NO_VERIFIER_BACKOFF (unless ``back_off`` is False: "verify now" only
     reports them). Returns ``(row, route, outcome)``: ``local_active`` / ``local_inactive``,
-    the reason it cannot be verified, or ``TO_PARTNER`` for the caller to send."""
-    partner_types = partner_types_enabled()
+    the reason it cannot be verified, ``TO_PARTNER`` for the caller to send to SDRS, or
+    ``TO_DIRECT`` for the caller to start the direct verifier."""
+    table = routing_table()
     routed: list[tuple[FindingTokenStatus, Route, str]] = []
     unverifiable: dict[str, list[int]] = defaultdict(list)
     for row in rows:
@@ -95,8 +149,11 @@ def statuses_dispatch(
         route = token_route(
             token_type=finding.token_type,
             has_value=bool(finding.raw_value),
-            partner_types=partner_types,
+            partner_types=table.partner_types,
             unavailable=unavailable,
+            choice=table.choices.get(finding.token_type.lower(), "auto"),
+            sdrs_on=table.sdrs_on,
+            partners_off=table.partners_off,
         )
         if route.reason:
             unverifiable[route.reason].append(row.pk)
@@ -105,6 +162,8 @@ def statuses_dispatch(
             status = local_token_status(value=finding.raw_value)
             statuses.status_checked_locally(finding_id=row.pk, status=status)
             outcome = f"local_{status}"
+        elif route.verifier == Verifier.DIRECT:
+            outcome = TO_DIRECT
         else:
             outcome = TO_PARTNER
         routed.append((row, route, outcome))
@@ -140,17 +199,17 @@ def token_statuses_route(*, project_id: int) -> dict[str, int]:
 def _route_batch(batch: list[FindingTokenStatus]) -> Counter[str]:
     counts: Counter[str] = Counter()
     by_verifier: dict[str, list[int]] = defaultdict(list)
-    to_verify: list[dict[str, Any]] = []
+    to_verify: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row, route, outcome in statuses_dispatch(batch, unavailable=sdrs_unavailable_reason()):
         by_verifier[route.verifier].append(row.pk)
-        if outcome == TO_PARTNER:
-            to_verify.append({"finding_id": row.pk, "user_id": row.finding.imported_by_id})
-            outcome = "partner_enqueued"
+        if outcome in (TO_PARTNER, TO_DIRECT):
+            to_verify[route.verifier].append({"finding_id": row.pk, "user_id": row.finding.imported_by_id})
+            outcome = f"{outcome}_enqueued"
         counts[outcome] += 1
     for verifier, ids in by_verifier.items():
         statuses.status_routed(finding_ids=ids, verifier=verifier)
-    if to_verify:
-        jobs.job_get(jobs.VERIFY).enqueue_many(to_verify)
+    for verifier, asks in to_verify.items():
+        verifier_get(verifier).start(asks)
     return counts
 
 
@@ -159,17 +218,17 @@ def token_statuses_verify_now(*, finding_ids: list[int], user_id: int | None) ->
     partner types are enqueued (forcing a new request even if one is awaiting its
     callback), our own tokens are checked here, and the rest are counted as unverifiable."""
     counts: Counter[str] = Counter()
-    to_verify: list[dict[str, Any]] = []
+    to_verify: dict[str, list[dict[str, Any]]] = defaultdict(list)
     with transaction.atomic():
         rows = FindingTokenStatus.objects.select_related("finding").filter(pk__in=finding_ids)
-        for row, _route, outcome in statuses_dispatch(rows, unavailable=sdrs_unavailable_reason(), back_off=False):
-            if outcome == TO_PARTNER:
-                to_verify.append({"finding_id": row.pk, "user_id": user_id, "force": True})
+        for row, route, outcome in statuses_dispatch(rows, unavailable=sdrs_unavailable_reason(), back_off=False):
+            if outcome in (TO_PARTNER, TO_DIRECT):
+                to_verify[route.verifier].append({"finding_id": row.pk, "user_id": user_id, "force": True})
                 counts["enqueued"] += 1
             elif outcome.startswith("local_"):
                 counts["checked_locally"] += 1
             else:
                 counts[outcome] += 1
-        if to_verify:
-            jobs.job_get(jobs.VERIFY).enqueue_many(to_verify)
+        for verifier, asks in to_verify.items():
+            verifier_get(verifier).start(asks)
     return dict(counts)

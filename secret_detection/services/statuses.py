@@ -22,7 +22,8 @@ routing job holds the lock of ``status_lock_unrouted`` until it has marked them 
                                                     the callback like an accepted one)
     status_send_failed     pending, this request  → stays pending, error code (a retry follows)
     status_refresh_failed  pending, this request  → the verdict it had, error code, due later
-    status_result          awaiting this request  → active / inactive / unknown (SDRS's verdict)
+    status_result          awaiting this request  → active / inactive / unknown (SDRS's callback
+                                                    or a partner's direct answer)
     status_failed          pending, not held by SDRS → unknown (the verification job failed)
     status_expire          pending too long, not sending → unknown (callback_timeout)
     status_callbacks_lost  held by SDRS, asked before a callback outage, not sending
@@ -220,6 +221,7 @@ def status_claim(
     lease: float,
     force: bool = False,
     since: dt.datetime | None = None,
+    verifier: str = Verifier.PARTNER,
 ) -> Claim:
     """→ pending, leased for ``lease`` seconds to the request ``request_id``.
 
@@ -229,11 +231,16 @@ def status_claim(
     ``since`` when its verification was asked for (a job run's creation), no result has
     been received since then (that verification is done: a re-run after its worker died
     sends nothing). ``force`` ("Verify now") overrides the second guard for requests made
-    before ``since`` only, so a forced run that is re-run does not send twice either."""
+    before ``since`` only, so a forced run that is re-run does not send twice either.
+
+    ``verifier`` direct: a partner's API answers within the call, so no request is ever
+    "held" (nothing calls back); only the lease and ``since`` guards apply."""
     now = timezone.now()
     claimable = _rows(pk=finding_id).filter(Q(sending_until__isnull=True) | Q(sending_until__lte=now))
     held = _held_by_sdrs(now)
-    if not force:
+    if verifier == Verifier.DIRECT:
+        pass
+    elif not force:
         claimable = claimable.exclude(held)
     elif since is not None:
         claimable = claimable.exclude(held & Q(pending_since__gte=since))
@@ -243,7 +250,7 @@ def status_claim(
         claimable,
         now,
         status=TokenStatus.PENDING,
-        verifier=Verifier.PARTNER,
+        verifier=verifier,
         pending_since=now,
         sending_until=now + timedelta(seconds=lease),
         last_request_id=request_id,
@@ -314,9 +321,12 @@ def status_refresh_failed(*, finding_id: int, request_id: str, code: str, status
     )
 
 
-def status_result(*, finding_id: int, status: str, verified_at: dt.datetime, request_id: str) -> str:
-    """SDRS's verdict on the request ``request_id`` (active, inactive or unknown, verified
-    at ``verified_at``).
+def status_result(
+    *, finding_id: int, status: str, verified_at: dt.datetime, request_id: str, code: str = "", partner: str = ""
+) -> str:
+    """The verdict on the request ``request_id`` (active, inactive or unknown, verified at
+    ``verified_at``): SDRS's callback, or a partner's direct answer (``partner`` names it;
+    ``code`` says why an answer is unknown). Both verifiers end here.
 
     Guard: the status awaits exactly this request: it is pending with ``request_id`` as its
     request, or that request's callback timed out (``callback_timeout``) and no request was
@@ -335,7 +345,8 @@ def status_result(*, finding_id: int, status: str, verified_at: dt.datetime, req
         now,
         status=status,
         last_verified_at=verified_at,
-        last_error_code="",
+        last_error_code=code[:MAX_CODE_LENGTH],
+        partner=partner,
         pending_since=None,
         accepted_at=None,
         sending_until=None,

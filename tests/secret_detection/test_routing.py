@@ -114,7 +114,8 @@ def test_a_partner_type_switched_off_is_not_sent(project, developer, import_find
 
 def test_partner_types_wait_while_verification_is_disabled(project, developer, import_findings, sdrs_settings):
     sdrs_settings(sdrs_enabled=False)
-    (finding,) = import_findings(project, [("AWS", "AKIAZQ3EXAMPLE7Q4VNB")])
+    # A type with no direct client (AWS would go to its partner's API with SDRS off).
+    (finding,) = import_findings(project, [("GitHub Personal Access Token", "ghp_x")])
 
     assert services.token_statuses_route(project_id=project.pk) == {"verification_disabled": 1}
     status = FindingTokenStatus.objects.get(pk=finding.pk)

@@ -1,0 +1,77 @@
+"""Direct partner verification: one client per partner API and the registry of the token
+types each verifies (GitLab 18.7/18.8 ``PartnerTokens``).
+
+The registry is keyed by the report's gitleaks rule name (case-insensitive). Each entry
+names its client and its rate-limit key; the per-partner switch and pause live in the
+``DirectPartner`` table, the per-type routing choice on ``PartnerTokenType``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from secret_detection.partners.aws import AwsClient
+from secret_detection.partners.base import (
+    PartnerClient,
+    PartnerError,
+    PartnerNetworkError,
+    PartnerRateLimited,
+    PartnerResponseError,
+    Verdict,
+)
+from secret_detection.partners.gcp import GcpClient
+from secret_detection.partners.postman import PostmanClient
+
+__all__ = [
+    "CLIENTS",
+    "REGISTRY",
+    "PartnerClient",
+    "PartnerError",
+    "PartnerNetworkError",
+    "PartnerRateLimited",
+    "PartnerResponseError",
+    "RegistryEntry",
+    "Verdict",
+    "client_for",
+    "entry_for",
+]
+
+CLIENTS: dict[str, type[PartnerClient]] = {
+    AwsClient.partner: AwsClient,
+    GcpClient.partner: GcpClient,
+    PostmanClient.partner: PostmanClient,
+}
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    token_type: str
+    partner: str
+    #: Our own limit, per project: ``<rate_limit_key>:<project id>``.
+    rate_limit_key: str
+    #: The setting holding the limit in requests per second (0: none).
+    rate_setting: str
+
+    @property
+    def per_second(self) -> float:
+        return float(getattr(settings, self.rate_setting))
+
+
+_ENTRIES = [
+    RegistryEntry("AWS", "aws", "partner_aws_api", "PARTNER_AWS_RATE"),
+    RegistryEntry("GCP API key", "gcp", "partner_gcp_api", "PARTNER_GCP_RATE"),
+    RegistryEntry("GCP OAuth client secret", "gcp", "partner_gcp_api", "PARTNER_GCP_RATE"),
+    RegistryEntry("Google (GCP) Service-account", "gcp", "partner_gcp_api", "PARTNER_GCP_RATE"),
+    RegistryEntry("Postman API token", "postman", "partner_postman_api", "PARTNER_POSTMAN_RATE"),
+]
+REGISTRY: dict[str, RegistryEntry] = {entry.token_type.lower(): entry for entry in _ENTRIES}
+
+
+def entry_for(token_type: str) -> RegistryEntry | None:
+    return REGISTRY.get(token_type.lower())
+
+
+def client_for(partner: str) -> PartnerClient:
+    return CLIENTS[partner]()

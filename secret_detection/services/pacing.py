@@ -1,0 +1,69 @@
+"""Our own per-project rate limit of each partner API, and the per-partner pause a 429
+sets. Both live in PostgreSQL so that every worker of every cluster shares them."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.db import connection
+from django.db.models import F
+from django.db.models.functions import Greatest
+from django.utils import timezone
+
+from secret_detection import metrics
+from secret_detection.models import DirectPartner
+
+_RESERVE = """
+INSERT INTO secret_detection_partner_rate_slots (key, next_free_at)
+VALUES (%(key)s, clock_timestamp() + make_interval(secs => %(interval)s))
+ON CONFLICT (key) DO UPDATE SET next_free_at =
+    GREATEST(secret_detection_partner_rate_slots.next_free_at, clock_timestamp())
+    + make_interval(secs => %(interval)s)
+RETURNING EXTRACT(EPOCH FROM (next_free_at - clock_timestamp()))
+"""
+
+
+def rate_slot_reserve(*, key: str, per_second: float) -> float:
+    """Reserve the next request slot under ``key`` (at most ``per_second``); returns the
+    seconds until it starts (0: go now). One atomic upsert (GCRA): concurrent workers get
+    consecutive slots, so the limit paces them instead of refusing them."""
+    if per_second <= 0:
+        return 0.0
+    interval = 1.0 / per_second
+    with connection.cursor() as cursor:
+        cursor.execute(_RESERVE, {"key": key[:255], "interval": interval})
+        (ends_in,) = cursor.fetchone()
+    return max(0.0, float(ends_in) - interval)
+
+
+def partner_row(*, partner: str) -> DirectPartner:
+    row, _ = DirectPartner.objects.get_or_create(partner=partner)
+    return row
+
+
+def partner_enabled(*, partner: str) -> bool:
+    """A partner without a row is on (the switch is off only once someone turned it off)."""
+    return not DirectPartner.objects.filter(partner=partner, enabled=False).exists()
+
+
+def partner_paused_for(*, partner: str) -> float:
+    """Seconds the partner's 429 pause still lasts (0: not paused)."""
+    until = DirectPartner.objects.filter(partner=partner).values_list("paused_until", flat=True).first()
+    if until is None:
+        return 0.0
+    return max(0.0, (until - timezone.now()).total_seconds())
+
+
+def partner_rate_limit_record(*, partner: str, limit: str, pause: float = 0.0) -> None:
+    """Count a rate limit met (ours, ``limit`` its key; or the partner's 429) for the job
+    console, and with ``pause`` hold every row of that partner for that long."""
+    metrics.RATE_LIMIT_HITS.labels(limit=limit).inc()
+    now = timezone.now()
+    partner_row(partner=partner)
+    fields: dict[str, Any] = {"rate_limit_hits": F("rate_limit_hits") + 1, "last_rate_limit_at": now}
+    if pause > 0:
+        until = now + timedelta(seconds=pause)
+        # PostgreSQL's GREATEST skips NULL: an unpaused partner gets ``until``.
+        fields["paused_until"] = Greatest(F("paused_until"), until)
+    DirectPartner.objects.filter(partner=partner).update(**fields)

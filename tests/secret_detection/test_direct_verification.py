@@ -1,0 +1,289 @@
+"""Direct partner verification against the local stand-ins (real HTTP servers): the
+routing default, each partner's verdict, malformed values, garbage answers, rate limits
+rescheduled at most five times, network errors retried, and where each value goes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from project.jobs import JobRun
+from project.jobs.testing import run_inline
+from secret_detection import services
+from secret_detection.models import DirectPartner, Finding, FindingTokenStatus, PartnerTokenType
+from tests.support.partners import (
+    AWS_ACTIVE,
+    AWS_INACTIVE,
+    GCP_ACTIVE,
+    GCP_INACTIVE,
+    POSTMAN_ACTIVE,
+    POSTMAN_INACTIVE,
+    PartnerStandIn,
+    partner_stand_ins,
+    partner_urls,
+)
+
+pytestmark = pytest.mark.django_db
+
+DIRECT = "secret_detection.verify_direct_token"
+SDRS_VERIFY = "secret_detection.verify_partner_token"
+
+
+@pytest.fixture
+def stand_ins(settings) -> Iterator[dict[str, PartnerStandIn]]:
+    with partner_stand_ins() as servers:
+        for name, url in partner_urls(servers).items():
+            setattr(settings, name, url)
+        settings.PARTNER_TIMEOUT = 2.0
+        yield servers
+
+
+def _status(finding: Finding) -> FindingTokenStatus:
+    return FindingTokenStatus.objects.get(pk=finding.pk)
+
+
+def _verify(finding: Finding, **kwargs) -> tuple[str, JobRun]:
+    return run_inline(DIRECT, finding_id=finding.pk, **kwargs)
+
+
+def test_with_sdrs_off_partner_types_with_a_client_are_routed_directly(project, developer, import_findings):
+    findings = import_findings(
+        project,
+        [("AWS", AWS_ACTIVE), ("Postman API token", POSTMAN_ACTIVE), ("GitHub Personal Access Token", "ghp_x")],
+    )
+    counts = services.token_statuses_route(project_id=project.pk)
+
+    assert counts == {"direct_enqueued": 2, "verification_disabled": 1}
+    direct = JobRun.objects.filter(name=DIRECT)
+    assert {run.kwargs["finding_id"] for run in direct} == {findings[0].pk, findings[1].pk}
+    assert all(set(run.kwargs) == {"finding_id", "user_id"} for run in direct)  # ids, never a value
+    assert [_status(f).verifier for f in findings] == ["direct", "direct", "partner"]
+
+
+def test_with_sdrs_on_partner_types_go_to_sdrs_unless_the_admin_routes_them(
+    project, developer, import_findings, sdrs_settings
+):
+    sdrs_settings()
+    PartnerTokenType.objects.filter(token_type="Postman API token").update(verifier="direct")
+    PartnerTokenType.objects.filter(token_type="GCP API key").update(verifier="none")
+    import_findings(project, [("AWS", AWS_ACTIVE), ("Postman API token", POSTMAN_ACTIVE), ("GCP API key", GCP_ACTIVE)])
+
+    counts = services.token_statuses_route(project_id=project.pk)
+
+    assert counts == {"partner_enqueued": 1, "direct_enqueued": 1, "verification_off_for_type": 1}
+    assert JobRun.objects.filter(name=SDRS_VERIFY).count() == 1
+    assert JobRun.objects.filter(name=DIRECT).count() == 1
+
+
+def test_a_partner_switched_off_waits(project, developer, import_findings):
+    DirectPartner.objects.create(partner="aws", enabled=False)
+    (finding,) = import_findings(project, [("AWS", AWS_ACTIVE)])
+    assert services.token_statuses_route(project_id=project.pk) == {"partner_disabled": 1}
+    assert _status(finding).last_error_code == "partner_disabled"
+    assert _status(finding).next_refresh_at is not None
+
+
+@pytest.mark.parametrize(
+    ("token_type", "value", "partner", "expected"),
+    [
+        ("AWS", AWS_ACTIVE, "aws", "active"),
+        ("AWS", AWS_INACTIVE, "aws", "inactive"),
+        ("GCP API key", GCP_ACTIVE, "gcp", "active"),
+        ("Google (GCP) Service-account", GCP_INACTIVE, "gcp", "inactive"),
+        ("Postman API token", POSTMAN_ACTIVE, "postman", "active"),
+        ("Postman API token", POSTMAN_INACTIVE, "postman", "inactive"),
+    ],
+)
+def test_each_partner_answers_synchronously_with_the_verdict(
+    project, import_findings, stand_ins, token_type, value, partner, expected
+):
+    (finding,) = import_findings(project, [(token_type, value)])
+
+    outcome, _run = _verify(finding)
+
+    assert outcome == "succeeded"
+    status = _status(finding)
+    assert (status.status, status.partner, status.verifier, status.last_error_code) == (
+        expected,
+        partner,
+        "direct",
+        "",
+    )
+    assert status.last_verified_at is not None
+    assert status.pending_since is None
+    assert stand_ins[partner].values() == [value]
+
+
+def test_aws_receives_a_sigv4_request_for_sts_with_the_found_key_id(project, import_findings, stand_ins):
+    (finding,) = import_findings(project, [("AWS", AWS_ACTIVE)])
+    _verify(finding)
+    (received,) = stand_ins["aws"].received
+    assert (received.method, received.value, received.service, received.region) == (
+        "POST",
+        AWS_ACTIVE,
+        "sts",
+        "us-east-1",
+    )
+    assert received.body == b"Action=GetCallerIdentity&Version=2011-06-15"
+    assert "x-amz-date" in received.headers
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("signature_mismatch", "active"), ("invalid_client_token", "inactive")])
+def test_aws_403s_decide_the_verdict(project, import_findings, stand_ins, mode, expected):
+    stand_ins["aws"].mode = mode
+    (finding,) = import_findings(project, [("AWS", AWS_INACTIVE if expected == "active" else AWS_ACTIVE)])
+    _verify(finding)
+    assert _status(finding).status == expected
+
+
+def test_a_malformed_token_is_unknown_without_any_call(project, import_findings, stand_ins):
+    (finding,) = import_findings(project, [("AWS", "AKIA-not-a-key")])
+    outcome, _ = _verify(finding)
+    assert outcome == "succeeded"
+    status = _status(finding)
+    assert (status.status, status.last_error_code, status.partner) == ("unknown", "format_mismatch", "aws")
+    assert stand_ins["aws"].received == []
+
+
+def test_a_garbage_answer_is_unknown_at_once_not_retried(project, import_findings, stand_ins):
+    stand_ins["postman"].mode = "garbage"
+    (finding,) = import_findings(project, [("Postman API token", POSTMAN_ACTIVE)])
+    outcome, run = _verify(finding)
+    assert (outcome, run.attempt) == ("succeeded", 1)
+    status = _status(finding)
+    assert (status.status, status.last_error_code) == ("unknown", "partner_response_invalid")
+    assert status.pending_since is None
+
+
+def test_a_partner_429_reschedules_after_10_s_and_pauses_the_partner(project, import_findings, stand_ins):
+    stand_ins["postman"].mode = "429"
+    (finding,) = import_findings(project, [("Postman API token", POSTMAN_ACTIVE)])
+
+    outcome, run = _verify(finding)
+
+    assert outcome == "succeeded"
+    assert run.result["rescheduled"] == 1
+    (again,) = JobRun.objects.filter(name=DIRECT).exclude(pk=run.pk)
+    assert again.kwargs == {"finding_id": finding.pk, "user_id": None, "force": False, "reschedules": 1}
+    assert (again.due_at - run.finished_at).total_seconds() >= 9
+    status = _status(finding)
+    assert (status.status, status.last_error_code) == ("unknown", "partner_rate_limited")
+    partner = DirectPartner.objects.get(partner="postman")
+    assert partner.paused_until is not None
+    assert partner.rate_limit_hits == 1
+
+
+def test_after_five_reschedules_the_token_stays_unverified_with_a_reason(project, import_findings, stand_ins):
+    stand_ins["aws"].mode = "503"
+    (finding,) = import_findings(project, [("AWS", AWS_ACTIVE)])
+
+    _outcome, run = _verify(finding, reschedules=5)
+
+    assert run.result == {"gave_up": "rate_limited", "reschedules": 5}
+    assert not JobRun.objects.filter(name=DIRECT).exclude(pk=run.pk).exists()
+    status = _status(finding)
+    assert (status.status, status.last_error_code) == ("unknown", "rate_limited_gave_up")
+    assert status.next_refresh_at is not None  # the refresher tries again later
+
+
+def test_a_paused_partner_reschedules_without_calling(project, import_findings, stand_ins):
+    (first, second) = import_findings(project, [("GCP API key", GCP_ACTIVE), ("GCP API key", GCP_INACTIVE)])
+    stand_ins["gcp"].then("429")
+    _verify(first)
+    _outcome, run = _verify(second)
+    assert run.result["rescheduled"] == 1
+    assert len(stand_ins["gcp"].received) == 1
+
+
+@pytest.mark.parametrize("mode", ["500", "502", "504"])
+def test_a_server_error_is_retried_then_settles_unknown(project, import_findings, stand_ins, mode):
+    stand_ins["aws"].mode = mode
+    (finding,) = import_findings(project, [("AWS", AWS_ACTIVE)])
+
+    outcome, _run = _verify(finding)
+    assert outcome == "retried"
+    assert _status(finding).status == "pending"
+
+    outcome, _run = _verify(finding, attempt=4)
+    assert outcome == "failed"
+    status = _status(finding)
+    assert (status.status, status.last_error_code) == ("unknown", "partner_server_error")
+    assert status.pending_since is None
+
+
+def test_a_hanging_partner_is_cut_by_the_timeout_and_retried(project, import_findings, stand_ins, settings):
+    settings.PARTNER_TIMEOUT = 0.2
+    stand_ins["gcp"].latency = 1.0
+    (finding,) = import_findings(project, [("GCP API key", GCP_ACTIVE)])
+    outcome, _run = _verify(finding)
+    assert outcome == "retried"
+    assert _status(finding).last_error_code == "partner_timeout"
+    stand_ins["gcp"].latency = 0
+    outcome, _run = _verify(finding, attempt=2)
+    assert (outcome, _status(finding).status) == ("succeeded", "active")
+
+
+def test_the_retry_policy_is_4_16_64_s(settings):
+    from secret_detection.services import jobs
+
+    settings.PARTNER_RETRY_DELAYS = (4, 16, 64)
+    policy = jobs.job_get(DIRECT).retry
+    assert [policy.delay_after(n) for n in (1, 2, 3, 4)] == [4, 16, 64, None]
+
+
+def test_our_per_project_limit_paces_instead_of_refusing(project, import_findings, stand_ins, settings):
+    settings.PARTNER_POSTMAN_RATE = 0.01  # one request per 100 s
+    first, second = import_findings(project, [("Postman API token", POSTMAN_ACTIVE)] * 1, prefix="a") + import_findings(
+        project, [("Postman API token", POSTMAN_INACTIVE)], prefix="b"
+    )
+    _verify(first)
+    _outcome, run = _verify(second)
+    assert run.result["paced"] > 90
+    (later,) = JobRun.objects.filter(name=DIRECT, kwargs__paced=True)
+    assert later.kwargs["finding_id"] == second.pk
+    assert later.kwargs["reschedules"] == 0
+    assert len(stand_ins["postman"].received) == 1
+    _outcome, run = run_inline(DIRECT, **later.kwargs)
+    assert _status(second).status == "inactive"
+
+
+def test_no_value_is_ever_sent_to_another_host(project, import_findings, stand_ins):
+    values = {
+        "AWS": AWS_ACTIVE,
+        "GCP API key": GCP_ACTIVE,
+        "GCP OAuth client secret": "GOCSPX-" + "a1B2c3D4e5F6g7H8i9J0k1L2",
+        "Google (GCP) Service-account": "b" * 40,
+        "Postman API token": POSTMAN_ACTIVE,
+    }
+    findings = import_findings(project, list(values.items()))
+    for finding in findings:
+        _verify(finding)
+    issued_by = {"AWS": "aws", "Postman API token": "postman"}
+    for token_type, value in values.items():
+        owner = issued_by.get(token_type, "gcp")
+        for name, server in stand_ins.items():
+            seen = any(value in r.value or value.encode() in r.body for r in server.received)
+            assert seen == (name == owner), (token_type, name)
+
+
+def test_verify_now_goes_through_the_direct_verifier(project, import_findings, admin_user):
+    (finding,) = import_findings(project, [("AWS", AWS_ACTIVE)])
+    counts = services.token_statuses_verify_now(finding_ids=[finding.pk], user_id=admin_user.pk)
+    assert counts == {"enqueued": 1}
+    (run,) = JobRun.objects.filter(name=DIRECT)
+    assert run.kwargs == {"finding_id": finding.pk, "user_id": admin_user.pk, "force": True}
+
+
+def test_the_refresher_starts_direct_verifications_and_respects_a_partner_pause(project, import_findings):
+    from django.utils import timezone
+
+    aws, postman = import_findings(project, [("AWS", AWS_ACTIVE), ("Postman API token", POSTMAN_ACTIVE)])
+    FindingTokenStatus.objects.update(next_refresh_at=timezone.now())
+    DirectPartner.objects.create(partner="postman", paused_until=timezone.now() + timezone.timedelta(seconds=30))
+
+    result = services.token_statuses_refresh()
+
+    assert (result["direct_enqueued"], result["skipped_paused"]) == (1, 1)
+    assert [run.kwargs["finding_id"] for run in JobRun.objects.filter(name=DIRECT)] == [aws.pk]
+    assert _status(postman).last_error_code == "partner_paused"
