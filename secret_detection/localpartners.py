@@ -182,10 +182,10 @@ class _Handler(BaseHTTPRequestHandler):
             record.value = (parse_qs(url.query).get("access_token") or [""])[0]
         elif partner == "postman":
             record.value = headers.get("x-api-key", "")
-        if partner not in PARTNERS or not record.value:
-            status, ctype, payload, extra = 400, "text/plain", b"bad request", {}
-        else:
-            status, ctype, payload, extra = state.answer(record)
+        answer: tuple[int, str, bytes, dict[str, str]] = (400, "text/plain", b"bad request", {})
+        if partner in PARTNERS and record.value:
+            answer = state.answer(record)
+        status, ctype, payload, extra = answer
         record.answered = status
         with state._lock:
             state.received.append(record)
