@@ -11,6 +11,7 @@ from rest_framework import serializers
 
 from catalog.models import SYNCED_FIELDS, CatalogResource
 from project.models import Visibility
+from project.read_serializers import one_of
 
 
 class CatalogSyncStateSerializer(serializers.Serializer):
@@ -36,12 +37,17 @@ class CatalogSyncStateSerializer(serializers.Serializer):
         return "stale" if self.get_stale_fields(resource) else "synced"
 
 
+@extend_schema_field(one_of(CatalogResource.State.labels))
+class CatalogStateField(serializers.CharField):
+    """Draft or published."""
+
+
 class CatalogResourceSerializer(serializers.Serializer):
     id = serializers.IntegerField(source="pk")
     project_id = serializers.IntegerField()
     name = serializers.CharField()
     description = serializers.CharField()
-    state = serializers.ChoiceField(choices=CatalogResource.State.labels, source="get_state_display")
+    state = CatalogStateField(source="get_state_display")
     visibility_level = serializers.SerializerMethodField()
     full_path = serializers.CharField(source="project.path_with_namespace")
     web_path = serializers.SerializerMethodField()
@@ -53,7 +59,7 @@ class CatalogResourceSerializer(serializers.Serializer):
     updated_at = serializers.DateTimeField()
     sync = CatalogSyncStateSerializer(source="*")
 
-    @extend_schema_field(serializers.ChoiceField(choices=Visibility.labels))
+    @extend_schema_field(one_of(Visibility.labels))
     def get_visibility_level(self, resource: CatalogResource) -> str:
         return Visibility(resource.visibility_level).label
 

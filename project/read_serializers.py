@@ -153,6 +153,18 @@ class TaskCompletionSerializer(serializers.Serializer):
     completed_count = serializers.IntegerField()
 
 
+def one_of(values: list[str], description: str = "") -> dict[str, Any]:
+    """A string schema that accepts ``values`` only, written as a pattern rather than an
+    enum: drf-spectacular names enums after their field, and "state" is a user's enum's
+    name already (a second set under that name would rename the first)."""
+    return {"type": "string", "pattern": f"^({'|'.join(values)})$", "description": description or ", ".join(values)}
+
+
+@extend_schema_field(one_of(Issue.State.values))
+class IssueStateField(serializers.CharField):
+    """An issue's state."""
+
+
 class IssueSerializer(serializers.Serializer):
     """GitLab's ``Issue`` entity."""
 
@@ -161,7 +173,7 @@ class IssueSerializer(serializers.Serializer):
     project_id = serializers.IntegerField()
     title = serializers.CharField()
     description = serializers.CharField()
-    state = serializers.ChoiceField(choices=Issue.State.values)
+    state = IssueStateField()
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
     closed_at = serializers.DateTimeField(allow_null=True)

@@ -282,6 +282,17 @@ def test_every_link_of_a_project_answers(api, owner, project) -> None:
         assert client.get(urlparse(url).path).status_code == 200, url
 
 
+@pytest.mark.parametrize("name", ["issues", "labels", "members", "catalog_resource"])
+def test_a_project_whose_path_is_a_routes_suffix_is_still_found_by_path(api, owner, name) -> None:
+    # Decoded by the server, /projects/acme%2Fissues looks like the issues of "acme".
+    named = services.project_create(namespace_path="acme", path=name, name=name, owner=owner)
+    client = api(owner)
+    assert client.get(f"/api/v4/projects/acme%2F{name}").json()["id"] == named.pk
+    assert client.get(f"/api/v4/projects/acme%2F{name}/labels").status_code == 200
+    missing = client.get("/api/v4/projects/acme%2Fnothing/issues")
+    assert (missing.status_code, missing.json()) == (404, {"message": "404 Project Not Found"})
+
+
 # --- query counts -----------------------------------------------------------------------------
 
 
