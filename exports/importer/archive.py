@@ -5,7 +5,7 @@ Two passes over the upload, both streaming with bounded memory:
 1. gunzip only, counting bytes, and stop as soon as the total passes
    ``max_decompressed_archive_size`` (GitLab's ``DecompressedArchiveSizeValidator``): a
    decompression bomb costs us at most the limit in CPU, and nothing reaches the disk.
-2. read the tar member by member (``r|gz``, no seeking) and write each allowed regular file
+2. read the tar member by member (a stream, no seeking) and write each allowed regular file
    ourselves, never through ``tarfile.extract``: names must be relative and stay inside the
    work directory (no absolute paths, no ``..``), types must be regular files or
    directories (links, devices and FIFOs refuse the whole archive), the number of files is
@@ -113,7 +113,9 @@ def archive_extract(*, source: Path, workdir: Path, limits: ArchiveLimits) -> Ex
     result = ExtractedArchive(root=root, version="", decompressed_bytes=decompressed)
     count = 0
     try:
-        with tarfile.open(source, mode="r|gz") as tar:
+        # gzip's reader, not tarfile's "r|gz": ours follows concatenated gzip members, which
+        # our exporter writes (tarfile's stream stops after the first).
+        with gzip.open(source, "rb") as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
             for member in tar:
                 path = member_path(member.name)
                 if not (member.isreg() or member.isdir()):

@@ -67,3 +67,58 @@ def run_import_attempt(job: ProjectImportJob) -> str:
     job.refresh_from_db()
     run = JobRun.objects.get(pk=job.job_run_id)
     return execute(run.pk, run.attempt)
+
+
+def _ms(value):
+    """GitLab's JSON keeps milliseconds: compare timestamps at that precision."""
+    return None if value is None else value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+def project_snapshot(project, *, without_member=None) -> dict:
+    """Every modelled field of a project's content, keyed so that two projects compare."""
+    from project.models import Issue, Label, LabelLink, Note, Project, ProjectMember
+
+    project = Project.objects.get(pk=project.pk)
+    issues = {}
+    for issue in Issue.objects.filter(project=project).order_by("iid"):
+        issues[issue.iid] = {
+            "title": issue.title,
+            "description": issue.description,
+            "state": issue.state,
+            "issue_type": issue.issue_type,
+            "author_id": issue.author_id,
+            "confidential": issue.confidential,
+            "due_date": issue.due_date,
+            "discussion_locked": issue.discussion_locked,
+            "relative_position": issue.relative_position,
+            "lock_version": issue.lock_version,
+            "updated_by_id": issue.updated_by_id,
+            "closed_by_id": issue.closed_by_id,
+            "last_edited_at": _ms(issue.last_edited_at),
+            "last_edited_by_id": issue.last_edited_by_id,
+            "created_at": _ms(issue.created_at),
+            "updated_at": _ms(issue.updated_at),
+            "closed_at": _ms(issue.closed_at),
+            "notes": [
+                (note.note, note.system, note.author_id, _ms(note.created_at), _ms(note.updated_at))
+                for note in Note.objects.filter(issue=issue).order_by("id")
+            ],
+            "labels": sorted(
+                (link.label.title, _ms(link.created_at), _ms(link.updated_at))
+                for link in LabelLink.objects.filter(issue=issue).select_related("label")
+            ),
+        }
+    return {
+        "description": project.description,
+        "visibility_level": project.visibility_level,
+        "members": sorted(
+            ProjectMember.objects.filter(project=project)
+            .exclude(user=without_member)
+            .values_list("user_id", "access_level")
+        ),
+        "labels": sorted(
+            (label.title, label.color, label.description, _ms(label.created_at), _ms(label.updated_at))
+            for label in Label.objects.filter(project=project)
+        ),
+        "issues": issues,
+    }
