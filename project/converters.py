@@ -14,6 +14,7 @@ from __future__ import annotations
 from django.urls import register_converter
 from django.urls.converters import PathConverter
 
+from project.api import MalformedInput, reject_malformed
 from project.models import Project
 from project.services import project_ref_parse
 
@@ -26,9 +27,19 @@ class ProjectRefConverter(PathConverter):
         project_id, path = project_ref_parse(value)
         if project_id is not None:
             return value
-        if path is None or not Project.objects.filter(path_with_namespace__iexact=path).exists():
+        if path is None or not _exists(path):
             raise ValueError(value)
         return value
+
+
+def _exists(path: str) -> bool:
+    # A NUL byte or a lone surrogate cannot go into a query: declined, so that the bare
+    # project route answers it with the malformed request's 400 (not a database error).
+    try:
+        reject_malformed(path, "the path")
+    except MalformedInput:
+        return False
+    return Project.objects.filter(path_with_namespace__iexact=path).exists()
 
 
 # Registered here, once, by whichever URL module imports this first.

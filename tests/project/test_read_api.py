@@ -293,6 +293,13 @@ def test_a_project_whose_path_is_a_routes_suffix_is_still_found_by_path(api, own
     assert (missing.status_code, missing.json()) == (404, {"message": "404 Project Not Found"})
 
 
+@pytest.mark.parametrize("path", ["/api/v4/projects/a%00b%2Fc/issues", "/api/v4/projects/acme%2Fw%00/labels"])
+def test_a_nul_byte_in_a_project_path_is_a_400_not_a_database_error(api, owner, path) -> None:
+    response = api(owner).get(path)
+    assert response.status_code == 400
+    assert response.json() == {"message": "400 Bad request - the path contains a NUL byte or malformed Unicode"}
+
+
 # --- query counts -----------------------------------------------------------------------------
 
 
