@@ -11,10 +11,18 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from project.admin_tools import ControlledAdmin, admin_link, badge, clipped, detail_button, time_column, when
+from project.errors import AppError
 from project.jobs import JobRun
 from project.models import ApplicationSetting
 from secret_detection import console, services
-from secret_detection.models import Finding, FindingTokenStatus, PartnerTokenType, ReportImport, TokenStatus
+from secret_detection.models import (
+    DirectPartner,
+    Finding,
+    FindingTokenStatus,
+    PartnerTokenType,
+    ReportImport,
+    TokenStatus,
+)
 
 VERIFY_JOB = "secret_detection.verify_partner_token"
 VERIFY_PERMISSION = "secret_detection.verify_finding"
@@ -74,15 +82,15 @@ class PartnerTokenTypeAdmin(admin.ModelAdmin):
     Switching needs the change permission and goes through ``partner_type_switch``, which
     records who switched."""
 
-    list_display = ("token_type", "partner", "enabled", "updated_shown", "updated_by")
-    list_editable = ("enabled",)
-    list_filter = ("partner", "enabled")
+    list_display = ("token_type", "partner", "enabled", "verifier", "updated_shown", "updated_by")
+    list_editable = ("enabled", "verifier")
+    list_filter = ("partner", "enabled", "verifier")
     search_fields = ("token_type",)
 
     def get_fields(self, request: HttpRequest, obj: PartnerTokenType | None = None):
         if obj is None:
-            return ("token_type", "partner", "enabled")
-        return ("token_type", "partner", "enabled", "updated_shown", "updated_by")
+            return ("token_type", "partner", "enabled", "verifier")
+        return ("token_type", "partner", "enabled", "verifier", "updated_shown", "updated_by")
 
     def get_readonly_fields(self, request: HttpRequest, obj: PartnerTokenType | None = None):
         # Once added, a type is only switched on or off (through the service).
@@ -96,6 +104,11 @@ class PartnerTokenTypeAdmin(admin.ModelAdmin):
             return
         if "enabled" in form.changed_data:
             console.partner_type_switch(type_id=obj.pk, enabled=obj.enabled, by=request.user.get_username())
+        if "verifier" in form.changed_data:
+            try:
+                services.partner_type_route(type_id=obj.pk, verifier=obj.verifier, by=request.user.get_username())
+            except AppError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
 
     updated_shown = time_column("updated_at", "Updated")
 
@@ -121,6 +134,60 @@ class PartnerTokenTypeAdmin(admin.ModelAdmin):
         for warning in check.warnings:
             self.message_user(request, warning, messages.WARNING)
         return HttpResponseRedirect(target)
+
+
+@admin.register(DirectPartner)
+class DirectPartnerAdmin(admin.ModelAdmin):
+    """The partners verified through their own API: a switch each (through
+    ``direct_partner_switch``, which records who switched), the rate limits met, and
+    "Check connection" (a value that cannot exist; the answer and latency are shown)."""
+
+    list_display = (
+        "partner",
+        "enabled",
+        "paused_until",
+        "rate_limit_hits",
+        "last_rate_limit_at",
+        "last_check_result",
+        "last_check_at",
+        "updated_by",
+    )
+    list_editable = ("enabled",)
+    readonly_fields = (
+        "partner",
+        "paused_until",
+        "rate_limit_hits",
+        "last_rate_limit_at",
+        "last_check_result",
+        "last_check_ms",
+        "last_check_at",
+        "updated_by",
+    )
+    fields = ("partner", "enabled", *readonly_fields[1:])
+    actions = ["check_connection"]
+
+    def changelist_view(self, request: HttpRequest, extra_context=None) -> HttpResponse:
+        services.direct_partners_ensure()  # one row per client, so each has its switch
+        return super().changelist_view(request, extra_context)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: DirectPartner | None = None) -> bool:
+        return False
+
+    def has_check_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("secret_detection.check_directpartner")
+
+    def save_model(self, request: HttpRequest, obj: DirectPartner, form, change: bool) -> None:
+        if "enabled" in form.changed_data:
+            services.direct_partner_switch(partner=obj.partner, enabled=obj.enabled, by=request.user.get_username())
+
+    @admin.action(description="Check connection", permissions=["check"])
+    def check_connection(self, request: HttpRequest, queryset) -> None:
+        for row in queryset:
+            check = services.direct_partner_check(partner=row.partner)
+            self.message_user(request, check.message, messages.SUCCESS if check.ok else messages.ERROR)
 
 
 @admin.register(Finding)

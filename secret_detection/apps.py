@@ -19,4 +19,6 @@ class SecretDetectionConfig(AppConfig):
         register_db_collector(metrics.token_status_gauges)
         register_backlogs(console.token_status_backlog)
         register_switches(SwitchSource(list=console.partner_type_switches, flip=console.partner_type_switch_flip))
+        register_backlogs(console.direct_partner_backlog)
+        register_switches(SwitchSource(list=console.direct_partner_switches, flip=console.direct_partner_switch_flip))
         checks.register()

@@ -9,6 +9,7 @@
 * ``verifiers``: the verifier interface (SDRS, direct) every caller starts work through;
 * ``verification``: the PartnerTokenVerification job (SDRS) and the pending sweep;
 * ``direct``: the direct partner verification job (``secret_detection.partners``);
+* ``partner_admin``: the per-partner switch, per-type routing and "Check connection";
 * ``pacing``: our per-project limit of each partner API and a partner's 429 pause;
 * ``callbacks``: SDRS's signed callbacks;
 * ``refresher``: the scheduled re-verification of stale statuses;
@@ -26,6 +27,13 @@ from secret_detection.services.callbacks import (
 )
 from secret_detection.services.connection import ConnectionCheck, sdrs_connection_check, sdrs_probe
 from secret_detection.services.direct import token_direct_verification_failed, token_direct_verify_run
+from secret_detection.services.partner_admin import (
+    PartnerCheck,
+    direct_partner_check,
+    direct_partner_switch,
+    direct_partners_ensure,
+    partner_type_route,
+)
 from secret_detection.services.refresher import token_statuses_refresh, token_statuses_refresh_now
 from secret_detection.services.reports import (
     REPORT_IMPORT_CLEANUP_JOB,
@@ -59,6 +67,7 @@ __all__ = [
     "ConnectionCheck",
     "ImportResult",
     "InvalidReport",
+    "PartnerCheck",
     "ReportCheck",
     "ReportTooLarge",
     "ReportUpload",
@@ -66,6 +75,10 @@ __all__ = [
     "callback_result_apply",
     "callback_signature",
     "callbacks_lost_reverify",
+    "direct_partner_check",
+    "direct_partner_switch",
+    "direct_partners_ensure",
+    "partner_type_route",
     "pending_expire",
     "report_check",
     "report_import",

@@ -114,6 +114,7 @@ def _switch_form(formset, off: PartnerTokenType) -> dict:
     }
     for index, form in enumerate(formset.forms):
         data[f"form-{index}-id"] = str(form.instance.pk)
+        data[f"form-{index}-verifier"] = form.instance.verifier
         if form.instance.pk != off.pk:
             data[f"form-{index}-enabled"] = "on"
     return data
@@ -283,7 +284,7 @@ def test_a_partner_types_page_switches_it_through_the_service(admin_client):
     url = reverse("admin:secret_detection_partnertokentype_change", args=[aws.pk])
     page = admin_client.get(url).content.decode()
     assert 'name="token_type"' not in page  # a type is switched, not renamed
-    response = admin_client.post(url, {})  # the box unticked
+    response = admin_client.post(url, {"verifier": "auto"})  # the box unticked
     assert response.status_code == 302
     aws.refresh_from_db()
     assert (aws.enabled, aws.updated_by) == (False, "admin")
