@@ -158,7 +158,7 @@ class LabelListView(ReadView):
         project = self.project(request, project_id)
         query = LabelListQuery.parse(request.query_params)
         labels = read_services.project_labels_list(
-            project=project, search=query.get("search"), with_counts=query["with_counts"]
+            user=request.user, project=project, search=query.get("search"), with_counts=query["with_counts"]
         )
         return self.page(request, labels, LabelSerializer, query)
 

@@ -155,19 +155,34 @@ def issue_notes_list(*, issue: Issue, order_by: str = "created_at", sort: str = 
     return _ordered(notes, column=NOTE_ORDER_COLUMNS[order_by], sort=sort)
 
 
-def project_labels_list(*, project: Project, search: str | None = None, with_counts: bool = False) -> QuerySet[Label]:
-    """A project's labels by title (GitLab's ``LabelsFinder`` order), with the open and
-    closed issue counts as subqueries when asked."""
+def project_labels_list(
+    *, user: User | AnonymousUser, project: Project, search: str | None = None, with_counts: bool = False
+) -> QuerySet[Label]:
+    """A project's labels by title (GitLab's ``LabelsFinder`` order). With ``with_counts``,
+    the open and closed issues the caller may see (confidential ones are not counted for
+    who cannot read them, as in GitLab), as subqueries."""
     labels = Label.objects.filter(project=project).order_by("title", "id")
     if search:
         labels = labels.filter(Q(title__icontains=search) | Q(description__icontains=search))
     if with_counts:
+        visible = issues_visible_filter(user=user, project=project)
         labels = labels.annotate(
-            open_issues_count=Count("issues", filter=Q(issues__state=Issue.State.OPENED), distinct=True),
-            closed_issues_count=Count("issues", filter=Q(issues__state=Issue.State.CLOSED), distinct=True),
+            open_issues_count=_labelled_issues_count(state=Issue.State.OPENED, visible=visible),
+            closed_issues_count=_labelled_issues_count(state=Issue.State.CLOSED, visible=visible),
             open_merge_requests_count=Value(0, output_field=IntegerField()),  # no merge requests here
         )
     return labels
+
+
+def _labelled_issues_count(*, state: str, visible: Q) -> Coalesce:
+    counted = (
+        Issue.objects.filter(visible, label_links__label=OuterRef("pk"), state=state)
+        .order_by()
+        .values("label_links__label")
+        .annotate(n=Count("id"))
+        .values("n")
+    )
+    return Coalesce(Subquery(counted, output_field=IntegerField()), 0)
 
 
 def project_members_list(*, project: Project, query: str | None = None) -> QuerySet[ProjectMember]:

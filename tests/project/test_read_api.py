@@ -209,6 +209,12 @@ def test_confidential_issues_are_hidden_from_guests_and_outsiders(api, guest, re
     assert _iids(api(guest).get(url)) == [3, 1]
     assert _iids(api(reporter).get(url)) == [3, 2, 1]
     assert api().get(f"{url}/2/notes").status_code == 404
+    Label.objects.create(project=project, title="bug")
+    for issue in Issue.objects.all():
+        issue.labels.add(Label.objects.get(title="bug"))
+    labels = f"/api/v4/projects/{project.pk}/labels?with_counts=true"
+    assert api().get(labels).json()[0]["open_issues_count"] == 1
+    assert api(reporter).get(labels).json()[0]["open_issues_count"] == 3
 
 
 def _iids(response) -> list[int]:
