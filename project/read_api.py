@@ -30,7 +30,6 @@ from project.read_serializers import (
     NoteListQuery,
     NoteSerializer,
     ProjectListQuery,
-    labels_param,
 )
 from project.schema import error_responses
 from project.serializers import ProjectSerializer
@@ -90,7 +89,7 @@ class IssueListView(ReadView):
             user=request.user,
             project=project,
             state=query["state"],
-            labels=labels_param(query.get("labels") or ""),
+            labels=query.get("labels"),
             search=query.get("search"),
             order_by=query["order_by"],
             sort=query["sort"],

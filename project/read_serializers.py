@@ -52,10 +52,6 @@ class ProjectListQuery(PageParams):
     sort = _sort_param()
 
 
-def labels_param(value: str) -> list[str]:
-    return [title.strip() for title in value.split(",") if title.strip()]
-
-
 class IssueListQuery(PageParams):
     """``GET /projects/:id/issues``."""
 
@@ -70,6 +66,9 @@ class IssueListQuery(PageParams):
         choices=list(ISSUE_ORDER_COLUMNS), required=False, default="created_at", help_text="Sort key."
     )
     sort = _sort_param()
+
+    def validate_labels(self, value: str) -> list[str]:
+        return [title.strip() for title in value.split(",") if title.strip()]
 
 
 class NoteListQuery(PageParams):
