@@ -147,10 +147,14 @@ def _demo_processes(args: argparse.Namespace) -> dict[str, list[str]]:
     """Extra processes for ``make demo`` (sample data and stand-ins for outside services)."""
     if not args.demo:
         return {}
-    from secret_detection.demo import local_sdrs_command
+    from secret_detection.demo import local_partners_command, local_sdrs_command
 
-    # A local SDRS-compatible server; the application settings are pointed at it.
-    return {"sdrs": local_sdrs_command(var_dir=_var_dir(), python=PYTHON)}
+    # A local SDRS-compatible server; the application settings are pointed at it. And the
+    # partner API stand-ins (direct verification), with PARTNER_<NAME>_URL pointed at them.
+    return {
+        "sdrs": local_sdrs_command(var_dir=_var_dir(), python=PYTHON),
+        "partners": local_partners_command(var_dir=_var_dir(), python=PYTHON),
+    }
 
 
 def _print_banner(host: str, port: int, admin_line: str, children: dict[str, list[str]], *, embedded: bool) -> None:

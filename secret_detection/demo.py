@@ -72,3 +72,90 @@ def local_sdrs_command(*, var_dir: Path, python: str) -> list[str]:
         "--callback-delay",
         os.environ.get("SDRS_DEMO_CALLBACK_DELAY", "2"),
     ]
+
+
+PARTNERS_DEFAULT_PORT = 8770
+#: One token of each direct partner type, live or revoked as the stand-ins judge them
+#: (``secret_detection.localpartners``), plus a malformed one (unknown, never sent).
+DEMO_PARTNER_TOKENS = [
+    ("AWS", "AKIAQ3EXAMPLE7Q4VNB2"),
+    ("AWS", "AKIAREVOKED000EXAMP1"),
+    ("GCP API key", "AIzaSyA1b2C3d4E5f6G7h8I9j0KlMnOpQrStUvW"),
+    ("Google (GCP) Service-account", "revoked-service-account-key-0123456789"),
+    ("Postman API token", "PMAK-0123456789abcdef01234567-0123456789abcdef0123456789abcdef01"),
+    ("Postman API token", "PMAK-dead456789abcdef01234567-0123456789abcdef0123456789abcdef01"),
+    ("Postman API token", "PMAK-not-a-postman-key"),
+]
+
+
+def demo_partner_report() -> dict:
+    """A gl-secret-detection-report.json holding ``DEMO_PARTNER_TOKENS``."""
+    vulnerabilities = []
+    for index, (token_type, value) in enumerate(DEMO_PARTNER_TOKENS):
+        vulnerabilities.append(
+            {
+                "id": f"demo-partner-{index}",
+                "category": "secret_detection",
+                "name": token_type,
+                "description": f"{token_type} found in the demo report",
+                "severity": "Critical",
+                "confidence": "Unknown",
+                "raw_source_code_extract": value,
+                "scanner": {"id": "gitleaks", "name": "Gitleaks"},
+                "location": {
+                    "file": f"demo/partners-{index}.env",
+                    "commit": {"author": "Demo", "date": "2026-11-29T10:00:00Z", "message": "demo", "sha": "0d3e0"},
+                    "start_line": 1,
+                    "end_line": 1,
+                },
+                "identifiers": [
+                    {"type": "gitleaks_rule_id", "name": f"Gitleaks rule ID {token_type}", "value": token_type}
+                ],
+            }
+        )
+    return {
+        "version": "15.2.1",
+        "vulnerabilities": vulnerabilities,
+        "scan": {
+            "analyzer": {"id": "secrets", "name": "secrets", "version": "1", "vendor": {"name": "GitLab"}},
+            "scanner": {"id": "gitleaks", "name": "Gitleaks", "version": "8", "vendor": {"name": "GitLab"}},
+            "type": "secret_detection",
+            "start_time": "2026-11-29T10:00:00",
+            "end_time": "2026-11-29T10:00:01",
+            "status": "success",
+        },
+    }
+
+
+def local_partners_command(*, var_dir: Path, python: str) -> list[str]:
+    """The partner stand-ins for ``make demo``: point PARTNER_<NAME>_URL at them (in this
+    process's environment, which the web server and the cluster inherit), route every
+    partner type with a direct client to it (the demo turns SDRS on, which would otherwise
+    take them), write ``var/partners/demo-report.json``, and return the server's command."""
+    import json
+
+    from secret_detection import partners
+    from secret_detection.localpartners import PartnerStandIn
+    from secret_detection.models import PartnerTokenType
+
+    port = int(os.environ.get("PARTNERS_DEMO_PORT", PARTNERS_DEFAULT_PORT))
+    stand_in = PartnerStandIn(port=port)
+    for name in partners.CLIENTS:
+        os.environ[f"PARTNER_{name.upper()}_URL"] = stand_in.url(name)
+    os.environ["PARTNER_ALLOW_HTTP"] = "1"
+    for row in PartnerTokenType.objects.all():
+        if partners.entry_for(row.token_type) is not None and row.verifier == "auto":
+            row.verifier, row.updated_by = "direct", "make demo"
+            row.save(update_fields=["verifier", "updated_by", "updated_at"])
+    folder = var_dir / "partners"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "demo-report.json").write_text(json.dumps(demo_partner_report(), indent=2))
+    return [
+        python,
+        "-m",
+        "secret_detection.localpartners",
+        "--port",
+        str(port),
+        "--latency",
+        os.environ.get("PARTNERS_DEMO_LATENCY", "0.1"),
+    ]
