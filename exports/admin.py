@@ -423,3 +423,7 @@ class ProjectExportArchiveAdmin(ControlledAdmin):
     def delete_archives(self, request: HttpRequest, queryset) -> None:
         deleted = sum(services.export_archive_delete(archive_id=pk) for pk in queryset.values_list("pk", flat=True))
         self.report(request, done=deleted, verb="Deleted", noun="archive(s)")
+
+
+# Registers the import jobs' admin (a module of its own, as the importer is).
+from exports.importer import admin as _import_admin  # noqa: E402, F401
