@@ -331,3 +331,32 @@ def test_queries_do_not_grow_with_the_page_size(api, owner, project, django_asse
         assert len(client.get(f"{url}{separator}per_page=2").json()) == 2
     with django_assert_max_num_queries(len(small.captured_queries)):
         client.get(f"{url}{separator}per_page=12")
+
+
+# --- the schema -------------------------------------------------------------------------------
+
+LIST_OPERATIONS = {
+    ("/api/v4/projects", "listProjects"): {"membership", "search", "visibility", "order_by", "sort"},
+    ("/api/v4/projects/{project_id}/issues", "listProjectIssues"): {"state", "labels", "search", "order_by", "sort"},
+    ("/api/v4/projects/{project_id}/issues/{issue_iid}/notes", "listIssueNotes"): {"order_by", "sort"},
+    ("/api/v4/projects/{project_id}/labels", "listProjectLabels"): {"search", "with_counts"},
+    ("/api/v4/projects/{project_id}/members", "listProjectMembers"): {"query"},
+    ("/api/v4/projects/{project_id}/members/all", "listAllProjectMembers"): {"query"},
+}
+
+
+@pytest.mark.parametrize(("key", "params"), LIST_OPERATIONS.items(), ids=[op for _, op in LIST_OPERATIONS])
+def test_every_list_documents_its_parameters_and_pagination_headers(openapi, key, params) -> None:
+    path, operation_id = key
+    operation = openapi.schema["paths"][path]["get"]
+    assert operation["operationId"] == operation_id
+    assert {p["name"] for p in operation["parameters"] if p["in"] == "query"} == {"page", "per_page", *params}
+    headers = set(operation["responses"]["200"]["headers"])
+    assert {"X-Total", "X-Total-Pages", "X-Page", "X-Per-Page", "X-Next-Page", "X-Prev-Page", "Link"} <= headers
+    assert operation["responses"]["400"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Error"
+    }
+
+
+def test_membership_without_a_token_is_ignored_as_in_gitlab(api, project, public) -> None:
+    assert _ids(api().get("/api/v4/projects", {"membership": "true"})) == [public.pk]
