@@ -85,6 +85,7 @@ DEMO_PARTNER_TOKENS = [
     ("Postman API token", "PMAK-0123456789abcdef01234567-0123456789abcdef0123456789abcdef01"),
     ("Postman API token", "PMAK-dead456789abcdef01234567-0123456789abcdef0123456789abcdef01"),
     ("Postman API token", "PMAK-not-a-postman-key"),
+    ("GitHub Personal Access Token", "ghp_A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"),
 ]
 
 

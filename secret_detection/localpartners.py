@@ -1,5 +1,5 @@
 """Local stand-ins for the partner APIs that direct verification calls (AWS STS, Google's
-tokeninfo, Postman's ``/me``): real HTTP servers answering as each partner does.
+tokeninfo, Postman's ``/me``, GitHub's ``/user``): real HTTP servers answering as each partner does.
 
 A documented tool of the product, for ``make demo`` (``secret_detection.demo`` starts
 them), the integration tests and the benchmark. Not for production.
@@ -16,7 +16,7 @@ connection" values (twelve ``Z`` or ``0`` in a row). Switches, settable while it
 * ``retry_after``: the ``Retry-After`` of a 429.
 
 Standalone: ``python -m secret_detection.localpartners --port 8770`` serves the three on
-one port (``/aws/``, ``/gcp/tokeninfo``, ``/postman/me``).
+one port (``/aws/``, ``/gcp/tokeninfo``, ``/postman/me``, ``/github/user``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 INACTIVE_MARKERS = ("revoked", "inactive", "expired", "dead", "zzzzzzzzzzzz", "000000000000")
-PARTNERS = ("aws", "gcp", "postman")
+PARTNERS = ("aws", "gcp", "postman", "github")
 _CREDENTIAL = re.compile(r"Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request")
 
 
@@ -108,7 +108,7 @@ class PartnerStandIn:
         base = f"http://{self.host}:{self.port}"
         partner = partner or self.partner
         prefix = f"/{partner}" if self.partner is None else ""
-        return base + prefix + {"aws": "/", "gcp": "/tokeninfo", "postman": "/me"}[partner or "aws"]
+        return base + prefix + {"aws": "/", "gcp": "/tokeninfo", "postman": "/me", "github": "/user"}[partner or "aws"]
 
     # --- switches -------------------------------------------------------------------
     def then(self, *modes: str) -> None:
@@ -157,6 +157,11 @@ class PartnerStandIn:
             return 200, "application/json", b'{"user":{"id":1,"username":"stand-in"}}', {}
         return 401, "application/json", b'{"error":{"name":"AuthenticationError","message":"Invalid API Key"}}', {}
 
+    def _github(self, record: Received, mode: str) -> tuple[int, str, bytes, dict[str, str]]:
+        if is_active(record.value):
+            return 200, "application/json", b'{"login":"stand-in","id":1}', {}
+        return 401, "application/json", b'{"message":"Bad credentials"}', {}
+
 
 class _Handler(BaseHTTPRequestHandler):
     server_state: PartnerStandIn
@@ -182,6 +187,8 @@ class _Handler(BaseHTTPRequestHandler):
             record.value = (parse_qs(url.query).get("access_token") or [""])[0]
         elif partner == "postman":
             record.value = headers.get("x-api-key", "")
+        elif partner == "github":
+            record.value = headers.get("authorization", "").removeprefix("Bearer ")
         answer: tuple[int, str, bytes, dict[str, str]] = (400, "text/plain", b"bad request", {})
         if partner in PARTNERS and record.value:
             answer = state.answer(record)

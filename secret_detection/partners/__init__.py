@@ -22,6 +22,7 @@ from secret_detection.partners.base import (
     Verdict,
 )
 from secret_detection.partners.gcp import GcpClient
+from secret_detection.partners.github import GithubClient
 from secret_detection.partners.postman import PostmanClient
 
 __all__ = [
@@ -42,6 +43,7 @@ CLIENTS: dict[str, type[PartnerClient]] = {
     AwsClient.partner: AwsClient,
     GcpClient.partner: GcpClient,
     PostmanClient.partner: PostmanClient,
+    GithubClient.partner: GithubClient,
 }
 
 
@@ -65,6 +67,10 @@ _ENTRIES = [
     RegistryEntry("GCP OAuth client secret", "gcp", "partner_gcp_api", "PARTNER_GCP_RATE"),
     RegistryEntry("Google (GCP) Service-account", "gcp", "partner_gcp_api", "PARTNER_GCP_RATE"),
     RegistryEntry("Postman API token", "postman", "partner_postman_api", "PARTNER_POSTMAN_RATE"),
+    # GitLab's later registry. App and refresh tokens are left to SDRS: /user does not
+    # answer for an installation token, and a refresh token is not a bearer token.
+    RegistryEntry("GitHub Personal Access Token", "github", "partner_github_api", "PARTNER_GITHUB_RATE"),
+    RegistryEntry("GitHub OAuth Access Token", "github", "partner_github_api", "PARTNER_GITHUB_RATE"),
 ]
 REGISTRY: dict[str, RegistryEntry] = {entry.token_type.lower(): entry for entry in _ENTRIES}
 

@@ -17,6 +17,8 @@ from tests.support.partners import (
     AWS_INACTIVE,
     GCP_ACTIVE,
     GCP_INACTIVE,
+    GITHUB_ACTIVE,
+    GITHUB_INACTIVE,
     POSTMAN_ACTIVE,
     POSTMAN_INACTIVE,
     PartnerStandIn,
@@ -50,7 +52,7 @@ def _verify(finding: Finding, **kwargs) -> tuple[str, JobRun]:
 def test_with_sdrs_off_partner_types_with_a_client_are_routed_directly(project, developer, import_findings):
     findings = import_findings(
         project,
-        [("AWS", AWS_ACTIVE), ("Postman API token", POSTMAN_ACTIVE), ("GitHub Personal Access Token", "ghp_x")],
+        [("AWS", AWS_ACTIVE), ("Postman API token", POSTMAN_ACTIVE), ("GitHub Refresh Token", "ghr_x")],
     )
     counts = services.token_statuses_route(project_id=project.pk)
 
@@ -93,6 +95,8 @@ def test_a_partner_switched_off_waits(project, developer, import_findings):
         ("Google (GCP) Service-account", GCP_INACTIVE, "gcp", "inactive"),
         ("Postman API token", POSTMAN_ACTIVE, "postman", "active"),
         ("Postman API token", POSTMAN_INACTIVE, "postman", "inactive"),
+        ("GitHub Personal Access Token", GITHUB_ACTIVE, "github", "active"),
+        ("GitHub OAuth Access Token", GITHUB_INACTIVE, "github", "inactive"),
     ],
 )
 def test_each_partner_answers_synchronously_with_the_verdict(
@@ -255,11 +259,12 @@ def test_no_value_is_ever_sent_to_another_host(project, import_findings, stand_i
         "GCP OAuth client secret": "GOCSPX-" + "a1B2c3D4e5F6g7H8i9J0k1L2",
         "Google (GCP) Service-account": "b" * 40,
         "Postman API token": POSTMAN_ACTIVE,
+        "GitHub Personal Access Token": GITHUB_ACTIVE,
     }
     findings = import_findings(project, list(values.items()))
     for finding in findings:
         _verify(finding)
-    issued_by = {"AWS": "aws", "Postman API token": "postman"}
+    issued_by = {"AWS": "aws", "Postman API token": "postman", "GitHub Personal Access Token": "github"}
     for token_type, value in values.items():
         owner = issued_by.get(token_type, "gcp")
         for name, server in stand_ins.items():

@@ -44,7 +44,7 @@ def _messages(response) -> list[str]:
 def test_the_list_shows_one_row_per_partner_client(admin_client):
     response = admin_client.get(reverse(CHANGELIST))
     assert response.status_code == 200
-    assert set(DirectPartner.objects.values_list("partner", flat=True)) == {"aws", "gcp", "postman"}
+    assert set(DirectPartner.objects.values_list("partner", flat=True)) == {"aws", "gcp", "postman", "github"}
 
 
 def test_check_connection_shows_the_answer_and_latency(admin_client, stand_ins):
@@ -94,7 +94,7 @@ def test_a_type_is_routed_to_a_verifier_and_direct_needs_a_client(admin_user):
     services.partner_type_route(type_id=aws.pk, verifier="sdrs", by="admin")
     aws.refresh_from_db()
     assert aws.verifier == "sdrs"
-    github = PartnerTokenType.objects.get(token_type="GitHub Personal Access Token")
+    github = PartnerTokenType.objects.get(token_type="GitHub Refresh Token")
     with pytest.raises(services.partner_admin.ValidationFailed):
         services.partner_type_route(type_id=github.pk, verifier="direct", by="admin")
 

@@ -12,8 +12,9 @@ from secret_detection import partners
 from secret_detection.partners import PartnerNetworkError, PartnerRateLimited, PartnerResponseError
 from secret_detection.partners.aws import AwsClient
 from secret_detection.partners.gcp import GcpClient
+from secret_detection.partners.github import GithubClient
 from secret_detection.partners.postman import PostmanClient
-from tests.support.partners import AWS_ACTIVE, GCP_ACTIVE, POSTMAN_ACTIVE
+from tests.support.partners import AWS_ACTIVE, GCP_ACTIVE, GITHUB_ACTIVE, POSTMAN_ACTIVE
 
 AWS_URL = "https://sts.amazonaws.com/"
 GCP_URL = "https://oauth2.googleapis.com/tokeninfo"
@@ -200,10 +201,48 @@ def test_the_registry_routes_each_rule_to_one_partner_with_its_rate_limit_key():
         "gcp oauth client secret": ("gcp", "partner_gcp_api"),
         "google (gcp) service-account": ("gcp", "partner_gcp_api"),
         "postman api token": ("postman", "partner_postman_api"),
+        "github personal access token": ("github", "partner_github_api"),
+        "github oauth access token": ("github", "partner_github_api"),
     }
     assert partners.entry_for("Postman API Token").per_second == 4
 
 
-@pytest.mark.parametrize("client", [AwsClient, GcpClient, PostmanClient])
+@pytest.mark.parametrize("client", [AwsClient, GcpClient, PostmanClient, GithubClient])
 def test_the_connection_check_value_has_the_right_format(client):
     assert client().matches(client.probe_value)
+
+
+GITHUB_URL = "https://api.github.com/user"
+
+
+@pytest.mark.parametrize(
+    ("value", "matches"),
+    [
+        (GITHUB_ACTIVE, True),
+        ("gho_" + "a" * 36, True),
+        ("github_pat_" + "a_" * 41, True),
+        ("ghs_" + "a" * 36, False),
+        ("ghp_short", False),
+    ],
+)
+def test_github_formats(value, matches):
+    assert GithubClient().matches(value) is matches
+
+
+@responses.activate
+@pytest.mark.parametrize(
+    ("status", "headers", "expected"),
+    [(200, {}, "active"), (401, {}, "inactive"), (403, {"X-RateLimit-Remaining": "5"}, "unknown")],
+)
+def test_github_answers_map_to_verdicts(status, headers, expected):
+    responses.get(GITHUB_URL, status=status, json={"login": "x"}, headers=headers)
+    assert GithubClient().verify(GITHUB_ACTIVE).status == expected
+    assert responses.calls[0].request.headers["Authorization"] == f"Bearer {GITHUB_ACTIVE}"
+
+
+@responses.activate
+@pytest.mark.parametrize(("status", "headers"), [(429, {}), (403, {"X-RateLimit-Remaining": "0"})])
+def test_github_rate_limits(status, headers):
+    responses.get(GITHUB_URL, status=status, headers=headers)
+    with pytest.raises(PartnerRateLimited):
+        GithubClient().verify(GITHUB_ACTIVE)

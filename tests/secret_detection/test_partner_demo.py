@@ -25,7 +25,7 @@ def test_the_demo_routes_partner_types_to_the_stand_ins_and_writes_its_report(tm
         assert os.environ["PARTNER_POSTMAN_URL"] == "http://127.0.0.1:18770/postman/me"
     assert command[:3] == ["python", "-m", "secret_detection.localpartners"]
     assert PartnerTokenType.objects.get(token_type="AWS").verifier == "direct"
-    assert PartnerTokenType.objects.get(token_type="GitHub Personal Access Token").verifier == "auto"
+    assert PartnerTokenType.objects.get(token_type="GitHub Refresh Token").verifier == "auto"
     report = json.loads((tmp_path / "partners" / "demo-report.json").read_text())
     assert services.report_validate(report=report) == []
 
@@ -33,7 +33,7 @@ def test_the_demo_routes_partner_types_to_the_stand_ins_and_writes_its_report(tm
 def test_each_demo_token_reaches_its_verdict_against_the_stand_ins(project, developer, settings):
     settings.PARTNER_POSTMAN_RATE = 0  # no pacing: the runs are executed here, one after another
     with PartnerStandIn() as stand_in:
-        for name in ("aws", "gcp", "postman"):
+        for name in ("aws", "gcp", "postman", "github"):
             setattr(settings, f"PARTNER_{name.upper()}_URL", stand_in.url(name))
         services.report_import(project=project, user=developer, report=demo_partner_report())
         for status in FindingTokenStatus.objects.all():
@@ -47,4 +47,5 @@ def test_each_demo_token_reaches_its_verdict_against_the_stand_ins(project, deve
         "active",
         "inactive",
         "unknown",
+        "active",
     ]

@@ -192,7 +192,7 @@ def test_a_row_without_a_verifier_backs_off_instead_of_coming_back_every_tick(du
 def test_disabled_verification_backs_off_partner_rows_until_it_is_enabled(due, sdrs_server, sdrs_settings):
     sdrs_settings(url=sdrs_server.url, sdrs_enabled=False)
     # A type with no direct client (AWS would go to its partner's API with SDRS off).
-    (finding,) = due([("GitHub Personal Access Token", "ghp_x")], status="unknown")
+    (finding,) = due([("GitHub Refresh Token", "ghr_x")], status="unknown")
     services.token_statuses_refresh()
     assert _status(finding).last_error_code == "verification_disabled"
     assert sdrs_server.verifies == []

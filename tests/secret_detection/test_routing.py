@@ -115,7 +115,7 @@ def test_a_partner_type_switched_off_is_not_sent(project, developer, import_find
 def test_partner_types_wait_while_verification_is_disabled(project, developer, import_findings, sdrs_settings):
     sdrs_settings(sdrs_enabled=False)
     # A type with no direct client (AWS would go to its partner's API with SDRS off).
-    (finding,) = import_findings(project, [("GitHub Personal Access Token", "ghp_x")])
+    (finding,) = import_findings(project, [("GitHub Refresh Token", "ghr_x")])
 
     assert services.token_statuses_route(project_id=project.pk) == {"verification_disabled": 1}
     status = FindingTokenStatus.objects.get(pk=finding.pk)

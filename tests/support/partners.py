@@ -19,6 +19,8 @@ GCP_ACTIVE = "AIza" + "SyA1b2C3d4E5f6G7h8I9j0KlMnOpQrStUvW"
 GCP_INACTIVE = "AIza" + "SyREVOKEDd4E5f6G7h8I9j0KlMnOpQrStUv"
 POSTMAN_ACTIVE = "PMAK-" + "0123456789abcdef01234567" + "-" + "0123456789abcdef0123456789abcdef01"
 POSTMAN_INACTIVE = "PMAK-" + "dead456789abcdef01234567" + "-" + "0123456789abcdef0123456789abcdef01"
+GITHUB_ACTIVE = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
+GITHUB_INACTIVE = "gho_" + "REVOKEDd4E5f6G7h8I9j0K1l2M3n4O5p6Q7r"
 
 
 def partner_urls(stand_ins: dict[str, PartnerStandIn]) -> dict[str, str]:
@@ -30,7 +32,7 @@ def partner_urls(stand_ins: dict[str, PartnerStandIn]) -> dict[str, str]:
 def partner_stand_ins(**switches: Any) -> Iterator[dict[str, PartnerStandIn]]:
     """One stand-in per partner, each on its own port (so that a test can tell which host
     received a value)."""
-    servers = {name: PartnerStandIn(partner=name, **switches).start() for name in ("aws", "gcp", "postman")}
+    servers = {name: PartnerStandIn(partner=name, **switches).start() for name in ("aws", "gcp", "postman", "github")}
     try:
         yield servers
     finally:
