@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 from django.contrib import admin, messages
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from project.admin_tools import ControlledAdmin, admin_link, badge, clipped, detail_button, time_column, when
 from project.errors import AppError
@@ -25,6 +25,7 @@ from secret_detection.models import (
 )
 
 VERIFY_JOB = "secret_detection.verify_partner_token"
+DIRECT_VERIFY_JOB = "secret_detection.verify_direct_token"
 VERIFY_PERMISSION = "secret_detection.verify_finding"
 
 # A live leaked token is the alarming case, so active is red.
@@ -43,11 +44,16 @@ def clipped_tail(text: str, length: int) -> str:
 
 
 def verification_runs(finding_id: int) -> str:
-    """A link to the finding's verification runs, with how many there are."""
-    count = JobRun.objects.filter(name=VERIFY_JOB, target_id=finding_id).count()
-    query = urlencode({"job": VERIFY_JOB, "kind": "all", "target_id": finding_id})
-    url = f"{reverse('admin:jobs_jobrun_changelist')}?{query}"
-    return format_html('<a href="{}">{} verification run(s)</a>', url, count)
+    """A link to the finding's verification runs (SDRS, and direct when it has some), with
+    how many there are."""
+    links = []
+    for job, label in ((VERIFY_JOB, "verification run(s)"), (DIRECT_VERIFY_JOB, "direct verification run(s)")):
+        count = JobRun.objects.filter(name=job, target_id=finding_id).count()
+        if count or job == VERIFY_JOB:
+            query = urlencode({"job": job, "kind": "all", "target_id": finding_id})
+            url = f"{reverse('admin:jobs_jobrun_changelist')}?{query}"
+            links.append(format_html('<a href="{}">{} {}</a>', url, count, label))
+    return format_html_join(", ", "{}", ((link,) for link in links))
 
 
 def verify_now_report(model_admin: admin.ModelAdmin, request: HttpRequest, finding_ids: list[int]) -> None:
@@ -310,6 +316,7 @@ class FindingTokenStatusAdmin(ControlledAdmin):
     list_filter = (
         "status",
         "verifier",
+        ("partner", admin.AllValuesFieldListFilter),
         ("finding__token_type", admin.AllValuesFieldListFilter),
         ("project", admin.RelatedOnlyFieldListFilter),
         ("last_error_code", admin.AllValuesFieldListFilter),
@@ -317,7 +324,7 @@ class FindingTokenStatusAdmin(ControlledAdmin):
     list_select_related = ("finding__project", "project")
     search_fields = ("=finding__id", "=last_request_id", "project__path_with_namespace", "finding__token_type")
     fieldsets = [
-        (None, {"fields": ("finding_full", "project", "token_type", "token", "status_badge", "verifier")}),
+        (None, {"fields": ("finding_full", "project", "token_type", "token", "status_badge", "verifier", "partner")}),
         (
             "Verification",
             {

@@ -109,3 +109,17 @@ def test_the_job_console_shows_rate_limit_hits_and_partner_switches(admin_user):
     assert postman.warn  # paused
     switches = {s.key for source in overview._switch_sources for s in source.list()}
     assert {"direct_partner.aws", "direct_partner.gcp", "direct_partner.postman"} <= switches
+
+
+def test_a_status_page_shows_the_partner_and_links_to_direct_runs(admin_client, project, import_findings, stand_ins):
+    from project.jobs.testing import run_inline
+    from tests.support.partners import AWS_ACTIVE
+
+    (finding,) = import_findings(project, [("AWS", AWS_ACTIVE)])
+    run_inline("secret_detection.verify_direct_token", finding_id=finding.pk)
+    page = admin_client.get(
+        reverse("admin:secret_detection_findingtokenstatus_change", args=[finding.pk])
+    ).content.decode()
+    assert "1 direct verification run(s)" in page
+    assert '<div class="readonly">aws</div>' in page
+    assert AWS_ACTIVE not in page
