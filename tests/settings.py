@@ -16,6 +16,11 @@ os.environ.setdefault("JOBS_EXTRA_MODULES", "tests.support.jobs")
 # A queue name of this test session's own, so concurrent sessions sharing a Redis never
 # take each other's messages. Clusters started by the tests inherit it.
 os.environ.setdefault("Q_NAME", f"test{os.getpid()}")
+# Under pytest-xdist each worker is a session of its own (with its own test database), so it
+# gets a queue of its own too: the workers inherit the controller's environment.
+_xdist_worker = os.environ.get("PYTEST_XDIST_WORKER")
+if _xdist_worker and not os.environ["Q_NAME"].endswith(f"-{_xdist_worker}"):
+    os.environ["Q_NAME"] += f"-{_xdist_worker}"
 
 # Short thresholds so recovery happens within seconds instead of minutes, in this
 # process and in the clusters the tests start (they inherit the environment).

@@ -195,7 +195,14 @@ def _scratch(media: Path) -> list[Path]:
 def _snapshot(sdrs: SdrsServer) -> tuple:
     """What moves while any of the three features works. Heartbeats and deferrals are left
     out: a job that only beats, or an export that keeps waiting for a slot, is no progress."""
-    runs = sorted(Counter(JobRun.objects.values_list("name", "status", "attempt")).items())
+    # Queued and running are one state here: a run waiting for a slot flips between them
+    # at every deferral, for ever if the slot never frees.
+    runs = sorted(
+        Counter(
+            (name, status if status not in JobRun.ACTIVE else "active", attempt)
+            for name, status, attempt in JobRun.objects.values_list("name", "status", "attempt")
+        ).items()
+    )
     exports = sorted(Counter(ProjectExportJob.objects.values_list("status", flat=True)).items())
     statuses = sorted(Counter(FindingTokenStatus.objects.values_list("status", "last_error_code")).items())
     return runs, exports, SyncEvent.objects.pending().count(), statuses, len(sdrs.verifies), len(sdrs.callbacks)

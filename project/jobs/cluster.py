@@ -15,6 +15,9 @@ with this sentinel. What it adds, each for a failure that stock django-q2 does n
   than when its heartbeat goes stale. At start, the runs of this host's workers that no
   longer exist (a cluster killed whole) are recovered the same way; every
   ``JOBS_LOST_CHECK_EVERY`` seconds, so are runs whose heartbeat went stale elsewhere.
+  A sentinel recovers the runs of its own queue only (the every-minute recover schedule
+  covers them all): a retry is sent through its broker, which another queue's clusters
+  may not read.
   A cluster that starts with no other alive on its queue sends the due runs' messages
   again (those a dead cluster had pulled would otherwise wait for their lease).
 * **SIGTERM to the whole process group is a clean stop**, as systemd sends it
@@ -162,7 +165,7 @@ class Sentinel(stock.Sentinel):
 
     def _recover_dead_workers_runs(self) -> None:
         try:
-            recovery.runs_recover_dead_local()
+            recovery.runs_recover_dead_local(queue=self.queue_name())
             # Pulled by a cluster that died (if no other serves the queue): at once, not
             # when their lease ends.
             recovery.runs_repush_stranded(queue=self.queue_name(), waiting_for=0, alone=True)
@@ -181,9 +184,8 @@ class Sentinel(stock.Sentinel):
         cycle = Conf.GUARD_CYCLE
         while True:
             for process in list(self.pool):
-                if not process.is_alive():
-                    self.reincarnate(process)
-                elif not _tick(process, cycle):
+                # Liveness first: a dead worker may hold its timer's lock.
+                if not process.is_alive() or not _tick(process, cycle):
                     self.reincarnate(process)
             self._drain_check()
             if not self.monitor.is_alive():
@@ -269,7 +271,7 @@ class Sentinel(stock.Sentinel):
         for pid in list(self._dead_workers):
             self._recover_runs_of(pid)
         try:
-            recovery.runs_recover_lost()
+            recovery.runs_recover_lost(queue=self.queue_name())
         except DatabaseError:
             logger.warning("lost-run check failed", exc_info=True)
             db.connections.close_all()

@@ -93,25 +93,37 @@ def runs_recover_of_worker(*, pid: int | None, database_fault: bool = False) -> 
     return [run_recover_lost(run_id=run_id, worker_dead=True, database_fault=database_fault) for run_id in run_ids]
 
 
-def runs_recover_dead_local() -> list[str | None]:
+def _of_queue(queue: str | None) -> Q:
+    """The runs whose messages go to ``queue`` (every run for None). A run enqueued before
+    runs recorded their queue goes where its job is declared to go."""
+    if queue is None:
+        return Q()
+    names = [job.name for job in declared.REGISTRY.values() if (job.queue or queue) == queue]
+    return Q(queue=queue) | Q(queue="", name__in=names)
+
+
+def runs_recover_dead_local(*, queue: str | None = None) -> list[str | None]:
     """Runs claimed by workers of this host that no longer exist (a cluster killed whole),
-    moved on when a cluster starts here."""
+    moved on when a cluster starts here. A sentinel passes its own ``queue``: the runs of
+    another queue may belong to clusters with another broker (a retry sent through this
+    one would never reach them); their own sentinels and the recover schedule see to them."""
     host = socket.gethostname()
-    running = JobRun.objects.filter(status=Status.RUNNING, worker__startswith=f"{host}:")
+    running = JobRun.objects.filter(_of_queue(queue), status=Status.RUNNING, worker__startswith=f"{host}:")
     rows = running.values_list("pk", "worker", "started_at")
     dead = [pk for pk, worker, started_at in rows if worker_gone(worker, started_at)]
     return [run_recover_lost(run_id=run_id, worker_dead=True) for run_id in dead]
 
 
-def runs_recover_lost(*, limit: int = 500) -> list[str | None]:
-    """Every lost run: this host's dead workers' runs, and other hosts' silent ones."""
+def runs_recover_lost(*, queue: str | None = None, limit: int = 500) -> list[str | None]:
+    """Every lost run (of ``queue``, when given): this host's dead workers' runs, and other
+    hosts' silent ones."""
     now = timezone.now()
     thresholds = [job.lost_after_seconds for job in declared.REGISTRY.values()] + [settings.JOBS_LOST_AFTER]
     silent = JobRun.objects.filter(
-        status=Status.RUNNING, heartbeat_at__lt=now - timedelta(seconds=min(thresholds))
+        _of_queue(queue), status=Status.RUNNING, heartbeat_at__lt=now - timedelta(seconds=min(thresholds))
     ).values_list("pk", flat=True)[:limit]
     outcomes = [run_recover_lost(run_id=run_id) for run_id in list(silent)]
-    return outcomes + runs_recover_dead_local()
+    return outcomes + runs_recover_dead_local(queue=queue)
 
 
 def runs_repush_stranded(*, queue: str, waiting_for: float, alone: bool = False, limit: int = 500) -> int:
@@ -120,7 +132,6 @@ def runs_repush_stranded(*, queue: str, waiting_for: float, alone: bool = False,
     with no other cluster alive on the queue (``alone``: whatever a dead cluster had
     pulled). A message that comes back later finds nothing to claim."""
     now = timezone.now()
-    names = [job.name for job in declared.REGISTRY.values() if (job.queue or queue) == queue]
     if alone:
         fresh = ClusterHeartbeat.objects.filter(
             cluster_name=queue, last_seen__gte=now - timedelta(seconds=settings.JOBS_CLUSTER_STALE_AFTER)
@@ -133,8 +144,7 @@ def runs_repush_stranded(*, queue: str, waiting_for: float, alone: bool = False,
     with transaction.atomic():
         stranded = list(
             JobRun.objects.select_for_update(skip_locked=True)
-            .filter(Q(queue=queue) | Q(queue="", name__in=names))
-            .filter(status=Status.QUEUED, due_at__lte=late, pushed_at__lte=late)
+            .filter(_of_queue(queue), status=Status.QUEUED, due_at__lte=late, pushed_at__lte=late)
             .exclude(name__in=JobPause.objects.values("name"))[:limit]
         )
         transitions.repush(stranded)
