@@ -96,7 +96,10 @@ def _is_connection_error(exc: BaseException) -> bool:
 
 @dataclass
 class Outcome:
-    counts: Counter[str] = field(default_factory=Counter)
+    # Every modelled relation is named, with 0 when the archive had none.
+    counts: Counter[str] = field(
+        default_factory=lambda: Counter(dict.fromkeys(("project", *MODELLED_RELATIONS, "notes", "label_links"), 0))
+    )
     skipped_relations: Counter[str] = field(default_factory=Counter)
     skipped_fields: Counter[str] = field(default_factory=Counter)
     failed: list[dict[str, Any]] = field(default_factory=list)

@@ -33,6 +33,7 @@ def test_import_answers_201_scheduled_and_finishes(api, owner) -> None:
     assert status["import_status"] == "finished"
     assert status["stats"]["imported"] == {
         "project": 1,
+        "project_members": 0,
         "labels": 1,
         "issues": 1,
         "notes": 0,
