@@ -76,6 +76,7 @@ SMOKE_ARGS: dict[str, list[str]] = {
     "console.py": ["--sizes", "1000", "--repeat", "2", "--warmup", "1"],
     "export.py": ["--sizes", "200", "--repeat", "1"],
     "faults.py": ["--cap", "90", "--no-baseline", "--fast"],
+    "import.py": ["--sizes", "200", "--repeat", "1"],
     "health_under_load.py": [
         "--pollers", "4", "--users", "2", "--seconds", "1", "--idle-seconds", "0.5", "--workers", "1",
     ],
@@ -90,7 +91,7 @@ SMOKE_ARGS: dict[str, list[str]] = {
     "verification.py": ["--findings", "10", "--latency", "0.01", "--concurrency", "2"],
 }  # fmt: skip
 #: Scripts that work in the database DATABASE_URL names: they get a scratch one.
-SMOKE_SCRATCH = {"export.py"}
+SMOKE_SCRATCH = {"export.py", "import.py"}
 
 
 def _smoke_one(script: str, log_dir: Path) -> dict:
