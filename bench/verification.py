@@ -19,6 +19,9 @@ callbacks are served by gunicorn, as in production.
 
     DATABASE_URL=postgres://... [REDIS_URL=redis://...] .venv/bin/python bench/verification.py
 
+``--mode direct`` measures direct partner verification instead (``bench/_direct_partners.py``):
+N AWS and N Postman findings against the partner stand-ins, Postman held to 4/s per project.
+
 It creates and drops its own database (``<name>_bench``). Prints JSON.
 """
 
@@ -39,6 +42,7 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -318,7 +322,7 @@ def main() -> int:
     parser.add_argument("--latency", type=float, default=0.1)
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--fail-once-percent", type=float, default=10.0)
-    parser.add_argument("--mode", choices=("jobs", "refresher", "both"), default="both")
+    parser.add_argument("--mode", choices=("jobs", "refresher", "both", "direct"), default="both")
     args = parser.parse_args()
     _environment()
     os.environ["TOKEN_REFRESH_CONCURRENCY"] = str(args.concurrency)
@@ -351,6 +355,8 @@ def main() -> int:
     row.sdrs_jwt_signing_key, row.sdrs_callback_secret = private_key, secret
     row.save()
     user = User.objects.create_user(username="bench")
+    if args.mode == "direct":
+        return _direct(args, web, old_config, child_env)
     ideal = args.findings * args.latency / args.concurrency
     result: dict = {
         "findings": args.findings,
@@ -423,6 +429,30 @@ def main() -> int:
         connections.close_all()
         teardown_databases(old_config, verbosity=0)
     result["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _direct(args: argparse.Namespace, web: Web, old_config: Any, child_env: dict[str, str]) -> int:
+    """Direct partner verification (bench/_direct_partners.py); no SDRS involved."""
+    from django.db import connections
+    from django.test.utils import teardown_databases
+
+    from bench._direct_partners import run_direct
+
+    try:
+        result = run_direct(
+            count=args.findings,
+            latency=args.latency,
+            concurrency=args.concurrency,
+            child_env=child_env,
+            timeout=1800,
+        )
+    finally:
+        web.stop()
+        connections.close_all()
+        teardown_databases(old_config, verbosity=0)
+    result["cpus"] = os.cpu_count()
     print(json.dumps(result, indent=2))
     return 0
 

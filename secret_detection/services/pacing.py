@@ -28,13 +28,20 @@ def rate_slot_reserve(*, key: str, per_second: float) -> float:
     """Reserve the next request slot under ``key`` (at most ``per_second``); returns the
     seconds until it starts (0: go now). One atomic upsert (GCRA): concurrent workers get
     consecutive slots, so the limit paces them instead of refusing them."""
-    if per_second <= 0:
-        return 0.0
+    return rate_slots_reserve(key=key, per_second=per_second, count=1)[0]
+
+
+def rate_slots_reserve(*, key: str, per_second: float, count: int) -> list[float]:
+    """Reserve ``count`` consecutive slots under ``key`` in one upsert; the seconds until
+    each starts."""
+    if per_second <= 0 or count <= 0:
+        return [0.0] * count
     interval = 1.0 / per_second
     with connection.cursor() as cursor:
-        cursor.execute(_RESERVE, {"key": key[:255], "interval": interval})
+        cursor.execute(_RESERVE, {"key": key[:255], "interval": interval * count})
         (ends_in,) = cursor.fetchone()
-    return max(0.0, float(ends_in) - interval)
+    first = float(ends_in) - interval * count
+    return [max(0.0, first + index * interval) for index in range(count)]
 
 
 def partner_row(*, partner: str) -> DirectPartner:

@@ -59,7 +59,8 @@ def test_with_sdrs_off_partner_types_with_a_client_are_routed_directly(project, 
     assert counts == {"direct_enqueued": 2, "verification_disabled": 1}
     direct = JobRun.objects.filter(name=DIRECT)
     assert {run.kwargs["finding_id"] for run in direct} == {findings[0].pk, findings[1].pk}
-    assert all(set(run.kwargs) == {"finding_id", "user_id"} for run in direct)  # ids, never a value
+    # Ids, never a value; each run holds a slot of its partner's limit already.
+    assert all(set(run.kwargs) == {"finding_id", "user_id", "paced"} for run in direct)
     assert [_status(f).verifier for f in findings] == ["direct", "direct", "partner"]
 
 
@@ -277,7 +278,7 @@ def test_verify_now_goes_through_the_direct_verifier(project, import_findings, a
     counts = services.token_statuses_verify_now(finding_ids=[finding.pk], user_id=admin_user.pk)
     assert counts == {"enqueued": 1}
     (run,) = JobRun.objects.filter(name=DIRECT)
-    assert run.kwargs == {"finding_id": finding.pk, "user_id": admin_user.pk, "force": True}
+    assert run.kwargs == {"finding_id": finding.pk, "user_id": admin_user.pk, "force": True, "paced": True}
 
 
 def test_the_refresher_starts_direct_verifications_and_respects_a_partner_pause(project, import_findings):
@@ -292,3 +293,16 @@ def test_the_refresher_starts_direct_verifications_and_respects_a_partner_pause(
     assert (result["direct_enqueued"], result["skipped_paused"]) == (1, 1)
     assert [run.kwargs["finding_id"] for run in JobRun.objects.filter(name=DIRECT)] == [aws.pk]
     assert _status(postman).last_error_code == "partner_paused"
+
+
+def test_routing_reserves_each_runs_slot_of_the_partners_limit(project, import_findings):
+    findings = import_findings(project, [("Postman API token", POSTMAN_ACTIVE)] * 1, prefix="a")
+    findings += import_findings(project, [("Postman API token", POSTMAN_INACTIVE)], prefix="b")
+    findings += import_findings(project, [("AWS", AWS_ACTIVE)], prefix="c")
+    services.token_statuses_route(project_id=project.pk)
+
+    runs = {run.kwargs["finding_id"]: run for run in JobRun.objects.filter(name=DIRECT)}
+    assert all(run.kwargs["paced"] for run in runs.values())
+    postman = sorted(runs[f.pk].due_at for f in findings[:2])
+    # 4/s: the second Postman run is due a quarter of a second after the first.
+    assert (postman[1] - postman[0]).total_seconds() >= 0.2

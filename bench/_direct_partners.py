@@ -1,0 +1,142 @@
+"""The direct-partner run of ``bench/verification.py`` (``--mode direct``): 1,000 AWS and
+1,000 Postman findings in one project, verified directly against the partner stand-ins
+(``secret_detection.localpartners``, in a process of its own) answering after 100 ms, by a
+cluster of ``--concurrency`` workers, with Postman held to our 4/s per project.
+
+Goals: AWS within 1.4 times the ideal for the concurrency (findings * latency / concurrency);
+Postman within 1.1 times 4/s (1,000 / 4 = 250 s); neither partner starving the other (AWS
+finishes at its own pace while Postman is still being paced)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+AWS_LIVE = "AKIAQ3EXAMPLE{:07d}"
+POSTMAN_LIVE = "PMAK-{:06x}1a2b3c4d5e6f7a8b9c-{}"
+
+
+class StandIns:
+    def __init__(self, *, latency: float) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        command = [sys.executable, "-m", "secret_detection.localpartners", "--port", str(self.port)]
+        command += ["--latency", str(latency)]
+        self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise SystemExit("the partner stand-ins did not start")
+
+    def env(self) -> dict[str, str]:
+        base = f"http://127.0.0.1:{self.port}"
+        return {
+            "PARTNER_AWS_URL": f"{base}/aws/",
+            "PARTNER_GCP_URL": f"{base}/gcp/tokeninfo",
+            "PARTNER_POSTMAN_URL": f"{base}/postman/me",
+            "PARTNER_ALLOW_HTTP": "1",
+        }
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def _report(count: int) -> dict:
+    import json
+
+    from tests.secret_detection.conftest import report_with
+
+    base = json.loads((ROOT / "tests/secret_detection/data/gl-secret-detection-report.json").read_text())
+    findings = []
+    for n in range(count):  # interleaved, as a real report mixes them
+        findings.append(("AWS", AWS_LIVE.format(n)))
+        findings.append(("Postman API token", POSTMAN_LIVE.format(n + 1, "ab" * 17)))
+    return report_with(findings, base=base, prefix="direct")
+
+
+def run_direct(*, count: int, latency: float, concurrency: int, child_env: dict[str, str], timeout: float) -> dict:
+    from django.conf import settings
+    from django.utils import timezone
+
+    from project import services as core
+    from project.jobs.models import JobRun
+    from project.models import ApplicationSetting, User
+    from secret_detection import services
+    from secret_detection.models import FindingTokenStatus
+    from tests.support.cluster import ClusterProcess
+
+    ApplicationSetting.objects.update(sdrs_enabled=False)  # the default: partner types go direct
+    stand_ins = StandIns(latency=latency)
+    env = {**child_env, **stand_ins.env(), "DJANGO_SETTINGS_MODULE": "project.settings", "PARTNER_POSTMAN_RATE": "4"}
+    cluster = ClusterProcess(broker=settings.JOBS_BROKER, workers=concurrency, env=env).start(timeout=60)
+    try:
+        user = User.objects.create_user(username="bench-direct")
+        project = core.project_create(namespace_path="bench", path="direct", name="direct", owner=user)
+        since = timezone.now()
+        started = time.perf_counter()
+        services.report_import(project=project, user=user, report=_report(count))
+        done: dict[str, float] = {}
+        timeline: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while len(done) < 2:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"direct verification did not finish: {timeline[-1:]}")
+            verdicts = Counter(
+                FindingTokenStatus.objects.filter(project=project, status__in=["active", "inactive"]).values_list(
+                    "partner", flat=True
+                )
+            )
+            now = time.perf_counter() - started
+            if not timeline or now - timeline[-1]["t_s"] >= 10:
+                timeline.append({"t_s": round(now, 1), **verdicts})
+            for partner in ("aws", "postman"):
+                if partner not in done and verdicts.get(partner, 0) >= count:
+                    done[partner] = now
+            time.sleep(0.1)
+        runs = JobRun.objects.filter(name="secret_detection.verify_direct_token", created_at__gte=since)
+        statuses = Counter(FindingTokenStatus.objects.filter(project=project).values_list("partner", "status"))
+    finally:
+        cluster.stop()
+        stand_ins.stop()
+    ideal_aws = count * latency / concurrency
+    ideal_postman = count / 4
+    return {
+        "findings_per_partner": count,
+        "latency_s": latency,
+        "concurrency": concurrency,
+        "aws": {
+            "wall_s": round(done["aws"], 2),
+            "ideal_s": round(ideal_aws, 2),
+            "vs_ideal": round(done["aws"] / ideal_aws, 2),
+            "goal": "<= 1.4",
+        },
+        "postman": {
+            "wall_s": round(done["postman"], 2),
+            "rate_per_s": round(count / done["postman"], 3),
+            "ideal_s": ideal_postman,
+            "vs_ideal": round(done["postman"] / ideal_postman, 3),
+            "goal": "<= 1.1",
+        },
+        "runs": runs.count(),
+        "paced_runs": runs.filter(kwargs__paced=True).count(),
+        "rescheduled_by_429": runs.filter(kwargs__reschedules__gte=1).count(),
+        "final_statuses": {f"{partner}:{status}": n for (partner, status), n in statuses.items()},
+        "timeline": timeline,
+        "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
+    }
