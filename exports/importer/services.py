@@ -202,9 +202,10 @@ def _limits() -> archive.ArchiveLimits:
     )
 
 
-def _progress(done: int, note: str, *, phase: int) -> None:
+def _progress(relation: str, rows: int, note: str) -> None:
     # Raises JobCancelled once an operator cancels: the transaction rolls back.
-    report_progress(phase, len(PHASES), note, phase="importing", rows=done)
+    phase = PHASES.index(relation) if relation in PHASES else 1
+    report_progress(phase, len(PHASES), note, phase="importing", relation=relation, rows=rows)
 
 
 def _overwrite(project: Project, path: str) -> None:
@@ -235,11 +236,6 @@ def import_run(*, import_job_id: int) -> dict[str, Any]:
             if locked is None:
                 return {"skipped": True}
             project = Project.objects.select_for_update().get(pk=job.project_id)
-            phase = {"value": 1}
-
-            def progress(done: int, note: str) -> None:
-                _progress(done, note, phase=phase["value"])
-
             content = writer.ProjectWriter(
                 project=project,
                 importer=job.user,
@@ -247,7 +243,7 @@ def import_run(*, import_job_id: int) -> dict[str, Any]:
                 root=extracted.root,
                 line_limit=settings.IMPORT_MAX_LINE_BYTES,
                 batch_size=settings.IMPORT_BATCH_SIZE,
-                on_progress=progress,
+                on_progress=_progress,
             )
             outcome = content.run()
             if job.overwrite_path:

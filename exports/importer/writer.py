@@ -122,8 +122,8 @@ class _PreparedIssue:
 
 
 class ProjectWriter:
-    """Imports the relations under ``root/tree`` into ``project``. ``on_progress(done, note)``
-    is called after every batch (the job toolkit's progress, which may cancel)."""
+    """Imports the relations under ``root/tree`` into ``project``. ``on_progress(relation,
+    rows, note)`` is called after every batch (the job toolkit's progress, which may cancel)."""
 
     def __init__(
         self,
@@ -134,7 +134,7 @@ class ProjectWriter:
         root: Path,
         line_limit: int,
         batch_size: int,
-        on_progress: Callable[[int, str], None],
+        on_progress: Callable[[str, int, str], None],
     ) -> None:
         self.project = project
         self.importer = importer
@@ -221,7 +221,7 @@ class ProjectWriter:
                 if _is_connection_error(exc):
                     raise
                 self._fail("project_members", number, exc)
-        self.on_progress(self.outcome.counts["project_members"], "members imported")
+        self.on_progress("project_members", self.outcome.counts["project_members"], "members imported")
 
     def _member(self, item: dict[str, Any], present: set[int]) -> None:
         user = item.get("user") or {}
@@ -258,7 +258,7 @@ class ProjectWriter:
                 if _is_connection_error(exc):
                     raise
                 self._fail("labels", number, exc)
-        self.on_progress(self.outcome.counts["labels"], "labels imported")
+        self.on_progress("labels", self.outcome.counts["labels"], "labels imported")
 
     def _label(self, item: dict[str, Any], *, count: bool = True) -> int:
         title = _text(item.get("title"), key="title", required=True)
@@ -391,7 +391,7 @@ class ProjectWriter:
                         raise
                     self._fail("issues", one.number, row_exc)
         self.outcome.counts.update(counts)
-        self.on_progress(self.outcome.counts["issues"], f"{self.outcome.counts['issues']:,} issues imported")
+        self.on_progress("issues", self.outcome.counts["issues"], f"{self.outcome.counts['issues']:,} issues imported")
 
     def _labels_ensure(self, prepared: list[_PreparedIssue]) -> None:
         """Labels named by a link but absent from labels.ndjson are created from the link's

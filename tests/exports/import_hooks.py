@@ -26,7 +26,7 @@ def _pausing(self: writer.ProjectWriter) -> None:
         Path(f"{flag}.tmp").write_text(str(os.getpid()))
         Path(f"{flag}.tmp").rename(f"{flag}.paused")
         while flag.exists():
-            self.on_progress(0, "paused by the test")  # a cancelled import stops here
+            self.on_progress("issues", 0, "paused by the test")  # a cancelled import stops here
             time.sleep(0.05)
     _original(self)
 
