@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from django.db import DatabaseError, InterfaceError, OperationalError, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from exports.importer import ndjson
@@ -44,6 +44,12 @@ _NOTE_KEYS = {
     "id", "note", "noteable_type", "noteable_id", "author_id", "author", "created_at", "updated_at", "project_id",
     "system",
 }  # fmt: skip
+#: The issue columns the import writes, in COPY order (the keys of a prepared issue).
+_ISSUE_COLUMNS = (
+    "iid", "title", "description", "state", "issue_type", "author_id", "confidential", "due_date",
+    "discussion_locked", "relative_position", "lock_version", "updated_by_id", "closed_by_id", "last_edited_at",
+    "last_edited_by_id", "created_at", "updated_at", "closed_at",
+)  # fmt: skip
 _LINK_KEYS = {"id", "label", "label_id", "target_id", "target_type", "created_at", "updated_at"}
 
 
@@ -376,7 +382,7 @@ class ProjectWriter:
         self._labels_ensure(prepared)
         try:
             with transaction.atomic():
-                counts = self._issues_write(prepared)
+                counts = self._issues_copy(prepared)
         except DatabaseError as exc:
             if _is_connection_error(exc):
                 raise
@@ -385,7 +391,7 @@ class ProjectWriter:
             for one in prepared:
                 try:
                     with transaction.atomic():
-                        counts += self._issues_write([one])
+                        counts += self._issues_write_orm([one])
                 except DatabaseError as row_exc:
                     if _is_connection_error(row_exc):
                         raise
@@ -406,29 +412,65 @@ class ProjectWriter:
                             raise
                         self._fail("labels", 0, exc)
 
-    def _issues_write(self, prepared: list[_PreparedIssue]) -> Counter[str]:
-        """Insert the issues, then their notes and label links (fresh instances each time,
-        so a retried row never carries the id of a rolled-back insert)."""
+    def _links(self, issue_id: int, one: _PreparedIssue) -> Iterator[tuple[int, dt.datetime, dt.datetime]]:
+        """(label id, created_at, updated_at) of an issue's links, each label once."""
+        seen = set()
+        for title, link in one.links:
+            label_id = self.labels.get(title)
+            if label_id is not None and label_id not in seen:
+                seen.add(label_id)
+                yield label_id, link["created_at"], link["updated_at"]
+
+    def _issues_copy(self, prepared: list[_PreparedIssue]) -> Counter[str]:
+        """The batch's issues, notes and label links with ``COPY … FROM STDIN``: about four
+        times the ORM's rate (see docs/benchmarks.md). Issue ids are taken from the sequence
+        first, so notes and links can name them in the same stream."""
+        counts = Counter({"issues": len(prepared), "notes": 0, "label_links": 0})
+        if not prepared:
+            return counts
+        with connection.cursor() as cursor, connection.wrap_database_errors:
+            cursor.execute(
+                "SELECT nextval(pg_get_serial_sequence('issues', 'id')) FROM generate_series(1, %s)", [len(prepared)]
+            )
+            ids = [row[0] for row in cursor.fetchall()]
+            raw = cursor.cursor
+            with raw.copy(f"COPY issues (id, project_id, {', '.join(_ISSUE_COLUMNS)}) FROM STDIN") as copy:
+                for issue_id, one in zip(ids, prepared, strict=True):
+                    copy.write_row((issue_id, self.project.pk, *(one.values[c] for c in _ISSUE_COLUMNS)))
+            with raw.copy("COPY notes (issue_id, author_id, note, system, created_at, updated_at) FROM STDIN") as copy:
+                for issue_id, one in zip(ids, prepared, strict=True):
+                    for note in one.notes:
+                        copy.write_row(
+                            (
+                                issue_id,
+                                note["author_id"],
+                                note["note"],
+                                note["system"],
+                                note["created_at"],
+                                note["updated_at"],
+                            )
+                        )
+                        counts["notes"] += 1
+            with raw.copy("COPY issue_labels (issue_id, label_id, created_at, updated_at) FROM STDIN") as copy:
+                for issue_id, one in zip(ids, prepared, strict=True):
+                    for link in self._links(issue_id, one):
+                        copy.write_row((issue_id, *link))
+                        counts["label_links"] += 1
+        return counts
+
+    def _issues_write_orm(self, prepared: list[_PreparedIssue]) -> Counter[str]:
+        """Insert the issues, then their notes and label links, with the ORM: the slow path
+        that finds the rows a batch failed on (fresh instances each time, so a retried row
+        never carries the id of a rolled-back insert)."""
         issues = Issue.objects.bulk_create([Issue(project=self.project, **one.values) for one in prepared])
         notes = [
             Note(issue_id=issue.pk, **note) for issue, one in zip(issues, prepared, strict=True) for note in one.notes
         ]
-        links = []
-        for issue, one in zip(issues, prepared, strict=True):
-            seen = set()
-            for title, link in one.links:
-                label_id = self.labels.get(title)
-                if label_id is None or label_id in seen:
-                    continue
-                seen.add(label_id)
-                links.append(
-                    LabelLink(
-                        issue_id=issue.pk,
-                        label_id=label_id,
-                        created_at=link["created_at"],
-                        updated_at=link["updated_at"],
-                    )
-                )
+        links = [
+            LabelLink(issue_id=issue.pk, label_id=label_id, created_at=created, updated_at=updated)
+            for issue, one in zip(issues, prepared, strict=True)
+            for label_id, created, updated in self._links(issue.pk, one)
+        ]
         Note.objects.bulk_create(notes, batch_size=self.batch_size)
         LabelLink.objects.bulk_create(links, batch_size=self.batch_size)
         return Counter({"issues": len(issues), "notes": len(notes), "label_links": len(links)})
