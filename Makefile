@@ -32,8 +32,12 @@ run: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m project.launcher --demo
 
+# Two pytest-xdist workers, each with its own test database and job queue, a test file at
+# a time: most of the suite waits on real clusters and servers rather than computing, so
+# two halve it even on two cores. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP) browser
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 # Every benchmark (bench/*.py) with tiny sizes, a few at a time: each must run and print one
 # JSON document, so that none stops working unnoticed. Needs DATABASE_URL (and REDIS_URL for
