@@ -53,6 +53,13 @@ _ISSUE_COLUMNS = (
 _LINK_KEYS = {"id", "label", "label_id", "target_id", "target_type", "created_at", "updated_at"}
 
 
+# Plain constants: an enum's .values walks the enum on every call, which cost four seconds
+# per 100,000 issues on the import's hot path.
+_ISSUE_TYPES = frozenset(Issue.Type.values)
+_DEFAULT_TYPE = str(Issue.Type.ISSUE)
+_OPENED, _CLOSED = str(Issue.State.OPENED), str(Issue.State.CLOSED)
+
+
 class RowInvalid(ValueError):
     """One relation item cannot be imported (a missing or malformed value)."""
 
@@ -156,9 +163,8 @@ class ProjectWriter:
     # --- bookkeeping --------------------------------------------------------------------
 
     def _skip_unknown(self, relation: str, item: dict[str, Any], known: set[str]) -> None:
-        for key, value in item.items():
-            if key in known:
-                continue
+        for key in item.keys() - known:  # a set difference: most items have nothing extra
+            value = item[key]
             if isinstance(value, list | dict):
                 if value:
                     self.outcome.skipped_relations[f"{relation}.{key}"] += len(value) if isinstance(value, list) else 1
@@ -305,16 +311,16 @@ class ProjectWriter:
         if iid is None:
             raise RowInvalid("iid is missing")
         state = item.get("state") or "opened"
-        issue_type = item.get("issue_type") or Issue.Type.ISSUE
+        issue_type = item.get("issue_type") or _DEFAULT_TYPE
         discussion_locked = item.get("discussion_locked")
         values = {
             "iid": iid,
             "title": _text(item.get("title"), key="title", required=True),
             "description": _text(item.get("description"), key="description"),
             # GitLab's state machine has "reopened" (an opened issue) and locked states of MRs.
-            "state": Issue.State.CLOSED if state == "closed" else Issue.State.OPENED,
+            "state": _CLOSED if state == "closed" else _OPENED,
             # An unknown type is imported as an issue, as GitLab does.
-            "issue_type": issue_type if issue_type in Issue.Type.values else Issue.Type.ISSUE,
+            "issue_type": issue_type if issue_type in _ISSUE_TYPES else _DEFAULT_TYPE,
             "author_id": self._user(item.get("author_id")),
             "confidential": bool(item.get("confidential") or False),
             "due_date": _date(item.get("due_date"), key="due_date"),
