@@ -246,3 +246,13 @@ def test_github_rate_limits(status, headers):
     responses.get(GITHUB_URL, status=status, headers=headers)
     with pytest.raises(PartnerRateLimited):
         GithubClient().verify(GITHUB_ACTIVE)
+
+
+def test_the_proxy_environment_applies_to_partner_calls(monkeypatch):
+    from secret_detection.partners import base
+
+    monkeypatch.setattr(base, "_local", type(base._local)())
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "api.getpostman.com")
+    assert GcpClient().session.proxies.get("https") == "http://proxy.internal:3128"
+    assert "https" not in PostmanClient().session.proxies
