@@ -1,12 +1,15 @@
-"""What exports show in the job console: running exports and the ones waiting for a slot."""
+"""What exports show in the job console: running exports and the ones waiting for a slot,
+and imports running or scheduled."""
 
 from __future__ import annotations
+
+from datetime import datetime
 
 from django.db.models import Count, Min, Q
 from django.urls import reverse
 from django.utils import timezone
 
-from exports.models import ProjectExportJob
+from exports.models import ProjectExportJob, ProjectImportJob
 from project.jobs import Backlog, JobRun
 
 
@@ -36,5 +39,25 @@ def export_backlog() -> list[Backlog]:
             oldest_age_seconds=(now - oldest).total_seconds() if oldest else None,
             url=f"{jobs_url}?status__exact=queued",
             warn=figures["waiting"] > 0 and oldest is not None and (now - oldest).total_seconds() > 600,
+        ),
+        *import_backlog(now),
+    ]
+
+
+def import_backlog(now: datetime) -> list[Backlog]:
+    figures = ProjectImportJob.objects.filter(status__in=ProjectImportJob.ACTIVE).aggregate(
+        running=Count("id", filter=Q(status=ProjectImportJob.Status.STARTED)),
+        scheduled=Count("id", filter=Q(status=ProjectImportJob.Status.SCHEDULED)),
+        oldest=Min("created_at", filter=Q(status=ProjectImportJob.Status.SCHEDULED)),
+    )
+    url = reverse("admin:exports_projectimportjob_changelist")
+    oldest = figures["oldest"]
+    return [
+        Backlog("Imports running", figures["running"], url=f"{url}?status__exact=started"),
+        Backlog(
+            "Imports scheduled",
+            figures["scheduled"],
+            oldest_age_seconds=(now - oldest).total_seconds() if oldest else None,
+            url=f"{url}?status__exact=scheduled",
         ),
     ]

@@ -107,3 +107,10 @@ def test_command_wait_reports_a_failed_import(owner, tmp_path, monkeypatch) -> N
     monkeypatch.setattr(import_project.Command, "_follow", run_here)
     with pytest.raises(CommandError, match=re.escape("Import version mismatch: Required 0.2.4 but was 0.1.0")):
         call_command("import_project", str(source), "--path", "owner/x", "--user", "owner", "--wait")
+
+
+def test_the_job_console_shows_import_runs_and_the_import_backlog(staff, owner) -> None:
+    services.import_request(user=owner, file=upload(minimal_archive()), path="imp")
+    page = staff.get("/admin/jobs/").content.decode()
+    assert 'data-job="exports.import"' in page
+    assert "Imports scheduled" in page
