@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from exports import relations
-from exports.importer.errors import ImportArchiveInvalid
+from exports.importer.errors import ImportArchiveInvalid, ImportStorageError
 
 CHUNK = 1 << 20
 TOP_LEVEL_FILES = ("VERSION", "GITLAB_VERSION", "GITLAB_REVISION")
@@ -62,6 +62,8 @@ def _too_large(limit: int) -> ImportArchiveInvalid:
 def decompressed_size_check(*, source: Path, limit: int) -> int:
     """The archive's decompressed size, read as a stream; refused once it passes ``limit``."""
     total = 0
+    if not source.is_file():
+        raise ImportArchiveInvalid("The uploaded archive is no longer available; upload it again.")
     try:
         with gzip.open(source, "rb") as stream:
             while chunk := stream.read(CHUNK):
@@ -69,8 +71,16 @@ def decompressed_size_check(*, source: Path, limit: int) -> int:
                 if limit and total > limit:
                     raise _too_large(limit)
     except (OSError, EOFError, zlib.error) as exc:
+        _storage_error(exc)
         raise ImportArchiveInvalid(f"The file is not a gzip-compressed archive ({exc}).") from None
     return total
+
+
+def _storage_error(exc: BaseException) -> None:
+    """An OSError with an errno is our disk failing (no space, I/O), not the archive: it is
+    retried, and its message (which names our paths) is not shown to the user."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        raise ImportStorageError(f"Storage error while reading the archive: {exc.strerror}.") from exc
 
 
 def member_path(name: str) -> str:
@@ -90,12 +100,13 @@ def _wanted(path: str) -> bool:
 
 
 def _write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -> int:
-    target.parent.mkdir(parents=True, exist_ok=True)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(target, flags, 0o600)
-    except FileExistsError:
-        raise ImportArchiveInvalid(f"The archive holds {member.name!r} twice.") from None
+    except (FileExistsError, NotADirectoryError, IsADirectoryError):
+        # The archive's own names collide (a file twice, a file inside a file): its fault.
+        raise ImportArchiveInvalid(f"The archive holds {member.name!r} twice or inside another file.") from None
     written = 0
     source = tar.extractfile(member)
     assert source is not None  # a regular file
@@ -137,8 +148,7 @@ def archive_extract(*, source: Path, workdir: Path, limits: ArchiveLimits) -> Ex
     except tarfile.TarError as exc:
         raise ImportArchiveInvalid(f"The archive cannot be read as a tar file ({exc}).") from None
     except (OSError, EOFError, zlib.error) as exc:
-        if isinstance(exc, ImportArchiveInvalid):
-            raise
+        _storage_error(exc)
         raise ImportArchiveInvalid(f"The archive cannot be read ({exc}).") from None
     result.version = version_check(root=root)
     if "tree/project.json" not in result.files:

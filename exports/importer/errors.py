@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from project.errors import PermanentError, ValidationFailed
+from project.errors import PermanentError, RetryableError, ValidationFailed
 
 
 class ImportArchiveInvalid(PermanentError):
@@ -30,3 +30,9 @@ class NamespaceNotFound(PermanentError):
 
 class ImportRequestInvalid(ValidationFailed):
     code = "invalid_import"
+
+
+class ImportStorageError(RetryableError):
+    """Our disk, not the archive: out of space, a missing upload directory. Retried."""
+
+    code = "storage_error"

@@ -137,7 +137,8 @@ def import_request(
         with transaction.atomic():
             project = core.project_create(
                 namespace_path=namespace,
-                path=f"{path}-import-{secrets.token_hex(4)}" if existing is not None else path,
+                # Room for the suffix within the path's 255 characters.
+                path=f"{path[:230]}-import-{secrets.token_hex(4)}" if existing is not None else path,
                 name=name or path,
                 owner=user,
             )

@@ -64,7 +64,11 @@ def _nothing_written(job: ProjectImportJob, media: Path) -> None:
             "issues.ndjson line 2 is not valid JSON",
         ),
         ([*GOOD, ("tree/project/issues.ndjson", b"[1, 2]\n")], "issues.ndjson line 1 is not a JSON object."),
-        ([*GOOD, ("VERSION", "0.2.4")], "The archive holds 'VERSION' twice."),
+        ([*GOOD, ("VERSION", "0.2.4")], "The archive holds 'VERSION' twice or inside another file."),
+        (
+            [*GOOD, ("tree/project/x.ndjson", "{}"), ("tree/project/x.ndjson/y", "{}")],
+            "The archive holds 'tree/project/x.ndjson/y' twice or inside another file.",
+        ),
     ],
 )
 def test_hostile_archive_is_refused_with_a_clear_error(owner, media_root, members, error) -> None:
@@ -135,3 +139,14 @@ def test_gzip_members_concatenated_as_our_exporter_writes_them_are_read(owner, m
         assert tar.getnames()
     job = _import(owner, concatenated)
     assert job.status == "finished", job.error
+
+
+def test_a_missing_upload_fails_without_naming_our_paths(owner, media_root) -> None:
+    from django.core.files.storage import default_storage
+
+    job = services.import_request(user=owner, file=upload(minimal_archive()), path="gone")
+    default_storage.delete(job.source)
+    run_import_attempt(job)
+    job.refresh_from_db()
+    assert (job.status, job.error) == ("failed", "The uploaded archive is no longer available; upload it again.")
+    assert str(media_root) not in job.error
