@@ -70,6 +70,15 @@ def _report(count: int) -> dict:
     return report_with(findings, base=base, prefix="direct")
 
 
+def _max_in_window(times: list, seconds: float) -> int:
+    best, start = 0, 0
+    for end, moment in enumerate(times):
+        while (moment - times[start]).total_seconds() >= seconds:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
 def run_direct(*, count: int, latency: float, concurrency: int, child_env: dict[str, str], timeout: float) -> dict:
     from django.conf import settings
     from django.utils import timezone
@@ -110,6 +119,11 @@ def run_direct(*, count: int, latency: float, concurrency: int, child_env: dict[
                     done[partner] = now
             time.sleep(0.1)
         runs = JobRun.objects.filter(name="secret_detection.verify_direct_token", created_at__gte=since)
+        sent = sorted(
+            FindingTokenStatus.objects.filter(project=project, partner="postman").values_list(
+                "last_verified_at", flat=True
+            )
+        )
         statuses = Counter(FindingTokenStatus.objects.filter(project=project).values_list("partner", "status"))
     finally:
         cluster.stop()
@@ -132,9 +146,13 @@ def run_direct(*, count: int, latency: float, concurrency: int, child_env: dict[
             "ideal_s": ideal_postman,
             "vs_ideal": round(done["postman"] / ideal_postman, 3),
             "goal": "<= 1.1",
+            # The most answers in any one second (4 is the limit; the verdict is recorded
+            # right after each answer, so this is the rate on the wire).
+            "max_in_any_1s": _max_in_window(sent, 1.0),
         },
         "runs": runs.count(),
         "paced_runs": runs.filter(kwargs__paced=True).count(),
+        "deferrals": sum(runs.values_list("deferrals", flat=True)),
         "rescheduled_by_429": runs.filter(kwargs__reschedules__gte=1).count(),
         "final_statuses": {f"{partner}:{status}": n for (partner, status), n in statuses.items()},
         "timeline": timeline,

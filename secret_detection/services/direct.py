@@ -6,8 +6,11 @@ through the same ``statuses`` transitions as SDRS's callback (``status_claim`` t
 ``status_result``): nothing stays pending waiting for a callback.
 
 * format mismatch: unknown (``format_mismatch``), no call;
-* our per-project limit: the run is re-enqueued at the slot it reserved (pacing, not a
-  failure: every token gets through at the partner's rate);
+* our per-project limit: the verifier reserved the run's slot and made it due then (a
+  run started otherwise reserves one and is re-enqueued for it); where it sends, the run
+  also takes a slot of the send limit, deferred until one is free, so runs that start late
+  together never burst past the limit (pacing, not a failure: every token gets through
+  at the partner's rate);
 * the partner's 429 (AWS: 429/503) or its pause: re-enqueued after
   PARTNER_RATE_LIMIT_DELAY, at most PARTNER_RATE_LIMIT_MAX_RESCHEDULES times, then left
   with its previous verdict and ``rate_limited_gave_up`` (the refresher tries later);
@@ -106,6 +109,11 @@ def token_direct_verify_run(
                 with transaction.atomic():
                     _reschedule(finding=finding, delay=wait, kwargs={**base, "reschedules": reschedules, "paced": True})
                 return {"paced": round(wait, 3)}
+        wait = pacing.rate_send_take(key=f"{entry.rate_limit_key}:{finding.project_id}", per_second=entry.per_second)
+        if wait > 0:
+            # Started late with others (a backlog drained at once): wait for a free slot
+            # rather than burst past the limit; a deferral spends no attempt.
+            raise Defer(wait, f"{entry.rate_limit_key} limit")
 
     previous = FindingTokenStatus.objects.filter(pk=finding.pk).values_list("status", flat=True).first()
     request_id = uuid.uuid4().hex

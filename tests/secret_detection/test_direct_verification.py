@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from django.utils import timezone
 
 from project.jobs import JobRun
 from project.jobs.testing import run_inline
@@ -249,8 +250,26 @@ def test_our_per_project_limit_paces_instead_of_refusing(project, import_finding
     assert later.kwargs["finding_id"] == second.pk
     assert later.kwargs["reschedules"] == 0
     assert len(stand_ins["postman"].received) == 1
+    settings.PARTNER_POSTMAN_RATE = 0  # (the slot's time has come)
     _outcome, run = run_inline(DIRECT, **later.kwargs)
     assert _status(second).status == "inactive"
+
+
+def test_runs_that_start_late_together_are_held_to_the_limit_where_they_send(
+    project, import_findings, stand_ins, settings
+):
+    settings.PARTNER_POSTMAN_RATE = 1
+    first, second = import_findings(project, [("Postman API token", POSTMAN_ACTIVE)], prefix="a") + import_findings(
+        project, [("Postman API token", POSTMAN_INACTIVE)], prefix="b"
+    )
+    # Both hold a reserved slot already, but a backlog made them start at the same moment.
+    assert run_inline(DIRECT, finding_id=first.pk, paced=True)[0] == "succeeded"
+    outcome, run = run_inline(DIRECT, finding_id=second.pk, paced=True)
+    assert outcome == "deferred"
+    assert run.status == "queued"
+    assert run.due_at > timezone.now()
+    assert len(stand_ins["postman"].received) == 1
+    assert _status(second).status == "unknown"
 
 
 def test_no_value_is_ever_sent_to_another_host(project, import_findings, stand_ins):
@@ -282,8 +301,6 @@ def test_verify_now_goes_through_the_direct_verifier(project, import_findings, a
 
 
 def test_the_refresher_starts_direct_verifications_and_respects_a_partner_pause(project, import_findings):
-    from django.utils import timezone
-
     aws, postman = import_findings(project, [("AWS", AWS_ACTIVE), ("Postman API token", POSTMAN_ACTIVE)])
     FindingTokenStatus.objects.update(next_refresh_at=timezone.now())
     DirectPartner.objects.create(partner="postman", paused_until=timezone.now() + timezone.timedelta(seconds=30))
