@@ -10,7 +10,7 @@ class Migration(migrations.Migration):
     dependencies = [
         ("exports", "0002_run_owns_execution"),
         ("jobs", "0005_job_runs_queue"),
-        ("project", "0006_import_decompressed_limit"),
+        ("project", "0005_export_import_size_limits"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -29,4 +29,14 @@ class Migration(migrations.Migration):
                 verbose_name="Maximum import size (MiB)",
             ),
         ),
+        migrations.AddField(
+            model_name="applicationsetting",
+            name="max_decompressed_archive_size",
+            field=models.PositiveIntegerField(
+                db_default=25600,
+                default=25600,
+                help_text="An import archive larger than this once decompressed is refused before extraction (0: no limit). GitLab's max_decompressed_archive_size.",
+                verbose_name="Maximum decompressed archive size (MiB)",
+            ),
+        ),
     ]
