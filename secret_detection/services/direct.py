@@ -109,11 +109,14 @@ def token_direct_verify_run(
                 with transaction.atomic():
                     _reschedule(finding=finding, delay=wait, kwargs={**base, "reschedules": reschedules, "paced": True})
                 return {"paced": round(wait, 3)}
-        wait = pacing.rate_send_take(key=f"{entry.rate_limit_key}:{finding.project_id}", per_second=entry.per_second)
-        if wait > 0:
-            # Started late with others (a backlog drained at once): wait for a free slot
-            # rather than burst past the limit; a deferral spends no attempt.
-            raise Defer(wait, f"{entry.rate_limit_key} limit")
+        # A run deferred before woke up for the send slot it reserved then.
+        if not (run is not None and run.deferrals > 0):
+            key = f"{entry.rate_limit_key}:{finding.project_id}"
+            wait = pacing.rate_send_take(key=key, per_second=entry.per_second)
+            if wait > 0:
+                # Started late with others (a backlog drained at once): wait for the slot
+                # reserved now rather than burst past the limit; a deferral spends no attempt.
+                raise Defer(wait, f"{entry.rate_limit_key} limit")
 
     previous = FindingTokenStatus.objects.filter(pk=finding.pk).values_list("status", flat=True).first()
     request_id = uuid.uuid4().hex

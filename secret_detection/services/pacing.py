@@ -53,32 +53,25 @@ ON CONFLICT (key) DO UPDATE SET next_free_at =
 WHERE secret_detection_partner_rate_slots.next_free_at <= clock_timestamp() + make_interval(secs => %(slack)s)
 RETURNING 0
 """
-_WAIT = """
-SELECT EXTRACT(EPOCH FROM (next_free_at - clock_timestamp()))
-FROM secret_detection_partner_rate_slots WHERE key = %(key)s
-"""
 
 
 def rate_send_take(*, key: str, per_second: float) -> float:
-    """The limit where a request is sent: take the slot now if it is free (0), else say
-    how long until it is (nothing reserved). Slots reserved ahead (``rate_slots_reserve``)
-    spread the runs' due times; this keeps the requests themselves within the limit when
-    runs start late and bunch up (a queue backlog drained at once)."""
+    """The limit where a request is sent: take the slot now if it is free (0), else
+    reserve the next one and say how long until it starts. Slots reserved ahead
+    (``rate_slots_reserve``) spread the runs' due times; this keeps the requests themselves
+    within the limit when runs start late and bunch up (a queue backlog drained at once).
+    Reserving rather than polling: each late run waits once, in order, for its own slot,
+    instead of all of them waking together to race for the next one."""
     if per_second <= 0:
         return 0.0
     interval = 1.0 / per_second
-    params: dict[str, str | float] = {
-        "key": f"{key}:sent"[:255],
-        "interval": interval,
-        "slack": min(interval / 2, 0.05),
-    }
+    sent = f"{key}:sent"[:255]
+    params: dict[str, str | float] = {"key": sent, "interval": interval, "slack": min(interval / 2, 0.05)}
     with connection.cursor() as cursor:
         cursor.execute(_TAKE, params)
         if cursor.fetchone() is not None:
             return 0.0
-        cursor.execute(_WAIT, params)
-        row = cursor.fetchone()
-    return max(0.01, float(row[0]) if row else 0.01)
+    return max(0.01, rate_slot_reserve(key=sent, per_second=per_second))
 
 
 def partner_row(*, partner: str) -> DirectPartner:
