@@ -109,8 +109,11 @@ def token_direct_verify_run(
                 with transaction.atomic():
                     _reschedule(finding=finding, delay=wait, kwargs={**base, "reschedules": reschedules, "paced": True})
                 return {"paced": round(wait, 3)}
-        # A run deferred before woke up for the send slot it reserved then.
-        if not (run is not None and run.deferrals > 0):
+        # A run deferred before woke up for the send slot it reserved then, unless it woke
+        # too late for it (others due around then would send in the same moment).
+        on_time = max(0.1, 1.0 / entry.per_second) if entry.per_second > 0 else 0.0
+        holds_slot = run is not None and run.deferrals > 0 and _late(run) <= on_time
+        if not holds_slot:
             key = f"{entry.rate_limit_key}:{finding.project_id}"
             wait = pacing.rate_send_take(key=key, per_second=entry.per_second)
             if wait > 0:
@@ -168,6 +171,10 @@ def token_direct_verify_run(
     decision = verdict.status if not verdict.code else f"{verdict.status}: {verdict.code}"
     _log(finding, partner, decision, attempt=attempt, http_status=verdict.http_status, duration_ms=elapsed_ms)
     return {"status": verdict.status, "code": verdict.code, "applied": applied}
+
+
+def _late(run: Any) -> float:
+    return (timezone.now() - run.due_at).total_seconds() if run.due_at else 0.0
 
 
 def _settled(previous: str | None) -> str:
