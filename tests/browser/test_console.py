@@ -15,7 +15,7 @@ from django.contrib.auth.models import Permission
 from playwright.sync_api import Page
 
 from exports import services as exports
-from exports.models import ProjectExportArchive, ProjectExportJob
+from exports.models import ProjectExportArchive, ProjectExportJob, ProjectImportJob
 from project.jobs import JobRun
 from project.jobs.models import ClusterHeartbeat
 from project.models import ApplicationSetting, User
@@ -231,7 +231,18 @@ def test_lists_fit_1400_pixels(root, live_server, cluster_for_browser, project, 
         progress=_run_state(job.job_run_id),
     )
     leaked_aws_token(project)
+    ProjectImportJob.objects.create(
+        project=project,
+        user=maintainer,
+        status="failed",
+        counts={"project": 1, "project_members": 12, "labels": 40, "issues": 1000, "notes": 3000, "label_links": 900},
+        skipped={"merge_requests": 120, "milestones": 8, "ci_pipelines": 300, "protected_branches": 2},
+        failed_relations=[{"relation_name": "issues", "exception_message": "value too long " * 10}] * 3,
+        error_code="archive_invalid",
+        error="The archive holds a file that is not a regular file: tree/project/issues.ndjson " * 3,
+    )
     for path in (
+        "/admin/exports/projectimportjob/",
         "/admin/jobs/jobrun/?kind=all",
         "/admin/exports/projectexportjob/",
         "/admin/exports/projectexportarchive/",
