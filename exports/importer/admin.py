@@ -98,9 +98,8 @@ class ProjectImportJobAdmin(ControlledAdmin):
             return "-"
         # Issues and notes say how big an import was; the rest is in the tooltip and the page.
         every = ", ".join(f"{value:,} {key}" for key, value in counts.items() if isinstance(value, int))
-        return format_html(
-            '<span title="{}">{:,} issues, {:,} notes</span>', every, counts.get("issues", 0), counts.get("notes", 0)
-        )
+        issues, notes = f"{counts.get('issues', 0):,}", f"{counts.get('notes', 0):,}"
+        return format_html('<span title="{}">{} issues, {} notes</span>', every, issues, notes)
 
     @admin.display(description="Failed")
     def failed_shown(self, obj: ProjectImportJob) -> str:
