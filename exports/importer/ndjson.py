@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from exports.importer.errors import ImportArchiveInvalid
 
 
@@ -30,14 +32,24 @@ def lines(path: Path, *, name: str, limit: int) -> Iterator[tuple[int, bytes]]:
                 yield number, line
 
 
+def _loads(line: bytes, *, name: str, number: int) -> Any:
+    try:
+        # orjson parses a line about five times as fast as json; what only json reads (NaN,
+        # integers past 64 bits) goes to json, so the import accepts the archives it did.
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(line)
+    except ValueError as exc:
+        raise ImportArchiveInvalid(f"{name} line {number} is not valid JSON ({exc}).") from None
+
+
 def objects(path: Path, *, name: str, limit: int) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) of an NDJSON file; a line that is not a JSON object refuses
     the import (the archive is corrupt, and half of a relation must not be imported)."""
     for number, line in lines(path, name=name, limit=limit):
-        try:
-            value = json.loads(line)
-        except ValueError as exc:
-            raise ImportArchiveInvalid(f"{name} line {number} is not valid JSON ({exc}).") from None
+        value = _loads(line, name=name, number=number)
         if not isinstance(value, dict):
             raise ImportArchiveInvalid(f"{name} line {number} is not a JSON object.")
         yield number, value

@@ -14,9 +14,10 @@ its text. A reference that is null in the archive (a deleted user) stays null.
 
 from __future__ import annotations
 
-import datetime as dt
+import gc
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,14 @@ from typing import Any
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
-from exports.importer import ndjson
+from exports.importer import copytext, ndjson, streaming
+from exports.importer.values import RowInvalid
+from exports.importer.values import date as _date
+from exports.importer.values import integer as _int
+from exports.importer.values import issue_line as _issue_line
+from exports.importer.values import stamp as _stamp
+from exports.importer.values import text as _text
+from exports.importer.values import timestamp as _time
 from project.models import AccessLevel, Issue, Label, LabelLink, Note, Project, ProjectMember, User, Visibility
 
 MAX_FAILED_KEPT = 1000
@@ -44,13 +52,15 @@ _NOTE_KEYS = {
     "id", "note", "noteable_type", "noteable_id", "author_id", "author", "created_at", "updated_at", "project_id",
     "system",
 }  # fmt: skip
-#: The issue columns the import writes, in COPY order (the keys of a prepared issue).
-_ISSUE_COLUMNS = (
+#: The issue columns the import writes, in COPY order (a prepared issue's values).
+ISSUE_COLUMNS = (
     "iid", "title", "description", "state", "issue_type", "author_id", "confidential", "due_date",
     "discussion_locked", "relative_position", "lock_version", "updated_by_id", "closed_by_id", "last_edited_at",
     "last_edited_by_id", "created_at", "updated_at", "closed_at",
 )  # fmt: skip
 _LINK_KEYS = {"id", "label", "label_id", "target_id", "target_type", "created_at", "updated_at"}
+#: The note columns after issue_id, in COPY order (a prepared note's values).
+NOTE_COLUMNS = ("author_id", "note", "system", "created_at", "updated_at")
 
 
 # Plain constants: an enum's .values walks the enum on every call, which cost four seconds
@@ -60,51 +70,22 @@ _DEFAULT_TYPE = str(Issue.Type.ISSUE)
 _OPENED, _CLOSED = str(Issue.State.OPENED), str(Issue.State.CLOSED)
 
 
-class RowInvalid(ValueError):
-    """One relation item cannot be imported (a missing or malformed value)."""
-
-
-def _time(value: Any, *, key: str) -> dt.datetime | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise RowInvalid(f"{key} is not a timestamp")
-    try:
-        parsed = dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise RowInvalid(f"{key} is not a timestamp: {value[:40]!r}") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
-
-
-def _date(value: Any, *, key: str) -> dt.date | None:
-    if value is None or value == "":
-        return None
-    try:
-        return dt.date.fromisoformat(str(value)[:10])
-    except ValueError:
-        raise RowInvalid(f"{key} is not a date: {str(value)[:40]!r}") from None
-
-
-def _int(value: Any, *, key: str, default: int | None = None) -> int | None:
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise RowInvalid(f"{key} is not an integer")
-    return value
-
-
-def _text(value: Any, *, key: str, required: bool = False) -> str:
-    if value is None:
-        if required:
-            raise RowInvalid(f"{key} is missing")
-        return ""
-    if not isinstance(value, str):
-        raise RowInvalid(f"{key} is not a string")
-    return value
-
-
-def _is_connection_error(exc: BaseException) -> bool:
+def is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, OperationalError | InterfaceError)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The cyclic collector off while batches are built: each batch allocates hundreds of
+    thousands of dicts and tuples (none in cycles, refcounting frees them), and every
+    collection they trigger walked the worker's whole heap, about 30 % of the import's CPU."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @dataclass
@@ -126,12 +107,27 @@ class Outcome:
         }
 
 
-@dataclass
+@dataclass(slots=True)
 class _PreparedIssue:
     number: int
-    values: dict[str, Any]
-    notes: list[dict[str, Any]]
-    links: list[tuple[str, dict[str, Any]]]  # (label title, link values)
+    values: tuple[Any, ...]  # in ISSUE_COLUMNS order
+    notes: list[tuple[Any, ...]]  # in NOTE_COLUMNS order
+    links: list[tuple[str, dict[str, Any], str, str]]  # (title, label, created_at, updated_at)
+    # The COPY text of the issue's and its notes' rows after their leading ids (known once
+    # the batch's ids are taken from the sequence).
+    line: str
+    note_lines: list[str]
+
+
+@dataclass(slots=True)
+class _IssueBatch:
+    """A batch of prepared issues with its refused items and skip counts, kept apart from the
+    outcome until the batch is written (preparing writes no shared state)."""
+
+    issues: list[_PreparedIssue] = field(default_factory=list)
+    refused: list[tuple[int, RowInvalid]] = field(default_factory=list)
+    skipped_relations: Counter[str] = field(default_factory=Counter)
+    skipped_fields: Counter[str] = field(default_factory=Counter)
 
 
 class ProjectWriter:
@@ -162,14 +158,17 @@ class ProjectWriter:
 
     # --- bookkeeping --------------------------------------------------------------------
 
-    def _skip_unknown(self, relation: str, item: dict[str, Any], known: set[str]) -> None:
+    def _skip_unknown(
+        self, relation: str, item: dict[str, Any], known: set[str], into: Outcome | _IssueBatch | None = None
+    ) -> None:
+        tally = into or self.outcome
         for key in item.keys() - known:  # a set difference: most items have nothing extra
             value = item[key]
             if isinstance(value, list | dict):
                 if value:
-                    self.outcome.skipped_relations[f"{relation}.{key}"] += len(value) if isinstance(value, list) else 1
+                    tally.skipped_relations[f"{relation}.{key}"] += len(value) if isinstance(value, list) else 1
             else:
-                self.outcome.skipped_fields[f"{relation}.{key}"] += 1
+                tally.skipped_fields[f"{relation}.{key}"] += 1
 
     def _fail(self, relation: str, number: int, exc: BaseException) -> None:
         self.outcome.failed_total += 1
@@ -187,7 +186,7 @@ class ProjectWriter:
             }
         )
 
-    def _objects(self, relation: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    def objects(self, relation: str) -> Iterator[tuple[int, dict[str, Any]]]:
         path = self.tree / "project" / f"{relation}.ndjson"
         if path.is_file():
             yield from ndjson.objects(path, name=f"{relation}.ndjson", limit=self.line_limit)
@@ -221,7 +220,7 @@ class ProjectWriter:
 
     def members(self) -> None:
         present = set(ProjectMember.objects.filter(project=self.project).values_list("user_id", flat=True))
-        for number, item in self._objects("project_members"):
+        for number, item in self.objects("project_members"):
             self._skip_unknown("project_members", item, _MEMBER_KEYS)
             if not self.admin:
                 # GitLab's MembersMapper ignores the archive's members unless an admin imports.
@@ -230,7 +229,7 @@ class ProjectWriter:
             try:
                 self._member(item, present)
             except (RowInvalid, DatabaseError) as exc:
-                if _is_connection_error(exc):
+                if is_connection_error(exc):
                     raise
                 self._fail("project_members", number, exc)
         self.on_progress("project_members", self.outcome.counts["project_members"], "members imported")
@@ -262,12 +261,12 @@ class ProjectWriter:
         self.outcome.counts["project_members"] += 1
 
     def labels_import(self) -> None:
-        for number, item in self._objects("labels"):
+        for number, item in self.objects("labels"):
             self._skip_unknown("labels", item, _LABEL_KEYS)
             try:
                 self._label(item)
             except (RowInvalid, DatabaseError) as exc:
-                if _is_connection_error(exc):
+                if is_connection_error(exc):
                     raise
                 self._fail("labels", number, exc)
         self.on_progress("labels", self.outcome.counts["labels"], "labels imported")
@@ -296,69 +295,123 @@ class ProjectWriter:
     # --- issues, with their notes and label links ----------------------------------------
 
     def issues(self) -> None:
-        batch: list[tuple[int, dict[str, Any]]] = []
-        for number, item in self._objects("issues"):
-            batch.append((number, item))
-            if len(batch) >= self.batch_size:
+        path = self.tree / "project" / "issues.ndjson"
+        with _gc_paused():
+            if not path.is_file() or streaming.issues_stream(self, path=path):
+                return
+            # The database refused a row: batch by batch, each refused batch row by row.
+            for batch in self._issue_batches():
                 self._issue_batch(batch)
-                batch = []
-        if batch:
-            self._issue_batch(batch)
 
-    def _issue_prepare(self, number: int, item: dict[str, Any]) -> _PreparedIssue:
-        self._skip_unknown("issues", item, _ISSUE_KEYS)
-        iid = _int(item.get("iid"), key="iid")
+    # --- what the streaming pass uses ------------------------------------------------------
+
+    def snapshot(self) -> tuple[dict[str, int], int, int, int]:
+        return dict(self.labels), self.outcome.counts["labels"], len(self.outcome.failed), self.outcome.failed_total
+
+    def restore(self, snapshot: tuple[dict[str, int], int, int, int]) -> None:
+        """Forget what a rolled-back pass did: the labels it created, the failures it recorded."""
+        labels, count, kept, total = snapshot
+        self.labels = labels
+        self.outcome.counts["labels"] = count
+        del self.outcome.failed[kept:]
+        self.outcome.failed_total = total
+
+    def new_batch(self) -> _IssueBatch:
+        return _IssueBatch()
+
+    def merge(self, batch: _IssueBatch) -> None:
+        """A batch's skip counts and refused items into the outcome."""
+        self.outcome.skipped_relations.update(batch.skipped_relations)
+        self.outcome.skipped_fields.update(batch.skipped_fields)
+        for number, exc in batch.refused:
+            self._fail("issues", number, exc)
+
+    def label_from_link(self, label: dict[str, Any]) -> None:
+        """A label named by a link but absent from labels.ndjson, created from the link's
+        label as GitLab does; one that cannot be created is a failed relation."""
+        try:
+            self._label(label)
+        except (RowInvalid, DatabaseError) as exc:
+            if is_connection_error(exc):
+                raise
+            self._fail("labels", 0, exc)
+
+    def _issue_batches(self) -> Iterator[_IssueBatch]:
+        """The issues, read and prepared in batches (no database here)."""
+        batch = _IssueBatch()
+        now = timezone.now().isoformat()
+        for number, item in self.objects("issues"):
+            try:
+                batch.issues.append(self.issue_prepare(number, item, now, batch))
+            except RowInvalid as exc:
+                batch.refused.append((number, exc))
+            if len(batch.issues) + len(batch.refused) >= self.batch_size:
+                yield batch
+                batch = _IssueBatch()
+                now = timezone.now().isoformat()
+        if batch.issues or batch.refused:
+            yield batch
+
+    def issue_prepare(self, number: int, item: dict[str, Any], now: str, batch: _IssueBatch) -> _PreparedIssue:
+        if not _ISSUE_KEYS.issuperset(item):  # in C, no set built: most items have nothing extra
+            self._skip_unknown("issues", item, _ISSUE_KEYS, batch)
+        get = item.get
+        iid = _int(get("iid"), key="iid")
         if iid is None:
             raise RowInvalid("iid is missing")
-        state = item.get("state") or "opened"
-        issue_type = item.get("issue_type") or _DEFAULT_TYPE
-        discussion_locked = item.get("discussion_locked")
-        values = {
-            "iid": iid,
-            "title": _text(item.get("title"), key="title", required=True),
-            "description": _text(item.get("description"), key="description"),
+        state = get("state") or "opened"
+        issue_type = get("issue_type") or _DEFAULT_TYPE
+        discussion_locked = get("discussion_locked")
+        values = (  # ISSUE_COLUMNS
+            iid,
+            _text(get("title"), key="title", required=True),
+            _text(get("description"), key="description"),
             # GitLab's state machine has "reopened" (an opened issue) and locked states of MRs.
-            "state": _CLOSED if state == "closed" else _OPENED,
+            _CLOSED if state == "closed" else _OPENED,
             # An unknown type is imported as an issue, as GitLab does.
-            "issue_type": issue_type if issue_type in _ISSUE_TYPES else _DEFAULT_TYPE,
-            "author_id": self._user(item.get("author_id")),
-            "confidential": bool(item.get("confidential") or False),
-            "due_date": _date(item.get("due_date"), key="due_date"),
-            "discussion_locked": discussion_locked if isinstance(discussion_locked, bool) else None,
-            "relative_position": _int(item.get("relative_position"), key="relative_position"),
-            "lock_version": _int(item.get("lock_version"), key="lock_version", default=0),
-            "updated_by_id": self._user(item.get("updated_by_id")),
-            "closed_by_id": self._user(item.get("closed_by_id")),
-            "last_edited_at": _time(item.get("last_edited_at"), key="last_edited_at"),
-            "last_edited_by_id": self._user(item.get("last_edited_by_id")),
-            "created_at": _time(item.get("created_at"), key="created_at") or timezone.now(),
-            "updated_at": _time(item.get("updated_at"), key="updated_at") or timezone.now(),
-            "closed_at": _time(item.get("closed_at"), key="closed_at"),
-        }
-        notes = [self._note_prepare(note) for note in item.get("notes") or [] if isinstance(note, dict)]
+            issue_type if issue_type in _ISSUE_TYPES else _DEFAULT_TYPE,
+            self._user(get("author_id")),
+            bool(get("confidential") or False),
+            _date(get("due_date"), key="due_date"),
+            discussion_locked if isinstance(discussion_locked, bool) else None,
+            _int(get("relative_position"), key="relative_position"),
+            _int(get("lock_version"), key="lock_version", default=0),
+            self._user(get("updated_by_id")),
+            self._user(get("closed_by_id")),
+            _stamp(get("last_edited_at"), key="last_edited_at"),
+            self._user(get("last_edited_by_id")),
+            _stamp(get("created_at"), key="created_at") or now,
+            _stamp(get("updated_at"), key="updated_at") or now,
+            _stamp(get("closed_at"), key="closed_at"),
+        )
+        notes = [self._note_prepare(note, now, batch) for note in get("notes") or () if isinstance(note, dict)]
         links = []
-        for link in item.get("label_links") or []:
+        for link in get("label_links") or ():
             if not isinstance(link, dict):
                 continue
-            self._skip_unknown("issues.label_links", link, _LINK_KEYS)
+            if not _LINK_KEYS.issuperset(link):
+                self._skip_unknown("issues.label_links", link, _LINK_KEYS, batch)
             label = link.get("label")
             if not isinstance(label, dict):
                 raise RowInvalid("a label link has no label")
-            title = _text(label.get("title"), key="label title", required=True)
             links.append(
                 (
-                    title,
-                    {
-                        "label": label,
-                        "created_at": _time(link.get("created_at"), key="created_at") or timezone.now(),
-                        "updated_at": _time(link.get("updated_at"), key="updated_at") or timezone.now(),
-                    },
+                    _text(label.get("title"), key="label title", required=True),
+                    label,
+                    _stamp(link.get("created_at"), key="created_at") or now,
+                    _stamp(link.get("updated_at"), key="updated_at") or now,
                 )
             )
-        return _PreparedIssue(number=number, values=values, notes=notes, links=links)
+        text, null = copytext.text, copytext.NULL
+        note_lines = [
+            f"{null if author is None else author}\t{text(note)}\t{'t' if system else 'f'}\t{created}\t{updated}\n"
+            for author, note, system, created, updated in notes
+        ]
+        return _PreparedIssue(number, values, notes, links, _issue_line(values), note_lines)
 
-    def _note_prepare(self, item: dict[str, Any]) -> dict[str, Any]:
-        self._skip_unknown("issues.notes", item, _NOTE_KEYS)
+    def _note_prepare(self, item: dict[str, Any], now: str, batch: _IssueBatch) -> tuple[Any, ...]:
+        if not _NOTE_KEYS.issuperset(item):
+            self._skip_unknown("issues.notes", item, _NOTE_KEYS, batch)
         text = _text(item.get("note"), key="note")
         old_author = item.get("author_id")
         updated_at = item.get("updated_at")
@@ -370,27 +423,23 @@ class ProjectWriter:
                 name = (item.get("author") or {}).get("name") if isinstance(item.get("author"), dict) else None
                 stamp = str(updated_at or item.get("created_at") or "").split(".")[0]
                 text = f"{text}\n\n *By {name or 'an unknown user'} on {stamp} (imported from GitLab)*"
-        return {
-            "note": text,
-            "system": bool(item.get("system") or False),
-            "author_id": author_id,
-            "created_at": _time(item.get("created_at"), key="created_at") or timezone.now(),
-            "updated_at": _time(updated_at, key="updated_at") or timezone.now(),
-        }
+        return (  # NOTE_COLUMNS
+            author_id,
+            text,
+            bool(item.get("system") or False),
+            _stamp(item.get("created_at"), key="created_at") or now,
+            _stamp(updated_at, key="updated_at") or now,
+        )
 
-    def _issue_batch(self, batch: list[tuple[int, dict[str, Any]]]) -> None:
-        prepared = []
-        for number, item in batch:
-            try:
-                prepared.append(self._issue_prepare(number, item))
-            except RowInvalid as exc:
-                self._fail("issues", number, exc)
+    def _issue_batch(self, batch: _IssueBatch) -> None:
+        self.merge(batch)
+        prepared = batch.issues
         self._labels_ensure(prepared)
         try:
             with transaction.atomic():
                 counts = self._issues_copy(prepared)
         except DatabaseError as exc:
-            if _is_connection_error(exc):
+            if is_connection_error(exc):
                 raise
             # One row spoiled the batch: find it (them) one row at a time.
             counts = Counter()
@@ -399,7 +448,7 @@ class ProjectWriter:
                     with transaction.atomic():
                         counts += self._issues_write_orm([one])
                 except DatabaseError as row_exc:
-                    if _is_connection_error(row_exc):
+                    if is_connection_error(row_exc):
                         raise
                     self._fail("issues", one.number, row_exc)
         self.outcome.counts.update(counts)
@@ -409,28 +458,23 @@ class ProjectWriter:
         """Labels named by a link but absent from labels.ndjson are created from the link's
         label (GitLab does the same), before the batch, so a batch rollback keeps them."""
         for issue in prepared:
-            for title, link in issue.links:
+            for title, label, _created, _updated in issue.links:
                 if title not in self.labels:
-                    try:
-                        self._label(link["label"])
-                    except (RowInvalid, DatabaseError) as exc:
-                        if _is_connection_error(exc):
-                            raise
-                        self._fail("labels", 0, exc)
+                    self.label_from_link(label)
 
-    def _links(self, issue_id: int, one: _PreparedIssue) -> Iterator[tuple[int, dt.datetime, dt.datetime]]:
+    def _links(self, one: _PreparedIssue) -> list[tuple[int, str, str]]:
         """(label id, created_at, updated_at) of an issue's links, each label once."""
-        seen = set()
-        for title, link in one.links:
+        found: dict[int, tuple[int, str, str]] = {}
+        for title, _label, created, updated in one.links:
             label_id = self.labels.get(title)
-            if label_id is not None and label_id not in seen:
-                seen.add(label_id)
-                yield label_id, link["created_at"], link["updated_at"]
+            if label_id is not None and label_id not in found:
+                found[label_id] = (label_id, created, updated)
+        return list(found.values())
 
     def _issues_copy(self, prepared: list[_PreparedIssue]) -> Counter[str]:
-        """The batch's issues, notes and label links with ``COPY … FROM STDIN``: about four
-        times the ORM's rate (see docs/benchmarks.md). Issue ids are taken from the sequence
-        first, so notes and links can name them in the same stream."""
+        """The batch's issues, notes and label links with ``COPY … FROM STDIN``, formatted by
+        ``copytext`` (see docs/benchmarks.md). Issue ids are taken from the sequence first,
+        so notes and links can name them in the same stream."""
         counts = Counter({"issues": len(prepared), "notes": 0, "label_links": 0})
         if not prepared:
             return counts
@@ -439,43 +483,43 @@ class ProjectWriter:
                 "SELECT nextval(pg_get_serial_sequence('issues', 'id')) FROM generate_series(1, %s)", [len(prepared)]
             )
             ids = [row[0] for row in cursor.fetchall()]
+            project = f"{self.project.pk}\t"
+            issues, notes, links = [], [], []
+            for issue_id, one in zip(ids, prepared, strict=True):
+                issues.append(f"{issue_id}\t{project}{one.line}")
+                notes += [f"{issue_id}\t{line}" for line in one.note_lines]
+                # Label ids are known here, once the batch's labels exist.
+                links += [
+                    f"{issue_id}\t{label_id}\t{created}\t{updated}\n" for label_id, created, updated in self._links(one)
+                ]
             raw = cursor.cursor
-            with raw.copy(f"COPY issues (id, project_id, {', '.join(_ISSUE_COLUMNS)}) FROM STDIN") as copy:
-                for issue_id, one in zip(ids, prepared, strict=True):
-                    copy.write_row((issue_id, self.project.pk, *(one.values[c] for c in _ISSUE_COLUMNS)))
-            with raw.copy("COPY notes (issue_id, author_id, note, system, created_at, updated_at) FROM STDIN") as copy:
-                for issue_id, one in zip(ids, prepared, strict=True):
-                    for note in one.notes:
-                        copy.write_row(
-                            (
-                                issue_id,
-                                note["author_id"],
-                                note["note"],
-                                note["system"],
-                                note["created_at"],
-                                note["updated_at"],
-                            )
-                        )
-                        counts["notes"] += 1
-            with raw.copy("COPY issue_labels (issue_id, label_id, created_at, updated_at) FROM STDIN") as copy:
-                for issue_id, one in zip(ids, prepared, strict=True):
-                    for link in self._links(issue_id, one):
-                        copy.write_row((issue_id, *link))
-                        counts["label_links"] += 1
+            for statement, rows in (
+                (f"COPY issues (id, project_id, {', '.join(ISSUE_COLUMNS)}) FROM STDIN", issues),
+                (f"COPY notes (issue_id, {', '.join(NOTE_COLUMNS)}) FROM STDIN", notes),
+                ("COPY issue_labels (issue_id, label_id, created_at, updated_at) FROM STDIN", links),
+            ):
+                if rows:
+                    with raw.copy(statement) as copy:
+                        copy.write("".join(rows))
+        counts["notes"], counts["label_links"] = len(notes), len(links)
         return counts
 
     def _issues_write_orm(self, prepared: list[_PreparedIssue]) -> Counter[str]:
         """Insert the issues, then their notes and label links, with the ORM: the slow path
         that finds the rows a batch failed on (fresh instances each time, so a retried row
         never carries the id of a rolled-back insert)."""
-        issues = Issue.objects.bulk_create([Issue(project=self.project, **one.values) for one in prepared])
+        issues = Issue.objects.bulk_create(
+            [Issue(project=self.project, **dict(zip(ISSUE_COLUMNS, one.values, strict=True))) for one in prepared]
+        )
         notes = [
-            Note(issue_id=issue.pk, **note) for issue, one in zip(issues, prepared, strict=True) for note in one.notes
+            Note(issue_id=issue.pk, **dict(zip(NOTE_COLUMNS, note, strict=True)))
+            for issue, one in zip(issues, prepared, strict=True)
+            for note in one.notes
         ]
         links = [
             LabelLink(issue_id=issue.pk, label_id=label_id, created_at=created, updated_at=updated)
             for issue, one in zip(issues, prepared, strict=True)
-            for label_id, created, updated in self._links(issue.pk, one)
+            for label_id, created, updated in self._links(one)
         ]
         Note.objects.bulk_create(notes, batch_size=self.batch_size)
         LabelLink.objects.bulk_create(links, batch_size=self.batch_size)
