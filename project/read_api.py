@@ -29,10 +29,10 @@ from project.read_serializers import (
     MemberSerializer,
     NoteListQuery,
     NoteSerializer,
+    ProjectListItemSerializer,
     ProjectListQuery,
 )
 from project.schema import error_responses
-from project.serializers import ProjectSerializer
 
 _LIST_ERRORS = error_responses(400, 401, 403, 404)
 
@@ -48,11 +48,16 @@ class ReadView(ApiView):
         return services.project_require(user=request.user, ref=project_id)
 
     def page(
-        self, request: Request, rows: QuerySet | list, serializer: type[serializers.Serializer], query: dict[str, Any]
+        self,
+        request: Request,
+        rows: QuerySet | list,
+        serializer: type[serializers.Serializer],
+        query: dict[str, Any],
+        context: dict[str, Any] | None = None,
     ) -> Response:
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(rows, request, self, params=query)
-        return paginator.get_paginated_response(serializer(page, many=True).data)
+        return paginator.get_paginated_response(serializer(page, many=True, context=context or {}).data)
 
 
 class ProjectListView(ReadView):
@@ -60,7 +65,7 @@ class ProjectListView(ReadView):
 
     @extend_schema(
         parameters=[ProjectListQuery, *PAGINATION_HEADERS],
-        responses={200: ProjectSerializer(many=True), **error_responses(400, 401, 403)},
+        responses={200: ProjectListItemSerializer(many=True), **error_responses(400, 401, 403)},
         operation_id="listProjects",
     )
     def get(self, request: Request) -> Response:
@@ -73,7 +78,8 @@ class ProjectListView(ReadView):
             order_by=query["order_by"],
             sort=query["sort"],
         )
-        return self.page(request, projects, ProjectSerializer, query)
+        anonymous = not request.user.is_authenticated
+        return self.page(request, projects, ProjectListItemSerializer, query, context={"anonymous": anonymous})
 
 
 class IssueListView(ReadView):

@@ -76,6 +76,14 @@ def test_membership_keeps_the_callers_projects_and_shows_their_access(api, guest
     assert body[0]["_links"]["issues"].endswith(f"/api/v4/projects/{project.pk}/issues")
 
 
+def test_anonymous_callers_get_projects_without_a_permissions_block(api, outsider, public) -> None:
+    # GitLab shows anonymous callers its Project entity, not ProjectWithAccess.
+    (anonymous,) = api().get("/api/v4/projects").json()
+    assert "permissions" not in anonymous
+    signed_in = {item["id"]: item for item in api(outsider).get("/api/v4/projects").json()}
+    assert signed_in[public.pk]["permissions"] == {"project_access": None, "group_access": None}
+
+
 def test_an_administrator_asking_for_membership_gets_only_their_own(api, admin_user, project, public) -> None:
     assert _ids(api(admin_user).get("/api/v4/projects", {"membership": True})) == []
 
