@@ -47,6 +47,7 @@ _ISSUE_KEYS = {
     "id", "project_id", "iid", "title", "description", "state", "issue_type", "author_id", "created_at",
     "updated_at", "closed_at", "confidential", "due_date", "discussion_locked", "relative_position",
     "lock_version", "updated_by_id", "closed_by_id", "last_edited_at", "last_edited_by_id", "notes", "label_links",
+    "work_item_type",
 }  # fmt: skip
 _NOTE_KEYS = {
     "id", "note", "noteable_type", "noteable_id", "author_id", "author", "created_at", "updated_at", "project_id",
@@ -360,7 +361,13 @@ class ProjectWriter:
         if iid is None:
             raise RowInvalid("iid is missing")
         state = get("state") or "opened"
-        issue_type = get("issue_type") or _DEFAULT_TYPE
+        # GitLab's importer takes the work item type's base type first, then issue_type.
+        work_item_type = get("work_item_type")
+        issue_type = (
+            (work_item_type.get("base_type") if isinstance(work_item_type, dict) else None)
+            or get("issue_type")
+            or _DEFAULT_TYPE
+        )
         discussion_locked = get("discussion_locked")
         values = (  # ISSUE_COLUMNS
             iid,

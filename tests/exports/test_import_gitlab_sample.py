@@ -33,7 +33,7 @@ def test_the_sample_imports_every_modelled_relation(imported, admin_user) -> Non
     assert job.status == "finished", job.error
     assert job.failed_relations == []
     assert job.counts == {
-        "project": 1, "project_members": 1, "labels": 2, "issues": 3, "notes": 24, "label_links": 3, "failed": 0,
+        "project": 1, "project_members": 1, "labels": 2, "issues": 6, "notes": 48, "label_links": 3, "failed": 0,
     }  # fmt: skip
     project = job.project
     assert (project.description, project.visibility_level) == (
@@ -44,8 +44,10 @@ def test_the_sample_imports_every_modelled_relation(imported, admin_user) -> Non
     assert sorted(Label.objects.filter(project=project).values_list("title", flat=True)) == ["test2", "test3"]
 
     issues = {issue.iid: issue for issue in Issue.objects.filter(project=project)}
-    assert sorted(issues) == [8, 9, 10]
-    assert (issues[8].state, issues[10].state) == ("closed", "opened")
+    assert sorted(issues) == [5, 6, 7, 8, 9, 10]
+    assert (issues[8].state, issues[10].state, issues[5].state) == ("closed", "opened", "closed")
+    # GitLab's fixture: an unknown type is an issue; the work item type wins over issue_type.
+    assert (issues[7].issue_type, issues[5].issue_type, issues[6].issue_type) == ("issue", "task", "issue")
     assert issues[10].title == "Voluptatem"
     assert issues[10].created_at == dt.datetime(2016, 6, 14, 15, 2, 8, 340000, tzinfo=dt.UTC)
     assert issues[10].author_id == admin_user.pk  # user 22 is not a member: the importer
