@@ -92,13 +92,15 @@ def partner_paused_for(*, partner: str) -> float:
     return max(0.0, (until - timezone.now()).total_seconds())
 
 
-def partner_rate_limit_record(*, partner: str, limit: str, pause: float = 0.0) -> None:
-    """Count a rate limit met (ours, ``limit`` its key; or the partner's 429) for the job
+def partner_rate_limit_record(*, partner: str, limit: str, pause: float = 0.0, hits: int = 1) -> None:
+    """Count rate limits met (ours, ``limit`` its key; or the partner's 429) for the job
     console, and with ``pause`` hold every row of that partner for that long."""
-    metrics.RATE_LIMIT_HITS.labels(limit=limit).inc()
+    if hits <= 0:
+        return
+    metrics.RATE_LIMIT_HITS.labels(limit=limit).inc(hits)
     now = timezone.now()
     partner_row(partner=partner)
-    fields: dict[str, Any] = {"rate_limit_hits": F("rate_limit_hits") + 1, "last_rate_limit_at": now}
+    fields: dict[str, Any] = {"rate_limit_hits": F("rate_limit_hits") + hits, "last_rate_limit_at": now}
     if pause > 0:
         until = now + timedelta(seconds=pause)
         # PostgreSQL's GREATEST skips NULL: an unpaused partner gets ``until``.

@@ -56,10 +56,12 @@ def _paced(asks: list[dict[str, Any]]) -> list[tuple[float, list[dict[str, Any]]
         "pk", "project_id", "token_type"
     )
     keys: dict[int, tuple[str, float]] = {}
+    limits: dict[str, tuple[str, str]] = {}  # key → (partner, rate-limit key), for the hit counts
     for pk, project_id, token_type in rows:
         entry = partners.entry_for(token_type)
         if entry is not None:
             keys[pk] = (f"{entry.rate_limit_key}:{project_id}", entry.per_second)
+            limits[keys[pk][0]] = (entry.partner, entry.rate_limit_key)
     by_key: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
     unpaced: list[dict[str, Any]] = []
     for ask in asks:
@@ -68,6 +70,9 @@ def _paced(asks: list[dict[str, Any]]) -> list[tuple[float, list[dict[str, Any]]
     windows: dict[float, list[dict[str, Any]]] = defaultdict(list)
     for (key, per_second), group in by_key.items():
         delays = pacing.rate_slots_reserve(key=key, per_second=per_second, count=len(group))
+        partner, limit_key = limits[key]
+        # A run made to wait for our limit is a hit of it (the job console counts them).
+        pacing.partner_rate_limit_record(partner=partner, limit=limit_key, hits=sum(d > _WINDOW for d in delays))
         window = max(_WINDOW, 1.0 / per_second) if per_second > 0 else _WINDOW
         for ask, delay in zip(group, delays, strict=True):
             # (The epsilon: a slot computed a few microseconds short stays in its window.)

@@ -323,3 +323,4 @@ def test_routing_reserves_each_runs_slot_of_the_partners_limit(project, import_f
     postman = sorted(runs[f.pk].due_at for f in findings[:2])
     # 4/s: the second Postman run is due a quarter of a second after the first.
     assert (postman[1] - postman[0]).total_seconds() >= 0.2
+    assert DirectPartner.objects.get(partner="postman").rate_limit_hits == 1
