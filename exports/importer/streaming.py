@@ -31,7 +31,7 @@ from exports.importer import copytext
 from exports.importer.values import RowInvalid
 
 if TYPE_CHECKING:
-    from exports.importer.writer import ProjectWriter
+    from exports.importer.writer import ProjectWriter, _IssueBatch
 
 SEGMENT = 50_000
 CHUNK = 1 << 20
@@ -96,7 +96,7 @@ def _segment(
     statements: tuple[str, str, str],
     objects: Iterator[tuple[int, dict[str, Any]]],
     ids: list[int],
-    tally: Any,
+    tally: _IssueBatch,
     counts: Counter[str],
 ) -> int | None:
     """Up to ``len(ids)`` issues: the number of the last line read, or None once the file
