@@ -29,10 +29,10 @@ from project.read_serializers import (
     MemberSerializer,
     NoteListQuery,
     NoteSerializer,
-    ProjectListItemSerializer,
     ProjectListQuery,
 )
 from project.schema import error_responses
+from project.serializers import ProjectSerializer
 
 _LIST_ERRORS = error_responses(400, 401, 403, 404)
 
@@ -65,7 +65,7 @@ class ProjectListView(ReadView):
 
     @extend_schema(
         parameters=[ProjectListQuery, *PAGINATION_HEADERS],
-        responses={200: ProjectListItemSerializer(many=True), **error_responses(400, 401, 403)},
+        responses={200: ProjectSerializer(many=True), **error_responses(400, 401, 403)},
         operation_id="listProjects",
     )
     def get(self, request: Request) -> Response:
@@ -79,7 +79,7 @@ class ProjectListView(ReadView):
             sort=query["sort"],
         )
         anonymous = not request.user.is_authenticated
-        return self.page(request, projects, ProjectListItemSerializer, query, context={"anonymous": anonymous})
+        return self.page(request, projects, ProjectSerializer, query, context={"anonymous": anonymous})
 
 
 class IssueListView(ReadView):

@@ -21,8 +21,6 @@ from project.serializers import (
     PARAM_INVALID,
     PARAM_MISSING,
     ChoiceParam,
-    ProjectPermissionsSerializer,
-    ProjectSerializer,
     StringParam,
     UserBasicSerializer,
 )
@@ -406,17 +404,3 @@ class MemberSerializer(UserBasicSerializer):
     @extend_schema_field(serializers.ChoiceField(choices=["active"]))
     def get_membership_state(self, member: ProjectMember) -> str:
         return "active"
-
-
-class ProjectListItemSerializer(ProjectSerializer):
-    """GitLab's ``Project`` in ``GET /projects``. The ``permissions`` block is there for a
-    signed-in caller only: GitLab presents ``ProjectWithAccess`` to them and the plain
-    ``Project``, without the block, to anonymous callers (pass ``context={"anonymous": …}``)."""
-
-    permissions = ProjectPermissionsSerializer(source="*", required=False, help_text="Absent for anonymous callers.")
-
-    def to_representation(self, instance: Any) -> dict[str, Any]:
-        data = super().to_representation(instance)
-        if self.context.get("anonymous"):
-            data.pop("permissions", None)
-        return data

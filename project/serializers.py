@@ -332,7 +332,9 @@ class ProjectPermissionsSerializer(serializers.Serializer):
 
 class ProjectSerializer(ProjectIdentitySerializer):
     """GitLab's ``Project`` (the fields this product has). Pass the caller's access level
-    as ``context={"access_level": …}``."""
+    as ``context={"access_level": …}``. The ``permissions`` block is for a signed-in
+    caller only: GitLab presents ``ProjectWithAccess`` to them and the plain ``Project``,
+    without the block, to anonymous callers (``context={"anonymous": True}``)."""
 
     default_branch = serializers.SerializerMethodField()
     visibility = serializers.ChoiceField(choices=["private", "internal", "public"])
@@ -341,7 +343,13 @@ class ProjectSerializer(ProjectIdentitySerializer):
     last_activity_at = serializers.DateTimeField(source="updated_at")
     namespace = NamespaceSerializer(source="*")
     _links = ProjectLinksSerializer(source="*", label="_links")
-    permissions = ProjectPermissionsSerializer(source="*")
+    permissions = ProjectPermissionsSerializer(source="*", required=False, help_text="Absent for anonymous callers.")
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        if self.context.get("anonymous"):
+            data.pop("permissions", None)
+        return data
 
     def get_default_branch(self, project: Project) -> str | None:
         return None

@@ -43,7 +43,8 @@ class ProjectView(ApiView):
     def get(self, request: Request, project_id: str) -> Response:
         project = services.project_require(user=request.user, ref=project_id)
         level = services.project_access_level(user=request.user, project=project)
-        return Response(ProjectSerializer(project, context={"access_level": level}).data)
+        context = {"access_level": level, "anonymous": not request.user.is_authenticated}
+        return Response(ProjectSerializer(project, context=context).data)
 
 
 def liveness(request: HttpRequest) -> JsonResponse:
