@@ -67,7 +67,7 @@ def target_link(run: JobRun) -> str:
     """A link to the record the run works on (``attach_targets`` loaded it)."""
     target = getattr(run, "target_obj", None)
     if target is not None:
-        return admin_link(target, clipped(str(target), 30))
+        return admin_link(target, clipped(str(target), 24))
     job = registry.get(run.name)
     if job and job.target and run.target_id is not None:
         return f"#{run.target_id} (deleted)"
@@ -281,8 +281,11 @@ class JobRunAdmin(ControlledAdmin):
     def error_shown(self, obj: JobRun) -> str:
         if not obj.error_code:
             return ""
-        # The code here, the message on hover and on the detail page.
-        return format_html('<span title="{}">{}</span>', obj.error, obj.error_code)
+        # The code here, the message on hover and on the detail page. A long code may break
+        # after its underscores rather than widen the list.
+        parts = obj.error_code.split("_")
+        code = format_html_join(format_html("_<wbr>"), "{}", ((part,) for part in parts))
+        return format_html('<span title="{}">{}</span>', obj.error, code)
 
     @admin.display(description="Cancel request")
     def cancel_shown(self, obj: JobRun) -> str:
