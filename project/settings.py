@@ -489,6 +489,13 @@ PARTNER_AWS_URL = env_url("PARTNER_AWS_URL", "https://sts.amazonaws.com/", schem
 PARTNER_GCP_URL = env_url("PARTNER_GCP_URL", "https://oauth2.googleapis.com/tokeninfo", schemes=_PARTNER_SCHEMES)
 PARTNER_POSTMAN_URL = env_url("PARTNER_POSTMAN_URL", "https://api.getpostman.com/me", schemes=_PARTNER_SCHEMES)
 PARTNER_GITHUB_URL = env_url("PARTNER_GITHUB_URL", "https://api.github.com/user", schemes=_PARTNER_SCHEMES)
+PARTNER_OPENAI_URL = env_url("PARTNER_OPENAI_URL", "https://api.openai.com/v1/models", schemes=_PARTNER_SCHEMES)
+PARTNER_ANTHROPIC_URL = env_url(
+    "PARTNER_ANTHROPIC_URL", "https://api.anthropic.com/v1/models", schemes=_PARTNER_SCHEMES
+)
+PARTNER_SENDGRID_URL = env_url("PARTNER_SENDGRID_URL", "https://api.sendgrid.com/v3/scopes", schemes=_PARTNER_SCHEMES)
+PARTNER_HEROKU_URL = env_url("PARTNER_HEROKU_URL", "https://api.heroku.com/account", schemes=_PARTNER_SCHEMES)
+PARTNER_STRIPE_URL = env_url("PARTNER_STRIPE_URL", "https://api.stripe.com/v1/balance", schemes=_PARTNER_SCHEMES)
 PARTNER_TIMEOUT = env_float("PARTNER_TIMEOUT", 10.0, minimum=0.1, maximum=60)
 # Network errors and timeouts: retried after these delays, then the verification fails.
 PARTNER_RETRY_DELAYS = env_delays("PARTNER_RETRY_DELAYS", (4, 16, 64))
@@ -500,3 +507,9 @@ PARTNER_AWS_RATE = env_float("PARTNER_AWS_RATE", 400.0, minimum=0)
 PARTNER_GCP_RATE = env_float("PARTNER_GCP_RATE", 500.0, minimum=0)
 PARTNER_POSTMAN_RATE = env_float("PARTNER_POSTMAN_RATE", 4.0, minimum=0)
 PARTNER_GITHUB_RATE = env_float("PARTNER_GITHUB_RATE", 60 / 3600, minimum=0)
+# Well under each partner's published limit (why: docs/secret_detection.md).
+PARTNER_OPENAI_RATE = env_float("PARTNER_OPENAI_RATE", 1.0, minimum=0)
+PARTNER_ANTHROPIC_RATE = env_float("PARTNER_ANTHROPIC_RATE", 0.5, minimum=0)
+PARTNER_SENDGRID_RATE = env_float("PARTNER_SENDGRID_RATE", 1.0, minimum=0)
+PARTNER_HEROKU_RATE = env_float("PARTNER_HEROKU_RATE", 1.0, minimum=0)
+PARTNER_STRIPE_RATE = env_float("PARTNER_STRIPE_RATE", 2.0, minimum=0)

@@ -86,6 +86,12 @@ DEMO_PARTNER_TOKENS = [
     ("Postman API token", "PMAK-dead456789abcdef01234567-0123456789abcdef0123456789abcdef01"),
     ("Postman API token", "PMAK-not-a-postman-key"),
     ("GitHub Personal Access Token", "ghp_A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"),
+    ("OpenAiProjectKey", "sk-proj-" + "A1b2C3d4E5f6G7h8I9j0" * 3),
+    ("anthropic_key", "sk-ant-api03-" + ("REVOKEDd4E5f6G7h8I9j0" * 5)[:93] + "AA"),
+    ("Sendgrid API token", "SG." + "A1b2C3d4E5f6G7h8I9j0K1" + "." + ("A1b2C3d4E5f6G7h8I9j0" * 3)[:43]),
+    ("Heroku API Key", "01234567-89ab-cdef-0123-456789abcdef"),
+    # A restricted key without the balance permission: Stripe's 403, active.
+    ("StripeLiveRestrictedKey", "rk_live_" + ("A1b2C3d4E5f6G7h8I9j0" * 5)[:99]),
 ]
 
 

@@ -1,12 +1,16 @@
 """Local stand-ins for the partner APIs that direct verification calls (AWS STS, Google's
-tokeninfo, Postman's ``/me``, GitHub's ``/user``): real HTTP servers answering as each partner does.
+tokeninfo, Postman's ``/me``, GitHub's ``/user``, OpenAI's and Anthropic's ``/v1/models``,
+SendGrid's ``/v3/scopes``, Heroku's ``/account``, Stripe's ``/v1/balance``): real HTTP
+servers answering as each partner does.
 
 A documented tool of the product, for ``make demo`` (``secret_detection.demo`` starts
 them), the integration tests and the benchmark. Not for production.
 
 Each answers "active" for a value unless it contains one of ``INACTIVE_MARKERS``
 (case-insensitive; "dead" fits Postman's hex keys) or is one of the admin's "Check
-connection" values (twelve ``Z`` or ``0`` in a row). Switches, settable while it runs:
+connection" values (twelve ``Z`` or ``0`` in a row). Stripe answers a live restricted
+key (``rk_``) with 403, as for one without the balance permission. Switches, settable while
+it runs:
 
 * ``mode``: ``normal``, ``signature_mismatch`` / ``invalid_client_token`` (AWS's two
   403s, whatever the key), ``429``, ``503``, ``500``, ``garbage`` (200 with a body that
@@ -15,8 +19,9 @@ connection" values (twelve ``Z`` or ``0`` in a row). Switches, settable while it
 * ``latency``: seconds before each answer (longer than the client's timeout: a hang);
 * ``retry_after``: the ``Retry-After`` of a 429.
 
-Standalone: ``python -m secret_detection.localpartners --port 8770`` serves the three on
-one port (``/aws/``, ``/gcp/tokeninfo``, ``/postman/me``, ``/github/user``).
+Standalone: ``python -m secret_detection.localpartners --port 8770`` serves them all on
+one port, each under ``/<partner>`` (``/aws/``, ``/gcp/tokeninfo``, ``/postman/me``,
+``/github/user``, ``/openai/v1/models``...): it prints each PARTNER_<NAME>_URL.
 """
 
 from __future__ import annotations
@@ -35,7 +40,21 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 INACTIVE_MARKERS = ("revoked", "inactive", "expired", "dead", "zzzzzzzzzzzz", "000000000000")
-PARTNERS = ("aws", "gcp", "postman", "github")
+#: The path each partner's client calls (PARTNER_<NAME>_URL's path).
+PATHS = {
+    "aws": "/",
+    "gcp": "/tokeninfo",
+    "postman": "/me",
+    "github": "/user",
+    "openai": "/v1/models",
+    "anthropic": "/v1/models",
+    "sendgrid": "/v3/scopes",
+    "heroku": "/account",
+    "stripe": "/v1/balance",
+}
+PARTNERS = tuple(PATHS)
+#: Partners reading the token as ``Authorization: Bearer <value>``.
+_BEARER = frozenset({"github", "openai", "sendgrid", "heroku", "stripe"})
 _CREDENTIAL = re.compile(r"Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request")
 
 
@@ -61,7 +80,7 @@ def is_active(value: str) -> bool:
 
 @dataclass
 class PartnerStandIn:
-    """One server; ``partner`` None serves all three under ``/<partner>/``."""
+    """One server; ``partner`` None serves them all under ``/<partner>/``."""
 
     partner: str | None = None
     mode: str = "normal"
@@ -108,7 +127,7 @@ class PartnerStandIn:
         base = f"http://{self.host}:{self.port}"
         partner = partner or self.partner
         prefix = f"/{partner}" if self.partner is None else ""
-        return base + prefix + {"aws": "/", "gcp": "/tokeninfo", "postman": "/me", "github": "/user"}[partner or "aws"]
+        return base + prefix + PATHS[partner or "aws"]
 
     # --- switches -------------------------------------------------------------------
     def then(self, *modes: str) -> None:
@@ -162,6 +181,41 @@ class PartnerStandIn:
             return 200, "application/json", b'{"login":"stand-in","id":1}', {}
         return 401, "application/json", b'{"message":"Bad credentials"}', {}
 
+    def _openai(self, record: Received, mode: str) -> tuple[int, str, bytes, dict[str, str]]:
+        if is_active(record.value):
+            return 200, "application/json", b'{"object":"list","data":[{"id":"gpt-4o","object":"model"}]}', {}
+        body = (
+            b'{"error":{"message":"Incorrect API key provided","type":"invalid_request_error",'
+            b'"code":"invalid_api_key"}}'
+        )
+        return 401, "application/json", body, {}
+
+    def _anthropic(self, record: Received, mode: str) -> tuple[int, str, bytes, dict[str, str]]:
+        if is_active(record.value):
+            body = b'{"data":[{"type":"model","id":"claude-sonnet-4-5"}],"has_more":false}'
+            return 200, "application/json", body, {}
+        body = b'{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}'
+        return 401, "application/json", body, {}
+
+    def _sendgrid(self, record: Received, mode: str) -> tuple[int, str, bytes, dict[str, str]]:
+        if is_active(record.value):
+            return 200, "application/json", b'{"scopes":["mail.send"]}', {}
+        return 401, "application/json", b'{"errors":[{"field":null,"message":"authorization required"}]}', {}
+
+    def _heroku(self, record: Received, mode: str) -> tuple[int, str, bytes, dict[str, str]]:
+        if is_active(record.value):
+            return 200, "application/json", b'{"id":"01234567-89ab-cdef-0123-456789abcdef","email":"stand-in"}', {}
+        return 401, "application/json", b'{"id":"unauthorized","message":"Invalid credentials provided."}', {}
+
+    def _stripe(self, record: Received, mode: str) -> tuple[int, str, bytes, dict[str, str]]:
+        if not is_active(record.value):
+            body = b'{"error":{"type":"invalid_request_error","message":"Invalid API Key provided"}}'
+            return 401, "application/json", body, {}
+        if record.value.startswith("rk_"):
+            body = b'{"error":{"type":"invalid_request_error","message":"The provided key does not have access"}}'
+            return 403, "application/json", body, {}
+        return 200, "application/json", b'{"object":"balance","available":[],"livemode":false}', {}
+
 
 class _Handler(BaseHTTPRequestHandler):
     server_state: PartnerStandIn
@@ -185,9 +239,9 @@ class _Handler(BaseHTTPRequestHandler):
                 record.value, _, record.region, record.service = match.groups()
         elif partner == "gcp":
             record.value = (parse_qs(url.query).get("access_token") or [""])[0]
-        elif partner == "postman":
+        elif partner in ("postman", "anthropic"):
             record.value = headers.get("x-api-key", "")
-        elif partner == "github":
+        elif partner in _BEARER:
             record.value = headers.get("authorization", "").removeprefix("Bearer ")
         answer: tuple[int, str, bytes, dict[str, str]] = (400, "text/plain", b"bad request", {})
         if partner in PARTNERS and record.value:

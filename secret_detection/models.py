@@ -20,6 +20,11 @@ class Partner(models.TextChoices):
     GCP = "gcp", "Google Cloud"
     POSTMAN = "postman", "Postman"
     GITHUB = "github", "GitHub"
+    OPENAI = "openai", "OpenAI"
+    ANTHROPIC = "anthropic", "Anthropic"
+    SENDGRID = "sendgrid", "SendGrid"
+    HEROKU = "heroku", "Heroku"
+    STRIPE = "stripe", "Stripe"
 
 
 class PartnerTokenType(models.Model):

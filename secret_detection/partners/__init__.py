@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
+from secret_detection.partners.anthropic import AnthropicClient
 from secret_detection.partners.aws import AwsClient
 from secret_detection.partners.base import (
     PartnerClient,
@@ -23,7 +24,11 @@ from secret_detection.partners.base import (
 )
 from secret_detection.partners.gcp import GcpClient
 from secret_detection.partners.github import GithubClient
+from secret_detection.partners.heroku import HerokuClient
+from secret_detection.partners.openai import OpenaiClient
 from secret_detection.partners.postman import PostmanClient
+from secret_detection.partners.sendgrid import SendgridClient
+from secret_detection.partners.stripe import StripeClient
 
 __all__ = [
     "CLIENTS",
@@ -44,6 +49,11 @@ CLIENTS: dict[str, type[PartnerClient]] = {
     GcpClient.partner: GcpClient,
     PostmanClient.partner: PostmanClient,
     GithubClient.partner: GithubClient,
+    OpenaiClient.partner: OpenaiClient,
+    AnthropicClient.partner: AnthropicClient,
+    SendgridClient.partner: SendgridClient,
+    HerokuClient.partner: HerokuClient,
+    StripeClient.partner: StripeClient,
 }
 
 
@@ -71,6 +81,17 @@ _ENTRIES = [
     # answer for an installation token, and a refresh token is not a bearer token.
     RegistryEntry("GitHub Personal Access Token", "github", "partner_github_api", "PARTNER_GITHUB_RATE"),
     RegistryEntry("GitHub OAuth Access Token", "github", "partner_github_api", "PARTNER_GITHUB_RATE"),
+    # GitLab's keys (OpenAiProjectKey, anthropic_key, Sendgrid API token, Heroku API Key,
+    # StripeLiveSecretKey) plus the sibling rules whose values the same call verifies.
+    RegistryEntry("OpenAiProjectKey", "openai", "partner_openai_api", "PARTNER_OPENAI_RATE"),
+    RegistryEntry("OpenAiServiceAccountKey", "openai", "partner_openai_api", "PARTNER_OPENAI_RATE"),
+    RegistryEntry("open ai token", "openai", "partner_openai_api", "PARTNER_OPENAI_RATE"),
+    RegistryEntry("anthropic_key", "anthropic", "partner_anthropic_api", "PARTNER_ANTHROPIC_RATE"),
+    RegistryEntry("Sendgrid API token", "sendgrid", "partner_sendgrid_api", "PARTNER_SENDGRID_RATE"),
+    RegistryEntry("Heroku API Key", "heroku", "partner_heroku_api", "PARTNER_HEROKU_RATE"),
+    RegistryEntry("StripeLiveSecretKey", "stripe", "partner_stripe_api", "PARTNER_STRIPE_RATE"),
+    RegistryEntry("StripeLiveShortSecretKey", "stripe", "partner_stripe_api", "PARTNER_STRIPE_RATE"),
+    RegistryEntry("StripeLiveRestrictedKey", "stripe", "partner_stripe_api", "PARTNER_STRIPE_RATE"),
 ]
 REGISTRY: dict[str, RegistryEntry] = {entry.token_type.lower(): entry for entry in _ENTRIES}
 

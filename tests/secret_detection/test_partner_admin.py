@@ -44,7 +44,17 @@ def _messages(response) -> list[str]:
 def test_the_list_shows_one_row_per_partner_client(admin_client):
     response = admin_client.get(reverse(CHANGELIST))
     assert response.status_code == 200
-    assert set(DirectPartner.objects.values_list("partner", flat=True)) == {"aws", "gcp", "postman", "github"}
+    assert set(DirectPartner.objects.values_list("partner", flat=True)) == {
+        "aws",
+        "gcp",
+        "postman",
+        "github",
+        "openai",
+        "anthropic",
+        "sendgrid",
+        "heroku",
+        "stripe",
+    }
 
 
 def test_check_connection_shows_the_answer_and_latency(admin_client, stand_ins):

@@ -203,6 +203,16 @@ def test_the_registry_routes_each_rule_to_one_partner_with_its_rate_limit_key():
         "postman api token": ("postman", "partner_postman_api"),
         "github personal access token": ("github", "partner_github_api"),
         "github oauth access token": ("github", "partner_github_api"),
+        # GitLab's later registry (tested in test_partner_later_registry.py).
+        "openaiprojectkey": ("openai", "partner_openai_api"),
+        "openaiserviceaccountkey": ("openai", "partner_openai_api"),
+        "open ai token": ("openai", "partner_openai_api"),
+        "anthropic_key": ("anthropic", "partner_anthropic_api"),
+        "sendgrid api token": ("sendgrid", "partner_sendgrid_api"),
+        "heroku api key": ("heroku", "partner_heroku_api"),
+        "stripelivesecretkey": ("stripe", "partner_stripe_api"),
+        "stripeliveshortsecretkey": ("stripe", "partner_stripe_api"),
+        "stripeliverestrictedkey": ("stripe", "partner_stripe_api"),
     }
     assert partners.entry_for("Postman API Token").per_second == 4
 

@@ -10,7 +10,7 @@ from unittest import mock
 import pytest
 
 from project.jobs.testing import run_inline
-from secret_detection import services
+from secret_detection import partners, services
 from secret_detection.demo import DEMO_PARTNER_TOKENS, demo_partner_report, local_partners_command
 from secret_detection.localpartners import PartnerStandIn
 from secret_detection.models import FindingTokenStatus, PartnerTokenType
@@ -33,7 +33,7 @@ def test_the_demo_routes_partner_types_to_the_stand_ins_and_writes_its_report(tm
 def test_each_demo_token_reaches_its_verdict_against_the_stand_ins(project, developer, settings):
     settings.PARTNER_POSTMAN_RATE = 0  # no pacing: the runs are executed here, one after another
     with PartnerStandIn() as stand_in:
-        for name in ("aws", "gcp", "postman", "github"):
+        for name in partners.CLIENTS:
             setattr(settings, f"PARTNER_{name.upper()}_URL", stand_in.url(name))
         services.report_import(project=project, user=developer, report=demo_partner_report())
         for status in FindingTokenStatus.objects.all():
@@ -48,4 +48,9 @@ def test_each_demo_token_reaches_its_verdict_against_the_stand_ins(project, deve
         "inactive",
         "unknown",
         "active",
+        "active",  # OpenAI
+        "inactive",  # Anthropic, revoked
+        "active",  # SendGrid
+        "active",  # Heroku
+        "active",  # Stripe: a restricted key's 403
     ]
