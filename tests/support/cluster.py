@@ -40,6 +40,14 @@ def database_url() -> str:
     return f"postgresql://{netloc}/{db['NAME']}" + (f"?{urlencode(query, quote_via=quote)}" if query else "")
 
 
+def _partners_unreachable() -> dict[str, str]:
+    """A closed local port for every partner API the environment does not name: a test
+    that routes a token to a partner without a stand-in gets a network error, and no
+    test ever sends a value to a real partner."""
+    names = [name for name in dir(settings) if name.startswith("PARTNER_") and name.endswith("_URL")]
+    return {name: "https://127.0.0.1:9/" for name in names if name not in os.environ}
+
+
 class ManagePyProcess:
     """A ``manage.py`` command in a subprocess (its own process group) on the test
     database, with its output kept in a log file for failure messages."""
@@ -55,6 +63,7 @@ class ManagePyProcess:
             "Q_CLUSTER_NAME": queue,  # django-q2's own: the queue served or enqueued to
             "JOBS_BROKER": broker,
             "PYTHONUNBUFFERED": "1",
+            **_partners_unreachable(),
             **(env or {}),
         }
         if settings.REDIS_URL:
