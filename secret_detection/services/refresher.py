@@ -27,25 +27,20 @@ from django.db import connections, transaction
 
 from project import locks
 from project.errors import AppError
-from project.jobs import Defer
 from project.models import ApplicationSetting
 from secret_detection import metrics
 from secret_detection.clients import SdrsClient, SdrsConfig, SdrsMisconfigured, SdrsRateLimited
 from secret_detection.models import FindingTokenStatus
-from secret_detection.partners import PartnerNetworkError
 from secret_detection.services import breaker, jobs, pacing, statuses
-from secret_detection.services.direct import token_direct_verification_failed, token_direct_verify_run
 from secret_detection.services.routing import TO_DIRECT, TO_PARTNER, statuses_dispatch
 from secret_detection.services.verification import verification_send
-from secret_detection.services.verifiers import DIRECT, direct_poolable
+from secret_detection.services.verifiers import DIRECT
 
 logger = logging.getLogger(__name__)
 
 # One tick at a time across the cluster: a tick that outlives its interval makes the next
 # one return at once instead of doubling the outbound concurrency.
 _TICK_LOCK = "secret_detection.refresh"
-# How often a tick started for fresh findings looks whether the running tick has ended.
-_FRESH_WAIT = 1.0
 _PAUSE_ALL_CODES = {"sdrs_unavailable", "sdrs_timeout", "sdrs_auth_rejected"}
 
 
@@ -176,7 +171,6 @@ class _Batch:
         request_id = uuid.uuid4().hex
         lease = sum(self.client.timeout) + 5
         previous_status = row.status  # as claimed by this tick; pending rows are never claimed
-        fresh = _fresh(row)
         claim = statuses.status_claim(finding_id=row.pk, request_id=request_id, attempt=1, lease=lease)
         if claim.outcome != "claimed":
             return "skipped_busy"
@@ -203,16 +197,6 @@ class _Batch:
             self.state.pause(partner, error.code, delay)
         elif error.code in _PAUSE_ALL_CODES:
             self.state.pause_all(error.code, delay)
-        if fresh and error.retryable:
-            # A fresh finding (handed over by routing) keeps the job path's retries: its
-            # next attempt is a job of its own, after the policy's first delay.
-            first = jobs.verify_retry().delay_after(1)
-            if first is not None:
-                statuses.status_send_failed(finding_id=row.pk, request_id=request_id, code=error.code)
-                retry_in = max(first, float(getattr(error, "retry_after", None) or 0.0))
-                jobs.job_get(jobs.VERIFY_RETRY).enqueue(_delay=retry_in, finding_id=row.pk, user_id=None)
-                breaker.breaker_open(code=error.code)
-                return "retry_enqueued"
         # A refresh that could not be made keeps what we knew (an active token stays
         # active); the error code and the back-off say what happened.
         statuses.status_refresh_failed(
@@ -246,7 +230,7 @@ def _refresh_batch(rows: list[FindingTokenStatus], pool: _Pool, state: _TickStat
             counts[outcome] += 1
         else:
             counts["no_verifier"] += 1  # backed off by the routing
-    counts += _refresh_direct(direct, pool)
+    counts += _refresh_direct(direct)
     for outcome, number in counts.items():
         metrics.REFRESH_ROWS.labels(outcome=outcome).inc(number)
     if groups and client is not None:
@@ -255,11 +239,9 @@ def _refresh_batch(rows: list[FindingTokenStatus], pool: _Pool, state: _TickStat
     return counts
 
 
-def _refresh_direct(groups: dict[str, list[FindingTokenStatus]], pool: _Pool) -> Counter[str]:
-    """Direct partners answer within the call: a partner whose limit the pool cannot
-    outrun is verified on the pool's threads (``_direct_one``); a slower one gets one run
-    per row, each due at a slot of its limit. A partner that a 429 paused is skipped (its
-    rows wait for the pause, as SDRS's do in a tick)."""
+def _refresh_direct(groups: dict[str, list[FindingTokenStatus]]) -> Counter[str]:
+    """Direct partners answer within their own job: start one per row, except for a
+    partner that a 429 paused (its rows wait for the pause, as SDRS's do in a tick)."""
     counts: Counter[str] = Counter()
     for partner, rows in groups.items():
         ids = [row.pk for row in rows]
@@ -268,47 +250,10 @@ def _refresh_direct(groups: dict[str, list[FindingTokenStatus]], pool: _Pool) ->
             statuses.status_back_off(finding_ids=ids, code="partner_paused", seconds=paused)
             counts["skipped_paused"] += len(ids)
             continue
-        pooled = [row for row in rows if direct_poolable(row.finding.token_type)]
-        paced = [row.pk for row in rows if not direct_poolable(row.finding.token_type)]
-        if paced:
-            with transaction.atomic():
-                DIRECT.start({"finding_id": pk, "user_id": None} for pk in paced)
-            counts["direct_enqueued"] += len(paced)
-        if pooled:
-            pool.submit(_direct_one, pooled)  # counted by the pool
+        with transaction.atomic():
+            DIRECT.start({"finding_id": pk, "user_id": None} for pk in ids)
+        counts["direct_enqueued"] += len(ids)
     return counts
-
-
-def _direct_one(row: FindingTokenStatus) -> str:
-    """One direct verification on a thread of the pool, with the job path's outcomes: a
-    verdict; our limit's wait or another attempt in flight (``Defer``): a paced run of its
-    own; a network error: a retry job after the first delay (then 16 and 64 s); the
-    partner's 429: rescheduled by ``token_direct_verify_run`` itself (at most
-    PARTNER_RATE_LIMIT_MAX_RESCHEDULES times)."""
-    try:
-        result = token_direct_verify_run(finding_id=row.pk, pooled=True)
-    except Defer as exc:
-        jobs.job_get(jobs.DIRECT_VERIFY).enqueue(_delay=exc.seconds, finding_id=row.pk, user_id=None, paced=True)
-        return "deferred"
-    except PartnerNetworkError as exc:
-        first = jobs.job_get(jobs.DIRECT_VERIFY).retry.delay_after(1)
-        if first is None:
-            token_direct_verification_failed(finding_id=row.pk, code=exc.code)
-            return "failed"
-        jobs.job_get(jobs.DIRECT_VERIFY_RETRY).enqueue(_delay=first, finding_id=row.pk, user_id=None)
-        return "retry_enqueued"
-    except Exception:
-        logger.exception("direct verification failed unexpectedly", extra={"finding_id": row.pk})
-        token_direct_verification_failed(finding_id=row.pk, code="unexpected_error")
-        return "error"
-    if "status" in result:
-        return "verified"
-    return "rescheduled" if "rescheduled" in result else "skipped"
-
-
-def _fresh(row: FindingTokenStatus) -> bool:
-    """Never tried: handed over by routing (or backed off before any attempt)."""
-    return row.attempts == 0 and row.last_verified_at is None
 
 
 def _claim_budget() -> float:
@@ -319,15 +264,10 @@ def _claim_budget() -> float:
     return max(0.0, settings.TOKEN_REFRESH_TICK_TIMEOUT - rounds * per_call)
 
 
-def token_statuses_refresh(*, fresh: bool = False) -> dict[str, Any]:
-    """One refresher tick: claim due statuses batch after batch and re-verify them.
-    ``fresh``: started for findings routing just handed over; while another tick runs it
-    waits for it (that tick may have stopped claiming) instead of leaving them for the
-    schedule."""
+def token_statuses_refresh() -> dict[str, Any]:
+    """One refresher tick: claim due statuses batch after batch and re-verify them."""
     started = time.monotonic()
     with locks.session_lock(_TICK_LOCK) as locked:
-        if not locked and fresh:
-            raise Defer(_FRESH_WAIT, "a refresher tick is running")
         if not locked:
             logger.info("token refresh tick skipped: the previous tick is still running")
             return {"skipped": "previous tick still running"}
