@@ -16,6 +16,7 @@ from django.db.models import Model, QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from project.admin_tools import ControlledAdmin, admin_link, badge, clipped, duration, relative, time_column, when
 from project.jobs import control, registry
@@ -284,7 +285,7 @@ class JobRunAdmin(ControlledAdmin):
         # The code here, the message on hover and on the detail page. A long code may break
         # after its underscores rather than widen the list.
         parts = obj.error_code.split("_")
-        code = format_html_join(format_html("_<wbr>"), "{}", ((part,) for part in parts))
+        code = format_html_join(mark_safe("_<wbr>"), "{}", ((part,) for part in parts))
         return format_html('<span title="{}">{}</span>', obj.error, code)
 
     @admin.display(description="Cancel request")
