@@ -404,14 +404,18 @@ def workdir_root() -> Path:
     return Path(settings.MEDIA_ROOT) / "exports-tmp"
 
 
-def workdirs_remove(*, export_job_id: int) -> int:
+def scratch_dirs_remove(root: Path, *, job_id: int) -> int:
+    """Remove a job's scratch directories (``job-<id>-*`` under ``root``); how many."""
     removed = 0
-    root = workdir_root()
     if root.is_dir():
-        for path in root.glob(f"job-{export_job_id}-*"):
+        for path in root.glob(f"job-{job_id}-*"):
             shutil.rmtree(path, ignore_errors=True)
             removed += 1
     return removed
+
+
+def workdirs_remove(*, export_job_id: int) -> int:
+    return scratch_dirs_remove(workdir_root(), job_id=export_job_id)
 
 
 def _gate_claim(export_job_id: int) -> ProjectExportJob | None:

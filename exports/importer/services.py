@@ -26,6 +26,7 @@ from django.utils import timezone
 from exports.importer import archive, writer
 from exports.importer.errors import ImportCancelled, ImportRequestInvalid, NamespaceNotFound
 from exports.models import MAX_ERROR_LENGTH, ProjectImportJob
+from exports.services import scratch_dirs_remove
 from project import services as core
 from project.errors import Conflict, NotFound, ValidationFailed
 from project.jobs import control, report_progress
@@ -173,13 +174,7 @@ def workdir_root() -> Path:
 
 
 def workdirs_remove(*, import_job_id: int) -> int:
-    removed = 0
-    root = workdir_root()
-    if root.is_dir():
-        for path in root.glob(f"job-{import_job_id}-*"):
-            shutil.rmtree(path, ignore_errors=True)
-            removed += 1
-    return removed
+    return scratch_dirs_remove(workdir_root(), job_id=import_job_id)
 
 
 def _claim(import_job_id: int) -> ProjectImportJob | None:
