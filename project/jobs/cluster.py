@@ -165,10 +165,10 @@ class Sentinel(stock.Sentinel):
 
     def _recover_dead_workers_runs(self) -> None:
         try:
-            recovery.runs_recover_dead_local(queue=self.queue_name())
+            recovery.runs_recover_dead_local(queue=self._queue())
             # Pulled by a cluster that died (if no other serves the queue): at once, not
             # when their lease ends.
-            recovery.runs_repush_stranded(queue=self.queue_name(), waiting_for=0, alone=True)
+            recovery.runs_repush_stranded(queue=self._queue(), waiting_for=0, alone=True)
         except DatabaseError:
             logger.warning("could not look for runs of dead workers", exc_info=True)
         db.connections.close_all()  # not inherited by the processes about to be forked
@@ -205,6 +205,11 @@ class Sentinel(stock.Sentinel):
         if self._terminating:
             logger.info("SIGTERM: stopping the cluster once running jobs finish")
         self.stop()
+
+    def _queue(self) -> str:
+        # The queue as runs record it (``JobRun.queue``), not django-q2's ``queue_name()``,
+        # which is the broker's list key ("django_q:<name>:q" with Redis).
+        return djangoq.cluster_name()
 
     def _cluster_name(self) -> str:
         return str(stock.humanize(self.cluster_id.hex))
@@ -244,7 +249,7 @@ class Sentinel(stock.Sentinel):
         self._stall.reset(self._taken.value)
         try:
             # Their messages are in the old queue: sent again rather than left to their lease.
-            recovery.runs_repush_stranded(queue=self.queue_name(), waiting_for=self._stall.after)
+            recovery.runs_repush_stranded(queue=self._queue(), waiting_for=self._stall.after)
         except DatabaseError:
             logger.warning("could not send the stranded messages again", exc_info=True)
         db.connections.close_all()
@@ -271,7 +276,7 @@ class Sentinel(stock.Sentinel):
         for pid in list(self._dead_workers):
             self._recover_runs_of(pid)
         try:
-            recovery.runs_recover_lost(queue=self.queue_name())
+            recovery.runs_recover_lost(queue=self._queue())
         except DatabaseError:
             logger.warning("lost-run check failed", exc_info=True)
             db.connections.close_all()

@@ -126,6 +126,16 @@ def runs_recover_lost(*, queue: str | None = None, limit: int = 500) -> list[str
     return outcomes + runs_recover_dead_local(queue=queue)
 
 
+def _alive(pid: int) -> bool:
+    # A SIGKILLed sentinel stays a zombie until its parent (or init) reaps it: dead all the same.
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
 def runs_repush_stranded(*, queue: str, waiting_for: float, alone: bool = False, limit: int = 500) -> int:
     """Send again the messages of ``queue``'s runs that have been due for ``waiting_for``
     seconds: after a pool restart (their messages sat in the stuck task queue) or a start
@@ -138,7 +148,7 @@ def runs_repush_stranded(*, queue: str, waiting_for: float, alone: bool = False,
         ).values_list("host", "pid")
         host = socket.gethostname()
         # This host's dead sentinels do not count (a cluster killed whole, restarting now).
-        if any(h != host or (pid != os.getpid() and psutil.pid_exists(pid)) for h, pid in fresh):
+        if any(h != host or (pid != os.getpid() and _alive(pid)) for h, pid in fresh):
             return 0
     late = now - timedelta(seconds=waiting_for)
     with transaction.atomic():
