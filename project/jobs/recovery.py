@@ -129,7 +129,7 @@ def runs_recover_lost(*, queue: str | None = None, limit: int = 500) -> list[str
 def _alive(pid: int) -> bool:
     # A SIGKILLed sentinel stays a zombie until its parent (or init) reaps it: dead all the same.
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return False
     except psutil.AccessDenied:
