@@ -4,9 +4,12 @@ Verifies N findings (default 1,000) against ``tests.support.sdrs`` answering wit
 latency, at a concurrency of 10, then again with 10 % of the findings failing once with a
 500. Two sources of concurrency are measured:
 
-* ``jobs``: what an import does. The routing job enqueues one PartnerTokenVerification job
-  per finding, and a django-q2 cluster of 10 worker processes runs them, one request per
-  worker at a time. A failed request is retried by the toolkit after SDRS_RETRY_DELAYS[0].
+* ``jobs``: what an import does, as production runs it: a django-q2 cluster of 10 worker
+  processes with the declared schedules and the default settings. The routing job hands
+  fresh findings by the score to the refresher's pool (one tick, TOKEN_REFRESH_CONCURRENCY
+  threads); a failed request is retried by a job of its own after SDRS_RETRY_DELAYS[0].
+  (Until the pool took them, one PartnerTokenVerification job per finding, one request per
+  worker at a time.)
 * ``refresher``: one refresher tick, whose pool of TOKEN_REFRESH_CONCURRENCY (10) threads
   sends the due statuses. A failed row is retried by a later tick (TOKEN_REFRESH_RETRY_AFTER
   is set to 1 s here so that the run stays short).
@@ -46,6 +49,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+
+#: TOKEN_REFRESH_RETRY_AFTER's default (project/settings.py), which the import path runs with.
+_DEFAULT_RETRY_AFTER = 600
 
 
 def _environment() -> None:
@@ -272,11 +279,31 @@ def _run_jobs(project, user, count: int, tag: str, timeout: float) -> dict:
     accepted = _wait(_accepted(project, count), timeout, "SDRS to accept every request")
     verified = _wait(_verified(project, count), timeout, "every callback")
     runs = JobRun.objects.filter(name="secret_detection.verify_partner_token", created_at__gte=since)
+    retries = JobRun.objects.filter(name="secret_detection.verify_partner_token_retry", created_at__gte=since)
+    ticks = JobRun.objects.filter(name="secret_detection.refresh_token_statuses", created_at__gte=since)
+    sent_in_pool = sum((tick.result or {}).get("accepted", 0) for tick in ticks)
+    sent_in_pool += sum((tick.result or {}).get("retry_enqueued", 0) for tick in ticks)
+    routes = JobRun.objects.filter(name="secret_detection.update_token_status", created_at__gte=since)
+    wall_at = time.time() - (time.perf_counter() - started)  # the import's start, as a timestamp
+
+    def _after_start(moment) -> float | None:
+        return round(moment.timestamp() - wall_at, 2) if moment else None
+
+    first_tick = ticks.order_by("started_at").first()
     return {
+        # Where the time goes: routing (one job, batches of 100), then the tick's pool.
+        "routing_done_s": _after_start(max((r.finished_at for r in routes if r.finished_at), default=None)),
+        "first_tick_started_s": _after_start(first_tick.started_at if first_tick else None),
+        "first_tick_duration_s": (first_tick.result or {}).get("duration_s") if first_tick else None,
         "wall_s": round(verified - started, 2),
         "all_accepted_s": round(accepted - started, 2),
-        "requests": runs.aggregate(n=Sum("attempt"))["n"],
-        "failed_once": runs.filter(attempt__gte=2).count(),
+        "requests": (runs.aggregate(n=Sum("attempt"))["n"] or 0)
+        + (retries.aggregate(n=Sum("attempt"))["n"] or 0)
+        + sent_in_pool,
+        "failed_once": runs.filter(attempt__gte=2).count() + retries.count(),
+        "verification_jobs": runs.count(),
+        "retry_jobs": retries.count(),
+        "refresher_ticks": ticks.count(),
         "final_statuses": _final_counts(project),
     }
 
@@ -288,9 +315,10 @@ def _run_refresher(project, user, count: int, tag: str, timeout: float) -> dict:
     from secret_detection.models import FindingTokenStatus
 
     services.report_import(project=project, user=user, report=_report(count, tag))
-    # Routed as due partner rows: the refresher verifies them instead of the jobs.
+    # Routed as due partner rows verified once before (re-verification: a failure waits for
+    # TOKEN_REFRESH_RETRY_AFTER; a fresh finding's would be retried by a job of its own).
     FindingTokenStatus.objects.filter(project=project).update(
-        verifier="partner", routed_at=timezone.now(), next_refresh_at=timezone.now()
+        verifier="partner", routed_at=timezone.now(), next_refresh_at=timezone.now(), attempts=1
     )
     started = time.perf_counter()
     ticks = []
@@ -383,7 +411,14 @@ def main() -> int:
                 cluster = ClusterProcess(
                     broker=settings.JOBS_BROKER,
                     workers=args.concurrency,
-                    env={**child_env, "DJANGO_SETTINGS_MODULE": "project.settings", "EXTERNAL_URL": web.url},
+                    env={
+                        **child_env,
+                        "DJANGO_SETTINGS_MODULE": "project.settings",
+                        "EXTERNAL_URL": web.url,
+                        # The import path runs with the default settings (this process
+                        # shortens it for the refresher mode's later ticks).
+                        "TOKEN_REFRESH_RETRY_AFTER": str(_DEFAULT_RETRY_AFTER),
+                    },
                 ).start(timeout=60)
             for label, percent in (("clean", 0.0), ("fail_once", args.fail_once_percent)):
                 sdrs = Sdrs(keys_dir=keys_dir, latency=args.latency, fail_once_percent=percent)
@@ -411,7 +446,8 @@ def main() -> int:
                     outcome["fail_once_percent"] = percent
                 runs[label] = outcome
             runs["concurrency_from"] = (
-                f"{args.concurrency} django-q2 worker processes, one PartnerTokenVerification job (one request) each"
+                f"the import path on {args.concurrency} django-q2 worker processes: routing hands fresh findings"
+                " to one refresher tick's pool of TOKEN_REFRESH_CONCURRENCY threads"
                 if mode == "jobs"
                 else f"one refresher tick's pool of {args.concurrency} threads (TOKEN_REFRESH_CONCURRENCY)"
             )

@@ -190,6 +190,12 @@ class FindingTokenStatus(models.Model):
     accepted_at = models.DateTimeField(null=True, blank=True, help_text="SDRS accepted the latest request.")
     sending_until = models.DateTimeField(null=True, blank=True, editable=False)
     result_received_at = models.DateTimeField(null=True, blank=True, editable=False)
+    claimed_by_run = models.BigIntegerField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="The refresher tick (job run) that claimed it and has not finished with it yet.",
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(default=timezone.now)
 
@@ -208,6 +214,9 @@ class FindingTokenStatus(models.Model):
                 fields=["project", "routed_at"], name="sd_status_unrouted", condition=Q(routed_at__isnull=True)
             ),
             models.Index(fields=["status"], name="sd_status_status"),
+            models.Index(
+                fields=["claimed_by_run"], name="sd_status_claimed_by", condition=Q(claimed_by_run__isnull=False)
+            ),
         ]
 
     def __str__(self) -> str:

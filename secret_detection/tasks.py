@@ -3,6 +3,8 @@ policy, time budget) lives here; the services find them by name (``services.jobs
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from django.conf import settings
 
 from project.jobs import JobRun, RetryPolicy, Target, job
@@ -14,6 +16,17 @@ from secret_detection.services import jobs
 VERIFY_JOB_TIMEOUT = 150
 #: Network errors, timeouts, 429 and 5xx are retried after 4, 16 and 64 s, then the job fails.
 VERIFY_RETRY = RetryPolicy(setting="SDRS_RETRY_DELAYS")
+
+
+@dataclass(frozen=True)
+class RetriesLeft(RetryPolicy):
+    """The policy of ``setting`` once its first attempt was made elsewhere (by the
+    refresher's pool): its run is the second attempt, due after the first delay, and its
+    own retries follow the remaining delays (4/16/64 s: this run 4 s after the pool's
+    attempt, then 16 and 64 s)."""
+
+    def resolved(self) -> tuple[float, ...]:
+        return super().resolved()[1:]
 
 
 @job(jobs.ROUTE, timeout=900)
@@ -38,6 +51,18 @@ def verify_partner_token(*, finding_id: int, user_id: int | None = None, force: 
     return services.token_verification_run(finding_id=finding_id, user_id=user_id, force=force)
 
 
+@job(
+    jobs.VERIFY_RETRY,
+    retry=RetriesLeft(setting="SDRS_RETRY_DELAYS"),
+    timeout=VERIFY_JOB_TIMEOUT,
+    on_failure=_verification_failed,
+    target=Target("secret_detection.FindingTokenStatus", "finding_id"),
+)
+def verify_partner_token_retry(*, finding_id: int, user_id: int | None = None) -> dict:
+    """PartnerTokenVerification again, for a fresh finding whose attempt in the pool failed."""
+    return services.token_verification_run(finding_id=finding_id, user_id=user_id, attempts_before=1)
+
+
 def _direct_verification_failed(run: JobRun, code: str, message: str) -> None:
     services.token_direct_verification_failed(finding_id=run.kwargs["finding_id"], code=code)
 
@@ -59,10 +84,38 @@ def verify_direct_token(
     )
 
 
-@job(jobs.REFRESH, cron=settings.TOKEN_REFRESH_CRON, timeout="TOKEN_REFRESH_TICK_TIMEOUT")
-def refresh_token_statuses() -> dict:
-    """Re-verify token statuses whose next refresh time has passed."""
-    return services.token_statuses_refresh()
+@job(
+    jobs.DIRECT_VERIFY_RETRY,
+    retry=RetriesLeft(setting="PARTNER_RETRY_DELAYS"),
+    timeout=90,
+    on_failure=_direct_verification_failed,
+    target=Target("secret_detection.FindingTokenStatus", "finding_id"),
+)
+def verify_direct_token_retry(*, finding_id: int, user_id: int | None = None) -> dict:
+    """Direct verification again, for a fresh finding whose attempt in the pool failed."""
+    return services.token_direct_verify_run(finding_id=finding_id, user_id=user_id, attempts_before=1)
+
+
+def _refresh_failed(run: JobRun, code: str, message: str) -> None:
+    services.token_statuses_claims_release(run_id=run.pk)
+
+
+#: A tick that dies (its worker killed) is tried again at once: its next attempt takes over
+#: the rows the dead one claimed, which would otherwise wait for their lease.
+REFRESH_RETRY = RetryPolicy(delays=(1, 5))
+
+
+@job(
+    jobs.REFRESH,
+    cron=settings.TOKEN_REFRESH_CRON,
+    retry=REFRESH_RETRY,
+    timeout="TOKEN_REFRESH_TICK_TIMEOUT",
+    on_failure=_refresh_failed,
+)
+def refresh_token_statuses(*, fresh: bool = False) -> dict:
+    """Re-verify token statuses whose next refresh time has passed (``fresh``: started by
+    routing for new findings, so it waits for a running tick instead of skipping)."""
+    return services.token_statuses_refresh(fresh=fresh)
 
 
 @job(jobs.EXPIRE_PENDING, cron=settings.SDRS_PENDING_SWEEP_CRON, timeout=120)

@@ -34,7 +34,11 @@ from secret_detection.services.partner_admin import (
     direct_partners_ensure,
     partner_type_route,
 )
-from secret_detection.services.refresher import token_statuses_refresh, token_statuses_refresh_now
+from secret_detection.services.refresher import (
+    token_statuses_claims_release,
+    token_statuses_refresh,
+    token_statuses_refresh_now,
+)
 from secret_detection.services.reports import (
     REPORT_IMPORT_CLEANUP_JOB,
     REPORT_IMPORT_JOB,
@@ -93,6 +97,7 @@ __all__ = [
     "sdrs_probe",
     "token_direct_verification_failed",
     "token_direct_verify_run",
+    "token_statuses_claims_release",
     "token_statuses_refresh",
     "token_statuses_refresh_now",
     "token_statuses_route",

@@ -27,20 +27,25 @@ from django.db import connections, transaction
 
 from project import locks
 from project.errors import AppError
+from project.jobs import Defer, current_run
 from project.models import ApplicationSetting
 from secret_detection import metrics
 from secret_detection.clients import SdrsClient, SdrsConfig, SdrsMisconfigured, SdrsRateLimited
 from secret_detection.models import FindingTokenStatus
+from secret_detection.partners import PartnerNetworkError
 from secret_detection.services import breaker, jobs, pacing, statuses
+from secret_detection.services.direct import token_direct_verification_failed, token_direct_verify_run
 from secret_detection.services.routing import TO_DIRECT, TO_PARTNER, statuses_dispatch
 from secret_detection.services.verification import verification_send
-from secret_detection.services.verifiers import DIRECT
+from secret_detection.services.verifiers import DIRECT, direct_poolable
 
 logger = logging.getLogger(__name__)
 
 # One tick at a time across the cluster: a tick that outlives its interval makes the next
 # one return at once instead of doubling the outbound concurrency.
 _TICK_LOCK = "secret_detection.refresh"
+# How often a tick started for fresh findings looks whether the running tick has ended.
+_FRESH_WAIT = 1.0
 _PAUSE_ALL_CODES = {"sdrs_unavailable", "sdrs_timeout", "sdrs_auth_rejected"}
 
 
@@ -129,8 +134,8 @@ class _TickState:
             return self._all or self._paused.get(partner)
 
 
-def _claim_due(*, batch_size: int) -> list[FindingTokenStatus]:
-    ids = statuses.status_claim_due(batch_size=batch_size, lease=settings.TOKEN_REFRESH_TICK_TIMEOUT)
+def _claim_due(*, batch_size: int, run_id: int | None = None) -> list[FindingTokenStatus]:
+    ids = statuses.status_claim_due(batch_size=batch_size, lease=settings.TOKEN_REFRESH_TICK_TIMEOUT, run_id=run_id)
     if not ids:
         return []
     rows = FindingTokenStatus.objects.filter(pk__in=ids).select_related("finding", "finding__project")
@@ -171,6 +176,7 @@ class _Batch:
         request_id = uuid.uuid4().hex
         lease = sum(self.client.timeout) + 5
         previous_status = row.status  # as claimed by this tick; pending rows are never claimed
+        fresh = _fresh(row)
         claim = statuses.status_claim(finding_id=row.pk, request_id=request_id, attempt=1, lease=lease)
         if claim.outcome != "claimed":
             return "skipped_busy"
@@ -197,6 +203,16 @@ class _Batch:
             self.state.pause(partner, error.code, delay)
         elif error.code in _PAUSE_ALL_CODES:
             self.state.pause_all(error.code, delay)
+        if fresh and error.retryable:
+            # A fresh finding (handed over by routing) keeps the job path's retries: its
+            # next attempt is a job of its own, after the policy's first delay.
+            first = jobs.verify_retry().delay_after(1)
+            if first is not None:
+                statuses.status_send_failed(finding_id=row.pk, request_id=request_id, code=error.code)
+                retry_in = max(first, float(getattr(error, "retry_after", None) or 0.0))
+                jobs.job_get(jobs.VERIFY_RETRY).enqueue(_delay=retry_in, finding_id=row.pk, user_id=None)
+                breaker.breaker_open(code=error.code)
+                return "retry_enqueued"
         # A refresh that could not be made keeps what we knew (an active token stays
         # active); the error code and the back-off say what happened.
         statuses.status_refresh_failed(
@@ -230,7 +246,7 @@ def _refresh_batch(rows: list[FindingTokenStatus], pool: _Pool, state: _TickStat
             counts[outcome] += 1
         else:
             counts["no_verifier"] += 1  # backed off by the routing
-    counts += _refresh_direct(direct)
+    counts += _refresh_direct(direct, pool)
     for outcome, number in counts.items():
         metrics.REFRESH_ROWS.labels(outcome=outcome).inc(number)
     if groups and client is not None:
@@ -239,9 +255,11 @@ def _refresh_batch(rows: list[FindingTokenStatus], pool: _Pool, state: _TickStat
     return counts
 
 
-def _refresh_direct(groups: dict[str, list[FindingTokenStatus]]) -> Counter[str]:
-    """Direct partners answer within their own job: start one per row, except for a
-    partner that a 429 paused (its rows wait for the pause, as SDRS's do in a tick)."""
+def _refresh_direct(groups: dict[str, list[FindingTokenStatus]], pool: _Pool) -> Counter[str]:
+    """Direct partners answer within the call: a partner whose limit the pool cannot
+    outrun is verified on the pool's threads (``_direct_one``); a slower one gets one run
+    per row, each due at a slot of its limit. A partner that a 429 paused is skipped (its
+    rows wait for the pause, as SDRS's do in a tick)."""
     counts: Counter[str] = Counter()
     for partner, rows in groups.items():
         ids = [row.pk for row in rows]
@@ -250,10 +268,47 @@ def _refresh_direct(groups: dict[str, list[FindingTokenStatus]]) -> Counter[str]
             statuses.status_back_off(finding_ids=ids, code="partner_paused", seconds=paused)
             counts["skipped_paused"] += len(ids)
             continue
-        with transaction.atomic():
-            DIRECT.start({"finding_id": pk, "user_id": None} for pk in ids)
-        counts["direct_enqueued"] += len(ids)
+        pooled = [row for row in rows if direct_poolable(row.finding.token_type)]
+        paced = [row.pk for row in rows if not direct_poolable(row.finding.token_type)]
+        if paced:
+            with transaction.atomic():
+                DIRECT.start({"finding_id": pk, "user_id": None} for pk in paced)
+            counts["direct_enqueued"] += len(paced)
+        if pooled:
+            pool.submit(_direct_one, pooled)  # counted by the pool
     return counts
+
+
+def _direct_one(row: FindingTokenStatus) -> str:
+    """One direct verification on a thread of the pool, with the job path's outcomes: a
+    verdict; our limit's wait or another attempt in flight (``Defer``): a paced run of its
+    own; a network error: a retry job after the first delay (then 16 and 64 s); the
+    partner's 429: rescheduled by ``token_direct_verify_run`` itself (at most
+    PARTNER_RATE_LIMIT_MAX_RESCHEDULES times)."""
+    try:
+        result = token_direct_verify_run(finding_id=row.pk, pooled=True)
+    except Defer as exc:
+        jobs.job_get(jobs.DIRECT_VERIFY).enqueue(_delay=exc.seconds, finding_id=row.pk, user_id=None, paced=True)
+        return "deferred"
+    except PartnerNetworkError as exc:
+        first = jobs.job_get(jobs.DIRECT_VERIFY).retry.delay_after(1)
+        if first is None:
+            token_direct_verification_failed(finding_id=row.pk, code=exc.code)
+            return "failed"
+        jobs.job_get(jobs.DIRECT_VERIFY_RETRY).enqueue(_delay=first, finding_id=row.pk, user_id=None)
+        return "retry_enqueued"
+    except Exception:
+        logger.exception("direct verification failed unexpectedly", extra={"finding_id": row.pk})
+        token_direct_verification_failed(finding_id=row.pk, code="unexpected_error")
+        return "error"
+    if "status" in result:
+        return "verified"
+    return "rescheduled" if "rescheduled" in result else "skipped"
+
+
+def _fresh(row: FindingTokenStatus) -> bool:
+    """Never tried: handed over by routing (or backed off before any attempt)."""
+    return row.attempts == 0 and row.last_verified_at is None
 
 
 def _claim_budget() -> float:
@@ -264,10 +319,21 @@ def _claim_budget() -> float:
     return max(0.0, settings.TOKEN_REFRESH_TICK_TIMEOUT - rounds * per_call)
 
 
-def token_statuses_refresh() -> dict[str, Any]:
-    """One refresher tick: claim due statuses batch after batch and re-verify them."""
+def token_statuses_refresh(*, fresh: bool = False) -> dict[str, Any]:
+    """One refresher tick: claim due statuses batch after batch and re-verify them.
+    ``fresh``: started for findings routing just handed over; while another tick runs it
+    waits for it (that tick may have stopped claiming) instead of leaving them for the
+    schedule."""
     started = time.monotonic()
+    run = current_run()
+    run_id = run.pk if run is not None else None
+    if run is not None and run.attempt > 1:
+        # An earlier attempt of this run died: what it claimed is ours to finish now,
+        # not in TOKEN_REFRESH_TICK_TIMEOUT when its lease ends.
+        token_statuses_claims_release(run_id=run.pk)
     with locks.session_lock(_TICK_LOCK) as locked:
+        if not locked and fresh:
+            raise Defer(_FRESH_WAIT, "a refresher tick is running")
         if not locked:
             logger.info("token refresh tick skipped: the previous tick is still running")
             return {"skipped": "previous tick still running"}
@@ -281,12 +347,12 @@ def token_statuses_refresh() -> dict[str, Any]:
             state.pause_all(breaker.DOWN_CODE, float(settings.TOKEN_REFRESH_RETRY_AFTER))
         try:
             while True:
-                rows = _claim_due(batch_size=settings.TOKEN_REFRESH_BATCH_SIZE)
+                rows = _claim_due(batch_size=settings.TOKEN_REFRESH_BATCH_SIZE, run_id=run_id)
                 if not rows and pool.busy:
                     # Rows in flight may fail and be due again at once (a short
                     # Retry-After): look once more when the pool is idle.
                     pool.wait()
-                    rows = _claim_due(batch_size=settings.TOKEN_REFRESH_BATCH_SIZE)
+                    rows = _claim_due(batch_size=settings.TOKEN_REFRESH_BATCH_SIZE, run_id=run_id)
                 if not rows:
                     break
                 totals["claimed"] += len(rows)
@@ -303,6 +369,23 @@ def token_statuses_refresh() -> dict[str, Any]:
     if totals:
         logger.info("token refresh tick finished", extra=result)
     return result
+
+
+def token_statuses_claims_release(*, run_id: int) -> dict[str, int]:
+    """Give back what a dead tick's run claimed (its next attempt, or its failure hook
+    once no attempt is left): rows it had not started are due at once; a row it left in
+    flight at a direct partner goes to a verification job of its own, which waits out the
+    lease and asks again (a partner's answer changes nothing, so asking twice is safe).
+    A row in flight at SDRS stays pending: SDRS may hold its token and call back, so it is
+    never sent again; the callback or the pending sweep ends it."""
+    released, in_flight = statuses.status_release_claims(run_id=run_id)
+    direct = [pk for pk, verifier in in_flight if verifier == DIRECT.name]
+    with transaction.atomic():
+        DIRECT.start({"finding_id": pk, "user_id": None} for pk in direct)
+    counts = {"released": released, "in_flight": len(in_flight), "direct_restarted": len(direct)}
+    if released or in_flight:
+        logger.info("token refresh claims of a dead tick released", extra={"run_id": run_id, **counts})
+    return counts
 
 
 def token_statuses_refresh_now(*, finding_ids: list[int]) -> int:

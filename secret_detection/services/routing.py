@@ -18,7 +18,13 @@ from project.models import ApplicationSetting
 from secret_detection import partners
 from secret_detection.models import DirectPartner, FindingTokenStatus, PartnerTokenType, TokenStatus, Verifier
 from secret_detection.services import statuses
-from secret_detection.services.verifiers import verifier_get
+from secret_detection.services.verifiers import (
+    POOL_MIN_FINDINGS,
+    POOL_START_EVERY,
+    direct_poolable,
+    pool_tick_start,
+    verifier_get,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -185,13 +191,24 @@ def token_statuses_route(*, project_id: int) -> dict[str, int]:
     """
     counts: Counter[str] = Counter()
     after = 0
+    waiting = 0  # pooled findings made due since the last tick was started
     while True:
         with transaction.atomic():
             batch = statuses.status_lock_unrouted(project_id=project_id, after=after, limit=ROUTING_BATCH_SIZE)
             if not batch:
                 break
             after = batch[-1].finding_id
-            counts += _route_batch(batch)
+            routed = _route_batch(batch)
+            counts += routed
+            waiting += sum(n for outcome, n in routed.items() if outcome.endswith("_pooled"))
+            if waiting >= POOL_START_EVERY:
+                # A long import: the pool starts on the first thousand while routing goes on.
+                pool_tick_start()
+                waiting = 0
+    if waiting:
+        # One tick for the rest, once they are all due: a tick started after the first batch
+        # would drain it and end before the next, and a tick in between costs a gap.
+        pool_tick_start()
     logger.info("token statuses routed", extra={"project_id": project_id, **counts})
     return dict(counts)
 
@@ -199,17 +216,35 @@ def token_statuses_route(*, project_id: int) -> dict[str, int]:
 def _route_batch(batch: list[FindingTokenStatus]) -> Counter[str]:
     counts: Counter[str] = Counter()
     by_verifier: dict[str, list[int]] = defaultdict(list)
-    to_verify: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    to_verify: dict[str, list[tuple[FindingTokenStatus, str]]] = defaultdict(list)
     for row, route, outcome in statuses_dispatch(batch, unavailable=sdrs_unavailable_reason()):
         by_verifier[route.verifier].append(row.pk)
         if outcome in (TO_PARTNER, TO_DIRECT):
-            to_verify[route.verifier].append({"finding_id": row.pk, "user_id": row.finding.imported_by_id})
-            outcome = f"{outcome}_enqueued"
-        counts[outcome] += 1
+            to_verify[route.verifier].append((row, outcome))
+        else:
+            counts[outcome] += 1
     for verifier, ids in by_verifier.items():
         statuses.status_routed(finding_ids=ids, verifier=verifier)
-    for verifier, asks in to_verify.items():
-        verifier_get(verifier).start(asks)
+    pooled: list[int] = []
+    for verifier, rows in to_verify.items():
+        # Many fresh findings: the refresher's pool (one job, a bounded set of threads);
+        # a few, or a partner paced slower than the pool would send: one job each.
+        poolable = [
+            (row, outcome)
+            for row, outcome in rows
+            if verifier == Verifier.PARTNER or direct_poolable(row.finding.token_type)
+        ]
+        if len(poolable) < POOL_MIN_FINDINGS:
+            poolable = []
+        in_pool = {row.pk for row, _ in poolable}
+        pooled += in_pool
+        for row, outcome in rows:
+            counts[f"{outcome}_pooled" if row.pk in in_pool else f"{outcome}_enqueued"] += 1
+        verifier_get(verifier).start(
+            {"finding_id": row.pk, "user_id": row.finding.imported_by_id} for row, _ in rows if row.pk not in in_pool
+        )
+    if pooled:
+        statuses.status_make_due(finding_ids=pooled)  # the caller starts the tick
     return counts
 
 

@@ -28,7 +28,8 @@ routing job holds the lock of ``status_lock_unrouted`` until it has marked them 
     status_expire          pending too long, not sending → unknown (callback_timeout)
     status_callbacks_lost  held by SDRS, asked before a callback outage, not sending
                                                   → unknown (callback_lost), due now
-    status_claim_due       due, not pending       → leased to a refresher tick
+    status_claim_due       due, not pending       → leased to a refresher tick, naming its run
+    status_release_claims  claimed by a dead tick's run → due now; in flight: handed back
     status_make_due        not pending            → due now
     status_requeue_unavailable  not pending, failed as unavailable → due now (SDRS is back)
 
@@ -49,7 +50,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q, QuerySet
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from project.models import Project
@@ -63,6 +64,9 @@ def _rows(**lookups: Any) -> QuerySet[FindingTokenStatus]:
 
 
 def _update(rows: QuerySet[FindingTokenStatus], now: dt.datetime, **fields: Any) -> int:
+    # Any change but a claim ends a refresher tick's hold on the row (``claimed_by_run``):
+    # what happens next is recorded, so a take-over has nothing left to redo.
+    fields.setdefault("claimed_by_run", None)
     return rows.update(updated_at=now, **fields)
 
 
@@ -256,6 +260,9 @@ def status_claim(
         last_request_id=request_id,
         attempts=attempt,
         accepted_at=None,
+        # A tick's row stays its until the request's outcome is recorded: if the tick dies
+        # in between, its take-over finds the row in flight (``status_release_claims``).
+        claimed_by_run=F("claimed_by_run"),
     )
     if claimed:
         return Claim("claimed")
@@ -415,10 +422,12 @@ def status_callbacks_lost(*, before: dt.datetime, limit: int) -> list[int]:
 # --- the refresher ----------------------------------------------------------------------
 
 
-def status_claim_due(*, batch_size: int, lease: float) -> list[int]:
+def status_claim_due(*, batch_size: int, lease: float, run_id: int | None = None) -> list[int]:
     """Up to ``batch_size`` due statuses (oldest due first) for one refresher tick: their
-    next refresh moves ``lease`` seconds ahead, so a tick that dies only delays them.
-    Guard: due and not pending; rows another tick holds are skipped."""
+    next refresh moves ``lease`` seconds ahead, so a tick that dies only delays them, and
+    they name the tick's run (``run_id``), whose next attempt or failure hook gives them
+    back at once (``status_release_claims``). Guard: due and not pending; rows another
+    tick holds are skipped."""
     now = timezone.now()
     due = _rows(next_refresh_at__lte=now).exclude(status=TokenStatus.PENDING)
     with transaction.atomic():
@@ -428,8 +437,24 @@ def status_claim_due(*, batch_size: int, lease: float) -> list[int]:
             .values_list("pk", flat=True)[:batch_size]
         )
         if ids:
-            _update(due.filter(pk__in=ids), now, next_refresh_at=now + timedelta(seconds=lease))
+            _update(due.filter(pk__in=ids), now, next_refresh_at=now + timedelta(seconds=lease), claimed_by_run=run_id)
     return ids
+
+
+def status_release_claims(*, run_id: int) -> tuple[int, list[tuple[int, str]]]:
+    """The rows a refresher tick's run claimed and did not finish, given back after that
+    run died (its next attempt, or its failure hook, calls this): those it had not started
+    are due now (their count is returned first); those it left pending (a request in
+    flight when it died) are returned as ``(finding_id, verifier)`` for the caller to hand
+    to their verifier's own job, whose claim waits out the lease and never resends a token
+    SDRS may hold. Guard: still claimed by ``run_id``."""
+    now = timezone.now()
+    with transaction.atomic():
+        claimed = _rows(claimed_by_run=run_id)
+        in_flight = list(claimed.filter(status=TokenStatus.PENDING).values_list("pk", "verifier"))
+        released = _update(claimed.exclude(status=TokenStatus.PENDING), now, next_refresh_at=now)
+        _update(claimed.filter(pk__in=[pk for pk, _ in in_flight]), now)
+    return released, in_flight
 
 
 def status_make_due(*, finding_ids: list[int]) -> int:

@@ -87,7 +87,9 @@ def _decision_after(error: AppError, attempt: int) -> str:
     return f"failed: {error.code}"
 
 
-def token_verification_run(*, finding_id: int, user_id: int | None = None, force: bool = False) -> dict[str, Any]:
+def token_verification_run(
+    *, finding_id: int, user_id: int | None = None, force: bool = False, attempts_before: int = 0
+) -> dict[str, Any]:
     """The PartnerTokenVerification job: send one finding's token to SDRS.
 
     Guards, in order: a missing finding is skipped; disabled verification is skipped;
@@ -100,9 +102,10 @@ def token_verification_run(*, finding_id: int, user_id: int | None = None, force
     again while its callback can still come (the pending sweep ends the wait). A re-run
     after SDRS accepted, may have accepted, or answered the run's request sends nothing
     (``force`` overrides only requests made before the run was asked for).
+    ``attempts_before``: attempts made before this job's first (the refresher pool's).
     """
     run = current_run()
-    attempt = run.attempt if run else 1
+    attempt = (run.attempt if run else 1) + attempts_before
     # When this verification was asked for: a result received since then answers it.
     since = run.created_at if run else None
     request_id = uuid.uuid4().hex

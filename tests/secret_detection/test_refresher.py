@@ -80,7 +80,8 @@ def test_claims_are_batches_that_push_next_refresh_forward(due, settings, sdrs_s
         result = services.token_statuses_refresh()
     claims = [q["sql"] for q in queries.captured_queries if "SKIP LOCKED" in q["sql"]]
     assert result["claimed"] == 6  # 4 + 2: the rows already claimed are no longer due
-    assert len(claims) == 3
+    # 4, 2, then none; once more if rows were still in flight then (they may be due again).
+    assert len(claims) in (3, 4)
     assert all("LIMIT 4" in sql for sql in claims)
 
 

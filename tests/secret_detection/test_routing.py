@@ -16,6 +16,7 @@ from project.jobs import JobRun
 from project.jobs.testing import run_inline
 from secret_detection import services
 from secret_detection.models import Finding, FindingTokenStatus, PartnerTokenType
+from secret_detection.services.verifiers import POOL_MIN_FINDINGS
 
 pytestmark = pytest.mark.django_db
 
@@ -83,13 +84,28 @@ def test_routing_walks_new_findings_in_batches_of_100(project, developer, import
     with CaptureQueriesContext(connection) as queries:
         counts = services.token_statuses_route(project_id=project.pk)
 
-    assert counts == {"partner_enqueued": 250}
+    # Fresh findings by the hundred go to the refresher's pool, not one job each.
+    assert counts == {"partner_pooled": 250}
     claims = [q["sql"] for q in queries.captured_queries if "FOR UPDATE" in q["sql"] and "SKIP LOCKED" in q["sql"]]
     assert len(claims) == 4  # 100 + 100 + 50, then an empty claim ends the walk
     assert all("LIMIT 100" in sql for sql in claims)
     inserts = [q["sql"] for q in queries.captured_queries if q["sql"].startswith('INSERT INTO "job_runs"')]
-    assert len(inserts) == 3  # one bulk insert of runs per batch
-    assert JobRun.objects.filter(name=VERIFY).count() == 250
+    assert len(inserts) == 1  # one tick for the three batches (the later ones find it queued)
+    assert JobRun.objects.filter(name=VERIFY).count() == 0
+    (tick,) = JobRun.objects.filter(name="secret_detection.refresh_token_statuses")
+    assert tick.kwargs == {"fresh": True}
+    assert FindingTokenStatus.objects.filter(project=project, next_refresh_at__lte=timezone.now()).count() == 250
+
+
+def test_a_few_fresh_findings_keep_one_job_each(project, developer, import_findings, sdrs_settings):
+    sdrs_settings()
+    import_findings(project, [("AWS", f"AKIA{n:016d}") for n in range(POOL_MIN_FINDINGS - 1)])
+
+    counts = services.token_statuses_route(project_id=project.pk)
+
+    assert counts == {"partner_enqueued": POOL_MIN_FINDINGS - 1}
+    assert JobRun.objects.filter(name=VERIFY).count() == POOL_MIN_FINDINGS - 1
+    assert not JobRun.objects.filter(name="secret_detection.refresh_token_statuses").exists()
 
 
 def test_routing_twice_routes_nothing_twice(project, developer, sample_report, sdrs_settings):

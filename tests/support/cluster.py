@@ -210,13 +210,14 @@ def wait_until(
     progress: Callable[[], object] | None = None,
     stall: float = 30,
     interval: float = 0.1,
-    message: str = "",
+    message: str | Callable[[], str] = "",
 ) -> object:
     """Poll until ``predicate()`` is truthy. Fail only when nothing has moved for ``stall``
     seconds: ``progress()`` returns a snapshot of what should keep changing while the work
     goes on (a run's status and heartbeat, a page's text), so a slow, loaded machine
     waits longer and a stuck one fails fast. Without ``progress``, ``stall`` is a plain
-    deadline."""
+    deadline. ``message`` may be a function, called at the failure (a cluster's output then,
+    not when the wait began)."""
     last = progress() if progress else None
     moved = time.monotonic()
     while True:
@@ -228,5 +229,6 @@ def wait_until(
             if now != last:
                 last, moved = now, time.monotonic()
         if time.monotonic() - moved > stall:
-            raise AssertionError(message or f"nothing moved for {stall} s")
+            text = message() if callable(message) else message
+            raise AssertionError(f"{text or 'nothing moved'} (nothing moved for {stall} s; last: {repr(last)[:3000]})")
         time.sleep(interval)
