@@ -211,7 +211,8 @@ class _Batch:
                 statuses.status_send_failed(finding_id=row.pk, request_id=request_id, code=error.code)
                 retry_in = max(first, float(getattr(error, "retry_after", None) or 0.0))
                 jobs.job_get(jobs.VERIFY_RETRY).enqueue(_delay=retry_in, finding_id=row.pk, user_id=None)
-                breaker.breaker_open(code=error.code)
+                # Not the end of its verification: the failure counts towards the breaker's
+                # threshold (``verification_send``), as a job's first failed attempt does.
                 return "retry_enqueued"
         # A refresh that could not be made keeps what we knew (an active token stays
         # active); the error code and the back-off say what happened.
