@@ -84,18 +84,6 @@ def verify_direct_token(
     )
 
 
-@job(
-    jobs.DIRECT_VERIFY_RETRY,
-    retry=RetriesLeft(setting="PARTNER_RETRY_DELAYS"),
-    timeout=90,
-    on_failure=_direct_verification_failed,
-    target=Target("secret_detection.FindingTokenStatus", "finding_id"),
-)
-def verify_direct_token_retry(*, finding_id: int, user_id: int | None = None) -> dict:
-    """Direct verification again, for a fresh finding whose attempt in the pool failed."""
-    return services.token_direct_verify_run(finding_id=finding_id, user_id=user_id, attempts_before=1)
-
-
 def _refresh_failed(run: JobRun, code: str, message: str) -> None:
     services.token_statuses_claims_release(run_id=run.pk)
 

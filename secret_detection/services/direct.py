@@ -43,9 +43,6 @@ logger = logging.getLogger(__name__)
 _PACE_TOLERANCE = 0.05
 # A deferred run woken within this many seconds of its due time still holds its send slot.
 _ON_TIME = 1.0
-# A thread of the refresher's pool waits this long at most for its send slot, else its
-# finding becomes a run of its own, due at the slot.
-_POOL_WAIT = 1.0
 
 
 def _log(finding: Finding, partner: str, decision: str, **extra: Any) -> None:
@@ -72,22 +69,13 @@ def _reschedule(*, finding: Finding, delay: float, kwargs: dict[str, Any]) -> No
 
 
 def token_direct_verify_run(
-    *,
-    finding_id: int,
-    user_id: int | None = None,
-    force: bool = False,
-    reschedules: int = 0,
-    paced: bool = False,
-    attempts_before: int = 0,
-    pooled: bool = False,
+    *, finding_id: int, user_id: int | None = None, force: bool = False, reschedules: int = 0, paced: bool = False
 ) -> dict[str, Any]:
     """Verify one finding's token with the partner that issued it (see the module's doc).
     ``reschedules`` counts the partner's rate limits met so far; ``paced`` says this run
-    already holds a slot of our own limit; ``attempts_before``: attempts made before this
-    job's first (the refresher pool's); ``pooled``: called by the refresher's pool, not as a
-    job of its own (the tick's run says nothing about this finding's attempts or slots)."""
-    run = None if pooled else current_run()
-    attempt = (run.attempt if run else 1) + attempts_before
+    already holds a slot of our own limit."""
+    run = current_run()
+    attempt = run.attempt if run else 1
     finding = Finding.objects.select_related("project").filter(pk=finding_id).first()
     if finding is None:
         logger.warning("direct verification skipped: the finding no longer exists", extra={"finding_id": finding_id})
@@ -114,8 +102,7 @@ def token_direct_verify_run(
         paused = pacing.partner_paused_for(partner=partner)
         if paused > 0:
             return _rate_limited(finding, partner, paused, reschedules, base, code="partner_paused")
-        # In the pool only the send-time limit below applies: its threads take the slots in turn.
-        if not paced and not pooled:
+        if not paced:
             wait = pacing.rate_slot_reserve(
                 key=f"{entry.rate_limit_key}:{finding.project_id}", per_second=entry.per_second
             )
@@ -132,12 +119,7 @@ def token_direct_verify_run(
         if not holds_slot:
             key = f"{entry.rate_limit_key}:{finding.project_id}"
             wait = pacing.rate_send_take(key=key, per_second=entry.per_second)
-            if wait > 0 and pooled and wait <= _POOL_WAIT:
-                # A pooled partner's limit is far above what the pool sends, so a wait is a
-                # few milliseconds (the threads' requests started together): the slot
-                # reserved now is this thread's.
-                time.sleep(wait)
-            elif wait > 0:
+            if wait > 0:
                 # Started late with others (a backlog drained at once): wait for the slot
                 # reserved now rather than burst past the limit; a deferral spends no attempt.
                 raise Defer(wait, f"{entry.rate_limit_key} limit")

@@ -14,9 +14,8 @@ ROUTE = "secret_detection.update_token_status"
 VERIFY = "secret_detection.verify_partner_token"
 DIRECT_VERIFY = "secret_detection.verify_direct_token"
 #: A fresh finding the refresher's pool could not verify, retried on its own: the same work
-#: as VERIFY / DIRECT_VERIFY, with the retries the pool's attempt left (16 and 64 s).
+#: as VERIFY, with the retries the pool's attempt left (16 and 64 s).
 VERIFY_RETRY = "secret_detection.verify_partner_token_retry"
-DIRECT_VERIFY_RETRY = "secret_detection.verify_direct_token_retry"
 REFRESH = "secret_detection.refresh_token_statuses"
 EXPIRE_PENDING = "secret_detection.expire_pending"
 PROBE = "secret_detection.probe_sdrs"

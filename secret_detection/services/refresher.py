@@ -32,12 +32,10 @@ from project.models import ApplicationSetting
 from secret_detection import metrics
 from secret_detection.clients import SdrsClient, SdrsConfig, SdrsMisconfigured, SdrsRateLimited
 from secret_detection.models import FindingTokenStatus
-from secret_detection.partners import PartnerNetworkError
 from secret_detection.services import breaker, jobs, pacing, statuses
-from secret_detection.services.direct import token_direct_verification_failed, token_direct_verify_run
 from secret_detection.services.routing import TO_DIRECT, TO_PARTNER, statuses_dispatch
 from secret_detection.services.verification import verification_send
-from secret_detection.services.verifiers import DIRECT, direct_poolable
+from secret_detection.services.verifiers import DIRECT
 
 logger = logging.getLogger(__name__)
 
@@ -247,7 +245,7 @@ def _refresh_batch(rows: list[FindingTokenStatus], pool: _Pool, state: _TickStat
             counts[outcome] += 1
         else:
             counts["no_verifier"] += 1  # backed off by the routing
-    counts += _refresh_direct(direct, pool)
+    counts += _refresh_direct(direct)
     for outcome, number in counts.items():
         metrics.REFRESH_ROWS.labels(outcome=outcome).inc(number)
     if groups and client is not None:
@@ -256,11 +254,11 @@ def _refresh_batch(rows: list[FindingTokenStatus], pool: _Pool, state: _TickStat
     return counts
 
 
-def _refresh_direct(groups: dict[str, list[FindingTokenStatus]], pool: _Pool) -> Counter[str]:
-    """Direct partners answer within the call: a partner whose limit the pool cannot
-    outrun is verified on the pool's threads (``_direct_one``); a slower one gets one run
-    per row, each due at a slot of its limit. A partner that a 429 paused is skipped (its
-    rows wait for the pause, as SDRS's do in a tick)."""
+def _refresh_direct(groups: dict[str, list[FindingTokenStatus]]) -> Counter[str]:
+    """Direct partners answer within their own job: start one per row (each due at a slot
+    of its partner's limit), except for a partner that a 429 paused (its rows wait for the
+    pause, as SDRS's do in a tick). The rows are the jobs' from then on: the tick's hold on
+    them ends in the same transaction."""
     counts: Counter[str] = Counter()
     for partner, rows in groups.items():
         ids = [row.pk for row in rows]
@@ -269,42 +267,11 @@ def _refresh_direct(groups: dict[str, list[FindingTokenStatus]], pool: _Pool) ->
             statuses.status_back_off(finding_ids=ids, code="partner_paused", seconds=paused)
             counts["skipped_paused"] += len(ids)
             continue
-        pooled = [row for row in rows if direct_poolable(row.finding.token_type)]
-        paced = [row.pk for row in rows if not direct_poolable(row.finding.token_type)]
-        if paced:
-            with transaction.atomic():
-                DIRECT.start({"finding_id": pk, "user_id": None} for pk in paced)
-            counts["direct_enqueued"] += len(paced)
-        if pooled:
-            pool.submit(_direct_one, pooled)  # counted by the pool
+        with transaction.atomic():
+            DIRECT.start({"finding_id": pk, "user_id": None} for pk in ids)
+            statuses.status_handed_over(finding_ids=ids)
+        counts["direct_enqueued"] += len(ids)
     return counts
-
-
-def _direct_one(row: FindingTokenStatus) -> str:
-    """One direct verification on a thread of the pool, with the job path's outcomes: a
-    verdict; our limit's wait or another attempt in flight (``Defer``): a paced run of its
-    own; a network error: a retry job after the first delay (then 16 and 64 s); the
-    partner's 429: rescheduled by ``token_direct_verify_run`` itself (at most
-    PARTNER_RATE_LIMIT_MAX_RESCHEDULES times)."""
-    try:
-        result = token_direct_verify_run(finding_id=row.pk, pooled=True)
-    except Defer as exc:
-        jobs.job_get(jobs.DIRECT_VERIFY).enqueue(_delay=exc.seconds, finding_id=row.pk, user_id=None, paced=True)
-        return "deferred"
-    except PartnerNetworkError as exc:
-        first = jobs.job_get(jobs.DIRECT_VERIFY).retry.delay_after(1)
-        if first is None:
-            token_direct_verification_failed(finding_id=row.pk, code=exc.code)
-            return "failed"
-        jobs.job_get(jobs.DIRECT_VERIFY_RETRY).enqueue(_delay=first, finding_id=row.pk, user_id=None)
-        return "retry_enqueued"
-    except Exception:
-        logger.exception("direct verification failed unexpectedly", extra={"finding_id": row.pk})
-        token_direct_verification_failed(finding_id=row.pk, code="unexpected_error")
-        return "error"
-    if "status" in result:
-        return "verified"
-    return "rescheduled" if "rescheduled" in result else "skipped"
 
 
 def _fresh(row: FindingTokenStatus) -> bool:
@@ -374,16 +341,12 @@ def token_statuses_refresh(*, fresh: bool = False) -> dict[str, Any]:
 
 def token_statuses_claims_release(*, run_id: int) -> dict[str, int]:
     """Give back what a dead tick's run claimed (its next attempt, or its failure hook
-    once no attempt is left): rows it had not started are due at once; a row it left in
-    flight at a direct partner goes to a verification job of its own, which waits out the
-    lease and asks again (a partner's answer changes nothing, so asking twice is safe).
-    A row in flight at SDRS stays pending: SDRS may hold its token and call back, so it is
-    never sent again; the callback or the pending sweep ends it."""
+    once no attempt is left): rows it had not started are due at once. A row it left in
+    flight at SDRS stays pending: SDRS may hold its token and call back, so it is never
+    sent again; the callback or the pending sweep ends it. (Direct partners' rows are
+    handed to jobs of their own when claimed, so none is left in flight here.)"""
     released, in_flight = statuses.status_release_claims(run_id=run_id)
-    direct = [pk for pk, verifier in in_flight if verifier == DIRECT.name]
-    with transaction.atomic():
-        DIRECT.start({"finding_id": pk, "user_id": None} for pk in direct)
-    counts = {"released": released, "in_flight": len(in_flight), "direct_restarted": len(direct)}
+    counts = {"released": released, "in_flight": in_flight}
     if released or in_flight:
         logger.info("token refresh claims of a dead tick released", extra={"run_id": run_id, **counts})
     return counts

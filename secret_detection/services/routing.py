@@ -21,7 +21,6 @@ from secret_detection.services import statuses
 from secret_detection.services.verifiers import (
     POOL_MIN_FINDINGS,
     POOL_START_EVERY,
-    direct_poolable,
     pool_tick_start,
     verifier_get,
 )
@@ -227,15 +226,12 @@ def _route_batch(batch: list[FindingTokenStatus]) -> Counter[str]:
         statuses.status_routed(finding_ids=ids, verifier=verifier)
     pooled: list[int] = []
     for verifier, rows in to_verify.items():
-        # Many fresh findings: the refresher's pool (one job, a bounded set of threads);
-        # a few, or a partner paced slower than the pool would send: one job each.
-        poolable = [
-            (row, outcome)
-            for row, outcome in rows
-            if verifier == Verifier.PARTNER or direct_poolable(row.finding.token_type)
-        ]
-        if len(poolable) < POOL_MIN_FINDINGS:
-            poolable = []
+        # Many fresh SDRS findings: the refresher's pool (one job, a bounded set of threads).
+        # A few, and every direct partner's: one job each. A direct verification costs
+        # its CPU (signing, the send-time limit's bookkeeping) in the caller's process, and
+        # the pool's threads share one process's GIL: measured at 2.2x the ideal in the pool
+        # against 1.4x as runs spread over the workers' processes (docs/benchmarks.md).
+        poolable = rows if verifier == Verifier.PARTNER and len(rows) >= POOL_MIN_FINDINGS else []
         in_pool = {row.pk for row, _ in poolable}
         pooled += in_pool
         for row, outcome in rows:

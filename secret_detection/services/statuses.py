@@ -29,7 +29,8 @@ routing job holds the lock of ``status_lock_unrouted`` until it has marked them 
     status_callbacks_lost  held by SDRS, asked before a callback outage, not sending
                                                   → unknown (callback_lost), due now
     status_claim_due       due, not pending       → leased to a refresher tick, naming its run
-    status_release_claims  claimed by a dead tick's run → due now; in flight: handed back
+    status_release_claims  claimed by a dead tick's run → due now (in flight: stays pending)
+    status_handed_over     claimed by a tick          → a job of its own holds it (direct partners)
     status_make_due        not pending            → due now
     status_requeue_unavailable  not pending, failed as unavailable → due now (SDRS is back)
 
@@ -441,20 +442,26 @@ def status_claim_due(*, batch_size: int, lease: float, run_id: int | None = None
     return ids
 
 
-def status_release_claims(*, run_id: int) -> tuple[int, list[tuple[int, str]]]:
+def status_release_claims(*, run_id: int) -> tuple[int, int]:
     """The rows a refresher tick's run claimed and did not finish, given back after that
     run died (its next attempt, or its failure hook, calls this): those it had not started
-    are due now (their count is returned first); those it left pending (a request in
-    flight when it died) are returned as ``(finding_id, verifier)`` for the caller to hand
-    to their verifier's own job, whose claim waits out the lease and never resends a token
-    SDRS may hold. Guard: still claimed by ``run_id``."""
+    are due now; those it left pending (a request in flight when it died) stay pending for
+    that request (SDRS may hold it), and only the hold is cleared. Returns both counts.
+    Guard: still claimed by ``run_id``."""
     now = timezone.now()
     with transaction.atomic():
         claimed = _rows(claimed_by_run=run_id)
-        in_flight = list(claimed.filter(status=TokenStatus.PENDING).values_list("pk", "verifier"))
         released = _update(claimed.exclude(status=TokenStatus.PENDING), now, next_refresh_at=now)
-        _update(claimed.filter(pk__in=[pk for pk, _ in in_flight]), now)
+        in_flight = claimed.update(claimed_by_run=None)  # pending: its request decides what follows
     return released, in_flight
+
+
+def status_handed_over(*, finding_ids: list[int]) -> int:
+    """A tick's claimed rows handed to jobs of their own (direct partners): the tick's hold
+    ends, so its take-over does not make them due again. Guard: none needed (the hold only)."""
+    if not finding_ids:
+        return 0
+    return _rows(pk__in=finding_ids).exclude(claimed_by_run=None).update(claimed_by_run=None)
 
 
 def status_make_due(*, finding_ids: list[int]) -> int:

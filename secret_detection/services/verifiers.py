@@ -83,21 +83,11 @@ def _paced(asks: list[dict[str, Any]]) -> list[tuple[float, list[dict[str, Any]]
     return planned
 
 
-#: Direct partners whose limit (per project) is at least this, or who have none, are
-#: verified in the refresher's pool; slower ones (Postman 4/s, GitHub 1/min) keep one run per
-#: finding, each due at a slot of the limit, so that no thread of the pool waits for a slot.
-POOL_MIN_RATE = 50.0
 #: A routing batch hands its fresh findings of one verifier to the pool from this many on;
 #: fewer keep one job each (spread over the workers at once, each shown in the console).
 POOL_MIN_FINDINGS = 20
 #: Routing starts a tick once this many fresh findings are due, and at its end.
 POOL_START_EVERY = 1000
-
-
-def direct_poolable(token_type: str) -> bool:
-    """Whether a direct partner's token is verified in the pool rather than by a paced run."""
-    entry = partners.entry_for(token_type)
-    return entry is not None and (entry.per_second <= 0 or entry.per_second >= POOL_MIN_RATE)
 
 
 def pool_tick_start() -> None:

@@ -301,17 +301,17 @@ def test_verify_now_goes_through_the_direct_verifier(project, import_findings, a
 
 
 def test_the_refresher_starts_direct_verifications_and_respects_a_partner_pause(project, import_findings):
-    # A paced partner (Postman) gets a run per row; AWS would be verified in the tick's
-    # pool (test_import_pool), but a 429 paused it.
     aws, postman = import_findings(project, [("AWS", AWS_ACTIVE), ("Postman API token", POSTMAN_ACTIVE)])
     FindingTokenStatus.objects.update(next_refresh_at=timezone.now())
-    DirectPartner.objects.create(partner="aws", paused_until=timezone.now() + timezone.timedelta(seconds=30))
+    DirectPartner.objects.create(partner="postman", paused_until=timezone.now() + timezone.timedelta(seconds=30))
 
     result = services.token_statuses_refresh()
 
     assert (result["direct_enqueued"], result["skipped_paused"]) == (1, 1)
-    assert [run.kwargs["finding_id"] for run in JobRun.objects.filter(name=DIRECT)] == [postman.pk]
-    assert _status(aws).last_error_code == "partner_paused"
+    assert [run.kwargs["finding_id"] for run in JobRun.objects.filter(name=DIRECT)] == [aws.pk]
+    assert _status(postman).last_error_code == "partner_paused"
+    # The job holds the row now: a dead tick's take-over would not make it due again.
+    assert _status(aws).claimed_by_run is None
 
 
 def test_routing_reserves_each_runs_slot_of_the_partners_limit(project, import_findings):
