@@ -45,7 +45,7 @@ def test_a_raw_sql_bulk_update_of_1000_projects_is_reflected_with_no_manual_step
 
     run_sql("UPDATE projects SET name = name || ' (renamed)', visibility_level = 20")
 
-    wait_for(_in_sync, timeout=30, message=f"resources not synced:\n{catalog_listener.output()}")
+    wait_for(_in_sync, timeout=30, message=lambda: f"resources not synced:\n{catalog_listener.output()}")
     assert SyncEvent.objects.processed().count() == 1000
     assert _processed_by_runs(started) == 1000
 
@@ -66,7 +66,7 @@ def test_switching_sync_off_and_on_loses_nothing(cluster, catalog_listener) -> N
 
     set_sync_enabled(True)  # its notification wakes the listener
 
-    wait_for(_in_sync, timeout=30, message=f"resources not synced:\n{catalog_listener.output()}")
+    wait_for(_in_sync, timeout=30, message=lambda: f"resources not synced:\n{catalog_listener.output()}")
     assert SyncEvent.objects.count() == 300
     assert _processed_by_runs(started) == 300
 
@@ -92,7 +92,7 @@ def test_a_worker_killed_mid_batch_loses_no_event() -> None:
         # processed, uncommitted, when the worker dies.
         blocker.execute("SELECT id FROM catalog_resources WHERE project_id = %s FOR UPDATE", [projects[7].pk])
         run = tasks.process_sync_events.enqueue()
-        wait_for(_blocked_processor_backends, message=f"the batch did not start:\n{cluster.output()}")
+        wait_for(_blocked_processor_backends, message=lambda: f"the batch did not start:\n{cluster.output()}")
         (worker,) = [w for w in cluster.workers() if "processing" in " ".join(w.cmdline())]
         os.kill(worker.pid, signal.SIGKILL)
         killed_at = timezone.now()
@@ -103,7 +103,7 @@ def test_a_worker_killed_mid_batch_loses_no_event() -> None:
             # the lost run; run it now rather than waiting for the schedule.
             wait_for(lambda: is_lost(JobRun.objects.get(pk=run.pk)), timeout=10, message="heartbeat still fresh")
             runs_recover()
-        wait_for(_in_sync, timeout=40, message=f"events not processed after the kill:\n{cluster.output()}")
+        wait_for(_in_sync, timeout=40, message=lambda: f"events not processed after the kill:\n{cluster.output()}")
 
     events = list(SyncEvent.objects.all())
     assert len(events) == 50

@@ -44,7 +44,7 @@ def _wait_final(runs: list[JobRun], cluster: ClusterProcess, *, stall: float = 6
         lambda: _all_final(runs),
         progress=lambda: _snapshot(runs),
         stall=stall,
-        message=f"runs stopped moving: {_snapshot(runs)}\n{cluster.output()}",
+        message=lambda: f"runs stopped moving: {_snapshot(runs)}\n{cluster.output()}",
     )
 
 
@@ -138,7 +138,7 @@ def test_sigterm_to_the_whole_process_group_stops_the_cluster_cleanly(broker) ->
                 lambda: cluster.process.poll() is not None,
                 progress=lambda: (_children(cluster), JobRun.objects.get(pk=run.pk).status),
                 stall=30,
-                message=f"qcluster did not stop after a group SIGTERM:\n{cluster.output()}",
+                message=lambda: f"qcluster did not stop after a group SIGTERM:\n{cluster.output()}",
             )
         finally:
             if cluster.process.poll() is None:

@@ -66,7 +66,7 @@ def test_the_probe_port_answers_while_every_ordinary_worker_is_busy(web, owner, 
             lambda: _backends_waiting_on_a_lock() == 1,
             progress=busy.answered,
             stall=60,
-            message=f"the request did not reach the lock:\n{web.output()}",
+            message=lambda: f"the request did not reach the lock:\n{web.output()}",
         )
         queued_probe = _Background("GET", f"{web.url}/-/liveness")
 

@@ -89,7 +89,7 @@ def test_sample_report_is_verified_end_to_end(sd_cluster, sdrs, api, project, de
         return FindingTokenStatus.objects.filter(verifier="partner", status__in=["active", "inactive"]).count() == 5
 
     progress = _progress(sdrs)
-    wait_until(partners_done, progress=progress, message=f"verification did not finish:\n{sd_cluster.output()}")
+    wait_until(partners_done, progress=progress, message=lambda: f"verification did not finish:\n{sd_cluster.output()}")
     wait_until(sdrs.callbacks_idle, progress=progress)
 
     by_type = {
@@ -155,7 +155,7 @@ def test_sdrs_down_for_two_minutes_while_200_findings_are_verified(sd_cluster, s
     wait_until(
         lambda: SdrsHealth.objects.filter(pk=1, probe_result="sdrs_unavailable").exists(),
         progress=progress,
-        message=f"no probe while SDRS was down:\n{sd_cluster.output()}",
+        message=lambda: f"no probe while SDRS was down:\n{sd_cluster.output()}",
     )
     sdrs.start()  # back
     lost = sum("lost" in v for v in values)
@@ -164,7 +164,9 @@ def test_sdrs_down_for_two_minutes_while_200_findings_are_verified(sd_cluster, s
         done = FindingTokenStatus.objects.filter(status__in=["active", "inactive"]).count()
         return done == 200 - lost and sdrs.callbacks_idle()
 
-    wait_until(verified, progress=progress, message=f"not verified after SDRS came back:\n{sd_cluster.output()}")
+    wait_until(
+        verified, progress=progress, message=lambda: f"not verified after SDRS came back:\n{sd_cluster.output()}"
+    )
     assert SdrsHealth.objects.get(pk=1).circuit == "closed"
     assert FindingTokenStatus.objects.filter(status="pending").count() == lost
     with time_machine.travel(timezone.now() + timedelta(minutes=16)):  # past SDRS_PENDING_TIMEOUT

@@ -96,7 +96,7 @@ def test_a_report_with_one_token_of_each_type_reaches_its_statuses(
     wait_until(
         lambda: JobRun.objects.filter(name=DIRECT).count() >= len(findings) and _settled(),
         progress=_progress(stand_ins),
-        message=f"direct verification did not settle:\n{direct_cluster.output()}",
+        message=lambda: f"direct verification did not settle:\n{direct_cluster.output()}",
     )
 
     assert _statuses() == {
@@ -124,7 +124,7 @@ def test_a_429_storm_reschedules_without_losing_any_token(direct_cluster, stand_
     wait_until(
         lambda: len(stand_ins["postman"].received) >= 3 and _settled(),
         progress=_progress(stand_ins),
-        message=f"the storm did not settle:\n{direct_cluster.output()}",
+        message=lambda: f"the storm did not settle:\n{direct_cluster.output()}",
     )
 
     assert Counter(status for status, _ in _statuses().values()) == {"active": 6}
@@ -143,13 +143,13 @@ def test_a_partner_that_is_down_retries_then_settles(direct_cluster, stand_ins, 
     wait_until(
         lambda: len(stand_ins["gcp"].received) >= 2,
         progress=_progress(stand_ins),
-        message=f"no retry reached GCP:\n{direct_cluster.output()}",
+        message=lambda: f"no retry reached GCP:\n{direct_cluster.output()}",
     )
     stand_ins["gcp"].mode = "normal"
     wait_until(
         lambda: len(stand_ins["postman"].received) >= 4 and _settled(),
         progress=_progress(stand_ins),
-        message=f"the retries did not settle:\n{direct_cluster.output()}",
+        message=lambda: f"the retries did not settle:\n{direct_cluster.output()}",
     )
 
     assert _statuses() == {

@@ -488,7 +488,7 @@ def test_a_real_cluster_imports_an_uploaded_report(api, project, developer, medi
                 map(str, JobRun.objects.values_list("status", "attempt", "heartbeat_at", "progress"))
             ),
             stall=60,
-            message=f"the import did not end:\n{cluster.output()}",
+            message=lambda: f"the import did not end:\n{cluster.output()}",
         )
     body = client.get(URL.format(project.pk) + f"/{record_id}").json()
     assert body["status"] == "finished", body

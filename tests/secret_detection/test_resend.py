@@ -262,7 +262,7 @@ def test_sdrs_slower_than_the_client_timeout_gets_each_token_once(
             )
 
         # Every run ended (none waits for a retry that could resend) and every callback landed.
-        wait_until(settled, progress=_progress(sdrs), message=f"not settled:\n{cluster.output()}")
+        wait_until(settled, progress=_progress(sdrs), message=lambda: f"not settled:\n{cluster.output()}")
 
     sends = _sends(sdrs)
     assert sends == dict.fromkeys(Finding.objects.values_list("pk", flat=True), 1), sends
@@ -313,8 +313,12 @@ def test_a_worker_killed_after_sdrs_accepted_does_not_send_again(
             run = JobRun.objects.filter(name=VERIFY).first()
             return run is not None and run.history and run.history[0]["error_code"] == "worker_lost"
 
-        wait_until(recovered, progress=_progress(sdrs), message=f"the run was not recovered:\n{cluster.output()}")
-        wait_until(lambda: _runs_done(1), progress=_progress(sdrs), message=f"run not done:\n{cluster.output()}")
+        wait_until(
+            recovered, progress=_progress(sdrs), message=lambda: f"the run was not recovered:\n{cluster.output()}"
+        )
+        wait_until(
+            lambda: _runs_done(1), progress=_progress(sdrs), message=lambda: f"run not done:\n{cluster.output()}"
+        )
         wait_until(sdrs.callbacks_idle, progress=_progress(sdrs))
 
     assert _sends(sdrs) == {finding.pk: 1}

@@ -154,13 +154,14 @@ def wait_for(
     *,
     timeout: float = 20,
     interval: float = 0.05,
-    message: str = "",
+    message: str | Callable[[], str] = "",
     progress: Callable[[], object] | None = job_activity,
 ) -> object:
     """Poll until ``predicate()`` is truthy. Fail when nothing has moved for ``timeout``
     seconds, ``progress()`` telling what moved (by default the job runs: a loaded machine
     gets more time while the cluster works, a stuck one fails as soon); never wait more
-    than ten times ``timeout``. ``progress=None``: ``timeout`` is a plain deadline."""
+    than ten times ``timeout``. ``progress=None``: ``timeout`` is a plain deadline.
+    ``message`` may be a function, called at the failure (a process's output then)."""
     started = moved = time.monotonic()
     last: object = None
     if progress is not None:
@@ -180,7 +181,8 @@ def wait_for(
             if current != last:
                 last, moved = current, now
         if now - moved > timeout or now - started > 10 * timeout:
-            raise AssertionError(message or f"condition not met; nothing moved for {timeout} s")
+            text = message() if callable(message) else message
+            raise AssertionError(text or f"condition not met; nothing moved for {timeout} s")
         time.sleep(interval)
 
 

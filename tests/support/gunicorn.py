@@ -49,7 +49,7 @@ class ProbedWebServer:
                 return False
             return "db_check" in readiness.json()
 
-        wait_until(serving, progress=self.output, stall=60, message=f"gunicorn did not start:\n{self.output()}")
+        wait_until(serving, progress=self.output, stall=60, message=lambda: f"gunicorn did not start:\n{self.output()}")
         return self
 
     def output(self) -> str:
