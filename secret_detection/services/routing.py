@@ -230,7 +230,7 @@ def _route_batch(batch: list[FindingTokenStatus]) -> Counter[str]:
         # A few, and every direct partner's: one job each. A direct verification costs
         # its CPU (signing, the send-time limit's bookkeeping) in the caller's process, and
         # the pool's threads share one process's GIL: measured at 2.2x the ideal in the pool
-        # against 1.4x as runs spread over the workers' processes (docs/benchmarks.md).
+        # against 1.4-1.6x as runs spread over the workers' processes (docs/benchmarks.md).
         poolable = rows if verifier == Verifier.PARTNER and len(rows) >= POOL_MIN_FINDINGS else []
         in_pool = {row.pk for row, _ in poolable}
         pooled += in_pool
