@@ -391,8 +391,8 @@ def test_whole_cluster_killed_mid_work_in_all_three_features_loses_and_repeats_n
     # status waits for SDRS_PENDING_TIMEOUT (the product does not risk a second send); the
     # pending sweep then ends it.
     findings = dict(Finding.objects.filter(project=findings_project).values_list("pk", "raw_value"))
-    # (Not the circuit breaker's probe, which carries no finding: SDRS slowed down by the
-    # load may have answered too late for the breaker before the kill.)
+    # (Not the records of no finding: a request the kill cut off, which SDRS could not
+    # read, or the circuit breaker's probe.)
     seen = {record.finding_id for record in sdrs.verifies if record.finding_id in findings}
     never_sent = set(FindingTokenStatus.objects.filter(status="pending").values_list("finding_id", flat=True))
     assert not never_sent & seen, "a status still waits for a callback SDRS sent"

@@ -218,7 +218,10 @@ def test_a_worker_killed_mid_batch_leaves_no_finding_stuck(
 
     assert Finding.objects.count() == COUNT
     assert not FindingTokenStatus.objects.exclude(status="active").exists()
-    assert {record.finding_id for record in sdrs.verifies} == set(Finding.objects.values_list("pk", flat=True))
+    # (Without records of no finding: a request the kill cut off, which SDRS could not
+    # read, or the circuit breaker's probe.)
+    sent = {record.finding_id for record in sdrs.verifies if record.finding_id is not None}
+    assert sent == set(Finding.objects.values_list("pk", flat=True))
 
 
 def test_a_dead_ticks_claims_are_given_back_at_once_and_its_requests_in_flight_are_not_resent(
