@@ -24,7 +24,6 @@ from secret_detection.services import jobs
 from secret_detection.services.verifiers import POOL_MIN_FINDINGS
 from tests.secret_detection.conftest import report_with
 from tests.support.cluster import ClusterProcess, running_cluster, wait_until
-from tests.support.partners import PartnerStandIn, partner_stand_ins, partner_urls
 from tests.support.sdrs import SdrsServer, default_decision
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the pool's threads see committed rows only
@@ -101,18 +100,7 @@ def test_a_fresh_finding_failing_in_the_pool_is_retried_after_4_then_16_and_64_s
     assert (final.status, final.last_error_code, final.attempts) == ("unknown", "sdrs_server_error", 4)
 
 
-@pytest.fixture
-def stand_ins(settings) -> Iterator[dict[str, PartnerStandIn]]:
-    with partner_stand_ins() as servers:
-        for name, url in partner_urls(servers).items():
-            setattr(settings, name, url)
-        settings.PARTNER_TIMEOUT = 2.0
-        yield servers
-
-
-def test_an_import_of_many_direct_findings_keeps_one_job_each(
-    project, developer, import_findings, stand_ins, no_broker
-):
+def test_an_import_of_many_direct_findings_keeps_one_job_each(project, developer, import_findings, no_broker):
     # A direct verification's CPU is spent in the caller's process: one tick's threads share
     # one GIL (2.2x the ideal), where runs spread over the workers (1.4x). A paced partner
     # (Postman, 4/s) gets runs due at its slots.
