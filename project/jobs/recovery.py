@@ -27,6 +27,16 @@ DATABASE_DEFER_SECONDS = 5.0
 Status = JobRun.Status
 
 
+def _running(pid: int) -> psutil.Process | None:
+    """The process ``pid`` while it runs; None once it has exited. A SIGKILLed process stays
+    a zombie until its parent (or init) reaps it: dead all the same. May raise AccessDenied."""
+    try:
+        process = psutil.Process(pid)
+        return None if process.status() == psutil.STATUS_ZOMBIE else process
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+
+
 def worker_gone(worker: str, started_at: datetime | None) -> bool | None:
     """Whether the worker (``host:pid``) that claimed a run at ``started_at`` no longer
     exists: known only on its own host (hostnames must be unique per cluster host), None
@@ -35,8 +45,8 @@ def worker_gone(worker: str, started_at: datetime | None) -> bool | None:
     if host != socket.gethostname() or not pid_text.isdigit():
         return None
     try:
-        process = psutil.Process(int(pid_text))
-        if process.status() == psutil.STATUS_ZOMBIE:
+        process = _running(int(pid_text))
+        if process is None:
             return True
         created = process.create_time()
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
@@ -127,11 +137,8 @@ def runs_recover_lost(*, queue: str | None = None, limit: int = 500) -> list[str
 
 
 def _alive(pid: int) -> bool:
-    # A SIGKILLed sentinel stays a zombie until its parent (or init) reaps it: dead all the same.
     try:
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return False
+        return _running(pid) is not None
     except psutil.AccessDenied:
         return True
 
