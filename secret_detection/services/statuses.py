@@ -97,13 +97,28 @@ def _back_to_unknown(*, code: str, now: dt.datetime) -> dict[str, Any]:
 
 
 def status_create(*, project: Project, findings: Iterable[Finding]) -> int:
-    """One unknown, unrouted status per new finding."""
+    """One unknown, unrouted status per new finding: one INSERT of the model's defaults
+    for every id (building a model instance per row took a third of a large import)."""
+    ids = [finding.pk for finding in findings]
+    if not ids:
+        return 0
     now = timezone.now()
-    created = FindingTokenStatus.objects.bulk_create(
-        [FindingTokenStatus(finding=finding, project=project, created_at=now, updated_at=now) for finding in findings],
-        batch_size=500,
-    )
-    return len(created)
+    template = FindingTokenStatus(project=project, created_at=now, updated_at=now)
+    connection = transaction.get_connection()
+    fields = [field for field in FindingTokenStatus._meta.concrete_fields if not field.primary_key]
+    values = [field.get_db_prep_save(getattr(template, field.attname), connection) for field in fields]
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(field.column) for field in fields)
+    # Typed, as a SELECT's parameters do not take their column's type.
+    typed = ", ".join(f"%s::{field.cast_db_type(connection)}" for field in fields)
+    table = quote(FindingTokenStatus._meta.db_table)
+    primary = quote(FindingTokenStatus._meta.pk.column)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} ({primary}, {columns}) SELECT id, {typed} FROM unnest(%s::bigint[]) AS id",
+            [*values, ids],
+        )
+        return int(cursor.rowcount)
 
 
 def status_reset(*, finding_ids: list[int]) -> int:
