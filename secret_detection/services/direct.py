@@ -76,7 +76,8 @@ def token_direct_verify_run(
     already holds a slot of our own limit."""
     run = current_run()
     attempt = run.attempt if run else 1
-    finding = Finding.objects.select_related("project").filter(pk=finding_id).first()
+    # Its status comes along: the verdict it had is kept if the partner limits us.
+    finding = Finding.objects.select_related("token_status").filter(pk=finding_id).first()
     if finding is None:
         logger.warning("direct verification skipped: the finding no longer exists", extra={"finding_id": finding_id})
         return {"skipped": "finding_missing"}
@@ -89,7 +90,8 @@ def token_direct_verify_run(
         _log(finding, entry.partner if entry else "", f"skipped: {reason}")
         return {"skipped": reason}
     partner = entry.partner
-    if not pacing.partner_enabled(partner=partner):
+    state = pacing.partner_state(partner=partner)
+    if not state.enabled:
         statuses.status_back_off(
             finding_ids=[finding.pk], code="partner_disabled", seconds=settings.TOKEN_REFRESH_NO_VERIFIER_BACKOFF
         )
@@ -99,9 +101,8 @@ def token_direct_verify_run(
     base = {"user_id": user_id, "force": force}
 
     if client.matches(finding.raw_value):
-        paused = pacing.partner_paused_for(partner=partner)
-        if paused > 0:
-            return _rate_limited(finding, partner, paused, reschedules, base, code="partner_paused")
+        if state.paused_for > 0:
+            return _rate_limited(finding, partner, state.paused_for, reschedules, base, code="partner_paused")
         if not paced:
             wait = pacing.rate_slot_reserve(
                 key=f"{entry.rate_limit_key}:{finding.project_id}", per_second=entry.per_second
@@ -124,7 +125,7 @@ def token_direct_verify_run(
                 # reserved now rather than burst past the limit; a deferral spends no attempt.
                 raise Defer(wait, f"{entry.rate_limit_key} limit")
 
-    previous = FindingTokenStatus.objects.filter(pk=finding.pk).values_list("status", flat=True).first()
+    previous = _previous_status(finding)
     request_id = uuid.uuid4().hex
     claim = statuses.status_claim(
         finding_id=finding.pk,
@@ -174,6 +175,13 @@ def token_direct_verify_run(
     decision = verdict.status if not verdict.code else f"{verdict.status}: {verdict.code}"
     _log(finding, partner, decision, attempt=attempt, http_status=verdict.http_status, duration_ms=elapsed_ms)
     return {"status": verdict.status, "code": verdict.code, "applied": applied}
+
+
+def _previous_status(finding: Finding) -> str | None:
+    try:
+        return finding.token_status.status
+    except FindingTokenStatus.DoesNotExist:
+        return None
 
 
 def _late(run: Any) -> float:

@@ -3,6 +3,7 @@ sets. Both live in PostgreSQL so that every worker of every cluster shares them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -79,17 +80,27 @@ def partner_row(*, partner: str) -> DirectPartner:
     return row
 
 
-def partner_enabled(*, partner: str) -> bool:
-    """A partner without a row is on (the switch is off only once someone turned it off)."""
-    return not DirectPartner.objects.filter(partner=partner, enabled=False).exists()
+@dataclass(frozen=True)
+class PartnerState:
+    enabled: bool
+    #: Seconds the partner's 429 pause still lasts (0: not paused).
+    paused_for: float
+
+
+def partner_state(*, partner: str) -> PartnerState:
+    """The partner's switch and pause, read together (one query per verification). A
+    partner without a row is on (the switch is off only once someone turned it off)."""
+    row = DirectPartner.objects.filter(partner=partner).values_list("enabled", "paused_until").first()
+    if row is None:
+        return PartnerState(enabled=True, paused_for=0.0)
+    enabled, until = row
+    paused_for = max(0.0, (until - timezone.now()).total_seconds()) if until is not None else 0.0
+    return PartnerState(enabled=enabled, paused_for=paused_for)
 
 
 def partner_paused_for(*, partner: str) -> float:
     """Seconds the partner's 429 pause still lasts (0: not paused)."""
-    until = DirectPartner.objects.filter(partner=partner).values_list("paused_until", flat=True).first()
-    if until is None:
-        return 0.0
-    return max(0.0, (until - timezone.now()).total_seconds())
+    return partner_state(partner=partner).paused_for
 
 
 def partner_rate_limit_record(*, partner: str, limit: str, pause: float = 0.0, hits: int = 1) -> None:
