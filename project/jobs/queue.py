@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -34,11 +35,20 @@ def _check_kwargs(job_name: str, kwargs: dict[str, Any]) -> None:
 
 
 def runs_enqueue(
-    *, job: Job, kwargs_list: Sequence[dict[str, Any]], delay: float, dedupe_key: str | None
+    *,
+    job: Job,
+    kwargs_list: Sequence[dict[str, Any]],
+    delay: float,
+    dedupe_key: str | None,
+    delays: Sequence[float] | None = None,
 ) -> list[JobRun]:
+    """``delays``, when given, holds each run's own delay (``delay`` is then ignored)."""
     for kwargs in kwargs_list:
         _check_kwargs(job.name, kwargs)
+    if delays is not None and len(delays) != len(kwargs_list):
+        raise ValueError(f"job {job.name}: {len(delays)} delays for {len(kwargs_list)} runs")
     now = timezone.now()
+    due = [now + timedelta(seconds=each) for each in delays] if delays is not None else None
     base = {
         "name": job.name,
         "status": JobRun.Status.QUEUED,
@@ -71,16 +81,51 @@ def runs_enqueue(
         # One INSERT needs no transaction of its own: outside one it commits at once and the
         # message goes out right after (on_commit runs at once in autocommit), without the
         # BEGIN and COMMIT round trips that bulk_create always adds.
-        if len(kwargs_list) == 1:
-            kwargs = kwargs_list[0]
-            runs = [JobRun.objects.create(kwargs=kwargs, target_id=job.target_id(kwargs), **base)]
+        rows = [JobRun(kwargs=kwargs, target_id=job.target_id(kwargs), **base) for kwargs in kwargs_list]
+        for row, due_at in zip(rows, due or (), strict=False):
+            row.due_at = due_at
+        if len(rows) == 1:
+            rows[0].save(force_insert=True)
         else:
-            runs = JobRun.objects.bulk_create(
-                [JobRun(kwargs=kwargs, target_id=job.target_id(kwargs), **base) for kwargs in kwargs_list]
-            )
+            _runs_insert(rows)
+        runs = rows
         transaction.on_commit(lambda: runs_push(runs=runs), robust=True)
     metrics.JOBS_ENQUEUED.labels(job=job.name).inc(len(runs))
     return runs
+
+
+#: What differs between the runs of one ``enqueue_many``.
+_VARYING = ("kwargs", "target_id", "due_at")
+
+
+def _runs_insert(rows: list[JobRun]) -> None:
+    """One INSERT for the runs of an ``enqueue_many``, which differ only in ``_VARYING``:
+    every other column is the first row's, prepared once. ``bulk_create`` prepared every
+    column of every row, 0.3 ms a run and most of the time routing spent on 2,000 findings."""
+    connection = transaction.get_connection()
+    fields = [field for field in JobRun._meta.concrete_fields if not field.primary_key]
+    constant = [field for field in fields if field.attname not in _VARYING]
+    values = [field.get_db_prep_save(getattr(rows[0], field.attname), connection) for field in constant]
+    arrays = [
+        [json.dumps(row.kwargs) for row in rows],
+        [row.target_id for row in rows],
+        [row.due_at for row in rows],
+    ]
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(field.column) for field in constant)
+    typed = ", ".join(f"%s::{field.cast_db_type(connection)}" for field in constant)
+    sql = (
+        f"INSERT INTO {quote(JobRun._meta.db_table)} ({columns}, kwargs, target_id, due_at) "
+        f"SELECT {typed}, run.kwargs, run.target_id, run.due_at "
+        "FROM unnest(%s::jsonb[], %s::bigint[], %s::timestamptz[]) WITH ORDINALITY"
+        " AS run(kwargs, target_id, due_at, n) ORDER BY run.n RETURNING id"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*values, *arrays])
+        ids = [row_id for (row_id,) in cursor.fetchall()]
+    for row, row_id in zip(rows, ids, strict=True):
+        row.pk = row_id
+        row._state.adding, row._state.db = False, connection.alias
 
 
 #: While above zero, runs are recorded but no message is sent (``testing.messages_held``).

@@ -126,11 +126,16 @@ class Job:
 
         return queue.runs_enqueue(job=self, kwargs_list=[kwargs], delay=_delay, dedupe_key=_dedupe_key)[0]
 
-    def enqueue_many(self, kwargs_list: Iterable[dict[str, Any]], *, _delay: float = 0) -> list[JobRun]:
-        """Record many runs in one statement and push them in bulk after commit."""
+    def enqueue_many(
+        self, kwargs_list: Iterable[dict[str, Any]], *, _delay: float = 0, _delays: Sequence[float] | None = None
+    ) -> list[JobRun]:
+        """Record many runs in one statement and push them in bulk after commit; all due
+        after ``_delay``, or each after its own delay in ``_delays`` (one per run)."""
         from project.jobs import queue
 
-        return queue.runs_enqueue(job=self, kwargs_list=list(kwargs_list), delay=_delay, dedupe_key=None)
+        return queue.runs_enqueue(
+            job=self, kwargs_list=list(kwargs_list), delay=_delay, dedupe_key=None, delays=_delays
+        )
 
     def failed(self, run: JobRun, code: str, message: str) -> None:
         if self.on_failure is not None:

@@ -20,7 +20,7 @@ from secret_detection import partners
 from secret_detection.models import Finding, Verifier
 from secret_detection.services import jobs, pacing
 
-# Runs whose reserved slots fall in the same window are enqueued together.
+# Runs whose reserved slots fall in the same window are due together.
 _WINDOW = 0.1
 
 
@@ -43,8 +43,10 @@ class TokenVerifier:
         if self.asynchronous:
             job.enqueue_many(asks)
             return len(asks)
-        for delay, group in _paced(asks):
-            job.enqueue_many(group, _delay=delay)
+        # One statement for all of them, each due at its slot (a run per statement took
+        # routing 2.2 ms a finding with a 4/s partner, whose slots are all apart).
+        planned = [(delay, ask) for delay, group in _paced(asks) for ask in group]
+        job.enqueue_many([ask for _, ask in planned], _delays=[delay for delay, _ in planned])
         return len(asks)
 
 

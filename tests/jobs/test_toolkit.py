@@ -92,6 +92,28 @@ def test_enqueue_many_inserts_runs_and_messages_in_bulk(django_capture_on_commit
     assert OrmQ.objects.count() == 50
 
 
+def test_enqueue_many_gives_each_run_its_own_delay(django_capture_on_commit_callbacks) -> None:
+    before = timezone.now()
+    with context.bind(request_id="req-7"), django_capture_on_commit_callbacks(execute=True):
+        runs = probes.flaky.enqueue_many([{"key": str(n), "failures": n} for n in range(5)], _delays=[40, 0, 20, 0, 10])
+
+    stored = {run.pk: run for run in JobRun.objects.filter(pk__in=[run.pk for run in runs])}
+    assert [stored[run.pk].kwargs for run in runs] == [{"key": str(n), "failures": n} for n in range(5)]
+    delays = [round((stored[run.pk].due_at - before).total_seconds()) for run in runs]
+    assert delays == [40, 0, 20, 0, 10]
+    assert {(row.name, row.status, row.max_attempts, row.request_id, row.attempt) for row in stored.values()} == {
+        ("probe.flaky", "queued", 3, "req-7", 1)
+    }
+    assert [run.due_at for run in runs] == [stored[run.pk].due_at for run in runs]
+    assert OrmQ.objects.count() == 5
+
+
+def test_enqueue_many_refuses_delays_that_do_not_match_the_runs() -> None:
+    with pytest.raises(ValueError, match="2 delays for 3 runs"):
+        probes.ok.enqueue_many([{"key": "a"}, {"key": "b"}, {"key": "c"}], _delays=[1, 2])
+    assert not JobRun.objects.exists()
+
+
 @pytest.mark.parametrize("broker_class", [OrmBroker, pytest.param(RedisBroker, marks=needs_redis)])
 def test_delayed_message_is_held_until_its_due_time(broker_class) -> None:
     broker = broker_class(list_key=f"delay-test-{uuid.uuid4().hex[:8]}")
