@@ -81,6 +81,7 @@ def _max_in_window(times: list, seconds: float) -> int:
 
 def run_direct(*, count: int, latency: float, concurrency: int, child_env: dict[str, str], timeout: float) -> dict:
     from django.conf import settings
+    from django.db.models import Count
     from django.utils import timezone
 
     from project import services as core
@@ -107,10 +108,13 @@ def run_direct(*, count: int, latency: float, concurrency: int, child_env: dict[
         while len(done) < 2:
             if time.monotonic() > deadline:
                 raise SystemExit(f"direct verification did not finish: {timeline[-1:]}")
-            verdicts = Counter(
-                FindingTokenStatus.objects.filter(project=project, status__in=["active", "inactive"]).values_list(
-                    "partner", flat=True
-                )
+            # Counted by PostgreSQL: fetching every settled row ten times a second cost this
+            # process about a tenth of a core, taken from the cluster it measures.
+            verdicts = dict(
+                FindingTokenStatus.objects.filter(project=project, status__in=["active", "inactive"])
+                .values("partner")
+                .annotate(settled=Count("pk"))
+                .values_list("partner", "settled")
             )
             now = time.perf_counter() - started
             if not timeline or now - timeline[-1]["t_s"] >= 10:

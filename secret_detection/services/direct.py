@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -45,7 +46,39 @@ _PACE_TOLERANCE = 0.05
 _ON_TIME = 1.0
 
 
-def _log(finding: Finding, partner: str, decision: str, **extra: Any) -> None:
+@dataclass(frozen=True)
+class _Target:
+    """What a direct verification reads of its finding and its status, in one statement:
+    the ORM's query of both models was a fifth of the cluster's CPU in the benchmark."""
+
+    pk: int
+    project_id: int
+    token_type: str
+    raw_value: str
+    value_fingerprint: str
+    #: The status it had (None without a status row): kept if the partner limits us.
+    previous: str | None
+
+
+def _target(finding_id: int) -> _Target | None:
+    findings, states = Finding._meta, FindingTokenStatus._meta
+    sql = (
+        f"SELECT f.project_id, f.token_type, f.raw_value, f.value_fingerprint, s.status FROM {findings.db_table} f"
+        f" LEFT JOIN {states.db_table} s ON s.{states.pk.column} = f.{findings.pk.column}"
+        f" WHERE f.{findings.pk.column} = %s"
+    )
+    connection = transaction.get_connection()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [finding_id])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    project_id, token_type, stored, fingerprint, previous = row
+    raw_value = findings.get_field("raw_value").from_db_value(stored, None, connection)  # decrypted
+    return _Target(finding_id, project_id, token_type, raw_value or "", fingerprint, previous)
+
+
+def _log(finding: _Target, partner: str, decision: str, **extra: Any) -> None:
     token = finding.value_fingerprint or (crypto.fingerprint(finding.raw_value) if finding.raw_value else "")
     level = logging.WARNING if decision.startswith(("failed", "retry", "unknown:", "gave up")) else logging.INFO
     logger.log(
@@ -64,7 +97,7 @@ def _log(finding: Finding, partner: str, decision: str, **extra: Any) -> None:
     )
 
 
-def _reschedule(*, finding: Finding, delay: float, kwargs: dict[str, Any]) -> None:
+def _reschedule(*, finding: _Target, delay: float, kwargs: dict[str, Any]) -> None:
     jobs.job_get(jobs.DIRECT_VERIFY).enqueue(_delay=delay, finding_id=finding.pk, **kwargs)
 
 
@@ -76,8 +109,7 @@ def token_direct_verify_run(
     already holds a slot of our own limit."""
     run = current_run()
     attempt = run.attempt if run else 1
-    # Its status comes along: the verdict it had is kept if the partner limits us.
-    finding = Finding.objects.select_related("token_status").filter(pk=finding_id).first()
+    finding = _target(finding_id)
     if finding is None:
         logger.warning("direct verification skipped: the finding no longer exists", extra={"finding_id": finding_id})
         return {"skipped": "finding_missing"}
@@ -125,7 +157,7 @@ def token_direct_verify_run(
                 # reserved now rather than burst past the limit; a deferral spends no attempt.
                 raise Defer(wait, f"{entry.rate_limit_key} limit")
 
-    previous = _previous_status(finding)
+    previous = finding.previous
     request_id = uuid.uuid4().hex
     claim = statuses.status_claim(
         finding_id=finding.pk,
@@ -177,13 +209,6 @@ def token_direct_verify_run(
     return {"status": verdict.status, "code": verdict.code, "applied": applied}
 
 
-def _previous_status(finding: Finding) -> str | None:
-    try:
-        return finding.token_status.status
-    except FindingTokenStatus.DoesNotExist:
-        return None
-
-
 def _late(run: Any) -> float:
     return (timezone.now() - run.due_at).total_seconds() if run.due_at else 0.0
 
@@ -194,7 +219,7 @@ def _settled(previous: str | None) -> str:
 
 
 def _rate_limited(
-    finding: Finding,
+    finding: _Target,
     partner: str,
     delay: float,
     reschedules: int,
