@@ -14,7 +14,7 @@ it runs:
 
 * ``mode``: ``normal``, ``signature_mismatch`` / ``invalid_client_token`` (AWS's two
   403s, whatever the key), ``429``, ``503``, ``500``, ``garbage`` (200 with a body that
-  does not parse), or any HTTP status as a string;
+  does not parse), `redirect:<url>` (a 307 to that URL), or any HTTP status as a string;
 * ``script``: modes for the next requests, one each, before ``mode`` applies again;
 * ``latency``: seconds before each answer (longer than the client's timeout: a hang);
 * ``retry_after``: the ``Retry-After`` of a 429.
@@ -152,6 +152,8 @@ class PartnerStandIn:
         if mode == "429":
             extra = {"Retry-After": self.retry_after} if self.retry_after else {}
             return 429, "application/json", b'{"error":"rate limited"}', extra
+        if mode.startswith("redirect:"):  # to the URL after the colon
+            return 307, "text/plain", b"", {"Location": mode.removeprefix("redirect:")}
         if mode.isdigit() and mode not in ("200",):
             return int(mode), "text/plain", b"error", {}
         return getattr(self, f"_{record.partner}")(record, mode)

@@ -167,6 +167,17 @@ class PartnerClient:
         return Verdict("unknown", code=f"partner_http_{response.status_code}", http_status=response.status_code)
 
 
+class _NoRedirects(requests.Session):
+    """A partner's redirect is answered, never followed: following it would send the token
+    (in a header requests does not strip, such as Postman's ``X-API-Key``, or in a POST's
+    body) to whatever host it names. The 3xx reaches the client's mapping, which calls it
+    unknown."""
+
+    def request(self, *args: Any, **kwargs: Any) -> requests.Response:
+        kwargs["allow_redirects"] = False
+        return super().request(*args, **kwargs)
+
+
 _local = threading.local()
 
 
@@ -179,7 +190,7 @@ def _session(url: str) -> requests.Session:
         sessions = _local.sessions = {}
     session = sessions.get(url)
     if session is None:
-        session = requests.Session()
+        session = _NoRedirects()
         session.headers["User-Agent"] = "gitlab-jobs-partner-verification"
         # The proxy environment (HTTPS_PROXY, NO_PROXY) applies; read once per session
         # rather than on every request (about a millisecond of CPU each time).

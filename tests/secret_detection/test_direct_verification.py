@@ -292,6 +292,35 @@ def test_no_value_is_ever_sent_to_another_host(project, import_findings, stand_i
             assert seen == (name == owner), (token_type, name)
 
 
+@pytest.mark.parametrize(
+    ("token_type", "value", "partner"),
+    [
+        ("AWS", AWS_ACTIVE, "aws"),
+        ("GCP API key", GCP_ACTIVE, "gcp"),
+        ("Postman API token", POSTMAN_ACTIVE, "postman"),
+        ("GitHub Personal Access Token", GITHUB_ACTIVE, "github"),
+    ],
+)
+def test_a_partner_redirect_is_not_followed_and_the_token_is_unknown(
+    project, import_findings, stand_ins, token_type, value, partner
+):
+    elsewhere = PartnerStandIn().start()  # serves every partner's path, on another port
+    try:
+        stand_ins[partner].mode = f"redirect:{elsewhere.url(partner)}"
+        (finding,) = import_findings(project, [(token_type, value)])
+
+        outcome, run = _verify(finding)
+
+        assert outcome == "succeeded"
+        assert run.attempt == 1
+        status = _status(finding)
+        assert (status.status, status.last_error_code) == ("unknown", "partner_http_307")
+        assert stand_ins[partner].values() == [value]
+        assert elsewhere.received == []
+    finally:
+        elsewhere.close()
+
+
 def test_verify_now_goes_through_the_direct_verifier(project, import_findings, admin_user):
     (finding,) = import_findings(project, [("AWS", AWS_ACTIVE)])
     counts = services.token_statuses_verify_now(finding_ids=[finding.pk], user_id=admin_user.pk)
