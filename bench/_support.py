@@ -89,6 +89,8 @@ SMOKE_ARGS: dict[str, list[str]] = {
     ],
     "throughput.py": ["--jobs", "20", "--warmup", "0", "--workers", "1"],
     "verification.py": ["--findings", "10", "--latency", "0.01", "--concurrency", "2"],
+    # A second run of a script (its own code path) is named script#what.
+    "verification.py#direct": ["--mode", "direct", "--findings", "5", "--latency", "0.01", "--concurrency", "2"],
 }  # fmt: skip
 #: Scripts that work in the database DATABASE_URL names: they get a scratch one.
 SMOKE_SCRATCH = {"export.py", "import.py"}
@@ -108,7 +110,7 @@ def _smoke_one(script: str, log_dir: Path) -> dict:
             env["DATABASE_URL"] = stack.enter_context(scratch_server_database(f"bench_smoke_{Path(script).stem}"))
         with stdout.open("w") as out, stderr.open("w") as err:
             code = subprocess.call(
-                [sys.executable, str(ROOT / "bench" / script), *SMOKE_ARGS[script]],
+                [sys.executable, str(ROOT / "bench" / script.partition("#")[0]), *SMOKE_ARGS[script]],
                 cwd=ROOT, env=env, stdout=out, stderr=err, timeout=300,
             )  # fmt: skip
     result = {"script": script, "seconds": round(time.monotonic() - started, 1), "exit": code}
@@ -137,7 +139,8 @@ def smoke(parallel: int = 3) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-smoke-") as logs, ThreadPoolExecutor(parallel) as pool:
         # The longest first, so that the others fill in beside them.
-        order = sorted(scripts, key=lambda script: script not in {"verification.py", "retry_timing.py"})
+        runs = scripts + [name for name in SMOKE_ARGS if "#" in name]
+        order = sorted(runs, key=lambda script: script not in {"verification.py", "retry_timing.py"})
         results = list(pool.map(lambda script: _smoke_one(script, Path(logs)), order))
     failures = [result for result in results if "error" in result]
     for result in sorted(results, key=lambda result: result["script"]):
