@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
@@ -54,10 +54,10 @@ class _Target:
     pk: int
     project_id: int
     token_type: str
-    raw_value: str
-    value_fingerprint: str
+    raw_value: str = field(repr=False)  # never in a log line or a traceback's repr
+    value_fingerprint: str = ""
     #: The status it had (None without a status row): kept if the partner limits us.
-    previous: str | None
+    previous: str | None = None
 
 
 def _target(finding_id: int) -> _Target | None:

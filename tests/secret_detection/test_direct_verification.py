@@ -321,6 +321,19 @@ def test_a_partner_redirect_is_not_followed_and_the_token_is_unknown(
         elsewhere.close()
 
 
+def test_what_a_run_reads_of_its_finding_never_shows_the_value(project, import_findings):
+    from secret_detection.services import direct
+
+    (finding,) = import_findings(project, [("AWS", AWS_ACTIVE)])
+
+    target = direct._target(finding.pk)
+
+    assert target is not None
+    assert (target.raw_value, target.token_type, target.previous) == (AWS_ACTIVE, "AWS", "unknown")
+    assert AWS_ACTIVE not in repr(target)
+    assert direct._target(finding.pk + 1000) is None
+
+
 def test_verify_now_goes_through_the_direct_verifier(project, import_findings, admin_user):
     (finding,) = import_findings(project, [("AWS", AWS_ACTIVE)])
     counts = services.token_statuses_verify_now(finding_ids=[finding.pk], user_id=admin_user.pk)
