@@ -33,15 +33,20 @@ class Columns:
         self.sql = ", ".join(f'{alias}."{field.column}"' for field in self.fields)
         self.attnames = [field.attname for field in self.fields]
         self.width = len(self.fields)
+        # Each field's converters, looked up once: asking the field for them on every value
+        # was half of building an instance (one backend serves the process).
+        self._converters: list[list[Any]] | None = None
 
     def instance(self, values: Sequence[Any]) -> Any:
         """The instance of these columns' values (None when its primary key is NULL: a LEFT
         JOIN that found nothing)."""
         if values[0] is None and self.fields[0].primary_key:
             return None
+        if self._converters is None:
+            self._converters = [field.get_db_converters(connection) for field in self.fields]
         converted = []
-        for field, value in zip(self.fields, values, strict=True):
-            for converter in field.get_db_converters(connection):
+        for field, converters, value in zip(self.fields, self._converters, values, strict=True):
+            for converter in converters:
                 value = converter(value, field, connection)
             converted.append(value)
         return self.model.from_db(connection.alias, self.attnames, converted)
