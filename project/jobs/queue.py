@@ -13,6 +13,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from project import context
+from project.db import rows_insert_like
 from project.jobs import declared, djangoq, metrics
 from project.jobs.models import JobRun
 
@@ -87,45 +88,19 @@ def runs_enqueue(
         if len(rows) == 1:
             rows[0].save(force_insert=True)
         else:
-            _runs_insert(rows)
+            # The runs differ only in these: one INSERT, the rest prepared once.
+            varying: dict[str, list[Any]] = {
+                "kwargs": [json.dumps(row.kwargs) for row in rows],
+                "target_id": [row.target_id for row in rows],
+                "due_at": [row.due_at for row in rows],
+            }
+            for row, pk in zip(rows, rows_insert_like(rows[0], varying), strict=True):
+                row.pk = pk
+                row._state.adding, row._state.db = False, transaction.get_connection().alias
         runs = rows
         transaction.on_commit(lambda: runs_push(runs=runs), robust=True)
     metrics.JOBS_ENQUEUED.labels(job=job.name).inc(len(runs))
     return runs
-
-
-#: What differs between the runs of one ``enqueue_many``.
-_VARYING = ("kwargs", "target_id", "due_at")
-
-
-def _runs_insert(rows: list[JobRun]) -> None:
-    """One INSERT for the runs of an ``enqueue_many``, which differ only in ``_VARYING``:
-    every other column is the first row's, prepared once. ``bulk_create`` prepared every
-    column of every row, 0.3 ms a run and most of the time routing spent on 2,000 findings."""
-    connection = transaction.get_connection()
-    fields = [field for field in JobRun._meta.concrete_fields if not field.primary_key]
-    constant = [field for field in fields if field.attname not in _VARYING]
-    values = [field.get_db_prep_save(getattr(rows[0], field.attname), connection) for field in constant]
-    arrays = [
-        [json.dumps(row.kwargs) for row in rows],
-        [row.target_id for row in rows],
-        [row.due_at for row in rows],
-    ]
-    quote = connection.ops.quote_name
-    columns = ", ".join(quote(field.column) for field in constant)
-    typed = ", ".join(f"%s::{field.cast_db_type(connection)}" for field in constant)
-    sql = (
-        f"INSERT INTO {quote(JobRun._meta.db_table)} ({columns}, kwargs, target_id, due_at) "
-        f"SELECT {typed}, run.kwargs, run.target_id, run.due_at "
-        "FROM unnest(%s::jsonb[], %s::bigint[], %s::timestamptz[]) WITH ORDINALITY"
-        " AS run(kwargs, target_id, due_at, n) ORDER BY run.n RETURNING id"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [*values, *arrays])
-        ids = [row_id for (row_id,) in cursor.fetchall()]
-    for row, row_id in zip(rows, ids, strict=True):
-        row.pk = row_id
-        row._state.adding, row._state.db = False, connection.alias
 
 
 #: While above zero, runs are recorded but no message is sent (``testing.messages_held``).

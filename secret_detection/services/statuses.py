@@ -54,6 +54,7 @@ from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from project.db import rows_insert_like
 from project.models import Project
 from secret_detection.models import Finding, FindingTokenStatus, TokenStatus, Verifier
 
@@ -104,21 +105,7 @@ def status_create(*, project: Project, findings: Iterable[Finding]) -> int:
         return 0
     now = timezone.now()
     template = FindingTokenStatus(project=project, created_at=now, updated_at=now)
-    connection = transaction.get_connection()
-    fields = [field for field in FindingTokenStatus._meta.concrete_fields if not field.primary_key]
-    values = [field.get_db_prep_save(getattr(template, field.attname), connection) for field in fields]
-    quote = connection.ops.quote_name
-    columns = ", ".join(quote(field.column) for field in fields)
-    # Typed, as a SELECT's parameters do not take their column's type.
-    typed = ", ".join(f"%s::{field.cast_db_type(connection)}" for field in fields)
-    table = quote(FindingTokenStatus._meta.db_table)
-    primary = quote(FindingTokenStatus._meta.pk.column)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {table} ({primary}, {columns}) SELECT id, {typed} FROM unnest(%s::bigint[]) AS id",
-            [*values, ids],
-        )
-        return int(cursor.rowcount)
+    return len(rows_insert_like(template, {"finding": ids}))
 
 
 def status_reset(*, finding_ids: list[int]) -> int:
