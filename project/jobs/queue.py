@@ -49,7 +49,6 @@ def runs_enqueue(
     if delays is not None and len(delays) != len(kwargs_list):
         raise ValueError(f"job {job.name}: {len(delays)} delays for {len(kwargs_list)} runs")
     now = timezone.now()
-    due = [now + timedelta(seconds=each) for each in delays] if delays is not None else None
     base = {
         "name": job.name,
         "status": JobRun.Status.QUEUED,
@@ -83,8 +82,8 @@ def runs_enqueue(
         # message goes out right after (on_commit runs at once in autocommit), without the
         # BEGIN and COMMIT round trips that bulk_create always adds.
         rows = [JobRun(kwargs=kwargs, target_id=job.target_id(kwargs), **base) for kwargs in kwargs_list]
-        for row, due_at in zip(rows, due or (), strict=False):
-            row.due_at = due_at
+        for row, each in zip(rows, delays or (), strict=False):
+            row.due_at = now + timedelta(seconds=each)
         if len(rows) == 1:
             rows[0].save(force_insert=True)
         else:
@@ -94,9 +93,10 @@ def runs_enqueue(
                 "target_id": [row.target_id for row in rows],
                 "due_at": [row.due_at for row in rows],
             }
+            alias = transaction.get_connection().alias
             for row, pk in zip(rows, rows_insert_like(rows[0], varying), strict=True):
                 row.pk = pk
-                row._state.adding, row._state.db = False, transaction.get_connection().alias
+                row._state.adding, row._state.db = False, alias
         runs = rows
         transaction.on_commit(lambda: runs_push(runs=runs), robust=True)
     metrics.JOBS_ENQUEUED.labels(job=job.name).inc(len(runs))

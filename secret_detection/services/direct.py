@@ -60,21 +60,23 @@ class _Target:
     previous: str | None = None
 
 
+_FINDINGS, _STATUSES = Finding._meta, FindingTokenStatus._meta
+_TARGET_SQL = (
+    f"SELECT f.project_id, f.token_type, f.raw_value, f.value_fingerprint, s.status FROM {_FINDINGS.db_table} f"
+    f" LEFT JOIN {_STATUSES.db_table} s ON s.{_STATUSES.pk.column} = f.{_FINDINGS.pk.column}"
+    f" WHERE f.{_FINDINGS.pk.column} = %s"
+)
+
+
 def _target(finding_id: int) -> _Target | None:
-    findings, states = Finding._meta, FindingTokenStatus._meta
-    sql = (
-        f"SELECT f.project_id, f.token_type, f.raw_value, f.value_fingerprint, s.status FROM {findings.db_table} f"
-        f" LEFT JOIN {states.db_table} s ON s.{states.pk.column} = f.{findings.pk.column}"
-        f" WHERE f.{findings.pk.column} = %s"
-    )
     connection = transaction.get_connection()
     with connection.cursor() as cursor:
-        cursor.execute(sql, [finding_id])
+        cursor.execute(_TARGET_SQL, [finding_id])
         row = cursor.fetchone()
     if row is None:
         return None
     project_id, token_type, stored, fingerprint, previous = row
-    raw_value = findings.get_field("raw_value").from_db_value(stored, None, connection)  # decrypted
+    raw_value = _FINDINGS.get_field("raw_value").from_db_value(stored, None, connection)  # decrypted
     return _Target(finding_id, project_id, token_type, raw_value or "", fingerprint, previous)
 
 

@@ -200,12 +200,14 @@ def report_schema() -> _Schema:
     document = json.loads(SCHEMA_FILE.read_text())
     Draft7Validator.check_schema(document)
     definitions = document["definitions"]
+    vulnerability = _inlined(definitions["vulnerability"], definitions)
+    remediation = _inlined(definitions["remediation"], definitions)
     return _Schema(
         report=Draft7Validator(_inlined(document, definitions)),
-        vulnerability=Draft7Validator(_inlined(definitions["vulnerability"], definitions)),
-        remediation=Draft7Validator(_inlined(definitions["remediation"], definitions)),
-        vulnerability_valid=_fast(_inlined(definitions["vulnerability"], definitions)),
-        remediation_valid=_fast(_inlined(definitions["remediation"], definitions)),
+        vulnerability=Draft7Validator(vulnerability),
+        remediation=Draft7Validator(remediation),
+        vulnerability_valid=_fast(vulnerability),
+        remediation_valid=_fast(remediation),
         known_keys=frozenset(_property_names(document)),
     )
 

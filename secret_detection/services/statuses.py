@@ -210,9 +210,6 @@ _TABLE = FindingTokenStatus._meta.db_table
 # with a guard that the lease has ended: a lease still running is an attempt sending now.
 _HELD_SQL = """status = 'pending' AND (accepted_at > %(recent)s
     OR (accepted_at IS NULL AND sending_until IS NOT NULL AND pending_since > %(recent)s))"""
-_CLAIM_NOT_HELD = "true"
-_CLAIM_HELD = f"NOT COALESCE({_HELD_SQL}, false)"
-_CLAIM_HELD_SINCE = f"NOT COALESCE({_HELD_SQL} AND pending_since >= %(since)s, false)"
 
 # claimed_by_run is left as it is: a tick's row stays its until the request's outcome is
 # recorded, so if the tick dies in between, its take-over finds the row in flight
@@ -224,13 +221,22 @@ WHERE finding_id = %(finding_id)s
     AND (sending_until IS NULL OR sending_until <= %(now)s)
     AND {held}
     AND NOT COALESCE(result_received_at >= %(since)s, false)"""
+# By what the SDRS hold guard is: none, held, or held by a request made since ``since``.
+_CLAIMS = {
+    guard: _CLAIM.format(table=_TABLE, held=held)
+    for guard, held in (
+        ("none", "true"),
+        ("held", f"NOT COALESCE({_HELD_SQL}, false)"),
+        ("held_since", f"NOT COALESCE({_HELD_SQL} AND pending_since >= %(since)s, false)"),
+    )
+}
 
 # As ``_ours``: pending for this request.
-_ACCEPTED = """UPDATE {table} SET sending_until = NULL, accepted_at = %(now)s, last_error_code = '',
+_ACCEPTED = f"""UPDATE {_TABLE} SET sending_until = NULL, accepted_at = %(now)s, last_error_code = '',
     claimed_by_run = NULL, updated_at = %(now)s
 WHERE finding_id = %(finding_id)s AND last_request_id = %(request_id)s AND status = 'pending'"""
 
-_RESULT = """UPDATE {table} SET status = %(status)s, last_verified_at = %(verified_at)s,
+_RESULT = f"""UPDATE {_TABLE} SET status = %(status)s, last_verified_at = %(verified_at)s,
     last_error_code = %(code)s, partner = %(partner)s, pending_since = NULL, accepted_at = NULL,
     sending_until = NULL, result_received_at = %(now)s, next_refresh_at = %(next_refresh_at)s,
     claimed_by_run = NULL, updated_at = %(now)s
@@ -281,13 +287,11 @@ def status_claim(
     "held" (nothing calls back); only the lease and ``since`` guards apply."""
     now = timezone.now()
     if verifier == Verifier.DIRECT:
-        held = _CLAIM_NOT_HELD
+        guard = "none"
     elif not force:
-        held = _CLAIM_HELD
-    elif since is not None:
-        held = _CLAIM_HELD_SINCE
+        guard = "held"
     else:
-        held = _CLAIM_NOT_HELD
+        guard = "held_since" if since is not None else "none"
     params = {
         "finding_id": finding_id,
         "now": now,
@@ -298,7 +302,7 @@ def status_claim(
         "since": since,
         "recent": now - timedelta(seconds=settings.SDRS_PENDING_TIMEOUT),
     }
-    if _execute(_CLAIM.format(table=_TABLE, held=held), params):
+    if _execute(_CLAIMS[guard], params):
         return Claim("claimed")
     # Say why: this is the rare path.
     row = _rows(pk=finding_id).values("sending_until", "accepted_at", "result_received_at").first()
@@ -321,7 +325,7 @@ def _ours(finding_id: int, request_id: str) -> QuerySet[FindingTokenStatus]:
 def status_accepted(*, finding_id: int, request_id: str) -> bool:
     """SDRS accepted our request: pending until its callback. Guard: pending for this request."""
     params = {"finding_id": finding_id, "request_id": request_id, "now": timezone.now()}
-    return bool(_execute(_ACCEPTED.format(table=_TABLE), params))
+    return bool(_execute(_ACCEPTED, params))
 
 
 def status_unconfirmed(*, finding_id: int, request_id: str, code: str) -> bool:
@@ -389,7 +393,7 @@ def status_result(
         # or a re-verification started by a callback outage, until a newer request is made.
         "late": ["callback_timeout", "callback_lost"],
     }
-    if _execute(_RESULT.format(table=_TABLE), params):
+    if _execute(_RESULT, params):
         return "applied"
     stored = _rows(pk=finding_id).values("status", "last_request_id", "result_received_at").first()
     if stored is None:
