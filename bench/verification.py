@@ -351,6 +351,12 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--fail-once-percent", type=float, default=10.0)
     parser.add_argument("--mode", choices=("jobs", "refresher", "both", "direct"), default="both")
+    parser.add_argument(
+        "--until",
+        choices=("all", "aws"),
+        default="all",
+        help="direct mode: stop when every AWS finding is settled (skips Postman's 250 s)",
+    )
     args = parser.parse_args()
     _environment()
     os.environ["TOKEN_REFRESH_CONCURRENCY"] = str(args.concurrency)
@@ -485,6 +491,7 @@ def _direct(args: argparse.Namespace, old_config: Any, child_env: dict[str, str]
             concurrency=args.concurrency,
             child_env=child_env,
             timeout=1800,
+            until=args.until,
         )
     finally:
         connections.close_all()
