@@ -26,7 +26,7 @@ from django.utils import timezone
 from exports import archive as archive_writer
 from exports import clients, metrics, relations
 from exports.models import MAX_ERROR_LENGTH, ProjectExportArchive, ProjectExportJob
-from project import locks, sqlrows
+from project import db, locks, sqlrows
 from project import services as core
 from project.errors import Conflict, NotFound, RetryableError, ValidationFailed
 from project.jobs import Defer, JobRun, control, report_progress
@@ -203,7 +203,7 @@ def export_project_require(*, user: User, ref: str) -> tuple[Project, ExportLimi
     project_id, path = core.project_ref_parse(ref)
     project, level, enabled, export_limit, download_limit, max_size = None, None, None, 0, 0, 0
     if project_id is not None or path is not None:
-        with connection.cursor() as cursor:
+        with db.prepared_cursor(connection) as cursor:
             cursor.execute(_ACCESS_SQL, {"user": user.pk, "id": project_id, "path": path})
             row = cursor.fetchone()
         project, level, enabled, export_limit, download_limit, max_size = sqlrows.split(row, _PROJECT)
@@ -340,7 +340,7 @@ def _state_read(*, project_id: int, user_id: int) -> tuple[ProjectExportArchive 
         "now": timezone.now(),
         "active": [str(status) for status in ProjectExportJob.ACTIVE],
     }
-    with connection.cursor() as cursor:
+    with db.prepared_cursor(connection) as cursor:
         cursor.execute(_STATE_SQL, params)
         rows = cursor.fetchall()
     archive = _ARCHIVE.instance(rows[0][: _ARCHIVE.width])

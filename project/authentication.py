@@ -15,7 +15,7 @@ from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, SessionAuthentication
 from rest_framework.request import Request
 
-from project import services, sqlrows
+from project import db, services, sqlrows
 from project.errors import AppError, RateLimited
 from project.middleware import client_address
 from project.models import AccessToken, RateLimitCounter, User
@@ -122,7 +122,7 @@ def _token_read(value: str, address: str) -> tuple[AccessToken | None, datetime 
         "digest": services.token_digest(value),
         "today": timezone.localdate(),
     }
-    with connection.cursor() as cursor:
+    with db.prepared_cursor(connection) as cursor:
         cursor.execute(_TOKEN_SQL, params)
         row = cursor.fetchone()
     if row is None:

@@ -6,7 +6,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from django.db import transaction
+from django.db.backends.utils import CursorWrapper
 from django.db.models import Model, QuerySet
+
+
+def prepared_cursor(connection: Any = None) -> CursorWrapper:
+    """A cursor that prepares its statements once per connection (``project.postgresql``),
+    for a statement written once and run on a hot path; a plain cursor on another backend
+    or with ``DB_PREPARED_STATEMENTS=0``."""
+    connection = connection if connection is not None else transaction.get_connection()
+    make = getattr(connection, "prepared_cursor", None)
+    return make() if make is not None else connection.cursor()
 
 
 def rows_delete_in_batches(queryset: QuerySet, *, batch_size: int) -> int:

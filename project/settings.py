@@ -138,6 +138,10 @@ DATABASES["default"].update(
     }
 )
 DB_HEALTH_CHECK_IDLE = env_float("DB_HEALTH_CHECK_IDLE", 1.0, minimum=0)
+# The hot paths' statements are prepared once per connection (project/postgresql). Off (0)
+# behind a connection pooler in transaction mode that cannot keep prepared statements
+# (PgBouncer before 1.21, or without max_prepared_statements).
+DB_PREPARED_STATEMENTS = env_bool("DB_PREPARED_STATEMENTS", True)
 DATABASES["default"]["OPTIONS"].setdefault("application_name", "gitlab-jobs")
 # PostgreSQL notices that a client died only when it next writes to it: a worker killed
 # while its statement waits for a lock would keep its session, and the session's advisory

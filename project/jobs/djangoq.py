@@ -71,6 +71,8 @@ from django_q.models import OrmQ, Schedule
 from django_q.signals import pre_execute
 from django_q.signing import SignedPackage
 
+from project import db
+
 if TYPE_CHECKING:
     # The mixin extends Broker.set_stat; at run time it is mixed in before ORM or Redis.
     from django_q.brokers import Broker as _MixinBase
@@ -189,7 +191,7 @@ class OrmBroker(_HeartbeatMixin, ORM):
             return [self._pulled.pop(0)]
         self.get_connection()  # closes a stale connection between pulls
         now = timezone.now()
-        with connections[Conf.ORM].cursor() as cursor:
+        with db.prepared_cursor(connections[Conf.ORM]) as cursor:
             cursor.execute(
                 """
                 WITH due AS (

@@ -24,6 +24,7 @@ from django.db.models import F, JSONField, QuerySet
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
+from project import db
 from project.jobs import djangoq
 from project.jobs.models import JobPause, JobRun
 from project.jobs.queue import runs_push
@@ -100,7 +101,7 @@ def claim(run_id: int, attempt: int, *, worker: str, task_id: str) -> JobRun | N
     """queued → running for exactly this attempt, unless its job is paused. One UPDATE that
     returns the claimed row."""
     now = timezone.now()
-    with connection.cursor() as cursor:
+    with db.prepared_cursor(connection) as cursor:
         cursor.execute(_CLAIM_SQL, [now, now, worker, task_id, now, run_id, attempt])
         row = cursor.fetchone()
     return None if row is None else _run_from_row(row)
@@ -126,7 +127,7 @@ def succeed(run: JobRun, result: Any, *, progress: dict[str, Any] | None, ack: i
         run.pk,
         run.attempt,
     ]
-    with connection.cursor() as cursor:
+    with db.prepared_cursor(connection) as cursor:
         cursor.execute(sql, params)
         updated = cursor.rowcount
     if updated:

@@ -11,6 +11,14 @@ does not fail its first request. A connection that breaks mid-request still fail
 request (answered 503 with ``Retry-After``, see ``project.api``) and is replaced at its end,
 as with the stock backend. ``DB_HEALTH_CHECK_IDLE=0`` checks every time (Django's own
 behaviour).
+
+It also prepares the hot paths' hand-written statements (``prepared_cursor``): the status
+poll's three reads, the job toolkit's claim and outcome, a verification's transitions.
+PostgreSQL parsed and planned each of them on every call, which cost more than running
+them (the status poll's token read: 0.21 ms of server CPU unprepared, 0.05 ms prepared).
+Django turns psycopg's prepared statements off (``prepare_threshold=None``) because a
+connection pooler in transaction mode cannot keep them; here they are made only where
+asked for, and ``DB_PREPARED_STATEMENTS=0`` turns them off for such a pooler.
 """
 
 from __future__ import annotations
@@ -19,10 +27,50 @@ import time
 from typing import Any
 
 from django.conf import settings
-from django.db.backends.postgresql import base
+from django.db.backends.postgresql import base, operations
+from django.db.backends.utils import CursorWrapper
+
+# The cursor name that asks ``create_cursor`` for a preparing cursor (no real cursor has it).
+_PREPARED = "\x00prepared"
+# While a preparing cursor runs a statement, psycopg's threshold for preparing: any
+# number works, as the cursor asks for preparation (``prepare=True``, which psycopg ignores
+# while the threshold is None). Set only then: with a threshold, psycopg counts every
+# statement the connection runs, keeping the text of the last 100 (the ORM's statements,
+# whose values are inlined: a bulk INSERT's text is megabytes).
+_WHILE_PREPARING = 0
+
+
+class PreparingCursor(base.ServerBindingCursor):  # type: ignore[misc,name-defined]  # psycopg 3 only
+    """Binds its parameters on the server and prepares each statement on its first run on
+    the connection (psycopg keeps the last ``prepared_max`` of them, 100)."""
+
+    def execute(self, query: Any, params: Any = None, *, prepare: bool | None = None, **kwargs: Any) -> Any:
+        if prepare is False or not getattr(settings, "DB_PREPARED_STATEMENTS", True):
+            return super().execute(query, params, prepare=False, **kwargs)
+        connection = self.connection
+        if connection.prepare_threshold is not None:  # OPTIONS turned psycopg's own preparing on
+            return super().execute(query, params, prepare=True, **kwargs)
+        connection.prepare_threshold = _WHILE_PREPARING
+        try:
+            return super().execute(query, params, prepare=True, **kwargs)
+        finally:
+            connection.prepare_threshold = None
+
+
+class DatabaseOperations(operations.DatabaseOperations):
+    def last_executed_query(self, cursor: Any, sql: str, params: Any) -> str | None:
+        if isinstance(cursor, PreparingCursor):
+            # As Django shows a server-bound statement: with its parameters inlined, for
+            # the debug log and captured queries (psycopg keeps no composed text of it).
+            try:
+                return str(self.compose_sql(sql, params))
+            except operations.errors.DataError:
+                return sql
+        return super().last_executed_query(cursor, sql, params)  # type: ignore[no-any-return]
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
+    ops_class = DatabaseOperations
     #: time.monotonic() when a cursor was last taken on the current connection.
     last_used_at = float("-inf")
     # Set by BaseDatabaseWrapper (CONN_HEALTH_CHECKS); django-stubs does not declare them.
@@ -48,3 +96,19 @@ class DatabaseWrapper(base.DatabaseWrapper):
     def connect(self) -> None:
         super().connect()
         self.last_used_at = time.monotonic()
+
+    def create_cursor(self, name: str | None = None) -> Any:
+        if name != _PREPARED:
+            return super().create_cursor(name)
+        cursor = PreparingCursor(self.connection)
+        tzloader = self.connection.adapters.get_loader(base.TIMESTAMPTZ_OID, base.Format.TEXT)
+        if self.timezone != tzloader.timezone:
+            base.register_tzloader(self.timezone, cursor)
+        return cursor
+
+    def prepared_cursor(self) -> CursorWrapper:
+        """A cursor whose statements are prepared on their first run on this connection
+        and only bound and executed after that. For statements written once and run
+        often (parameters as ``%s`` or ``%(name)s``, bound by the server, so each must
+        have a type PostgreSQL can infer). Plain ``cursor()`` otherwise."""
+        return self._cursor(_PREPARED)  # type: ignore[no-any-return]

@@ -31,7 +31,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from project import crypto
+from project import crypto, db
 from project.jobs import Defer, current_run
 from secret_detection import partners
 from secret_detection.models import Finding, FindingTokenStatus, TokenStatus, Verifier
@@ -70,7 +70,7 @@ _TARGET_SQL = (
 
 def _target(finding_id: int) -> _Target | None:
     connection = transaction.get_connection()
-    with connection.cursor() as cursor:
+    with db.prepared_cursor(connection) as cursor:
         cursor.execute(_TARGET_SQL, [finding_id])
         row = cursor.fetchone()
     if row is None:

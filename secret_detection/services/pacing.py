@@ -12,6 +12,7 @@ from django.db.models import F
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
+from project import db
 from secret_detection import metrics
 from secret_detection.models import DirectPartner
 
@@ -38,7 +39,7 @@ def rate_slots_reserve(*, key: str, per_second: float, count: int) -> list[float
     if per_second <= 0 or count <= 0:
         return [0.0] * count
     interval = 1.0 / per_second
-    with connection.cursor() as cursor:
+    with db.prepared_cursor(connection) as cursor:
         cursor.execute(_RESERVE, {"key": key[:255], "interval": interval * count})
         (ends_in,) = cursor.fetchone()
     first = float(ends_in) - interval * count
@@ -68,7 +69,7 @@ def rate_send_take(*, key: str, per_second: float) -> float:
     interval = 1.0 / per_second
     sent = f"{key}:sent"[:255]
     params: dict[str, str | float] = {"key": sent, "interval": interval, "slack": min(interval / 2, 0.05)}
-    with connection.cursor() as cursor:
+    with db.prepared_cursor(connection) as cursor:
         cursor.execute(_TAKE, params)
         if cursor.fetchone() is not None:
             return 0.0
@@ -91,7 +92,7 @@ def partner_state(*, partner: str) -> PartnerState:
     """The partner's switch and pause, read together (one query per verification). A
     partner without a row is on (the switch is off only once someone turned it off)."""
     # In SQL: the ORM's query building was most of this read's cost, paid per token.
-    with connection.cursor() as cursor:
+    with db.prepared_cursor(connection) as cursor:
         table = DirectPartner._meta.db_table
         cursor.execute(f"SELECT enabled, paused_until FROM {table} WHERE partner = %s", [partner])
         row = cursor.fetchone()

@@ -54,6 +54,7 @@ from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from project import db
 from project.db import rows_insert_like
 from project.models import Project
 from secret_detection.models import Finding, FindingTokenStatus, TokenStatus, Verifier
@@ -245,7 +246,7 @@ WHERE finding_id = %(finding_id)s AND last_request_id = %(request_id)s AND last_
 
 
 def _execute(sql: str, params: dict[str, Any]) -> int:
-    with transaction.get_connection().cursor() as cursor:
+    with db.prepared_cursor() as cursor:
         cursor.execute(sql, params)
         return int(cursor.rowcount)
 

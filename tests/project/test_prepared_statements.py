@@ -1,0 +1,86 @@
+"""``project.db.prepared_cursor``: the hot paths' statements are prepared once per connection,
+and nothing else is."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+
+from project.db import prepared_cursor
+from project.models import User
+from tests.exports.test_status_queries import STATES
+
+pytestmark = pytest.mark.django_db
+
+_SQL = "SELECT username FROM users WHERE id = %s AND is_active = %s"
+
+
+def _prepared() -> list[str]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        return [statement for (statement,) in cursor.fetchall()]
+
+
+def test_a_statement_run_through_a_prepared_cursor_is_prepared_once_and_answers_as_before(maintainer) -> None:
+    answers = []
+    for _ in range(3):
+        with prepared_cursor() as cursor:
+            cursor.execute(_SQL, [maintainer.pk, True])
+            answers.append(cursor.fetchone())
+
+    assert answers == [(maintainer.username,)] * 3
+    assert _prepared() == ["SELECT username FROM users WHERE id = $1 AND is_active = $2"]
+
+
+def test_other_statements_are_never_prepared_however_often_they_run(maintainer) -> None:
+    for _ in range(10):
+        User.objects.filter(pk=maintainer.pk).first()
+        with connection.cursor() as cursor:
+            cursor.execute(_SQL, [maintainer.pk, True])
+
+    assert _prepared() == []
+    # psycopg keeps no count of them either (with a threshold it keeps the last 100 texts).
+    assert connection.connection.prepare_threshold is None
+
+
+def test_with_prepared_statements_off_nothing_is_prepared(maintainer, settings) -> None:
+    settings.DB_PREPARED_STATEMENTS = False
+
+    with prepared_cursor() as cursor:
+        cursor.execute(_SQL, [maintainer.pk, True])
+        assert cursor.fetchone() == (maintainer.username,)
+
+    assert _prepared() == []
+
+
+def test_captured_queries_show_a_prepared_statement_with_its_values(maintainer) -> None:
+    with CaptureQueriesContext(connection) as captured, prepared_cursor() as cursor:
+        cursor.execute(_SQL, [maintainer.pk, True])
+
+    assert [query["sql"] for query in captured.captured_queries] == [
+        f"SELECT username FROM users WHERE id = {maintainer.pk} AND is_active = true"
+    ]
+
+
+def test_a_status_poll_runs_prepared_statements(api, maintainer, project) -> None:
+    STATES["finished"](project, maintainer)
+    client = api(maintainer)
+
+    for _ in range(2):
+        assert client.get(f"/api/v4/projects/{project.pk}/export").status_code == 200
+
+    statements = _prepared()
+    assert len(statements) == 3  # the token, the project with the access level, the export state
+    assert any("FROM personal_access_tokens" in statement for statement in statements)
+
+
+def test_a_status_poll_answers_the_same_without_prepared_statements(maintainer, project, token_for, settings) -> None:
+    STATES["finished"](project, maintainer)
+    client = Client(HTTP_PRIVATE_TOKEN=token_for(maintainer))
+    url = f"/api/v4/projects/{project.pk}/export"
+    prepared = client.get(url).json()
+
+    settings.DB_PREPARED_STATEMENTS = False
+    assert client.get(url).json() == prepared
