@@ -29,6 +29,13 @@ from typing import Any
 from django.conf import settings
 from django.db.backends.postgresql import base, operations
 from django.db.backends.utils import CursorWrapper
+from psycopg import errors
+from psycopg.pq import Format
+
+# Defined for psycopg 3 only; django-stubs declares the cursor without psycopg's methods.
+_ServerBindingCursor: Any = base.ServerBindingCursor
+_TIMESTAMPTZ_OID: int = base.TIMESTAMPTZ_OID
+_register_tzloader: Any = base.register_tzloader  # type: ignore[attr-defined]
 
 # The cursor name that asks ``create_cursor`` for a preparing cursor (no real cursor has it).
 _PREPARED = "\x00prepared"
@@ -40,7 +47,7 @@ _PREPARED = "\x00prepared"
 _WHILE_PREPARING = 0
 
 
-class PreparingCursor(base.ServerBindingCursor):  # type: ignore[misc,name-defined]  # psycopg 3 only
+class PreparingCursor(_ServerBindingCursor):
     """Binds its parameters on the server and prepares each statement on its first run on
     the connection (psycopg keeps the last ``prepared_max`` of them, 100)."""
 
@@ -58,15 +65,15 @@ class PreparingCursor(base.ServerBindingCursor):  # type: ignore[misc,name-defin
 
 
 class DatabaseOperations(operations.DatabaseOperations):
-    def last_executed_query(self, cursor: Any, sql: str, params: Any) -> str | None:
+    def last_executed_query(self, cursor: Any, sql: str, params: Any) -> str:
         if isinstance(cursor, PreparingCursor):
             # As Django shows a server-bound statement: with its parameters inlined, for
             # the debug log and captured queries (psycopg keeps no composed text of it).
             try:
                 return str(self.compose_sql(sql, params))
-            except operations.errors.DataError:
+            except errors.DataError:
                 return sql
-        return super().last_executed_query(cursor, sql, params)  # type: ignore[no-any-return]
+        return super().last_executed_query(cursor, sql, params)
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
@@ -101,9 +108,9 @@ class DatabaseWrapper(base.DatabaseWrapper):
         if name != _PREPARED:
             return super().create_cursor(name)
         cursor = PreparingCursor(self.connection)
-        tzloader = self.connection.adapters.get_loader(base.TIMESTAMPTZ_OID, base.Format.TEXT)
+        tzloader = self.connection.adapters.get_loader(_TIMESTAMPTZ_OID, Format.TEXT)
         if self.timezone != tzloader.timezone:
-            base.register_tzloader(self.timezone, cursor)
+            _register_tzloader(self.timezone, cursor)
         return cursor
 
     def prepared_cursor(self) -> CursorWrapper:
@@ -111,4 +118,4 @@ class DatabaseWrapper(base.DatabaseWrapper):
         and only bound and executed after that. For statements written once and run
         often (parameters as ``%s`` or ``%(name)s``, bound by the server, so each must
         have a type PostgreSQL can infer). Plain ``cursor()`` otherwise."""
-        return self._cursor(_PREPARED)  # type: ignore[no-any-return]
+        return self._cursor(_PREPARED)
