@@ -4,6 +4,7 @@ rescheduled at most five times, network errors retried, and where each value goe
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +14,7 @@ from project.jobs import JobRun
 from project.jobs.testing import run_inline
 from secret_detection import services
 from secret_detection.models import DirectPartner, Finding, FindingTokenStatus, PartnerTokenType
+from secret_detection.services import pacing
 from tests.support.partners import (
     AWS_ACTIVE,
     AWS_INACTIVE,
@@ -270,6 +272,27 @@ def test_runs_that_start_late_together_are_held_to_the_limit_where_they_send(
     assert run.due_at > timezone.now()
     assert len(stand_ins["postman"].received) == 1
     assert _status(second).status == "unknown"
+
+
+def test_workers_that_send_at_the_same_moment_under_a_high_limit_all_send_at_once(db):
+    # Ten workers finishing together, under AWS's 400/s (a slot every 2.5 ms): none of them
+    # is sent to the back of the queue for being a few milliseconds early.
+    waits = [pacing.rate_send_take(key="partner_aws_api:1", per_second=400) for _ in range(10)]
+
+    assert waits == [0.0] * 10
+
+
+def test_the_limit_where_runs_send_still_holds_over_a_second(db):
+    started = time.monotonic()
+    waits = [pacing.rate_send_take(key="partner_aws_api:1", per_second=400) for _ in range(500)]
+    elapsed = time.monotonic() - started
+
+    sent_at_once = sum(1 for wait in waits if wait == 0)
+    # At most the limit over the time the sends took, plus the burst it tolerates; the
+    # others each wait for a slot of their own.
+    assert sent_at_once <= 400 * (elapsed + pacing.SEND_BURST_SECONDS) + 1
+    late = sorted(wait for wait in waits if wait > 0)
+    assert len(late) == len(set(late)) == 500 - sent_at_once
 
 
 def test_no_value_is_ever_sent_to_another_host(project, import_findings, stand_ins):
