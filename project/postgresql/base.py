@@ -30,7 +30,7 @@ from django.conf import settings
 from django.db.backends.postgresql import base, operations
 from django.db.backends.utils import CursorWrapper
 from psycopg import errors
-from psycopg.pq import Format
+from psycopg.pq import Format, TransactionStatus
 
 # Defined for psycopg 3 only; django-stubs declares the cursor without psycopg's methods.
 _ServerBindingCursor: Any = base.ServerBindingCursor
@@ -45,6 +45,8 @@ _PREPARED = "\x00prepared"
 # statement the connection runs, keeping the text of the last 100 (the ORM's statements,
 # whose values are inlined: a bulk INSERT's text is megabytes).
 _WHILE_PREPARING = 0
+_STALE_PLAN = "cached plan must not change result type"
+_IDLE, _INERROR = TransactionStatus.IDLE, TransactionStatus.INERROR
 
 
 class PreparingCursor(_ServerBindingCursor):
@@ -59,9 +61,29 @@ class PreparingCursor(_ServerBindingCursor):
             return super().execute(query, params, prepare=True, **kwargs)
         connection.prepare_threshold = _WHILE_PREPARING
         try:
-            return super().execute(query, params, prepare=True, **kwargs)
+            if getattr(connection, "stale_plans", False) and connection.info.transaction_status != _INERROR:
+                self._deallocate_all()
+            try:
+                return super().execute(query, params, prepare=True, **kwargs)
+            except errors.FeatureNotSupported as exc:
+                if _STALE_PLAN not in str(exc):
+                    raise
+                # A migration changed a column this statement returns while it stayed
+                # prepared: PostgreSQL refuses the old plan until it is deallocated, on
+                # every call (psycopg does not recover by itself).
+                if connection.info.transaction_status != _IDLE:
+                    connection.stale_plans = True  # dropped at the next call outside this failed transaction
+                    raise
+                self._deallocate_all()
+                return super().execute(query, params, prepare=True, **kwargs)
         finally:
             connection.prepare_threshold = None
+
+    def _deallocate_all(self) -> None:
+        # Through psycopg, which then forgets the names it prepared (it clears its cache when
+        # a statement it runs under a threshold answers DEALLOCATE ALL).
+        super().execute("DEALLOCATE ALL", prepare=False)
+        self.connection.stale_plans = False
 
 
 class DatabaseOperations(operations.DatabaseOperations):

@@ -4,7 +4,7 @@ and nothing else is."""
 from __future__ import annotations
 
 import pytest
-from django.db import connection
+from django.db import DatabaseError, connection, transaction
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
@@ -62,6 +62,42 @@ def test_captured_queries_show_a_prepared_statement_with_its_values(maintainer) 
     assert [query["sql"] for query in captured.captured_queries] == [
         f"SELECT username FROM users WHERE id = {maintainer.pk} AND is_active = true"
     ]
+
+
+def _alter_under_a_prepared_statement() -> str:
+    """A table whose column changes type while a statement that returns it stays prepared
+    (a migration run while the processes keep their connections)."""
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TEMPORARY TABLE migrated (id int, value int)")
+        cursor.execute("INSERT INTO migrated VALUES (1, 2)")
+    sql = "SELECT id, value FROM migrated WHERE id = %s"
+    with prepared_cursor() as cursor:
+        cursor.execute(sql, [1])
+        assert cursor.fetchone() == (1, 2)
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE migrated ALTER COLUMN value TYPE bigint")
+    return sql
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_statement_prepared_before_a_migration_changed_its_columns_is_prepared_again() -> None:
+    sql = _alter_under_a_prepared_statement()
+
+    for _ in range(2):
+        with prepared_cursor() as cursor:
+            cursor.execute(sql, [1])
+            assert cursor.fetchone() == (1, 2)
+
+
+def test_inside_a_transaction_only_the_statement_that_met_the_old_plan_fails() -> None:
+    sql = _alter_under_a_prepared_statement()
+
+    with pytest.raises(DatabaseError, match="cached plan must not change result type"):
+        with transaction.atomic(), prepared_cursor() as cursor:
+            cursor.execute(sql, [1])
+    with prepared_cursor() as cursor:  # the same transaction, back at its savepoint
+        cursor.execute(sql, [1])
+        assert cursor.fetchone() == (1, 2)
 
 
 def test_a_status_poll_runs_prepared_statements(api, maintainer, project) -> None:
