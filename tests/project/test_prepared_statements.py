@@ -92,9 +92,12 @@ def test_a_statement_prepared_before_a_migration_changed_its_columns_is_prepared
 def test_inside_a_transaction_only_the_statement_that_met_the_old_plan_fails() -> None:
     sql = _alter_under_a_prepared_statement()
 
-    with pytest.raises(DatabaseError, match="cached plan must not change result type"):
-        with transaction.atomic(), prepared_cursor() as cursor:
-            cursor.execute(sql, [1])
+    with (
+        pytest.raises(DatabaseError, match="cached plan must not change result type"),
+        transaction.atomic(),
+        prepared_cursor() as cursor,
+    ):
+        cursor.execute(sql, [1])
     with prepared_cursor() as cursor:  # the same transaction, back at its savepoint
         cursor.execute(sql, [1])
         assert cursor.fetchone() == (1, 2)
