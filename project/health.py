@@ -26,12 +26,22 @@ def _db() -> dict[str, Any]:
 
 
 def _cluster() -> dict[str, Any]:
+    from django.conf import settings
+
     from project.jobs import clusters_alive
 
     alive = clusters_alive()
     if not alive:
         return {"status": "failed", "message": "no job cluster has pulled work recently", "clusters": 0}
-    return {"clusters": alive}
+    serving = clusters_alive(broker=settings.JOBS_BROKER)
+    if not serving:
+        # The work this server sends goes through its broker, which no live cluster reads.
+        return {
+            "status": "failed",
+            "message": f"no live job cluster uses this server's broker ({settings.JOBS_BROKER})",
+            "clusters": 0,
+        }
+    return {"clusters": serving}
 
 
 def readiness_report() -> dict[str, Any]:

@@ -80,11 +80,12 @@ def declared_job(name: str) -> Job | None:
     return declared.get(name)
 
 
-def clusters_alive() -> int:
-    """How many job clusters have reported within JOBS_CLUSTER_STALE_AFTER seconds."""
+def clusters_alive(*, broker: str | None = None) -> int:
+    """How many job clusters have reported within JOBS_CLUSTER_STALE_AFTER seconds (only
+    those on ``broker``, ``"orm"`` or ``"redis"``, when given)."""
     from project.jobs import overview
 
-    return sum(1 for cluster in overview.cluster_rows() if cluster.alive)
+    return sum(1 for cluster in overview.cluster_rows() if cluster.alive and broker in (None, cluster.broker))
 
 
 def register_backlogs(source: Any) -> None:

@@ -131,7 +131,22 @@ class Sentinel(stock.Sentinel):
 
     def spawn_cluster(self) -> None:
         self._recover_dead_workers_runs()
+        self._warn_of_other_brokers()
         super().spawn_cluster()
+
+    def _warn_of_other_brokers(self) -> None:
+        try:
+            others = recovery.clusters_on_other_brokers(broker=settings.JOBS_BROKER)
+        except DatabaseError:
+            others = {}
+        db.connections.close_all()  # not inherited by the processes about to be forked
+        if others:
+            logger.error(
+                "job clusters on this database use another broker than this one (%s): neither side sees "
+                "the work the other's senders enqueue; give every cluster and web server the same JOBS_BROKER",
+                settings.JOBS_BROKER,
+                extra={"other_brokers": others},
+            )
 
     def reincarnate(self, process: Any) -> None:
         if process in self.pool:

@@ -23,6 +23,53 @@ def test_readiness_fails_without_a_live_cluster(client) -> None:
     assert body["cluster_check"][0]["status"] == "failed"
 
 
+def _heartbeat(broker: str, key: str) -> ClusterHeartbeat:
+    return ClusterHeartbeat.objects.create(key=key, cluster_name="elsewhere", host="h", pid=1, broker=broker)
+
+
+def _other(broker: str) -> str:
+    return "redis" if broker == "orm" else "orm"
+
+
+@pytest.mark.django_db
+def test_readiness_fails_when_the_live_clusters_use_another_broker(client, settings) -> None:
+    ClusterHeartbeat.objects.all().delete()
+    _heartbeat(_other(settings.JOBS_BROKER), "h:1")
+
+    response = client.get("/-/readiness")
+
+    assert response.status_code == 503
+    check = response.json()["cluster_check"][0]
+    assert check["status"] == "failed"
+    assert check["message"] == f"no live job cluster uses this server's broker ({settings.JOBS_BROKER})"
+
+
+@pytest.mark.django_db
+def test_readiness_counts_the_live_clusters_on_this_servers_broker(client, settings) -> None:
+    ClusterHeartbeat.objects.all().delete()
+    _heartbeat(_other(settings.JOBS_BROKER), "h:1")
+    _heartbeat(settings.JOBS_BROKER, "h:2")
+
+    response = client.get("/-/readiness")
+
+    assert response.status_code == 200
+    assert response.json()["cluster_check"][0]["clusters"] == 1
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.cluster
+def test_a_cluster_starting_beside_one_on_another_broker_says_so(settings) -> None:
+    ClusterHeartbeat.objects.all().delete()
+    other = _other(settings.JOBS_BROKER)
+    _heartbeat(other, "elsewhere:1")
+    with running_cluster(broker=settings.JOBS_BROKER) as cluster:
+        wait_for(lambda: "use another broker" in cluster.output(), message=cluster.output)
+    (line,) = [line for line in cluster.output().splitlines() if "use another broker" in line]
+    assert "ERROR" in line
+    assert other in line
+    assert "elsewhere:1" in line
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.cluster
 def test_readiness_is_ok_with_a_live_cluster(client, cluster) -> None:
