@@ -222,8 +222,10 @@ def test_schemathesis_finds_no_server_error(
             "examples,coverage,fuzzing",
             "--header",
             f"PRIVATE-TOKEN: {token}",
+            # One: with two threads, Hypothesis's ast.parse of its filters' lambdas met
+            # CPython 3.11.7's AST recursion-depth race (a "Runtime Error", not our server).
             "--workers",
-            "2",
+            "1",
             "--seed",
             "20261129",
             *(["--max-time", os.environ["SCHEMATHESIS_MAX_TIME"]] if os.environ.get("SCHEMATHESIS_MAX_TIME") else []),
