@@ -62,33 +62,17 @@ def _baseline_aws(url: str, count: int, concurrency: int) -> dict[str, float]:
     """The floor measured in this run: the product's AWS client (SigV4 signature, keep-alive
     session, verdict) on ``concurrency`` bare threads against the same stand-in, with no job,
     queue or database. Its wall against the ideal is what the machine allows today."""
-    import threading
-
     from django.test.utils import override_settings
 
+    from bench._support import bare_threads
     from secret_detection.partners.aws import AwsClient
 
-    values = iter(range(count))
-    lock = threading.Lock()
-
-    def worker() -> None:
+    def client_call() -> Any:  # a client per thread: requests' sessions are not thread-safe
         client = AwsClient()
-        while True:
-            with lock:
-                n = next(values, None)
-            if n is None:
-                return
-            client.verify(AWS_LIVE.format(9_000_000 + n))
+        return lambda n: client.verify(AWS_LIVE.format(9_000_000 + n))
 
     with override_settings(PARTNER_AWS_URL=url):
-        started = time.perf_counter()
-        threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        wall = time.perf_counter() - started
-    return {"wall_s": round(wall, 2), "requests": count}
+        return bare_threads(client_call, count=count, concurrency=concurrency)
 
 
 def _report(count: int) -> dict:

@@ -4,11 +4,39 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def bare_threads(make_call: Callable[[], Callable[[int], object]], *, count: int, concurrency: int) -> dict:
+    """The floor a benchmark compares its jobs with: ``count`` calls shared by
+    ``concurrency`` bare threads (no job, queue or database). Each thread calls
+    ``make_call()`` once for its own callable (a client of its own where clients are not
+    thread-safe), then takes call numbers until there are none left."""
+    numbers = iter(range(count))
+    lock = threading.Lock()
+
+    def worker() -> None:
+        call = make_call()
+        while True:
+            with lock:
+                n = next(numbers, None)
+            if n is None:
+                return
+            call(n)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {"wall_s": round(time.perf_counter() - started, 2), "requests": count}
 
 
 def _server_url() -> str:

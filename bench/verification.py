@@ -40,7 +40,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections import Counter
@@ -196,38 +195,25 @@ def _cpu_seconds(pid: int) -> float:
 
 def _baseline(sdrs, count: int, concurrency: int, private_key: str) -> dict:
     """Bare threads, same client, same server: no jobs, no database."""
+    from bench._support import bare_threads
     from secret_detection.clients import SdrsClient, SdrsConfig, VerifyRequest
 
     client = SdrsClient(SdrsConfig(url=sdrs.url, signing_key=private_key, timeout=10))
-    items = iter(range(count))
-    lock = threading.Lock()
 
-    def worker() -> None:
-        while True:
-            with lock:
-                n = next(items, None)
-            if n is None:
-                return
-            client.verify(
-                VerifyRequest(
-                    token_type="AWS",
-                    token_value=f"AKIA-baseline-{n}",
-                    finding_id=n + 1,
-                    project_id=1,
-                    user_id=1,
-                    callback_url="http://127.0.0.1:9/unused",
-                    request_id=uuid.uuid4().hex,
-                )
+    def verify(n: int) -> None:
+        client.verify(
+            VerifyRequest(
+                token_type="AWS",
+                token_value=f"AKIA-baseline-{n}",
+                finding_id=n + 1,
+                project_id=1,
+                user_id=1,
+                callback_url="http://127.0.0.1:9/unused",
+                request_id=uuid.uuid4().hex,
             )
+        )
 
-    started = time.perf_counter()
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - started
-    return {"wall_s": round(wall, 2), "requests": count}
+    return bare_threads(lambda: verify, count=count, concurrency=concurrency)
 
 
 def _report(count: int, tag: str) -> dict:
