@@ -17,7 +17,9 @@ from django.test import Client
 from project.models import ApplicationSetting, Project, User
 from tests.support.cluster import database_url
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# no_broker: an export these requests start must not run on a cluster another test left
+# running, which read its tables while the test's teardown truncated them (a deadlock, once).
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_broker")]
 
 CALLBACK = "/api/v4/internal/token_status/callback"
 
