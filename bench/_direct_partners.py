@@ -97,16 +97,16 @@ def _max_in_window(times: list, seconds: float) -> int:
     return best
 
 
-def _phases(since: Any, started_wall: Any) -> dict[str, float | None]:
-    """When the import's steps happened, in seconds from the import's start: what comes
-    before the first AWS run is a fixed cost of the measured wall."""
+def _phases(since: Any) -> dict[str, float | None]:
+    """When the import's steps happened, in seconds from ``since`` (the import's start):
+    what comes before the first AWS run is a fixed cost of the measured wall."""
     from django.db.models import Min
 
     from project.jobs.models import JobRun
     from secret_detection.services import jobs
 
     def offset(moment: Any) -> float | None:
-        return None if moment is None else round((moment - started_wall).total_seconds(), 3)
+        return None if moment is None else round((moment - since).total_seconds(), 3)
 
     route = JobRun.objects.filter(name=jobs.ROUTE, created_at__gte=since).order_by("pk").first()
     direct = JobRun.objects.filter(name="secret_detection.verify_direct_token", created_at__gte=since)
@@ -128,9 +128,7 @@ def _worker_time(runs: Any, finding_ids: set[int]) -> dict[str, float | None]:
     )
     inside = [(finished - started).total_seconds() for _, started, finished in rows]
     gaps = [
-        (b[1] - a[2]).total_seconds()
-        for a, b in itertools.pairwise(rows)
-        if a[0] == b[0] and 0 <= (b[1] - a[2]).total_seconds() < 1
+        gap for a, b in itertools.pairwise(rows) if a[0] == b[0] and 0 <= (gap := (b[1] - a[2]).total_seconds()) < 1
     ]
     mean = lambda values: round(1000 * sum(values) / len(values), 1) if values else None  # noqa: E731
     return {"runs": len(rows), "inside_ms": mean(inside), "gap_to_next_ms": mean(gaps)}
@@ -200,7 +198,7 @@ def run_direct(
                     done[partner] = now
             time.sleep(0.1)
         runs = JobRun.objects.filter(name="secret_detection.verify_direct_token", created_at__gte=since)
-        phases = {"import_s": round(imported, 3), **_phases(since, since)}
+        phases = {"import_s": round(imported, 3), **_phases(since)}
         per_run = _worker_time(
             runs,
             set(FindingTokenStatus.objects.filter(project=project, partner="aws").values_list("finding_id", flat=True)),

@@ -30,18 +30,15 @@ def _cluster() -> dict[str, Any]:
 
     from project.jobs import clusters_alive
 
-    alive = clusters_alive()
-    if not alive:
-        return {"status": "failed", "message": "no job cluster has pulled work recently", "clusters": 0}
     serving = clusters_alive(broker=settings.JOBS_BROKER)
-    if not serving:
+    if serving:
+        return {"clusters": serving}
+    if clusters_alive():
         # The work this server sends goes through its broker, which no live cluster reads.
-        return {
-            "status": "failed",
-            "message": f"no live job cluster uses this server's broker ({settings.JOBS_BROKER})",
-            "clusters": 0,
-        }
-    return {"clusters": serving}
+        message = f"no live job cluster uses this server's broker ({settings.JOBS_BROKER})"
+    else:
+        message = "no job cluster has pulled work recently"
+    return {"status": "failed", "message": message, "clusters": 0}
 
 
 def readiness_report() -> dict[str, Any]:

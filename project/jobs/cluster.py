@@ -53,7 +53,7 @@ from django_q.queues import Queue
 from django_q.status import Stat
 from django_q.worker import worker
 
-from project.jobs import djangoq, recovery
+from project.jobs import djangoq, overview, recovery
 
 logger = logging.getLogger("project.jobs")
 
@@ -130,16 +130,15 @@ class Sentinel(stock.Sentinel):
         return cast(BaseProcess, process)
 
     def spawn_cluster(self) -> None:
-        self._recover_dead_workers_runs()
         self._warn_of_other_brokers()
+        self._recover_dead_workers_runs()  # closes the connections both opened before the fork
         super().spawn_cluster()
 
     def _warn_of_other_brokers(self) -> None:
         try:
-            others = recovery.clusters_on_other_brokers(broker=settings.JOBS_BROKER)
+            others = overview.clusters_on_other_brokers(broker=settings.JOBS_BROKER)
         except DatabaseError:
-            others = {}
-        db.connections.close_all()  # not inherited by the processes about to be forked
+            return
         if others:
             logger.error(
                 "job clusters on this database use another broker than this one (%s): neither side sees "

@@ -375,6 +375,17 @@ def cluster_rows(*, now: dt.datetime | None = None) -> list[ClusterRow]:
     return rows
 
 
+def clusters_on_other_brokers(*, broker: str) -> dict[str, list[str]]:
+    """The live clusters' keys, by broker, of those on this database that do not use
+    ``broker``: runs are sent through the broker of whoever enqueues them, so such clusters
+    never see each other's work (nor that of a web server configured like the other kind)."""
+    others: dict[str, list[str]] = {}
+    for row in cluster_rows():
+        if row.alive and row.broker != broker:
+            others.setdefault(row.broker, []).append(row.key)
+    return others
+
+
 def schedule_rows() -> list[ScheduleRow]:
     scheduled = {job.name: job for job in declared.REGISTRY.values() if job.cron}
     next_runs = djangoq.schedule_next_runs(sorted(scheduled))

@@ -170,19 +170,6 @@ def runs_repush_stranded(*, queue: str, waiting_for: float, alone: bool = False,
     return len(stranded)
 
 
-def clusters_on_other_brokers(*, broker: str) -> dict[str, list[str]]:
-    """The live clusters (by broker) on this database that do not use ``broker``: runs are
-    sent through the broker of whoever enqueues them, so such clusters never see each
-    other's work (nor that of a web server configured like the other kind)."""
-    fresh = timezone.now() - timedelta(seconds=settings.JOBS_CLUSTER_STALE_AFTER)
-    others: dict[str, list[str]] = {}
-    for key, other in (
-        ClusterHeartbeat.objects.filter(last_seen__gte=fresh).exclude(broker=broker).values_list("key", "broker")
-    ):
-        others.setdefault(other, []).append(key)
-    return others
-
-
 def runs_recover(*, limit: int = 500) -> dict[str, int]:
     """Recover lost runs, re-send messages of runs that waited too long for theirs, and
     forget clusters that have been silent for JOBS_CLUSTER_PRUNE_AFTER."""

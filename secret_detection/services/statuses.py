@@ -55,7 +55,6 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from project import db
-from project.db import rows_insert_like
 from project.models import Project
 from secret_detection.models import Finding, FindingTokenStatus, TokenStatus, Verifier
 
@@ -106,7 +105,7 @@ def status_create(*, project: Project, findings: Iterable[Finding]) -> int:
         return 0
     now = timezone.now()
     template = FindingTokenStatus(project=project, created_at=now, updated_at=now)
-    return len(rows_insert_like(template, {"finding": ids}))
+    return len(db.rows_insert_like(template, {"finding": ids}))
 
 
 def status_reset(*, finding_ids: list[int]) -> int:
