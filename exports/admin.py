@@ -16,7 +16,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from exports import services
+from exports import services, status
 from exports.models import ProjectExportArchive, ProjectExportJob
 from project.admin_tools import (
     ControlledAdmin,
@@ -175,7 +175,7 @@ class ProjectExportJobAdmin(ControlledAdmin):
                 absolute(due),
                 badge(f"retry {relative(due, now)}", _COLOURS["retry"]),
             )
-        phase = services.export_phase(obj)
+        phase = status.export_phase(obj)
         label = _PHASES.get(phase or "", obj.status)
         if phase in ("exporting", "uploading") and run is not None and run.status == JobRun.Status.RUNNING:
             silent = timedelta(seconds=settings.EXPORT_STUCK_AFTER)
@@ -191,7 +191,7 @@ class ProjectExportJobAdmin(ControlledAdmin):
 
     @admin.display(description="Phase")
     def phase_shown(self, obj: ProjectExportJob) -> str:
-        phase = services.export_phase(obj)
+        phase = status.export_phase(obj)
         return _PHASES.get(phase, phase) if phase else "- (the export ended)"
 
     @admin.display(description="Progress")

@@ -9,7 +9,7 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from exports import clients, services
+from exports import clients, services, status
 from exports.models import ProjectExportArchive
 from project.errors import ValidationFailed
 from project.models import Project
@@ -123,7 +123,7 @@ class ExportArchiveSerializer(serializers.ModelSerializer):
 class ProjectExportStatusSerializer(ProjectIdentitySerializer):
     """GitLab's ``ProjectExportStatus`` plus ``export_progress``, ``export_error`` and
     ``export_archive``. The instance is the project; ``context["state"]`` is the caller's
-    ``services.ExportState``. ``_links`` is there only when the status is ``finished``."""
+    ``status.ExportState``. ``_links`` is there only when the status is ``finished``."""
 
     export_status = serializers.SerializerMethodField()
     _links = ExportLinksSerializer(
@@ -134,7 +134,7 @@ class ProjectExportStatusSerializer(ProjectIdentitySerializer):
     export_archive = serializers.SerializerMethodField()
 
     @property
-    def state(self) -> services.ExportState:
+    def state(self) -> status.ExportState:
         return self.context["state"]
 
     def to_representation(self, instance: Project) -> dict[str, Any]:
@@ -155,7 +155,7 @@ class ProjectExportStatusSerializer(ProjectIdentitySerializer):
         # Live figures come from the job's run (the worker reports them to the toolkit).
         live = (job.job_run.progress if job.job_run and job.job_run.status == "running" else None) or {}
         progress = {
-            "phase": services.export_phase(job),
+            "phase": status.export_phase(job),
             "relations_done": live.get("relations_done", 0),
             "relations_total": live.get("relations_total", job.relations_total),
             "rows_written": live.get("rows_written", 0),
@@ -181,7 +181,7 @@ def _datetime(value: Any) -> str | None:
     return _DATETIME.to_representation(value) if value else None
 
 
-def export_status_body(project: Project, state: services.ExportState) -> dict[str, Any]:
+def export_status_body(project: Project, state: status.ExportState) -> dict[str, Any]:
     """``ProjectExportStatusSerializer(project, context={"state": state}).data``, built
     directly: GitLab clients poll the status every second, and a DRF serializer copies its
     dozen fields (and its nested serializers' fields) for every instance. The serializer
@@ -208,7 +208,7 @@ def export_status_body(project: Project, state: services.ExportState) -> dict[st
         run = job.job_run
         live = (run.progress if run is not None and run.status == "running" else None) or {}
         progress = {
-            "phase": services.export_phase(job),
+            "phase": status.export_phase(job),
             "relations_done": int(live.get("relations_done", 0)),
             "relations_total": int(live.get("relations_total", job.relations_total)),
             "rows_written": int(live.get("rows_written", 0)),

@@ -1,7 +1,8 @@
-"""Business logic of project exports: requests, the per-user status, running an export,
-publishing its archive, and the admin's actions on jobs and archives.
+"""Business logic of project exports: requests, running an export, publishing its archive,
+and the admin's actions on jobs and archives.
 
-The schedules that keep jobs and files from piling up or getting stuck are in
+What the API reads on every request (the caller's access, the status they see) is in
+``exports.status``; the schedules that keep jobs and files from piling up or getting stuck are in
 ``exports.maintenance``.
 """
 
@@ -11,7 +12,6 @@ import contextlib
 import logging
 import secrets
 import shutil
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -26,11 +26,10 @@ from django.utils import timezone
 from exports import archive as archive_writer
 from exports import clients, metrics, relations
 from exports.models import MAX_ERROR_LENGTH, ProjectExportArchive, ProjectExportJob
-from project import db, locks, sqlrows
-from project import services as core
+from project import locks
 from project.errors import Conflict, NotFound, RetryableError, ValidationFailed
 from project.jobs import Defer, JobRun, control, report_progress
-from project.models import AccessLevel, ApplicationSetting, Project, User
+from project.models import Project, User
 
 logger = logging.getLogger(__name__)
 
@@ -154,74 +153,6 @@ def export_request(
     return job
 
 
-# --- the API's access check -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ExportLimits:
-    """The application settings' rate limits of the export API (per minute, 0: none) and
-    the largest project exported (MiB, 0: none)."""
-
-    export: int
-    download: int
-    max_size_mib: int = 0
-
-
-_PROJECT = sqlrows.Columns(
-    Project,
-    "p",
-    [
-        "id", "name", "path", "namespace_path", "path_with_namespace", "description", "visibility_level", "creator",
-        "created_at", "updated_at",
-    ],
-)  # fmt: skip
-#: The project (by id, or by full path as ``project_find`` matches it, on the index of
-#: UPPER(path_with_namespace)), the caller's access level on it and the settings, as one
-#: row even when there is no such project.
-_ACCESS_SQL = f"""
-    SELECT {_PROJECT.sql},
-           (SELECT m.access_level FROM project_members AS m
-            WHERE m.project_id = p.id AND m.user_id = %(user)s LIMIT 1),
-           s.project_export_enabled, s.project_export_limit, s.project_download_export_limit,
-           s.max_export_size
-    FROM (SELECT 1) AS one
-    LEFT JOIN projects AS p
-           ON (p.id = %(id)s OR UPPER(p.path_with_namespace::text) = UPPER(%(path)s))
-    LEFT JOIN application_settings AS s ON s.id = 1
-"""
-
-
-def export_project_require(*, user: User, ref: str) -> tuple[Project, ExportLimits]:
-    """GitLab's ``before`` block of the export API: 404 "404 Not Found" while exports are
-    turned off, then the project, for maintainers and above (other members 403,
-    non-members 404), as ``project.services.project_require`` decides.
-
-    One statement reads the project, the caller's access level on it and the application
-    settings (this is on the path of every status poll; the ORM's statement cost more CPU to
-    build than to answer). Only before the settings row exists are they read on their own.
-    """
-    project_id, path = core.project_ref_parse(ref)
-    project, level, enabled, export_limit, download_limit, max_size = None, None, None, 0, 0, 0
-    if project_id is not None or path is not None:
-        with db.prepared_cursor(connection) as cursor:
-            cursor.execute(_ACCESS_SQL, {"user": user.pk, "id": project_id, "path": path})
-            row = cursor.fetchone()
-        project, level, enabled, export_limit, download_limit, max_size = sqlrows.split(row, _PROJECT)
-    if enabled is None:  # no settings row yet
-        settings_row = ApplicationSetting.current()
-        enabled = settings_row.project_export_enabled
-        export_limit, download_limit = settings_row.project_export_limit, settings_row.project_download_export_limit
-        max_size = settings_row.max_export_size
-    if not enabled:
-        raise NotFound("404 Not Found")
-    if project is not None:
-        core.project_access_level_known(project=project, user=user, level=level)
-    project = core.project_authorize(
-        user=user, project=project, min_access=AccessLevel.MAINTAINER, member_required=True
-    )
-    return project, ExportLimits(export=export_limit, download=download_limit, max_size_mib=max_size or 0)
-
-
 EXPORT_TOO_LARGE = "The project size exceeds the export limit."
 #: What the archive's bulk is made of: the text of issues, notes and labels. A cheap,
 #: deterministic stand-in for GitLab's repository statistics (we store no repository).
@@ -247,125 +178,6 @@ def export_size_check(*, project: Project, max_size_mib: int) -> None:
     """GitLab's ``max_export_size`` (MiB, 0: no limit): a larger project answers 400."""
     if max_size_mib and project_size_estimate(project=project) > max_size_mib * 1024 * 1024:
         raise ValidationFailed(EXPORT_TOO_LARGE, code="export_too_large")
-
-
-# --- the per-user status ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ExportState:
-    status: str
-    archive: ProjectExportArchive | None
-    active_job: ProjectExportJob | None
-    latest_job: ProjectExportJob | None
-
-
-def export_state(*, project: Project, user: User) -> ExportState:
-    """The status a user sees, derived in GitLab's order (``Project#export_status``):
-    regeneration_in_progress, queued, started, finished, failed, none.
-
-    "finished" means this user has a downloadable (unexpired) archive. "failed" means
-    the user's latest job failed and there is no archive to fall back on.
-
-    One statement reads the user's archive, active jobs, latest job and the active jobs'
-    runs: it sees the database at one moment (read separately, a job finishing between the
-    reads would show as "started" plus an archive, that is regeneration_in_progress), with
-    no transaction to open and close around it. Clients poll this, so it is one round trip.
-    """
-    archive, jobs = _state_read(project_id=project.pk, user_id=user.pk)
-    active = [job for job in jobs if job.status in ProjectExportJob.ACTIVE]
-    latest = jobs[-1] if jobs else None
-    statuses = {job.status for job in active}
-    if active and archive is not None:
-        status = "regeneration_in_progress"
-    elif Status.QUEUED in statuses:
-        status = "queued"
-    elif Status.STARTED in statuses:
-        status = "started"
-    elif archive is not None:
-        status = "finished"
-    elif latest is not None and latest.status == Status.FAILED:
-        status = "failed"
-    else:
-        status = "none"
-    return ExportState(status=status, archive=archive, active_job=active[-1] if active else None, latest_job=latest)
-
-
-#: What the status reads of each model. The job's upload URL (encrypted, never shown) and
-#: the run's bulky columns (traceback, history, result) stay unread.
-_ARCHIVE = sqlrows.Columns(
-    ProjectExportArchive,
-    "a",
-    ["id", "project", "user", "job", "file", "filename", "size", "sha256", "created_at", "expires_at"],
-)
-_JOB = sqlrows.Columns(
-    ProjectExportJob,
-    "j",
-    [
-        "id", "project", "user", "status", "job_run", "relations_done", "relations_total", "rows_written",
-        "error_code", "error", "exported_by_admin", "description", "upload_method", "uploaded_at", "created_at",
-        "updated_at", "started_at", "finished_at",
-    ],
-)  # fmt: skip
-_RUN = sqlrows.Columns(
-    JobRun,
-    "r",
-    [
-        "id", "name", "status", "attempt", "max_attempts", "deferrals", "due_at", "started_at", "heartbeat_at",
-        "finished_at", "progress", "target_id", "cancel_requested_at", "created_at", "updated_at",
-    ],
-)  # fmt: skip
-_STATE_SQL = f"""
-    SELECT {_ARCHIVE.sql}, {_JOB.sql}, {_RUN.sql}
-    FROM (SELECT 1) AS one
-    LEFT JOIN project_export_archives AS a
-           ON a.project_id = %(project)s AND a.user_id = %(user)s AND a.expires_at > %(now)s
-    LEFT JOIN (
-        SELECT * FROM project_export_jobs AS mine
-        WHERE mine.project_id = %(project)s AND mine.user_id = %(user)s
-          AND (mine.status = ANY(%(active)s) OR mine.id = (
-               SELECT max(id) FROM project_export_jobs WHERE project_id = %(project)s AND user_id = %(user)s))
-    ) AS j ON true
-    LEFT JOIN job_runs AS r ON r.id = j.job_run_id
-    ORDER BY j.id
-"""
-
-
-def _state_read(*, project_id: int, user_id: int) -> tuple[ProjectExportArchive | None, list[ProjectExportJob]]:
-    """The user's unexpired archive, and their active jobs plus their latest job (oldest
-    first, each with its run), in one statement."""
-    params: dict[str, Any] = {
-        "project": project_id,
-        "user": user_id,
-        "now": timezone.now(),
-        "active": [str(status) for status in ProjectExportJob.ACTIVE],
-    }
-    with db.prepared_cursor(connection) as cursor:
-        cursor.execute(_STATE_SQL, params)
-        rows = cursor.fetchall()
-    archive = _ARCHIVE.instance(rows[0][: _ARCHIVE.width])
-    jobs = []
-    for row in rows:
-        _, job, run = sqlrows.split(row, _ARCHIVE, _JOB, _RUN)
-        if job is not None:  # else the one row of LEFT JOINs that found no job
-            job.job_run = run
-            jobs.append(job)
-    return archive, jobs
-
-
-def export_phase(job: ProjectExportJob) -> str | None:
-    """Where an active export is, from its run: queued, waiting_for_slot, retry_waiting,
-    exporting or uploading. None once it finished or failed."""
-    if not job.is_active:
-        return None
-    run = job.job_run
-    if run is None or run.status not in LIVE_RUN_STATUSES:
-        return "queued" if job.status == Status.QUEUED else "exporting"
-    if run.status == JobRun.Status.QUEUED:
-        if job.status == Status.STARTED or run.attempt > 1:
-            return "retry_waiting"
-        return "waiting_for_slot" if run.deferrals else "queued"
-    return "uploading" if (run.progress or {}).get("phase") == "uploading" else "exporting"
 
 
 def archive_open(*, archive: ProjectExportArchive) -> File[bytes]:

@@ -31,8 +31,9 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied
 from django.db import InterfaceError, OperationalError
-from django.http import Http404, HttpRequest, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from rest_framework import exceptions, parsers, permissions
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView, set_rollback
@@ -62,13 +63,21 @@ class TokenScopes(permissions.BasePermission):
         token = request.auth
         if not isinstance(token, AccessToken):
             return True
-        if request.method in permissions.SAFE_METHODS:
-            needed = getattr(view, "read_scopes", READ_SCOPES)
-        else:
-            needed = getattr(view, "write_scopes", WRITE_SCOPES)
-        if any(scope in token.scopes for scope in needed):
+        needed = scopes_needed(request, view)
+        if token_scoped(token, needed):
             return True
         raise InsufficientScope(needed)
+
+
+def scopes_needed(request: HttpRequest, view: APIView) -> tuple[str, ...]:
+    """The scopes of which a token needs one for ``request`` to ``view``."""
+    if request.method in permissions.SAFE_METHODS:
+        return getattr(view, "read_scopes", READ_SCOPES)
+    return getattr(view, "write_scopes", WRITE_SCOPES)
+
+
+def token_scoped(token: AccessToken, needed: tuple[str, ...]) -> bool:
+    return any(scope in token.scopes for scope in needed)
 
 
 class InsufficientScope(exceptions.PermissionDenied):
@@ -242,14 +251,37 @@ def _error(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str], str
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
+    status, body, headers = _error_logged(exc)
+    set_rollback()
+    return Response(body, status=status, headers=headers)
+
+
+def _error_logged(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
     status, body, headers = error_response(exc)
     if database_unavailable(exc):
         # One line, not a traceback per request for as long as the outage lasts.
         logger.warning("API request refused: the database is unavailable", extra={"error": _first_line(exc)})
     elif status >= 500:
         logger.exception("API request failed", exc_info=exc)
-    set_rollback()
-    return Response(body, status=status, headers=headers)
+    return status, body, headers
+
+
+_RENDERER = JSONRenderer()
+
+
+def json_answer(body: Any, *, status: int = 200, headers: Mapping[str, str] | None = None) -> HttpResponse:
+    """``body`` as an API view's ``Response`` renders it (the same bytes), for a view that
+    answers without going through DRF's dispatch (``exports.views``' status poll)."""
+    response = HttpResponse(_RENDERER.render(body), status=status, content_type=_RENDERER.media_type)
+    for name, value in (headers or {}).items():
+        response[name] = value
+    return response
+
+
+def exception_answer(exc: BaseException) -> HttpResponse:
+    """What ``exception_handler`` answers for ``exc``, for such a view."""
+    status, body, headers = _error_logged(exc)
+    return json_answer(body, status=status, headers=headers)
 
 
 def _first_line(exc: BaseException) -> str:

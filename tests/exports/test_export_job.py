@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from exports import archive, services
+from exports import archive, services, status
 from exports.models import ProjectExportArchive, ProjectExportJob
 from project.jobs import Defer, JobRun, control
 from project.jobs.testing import poll_controls, progress_report
@@ -311,10 +311,10 @@ def test_exports_of_other_projects_do_not_leak_in(project, maintainer, owner, is
 def test_latest_job_decides_failed_status_not_an_older_failure(project, maintainer, issues) -> None:
     first = _job(project, maintainer)
     services.export_job_fail(export_job_id=first.pk, code="x", error="old failure")
-    assert services.export_state(project=project, user=maintainer).status == "failed"
+    assert status.export_state(project=project, user=maintainer).status == "failed"
     second = _job(project, maintainer)
     services.export_run(export_job_id=second.pk)
     ProjectExportArchive.objects.update(expires_at=timezone.now())  # the archive has expired
-    state = services.export_state(project=project, user=maintainer)
+    state = status.export_state(project=project, user=maintainer)
     assert state.status == "none"
     assert latest_job(maintainer, project).pk == second.pk

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from exports import services
+from exports import services, status
 from exports.models import ProjectExportArchive
 from project.jobs import JobRun
 from tests.exports.conftest import run_attempt
@@ -68,7 +68,7 @@ def test_non_2xx_answer_fails_the_job_with_the_code_and_publishes_nothing(projec
     assert job.error == "Error uploading the project. Code 403: Forbidden"
     assert JobRun.objects.get(pk=job.job_run_id).attempt == 1  # not retried
     assert not ProjectExportArchive.objects.exists()
-    assert services.export_state(project=project, user=maintainer).status == "failed"
+    assert status.export_state(project=project, user=maintainer).status == "failed"
 
 
 def test_unreachable_upload_host_is_retried_then_fails(project, maintainer, local_requests, settings) -> None:

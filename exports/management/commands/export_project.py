@@ -6,7 +6,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from exports import services
+from exports import services, status
 from exports.models import ProjectExportArchive, ProjectExportJob
 from project import services as core
 from project.errors import AppError
@@ -76,7 +76,7 @@ class Command(BaseCommand):
                 if total and bar.total != total:
                     bar.total = total
                 bar.n = live.get("relations_done", job.relations_done)
-                phase = services.export_phase(job) or job.status
+                phase = status.export_phase(job) or job.status
                 bar.set_postfix(status=phase, rows=live.get("rows_written", job.rows_written), refresh=False)
                 bar.refresh()
                 if not job.is_active:
