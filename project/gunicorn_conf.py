@@ -92,6 +92,10 @@ def post_worker_init(worker):
     from project import probes
 
     probes.worker_start()
+    # gunicorn's "Booting worker" comes at the fork, before the application loads: until
+    # this line a worker accepts no connection (the others take them all, keep-alive ones
+    # for good).
+    worker.log.info("Worker serving (pid: %s)", worker.pid)
 
 
 def on_exit(server):

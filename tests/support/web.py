@@ -61,16 +61,19 @@ class WebServerProcess(ManagePyProcess):
         return "127.0.0.1", self.port
 
     def start(self, timeout: float = 60) -> WebServerProcess:
+        logged = Path(self.log.name).stat().st_size  # a restart logs after what is there
         self.process = gunicorn_start(port=self.port, workers=self.workers, env=self.env, log=self.log)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"gunicorn exited early:\n{self.output()}")
-            with contextlib.suppress(OSError):
-                connection = http.client.HTTPConnection(*self.address, timeout=5)
-                connection.request("GET", "/-/liveness")
-                if connection.getresponse().status == 200:
-                    return self
+            # Every worker up: a keep-alive connection made before one is never reaches it.
+            if Path(self.log.name).read_bytes()[logged:].count(b"Worker serving (pid:") >= self.workers:
+                with contextlib.suppress(OSError):
+                    connection = http.client.HTTPConnection(*self.address, timeout=5)
+                    connection.request("GET", "/-/liveness")
+                    if connection.getresponse().status == 200:
+                        return self
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"gunicorn was not ready within {timeout} s:\n{self.output()}")
