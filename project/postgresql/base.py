@@ -51,7 +51,23 @@ _IDLE, _INERROR = TransactionStatus.IDLE, TransactionStatus.INERROR
 
 class PreparingCursor(_ServerBindingCursor):
     """Binds its parameters on the server and prepares each statement on its first run on
-    the connection (psycopg keeps the last ``prepared_max`` of them, 100)."""
+    the connection (psycopg keeps the last ``prepared_max`` of them, 100).
+
+    A connection keeps one of them (``kept``) and hands it out again once it is closed:
+    a cursor caches the loaders of the columns it reads and the dumpers of the values it
+    binds, and a new cursor for every call looked them all up again (a third of the
+    Python time of running a statement: 0.12 ms against 0.08 ms for the status poll's).
+    """
+
+    kept = False
+    in_use = False
+
+    def close(self) -> None:
+        if not self.kept:
+            super().close()
+            return
+        self._reset()
+        self.in_use = False
 
     def execute(self, query: Any, params: Any = None, *, prepare: bool | None = None, **kwargs: Any) -> Any:
         if prepare is False or not getattr(settings, "DB_PREPARED_STATEMENTS", True):
@@ -102,6 +118,8 @@ class DatabaseWrapper(base.DatabaseWrapper):
     ops_class = DatabaseOperations
     #: time.monotonic() when a cursor was last taken on the current connection.
     last_used_at = float("-inf")
+    #: The preparing cursor of the current connection, handed out again once closed.
+    kept_cursor: PreparingCursor | None = None
     # Set by BaseDatabaseWrapper (CONN_HEALTH_CHECKS); django-stubs does not declare them.
     health_check_enabled: bool
     health_check_done: bool
@@ -129,10 +147,19 @@ class DatabaseWrapper(base.DatabaseWrapper):
     def create_cursor(self, name: str | None = None) -> Any:
         if name != _PREPARED:
             return super().create_cursor(name)
-        cursor = PreparingCursor(self.connection)
-        tzloader = self.connection.adapters.get_loader(_TIMESTAMPTZ_OID, Format.TEXT)
+        kept = self.kept_cursor
+        if kept is not None and kept.connection is self.connection and not kept.in_use:
+            cursor = kept
+        else:
+            cursor = PreparingCursor(self.connection)
+            if kept is None or kept.connection is not self.connection:  # else one in use: this one is closed after
+                cursor.kept = True
+                self.kept_cursor = cursor
+        # As Django's cursors: timestamps in the connection's time zone (a test may change it).
+        tzloader = cursor.adapters.get_loader(_TIMESTAMPTZ_OID, Format.TEXT)
         if self.timezone != tzloader.timezone:
             _register_tzloader(self.timezone, cursor)
+        cursor.in_use = True
         return cursor
 
     def prepared_cursor(self) -> CursorWrapper:

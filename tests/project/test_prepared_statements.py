@@ -125,3 +125,38 @@ def test_a_status_poll_answers_the_same_without_prepared_statements(maintainer, 
 
     settings.DB_PREPARED_STATEMENTS = False
     assert client.get(url).json() == prepared
+
+
+def test_a_closed_preparing_cursor_is_handed_out_again_on_its_connection(maintainer) -> None:
+    """It keeps the loaders and dumpers it looked up; a new cursor per call looked them up
+    again."""
+    raw = []
+    for _ in range(2):
+        with prepared_cursor() as cursor:
+            cursor.execute(_SQL, [maintainer.pk, True])
+            assert cursor.fetchone() == (maintainer.username,)
+            raw.append(cursor.cursor)
+    assert raw[0] is raw[1]
+
+
+def test_a_preparing_cursor_taken_while_another_is_open_is_a_new_one(maintainer, owner) -> None:
+    with prepared_cursor() as outer:
+        outer.execute(_SQL, [maintainer.pk, True])
+        with prepared_cursor() as inner:
+            assert inner.cursor is not outer.cursor
+            inner.execute(_SQL, [owner.pk, True])
+            assert inner.fetchone() == (owner.username,)
+        assert outer.fetchone() == (maintainer.username,)  # not the inner statement's row
+    with prepared_cursor() as again:
+        assert again.cursor is outer.cursor  # the connection's kept one, free again
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_new_connection_gets_a_cursor_of_its_own(maintainer) -> None:
+    with prepared_cursor() as cursor:
+        first = cursor.cursor
+    connection.close()
+    with prepared_cursor() as cursor:
+        cursor.execute(_SQL, [maintainer.pk, True])
+        assert cursor.fetchone() == (maintainer.username,)
+        assert cursor.cursor is not first
