@@ -13,8 +13,10 @@ previous answer arrived) measures, side by side and alternating (``--rounds``):
 * ``status``: ``GET /api/v4/projects/:id/export`` with the same number of clients, each
   polling its own project with its own token.
 
-Requests per second, p50 / p90 / p99 / max latency, the ratio status / liveness, and the
-queries one status request runs (counted in this process with Django's test client on the
+Requests per second (of the median round, and the mean), p50 / p90 / p99 / max latency (of
+the worst round), the ratio of the medians status / liveness, each web worker's CPU during
+a run (a round whose keep-alive connections landed mostly on one worker runs at that worker's
+rate alone), and the queries one status request runs (counted in this process with Django's test client on the
 same settings and database, after one warm-up request; ``CONN_HEALTH_CHECKS``'s ``SELECT 1``
 bypasses Django's cursor wrapper, so it is reported apart).
 
@@ -25,7 +27,7 @@ throughput drop is the goal's "clusters' throughput with 200 pollers".
 
 Usage:
     DATABASE_URL=postgres://… .venv/bin/python bench/status_load.py \\
-        [--clients 50] [--seconds 10] [--rounds 2] [--workers 2] [--pollers 200] [--jobs 2000]
+        [--clients 50] [--seconds 10] [--rounds 3] [--workers 2] [--pollers 200] [--jobs 2000]
     CI smoke run: --users 6 --clients 3 --seconds 0.5 --warmup 0.2 --rounds 1 --pollers 5 --jobs 20
 
 Uses a scratch database ``bench_status_<pid>`` on the server of DATABASE_URL, dropped
@@ -41,6 +43,7 @@ import json
 import os
 import platform
 import secrets
+import statistics
 import sys
 import tempfile
 import time
@@ -427,7 +430,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=50, help="concurrent clients of the closed-loop runs")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured time of each closed-loop run")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured time before each run")
-    parser.add_argument("--rounds", type=int, default=2, help="liveness/status pairs (and cluster drains)")
+    parser.add_argument("--rounds", type=int, default=3, help="liveness/status pairs (and cluster drains)")
     parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "2")))
     parser.add_argument("--threads", type=int, default=int(os.environ.get("WEB_THREADS", "4")))
     parser.add_argument("--pollers", type=int, default=200, help="clients polling once a second")
@@ -439,19 +442,39 @@ def _arguments() -> argparse.Namespace:
 
 
 def _merge(runs: list[dict], seconds: float) -> dict:
-    """Several runs as one: totals and the rate over their summed time; latencies of the
-    worst run (percentiles do not add up)."""
+    """Several runs as one: the median run's rate (a run whose clients' keep-alive
+    connections landed mostly on one worker serves at that worker's rate alone: its
+    ``worker_cpu_s`` shows it), the mean beside it; latencies of the worst run
+    (percentiles do not add up)."""
     total = sum(run["requests"] for run in runs)
     return {
         "requests": total,
         "errors": sum(run["errors"] for run in runs),
-        "requests_per_s": round(total / (seconds * len(runs)), 1),
+        "requests_per_s": round(statistics.median(run["requests_per_s"] for run in runs), 1),
+        "mean_requests_per_s": round(total / (seconds * len(runs)), 1),
         "p50_ms": max(run["p50_ms"] for run in runs),
         "p90_ms": max(run["p90_ms"] for run in runs),
         "p99_ms": max(run["p99_ms"] for run in runs),
         "max_ms": max(run["max_ms"] for run in runs),
         "runs": runs,
     }
+
+
+def _workers_cpu(server: WebServer) -> list[float]:
+    """CPU seconds used so far by each of the server's worker processes."""
+    import psutil
+
+    children = psutil.Process(server.server.process.pid).children()
+    return [sum(child.cpu_times()[:2]) for child in sorted(children, key=lambda child: child.pid)]
+
+
+def _measured(server: WebServer, requests: list[bytes], args: argparse.Namespace) -> dict:
+    """One closed-loop run, with the CPU each worker used during it (warm-up included)."""
+    before = _workers_cpu(server)
+    run = asyncio.run(_closed_loop(server.port, requests, seconds=args.seconds, warmup=args.warmup))
+    after = _workers_cpu(server)
+    run["worker_cpu_s"] = [round(end - start, 2) for start, end in zip(before, after, strict=False)]
+    return run
 
 
 def main() -> None:
@@ -473,10 +496,8 @@ def main() -> None:
             liveness_requests = [_request("/-/liveness", None)] * args.clients
             liveness, status = [], []
             for _ in range(args.rounds):
-                liveness.append(
-                    asyncio.run(_closed_loop(server.port, liveness_requests, seconds=args.seconds, warmup=args.warmup))
-                )
-                status.append(asyncio.run(_closed_loop(server.port, clients, seconds=args.seconds, warmup=args.warmup)))
+                liveness.append(_measured(server, liveness_requests, args))
+                status.append(_measured(server, clients, args))
             liveness_all, status_all = _merge(liveness, args.seconds), _merge(status, args.seconds)
             result = {
                 "benchmark": "status_load",
