@@ -1,7 +1,7 @@
 """How long until work moves on after a fault? Our supervised cluster against stock django-q2's.
 
 Each scenario runs on a real cluster with the production settings (``project.settings``,
-ORM broker, 2 workers) on a scratch database, and measures the recovery time: from the
+ORM broker unless ``--broker redis``, 2 workers) on a scratch database, and measures the recovery time: from the
 fault (or the restart after it) until every affected run has moved on again. The
 baseline, in the same run, is django-q2's own sentinel (``django_q.cluster.Cluster``, as
 ``manage.py qcluster`` ran before), with everything else equal. A scenario that has not
@@ -12,6 +12,9 @@ recovered after ``--cap`` seconds is reported as ``null`` with ``"recovered": fa
   the queue's read lock), then enqueue 4 jobs; until all have run.
 * ``killed_cluster``: SIGKILL the whole cluster while two jobs run and 3 wait pulled,
   restart it at once; from the restart command until all 5 have run.
+* ``killed_beside_another``: two clusters on the queue; SIGKILL one whole while two jobs
+  run on it and 3 wait pulled; from the kill until the other has run the 3 (no baseline:
+  stock django-q2's sentinel uses the same brokers; ``--broker redis`` for Redis).
 * ``group_sigterm``: SIGTERM to the whole process group while a 2 s job runs; until the
   cluster exits (and whether the job finished).
 * ``database_outage``: new connections refused and open ones dropped for ``--outage`` s
@@ -19,6 +22,7 @@ recovered after ``--cap`` seconds is reported as ``null`` with ``"recovered": fa
   without an outage, and the attempts charged.
 
 Usage: DATABASE_URL=postgres://… .venv/bin/python bench/faults.py [--cap 120] [--only killed_worker,…]
+    [--broker orm|redis]
 CI smoke run: --no-baseline --fast (our cluster only, with a short stall limit and lease).
 Prints one JSON document.
 """
@@ -43,7 +47,16 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 STOCK = "import django; django.setup(); from django_q.cluster import Cluster; Cluster().start()"
-SCENARIOS = ("killed_worker", "killed_lock_holder", "killed_cluster", "group_sigterm", "database_outage")
+SCENARIOS = (
+    "killed_worker",
+    "killed_lock_holder",
+    "killed_cluster",
+    "killed_beside_another",
+    "group_sigterm",
+    "database_outage",
+)
+#: Scenarios with no stock baseline: stock django-q2's sentinel uses the same brokers.
+NO_BASELINE = ("killed_beside_another",)
 
 
 def _environment() -> None:
@@ -199,6 +212,31 @@ def killed_cluster(kind: str, cap: float, log: Path) -> dict:
         _reset()
 
 
+def killed_beside_another(kind: str, cap: float, log: Path) -> dict:
+    """Two clusters on the queue; one is killed whole holding messages it had pulled (its
+    workers busy). Seconds from the kill until the other has run them."""
+    from bench import _fault_jobs as fault_jobs
+
+    survivor = None
+    cluster = Cluster(kind, log)
+    try:
+        running = [fault_jobs.sleep.enqueue(seconds=60).pk for _ in range(2)]
+        _wait(lambda: _all(running, status="running"), cap=60, what="jobs start")
+        waiting = [fault_jobs.sleep.enqueue(seconds=0).pk for _ in range(3)]
+        time.sleep(1)  # pulled by the pusher while both workers are busy
+        survivor = Cluster(kind, log)
+    finally:
+        cluster.kill()
+    started = time.monotonic()
+    try:
+        done = _wait(lambda: _all(waiting, status="succeeded"), cap=cap)
+        return _result(None if done is None else round(time.monotonic() - started, 2))
+    finally:
+        if survivor is not None:
+            survivor.stop()
+        _reset()
+
+
 def group_sigterm(kind: str, cap: float, log: Path) -> dict:
     from bench import _fault_jobs as fault_jobs
 
@@ -268,8 +306,10 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(SCENARIOS))
     parser.add_argument("--no-baseline", action="store_true", help="skip stock django-q2 (smoke runs)")
     parser.add_argument("--fast", action="store_true", help="short stall and lease (smoke runs; not the defaults)")
+    parser.add_argument("--broker", choices=("orm", "redis"), default="orm", help="redis needs REDIS_URL")
     args = parser.parse_args()
     _environment()
+    os.environ["JOBS_BROKER"] = args.broker
     if args.fast:
         os.environ.update({"JOBS_STALL_AFTER": "3", "JOBS_MESSAGE_LEASE": "5"})
     from bench._support import scratch_database
@@ -281,13 +321,13 @@ def main() -> None:
 
         for name in args.only.split(","):
             results[name] = {}
-            for kind in ("ours",) if args.no_baseline else ("ours", "stock"):
+            for kind in ("ours",) if args.no_baseline or name in NO_BASELINE else ("ours", "stock"):
                 function = globals()[name]
                 extra = {"outage": args.outage} if name == "database_outage" else {}
                 results[name][kind] = function(kind, args.cap, log, **extra)
         config = {
             "workers": 2,
-            "broker": "orm",
+            "broker": args.broker,
             "cap_s": args.cap,
             "JOBS_LOST_AFTER": settings.JOBS_LOST_AFTER,
             "JOBS_MESSAGE_LEASE": settings.JOBS_MESSAGE_LEASE,

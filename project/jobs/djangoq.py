@@ -40,7 +40,9 @@ of a few seconds, so a delayed message is handed to the broker with its due time
   ``UPDATE … RETURNING`` over up to ``BULK`` ``FOR UPDATE SKIP LOCKED`` rows in due order,
   so several clusters can pull from one table without handing out the same message twice.
 * Redis: delayed messages wait in a sorted set scored by due time; one Lua script (atomic)
-  moves the due ones onto the list and pops up to ``BULK`` messages at each pull.
+  moves the due ones onto the list and pops up to ``BULK`` messages at each pull, leasing
+  them in another sorted set until the monitor acknowledges them (``Broker.acknowledge``,
+  called by django-q2's monitor with the ``ack_id`` the pusher put in the task).
 
 Both record a heartbeat for their cluster in PostgreSQL (readiness uses it), written from
 the sentinel's guard loop, not from the pusher, which blocks while the workers are busy.
@@ -249,18 +251,16 @@ class OrmBroker(_HeartbeatMixin, ORM):
         return {"ready": ready, "held": held}
 
 
-_MOVE_DUE = """
-local items = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-for _, item in ipairs(items) do
-  redis.call('RPUSH', KEYS[2], item)
-  redis.call('ZREM', KEYS[1], item)
+# One pull, in one round trip while messages are waiting (the pusher blocks on BLPOP only
+# when none is): the pulled messages whose lease ended go back to the head of the list
+# (their cluster died before it finished them), the due delayed ones to its tail, then up
+# to ARGV[3] messages are popped and leased until ARGV[4].
+_PULL = """
+local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, item in ipairs(expired) do
+  redis.call('LPUSH', KEYS[2], item)
+  redis.call('ZREM', KEYS[3], item)
 end
-return #items
-"""
-
-# Move the due delayed messages onto the list, then pop up to ARGV[3] messages: one round
-# trip per pull while messages are waiting (the pusher blocks on BLPOP only when none is).
-_MOVE_DUE_AND_POP = """
 local items = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 for _, item in ipairs(items) do
   redis.call('RPUSH', KEYS[2], item)
@@ -270,6 +270,7 @@ local popped = {}
 for _ = 1, tonumber(ARGV[3]) do
   local item = redis.call('LPOP', KEYS[2])
   if not item then break end
+  redis.call('ZADD', KEYS[3], ARGV[4], item)
   popped[#popped + 1] = item
 end
 return popped
@@ -277,8 +278,13 @@ return popped
 
 
 class RedisBroker(_HeartbeatMixin, Redis):
-    """Redis has no acknowledgements: a message taken by a worker that dies is gone, and
-    the toolkit's recovery sweep (heartbeats on our own rows) moves the run on."""
+    """Messages leased as the ORM broker's are: a pulled message waits in a sorted set
+    (``pulled_key``, scored by the end of its lease, ``message_lease()``) until the monitor
+    acknowledges it, and a pull by any cluster first puts back on the list those whose lease
+    ended. So the messages a dead cluster had pulled (pre-fetched, or being run) are taken
+    by another cluster within the lease, as with PostgreSQL, even while other clusters
+    serve the queue (a restarting cluster alone on it sends them again at once). The
+    message is its own ``ack_id``."""
 
     broker_name = "redis"
     connection: redis_lib.Redis  # set by django-q2's Broker.__init__ from get_connection()
@@ -286,6 +292,10 @@ class RedisBroker(_HeartbeatMixin, Redis):
     @property
     def delayed_key(self) -> str:
         return f"{self.list_key}:delayed"
+
+    @property
+    def pulled_key(self) -> str:
+        return f"{self.list_key}:pulled"
 
     def enqueue(self, task: str) -> int:
         return self.connection.rpush(self.list_key, task)
@@ -314,30 +324,48 @@ class RedisBroker(_HeartbeatMixin, Redis):
             self._scripts[source] = self.connection.register_script(source)
         return self._scripts[source]
 
-    def move_due(self, limit: int = 100) -> int:
-        script = self._script(_MOVE_DUE)
-        return int(script(keys=[self.delayed_key, self.list_key], args=[time.time(), limit]))
-
-    def dequeue(self) -> list[tuple[None, bytes | str]] | None:
-        """Up to ``Conf.BULK`` messages: the due delayed ones are moved onto the list first."""
-        script = self._script(_MOVE_DUE_AND_POP)
-        popped = script(keys=[self.delayed_key, self.list_key], args=[time.time(), 100, max(1, Conf.BULK)])
+    def dequeue(self) -> list[tuple[bytes | str, bytes | str]] | None:
+        """Up to ``Conf.BULK`` messages, each leased (see the class)."""
+        popped = self.pull()
         if popped:
-            return [(None, task) for task in popped]
+            return [(task, task) for task in popped]
         task = self.connection.blpop(self.list_key, Conf.POLL)
         if task:
-            return [(None, task[1])]
+            message = cast(bytes, task[1])  # the connection does not decode responses
+            # Leased a moment after it left the list: a cluster dying in between loses it to
+            # the re-push sweep (JOBS_REPUSH_AFTER), as before leases.
+            self.connection.zadd(self.pulled_key, {message: time.time() + message_lease()})
+            return [(message, message)]
         return None
+
+    def pull(self, *, now: float | None = None) -> list[bytes]:
+        """One pull of up to ``Conf.BULK`` messages (``now``: the clock, for tests)."""
+        now = time.time() if now is None else now
+        keys = [self.delayed_key, self.list_key, self.pulled_key]
+        popped: list[bytes] = self._script(_PULL)(keys=keys, args=[now, 100, max(1, Conf.BULK), now + message_lease()])
+        return popped
+
+    def acknowledge(self, task_id: bytes | str) -> None:
+        self.connection.zrem(self.pulled_key, task_id)
+
+    def fail(self, task_id: bytes | str) -> None:
+        self.connection.zrem(self.pulled_key, task_id)  # unreadable: dropped, as django-q2 does
 
     def queue_size(self) -> int:
         return self.connection.llen(self.list_key) + self.connection.zcard(self.delayed_key)
 
     def depth(self) -> dict[str, int]:
-        """``ready`` on the list; ``held`` in the sorted set of delayed retries."""
-        return {"ready": self.connection.llen(self.list_key), "held": self.connection.zcard(self.delayed_key)}
+        """``ready`` on the list; ``held``: the delayed retries and the pulled messages, as
+        the ORM broker's ``held`` counts the messages locked for either reason."""
+        pipe = self.connection.pipeline(transaction=False)
+        pipe.llen(self.list_key)
+        pipe.zcard(self.delayed_key)
+        pipe.zcard(self.pulled_key)
+        ready, delayed, pulled = pipe.execute()
+        return {"ready": ready, "held": delayed + pulled}
 
     def purge_queue(self) -> Any:  # what django-q2's returns
-        self.connection.delete(self.delayed_key)
+        self.connection.delete(self.delayed_key, self.pulled_key)
         return super().purge_queue()
 
     @staticmethod
@@ -421,19 +449,21 @@ def count_taken(sender: Any, func: Any = None, task: dict[str, Any] | None = Non
 
 def redeliver_later(task: dict[str, Any] | None, *, run_id: int, attempt: int, delay: float = 5.0) -> None:
     """The run of ``task`` could not be read or written: do not let its message be
-    acknowledged. An ORM message stays locked until its lease ends and is pulled again;
-    a Redis message (already removed from the list) is sent again ``delay`` s from now."""
+    acknowledged. An ORM message stays locked until its lease ends and is pulled again.
+    A Redis message is sent again ``delay`` s from now, sooner than its lease would bring
+    it back, and the pulled one is then acknowledged; if it cannot be sent, its lease does."""
     if not task:
         return
-    task.pop("ack_id", None)
     if settings.JOBS_BROKER != "redis":
+        task.pop("ack_id", None)
         return
     name = str(task.get("name", ""))
     job = name.split("#", 1)[0]
     message = package(run_id=run_id, attempt=attempt, name=name, group=str(task.get("group") or job), timeout=None)
     try:
         get_broker(task.get("cluster") or None).enqueue_at(message, timezone.now() + timedelta(seconds=delay))
-    except Exception:  # the re-push sweep still covers the run
+    except Exception:
+        task.pop("ack_id", None)
         logger.warning("could not send the message of run %s again", run_id, exc_info=True)
 
 

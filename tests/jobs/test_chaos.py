@@ -20,6 +20,7 @@ import pytest
 from django.db import connection
 from django_q.conf import Conf
 
+from project.jobs.djangoq import get_broker
 from project.jobs.models import JobRun
 from tests.conftest import BROKERS
 from tests.support import jobs as probes
@@ -107,9 +108,9 @@ def test_killed_busy_worker_has_its_run_retried_by_its_sentinel_at_once(broker) 
 @pytest.mark.parametrize("broker", BROKERS)
 def test_cluster_killed_whole_has_its_running_and_prefetched_work_resumed_after_restart(settings, broker) -> None:
     settings.JOBS_BROKER = broker
-    # A queue of its own: the restarted cluster is alone on it, as the documented recovery
-    # assumes (with another cluster alive on the queue, a pulled Redis message waits for the
-    # re-push sweep instead: see docs/reliability.md).
+    # A queue of its own: the restarted cluster is alone on it and sends the dead one's
+    # messages again at once (with another cluster alive on the queue, they come back when
+    # their lease ends: the test below).
     name = f"{Conf.CLUSTER_NAME}-{uuid.uuid4().hex[:8]}"
     with mock.patch.object(Conf, "CLUSTER_NAME", name):
         cluster = ClusterProcess(broker=broker, workers=1, env=SLOW_LOSS, name=name).start()
@@ -133,6 +134,39 @@ def test_cluster_killed_whole_has_its_running_and_prefetched_work_resumed_after_
         ("succeeded", 1)
     }
     assert ProbeExecution.objects.filter(key__startswith="whole-waiting-").count() == 3
+
+
+@pytest.mark.parametrize("broker", BROKERS)
+def test_the_messages_a_killed_cluster_had_pulled_are_run_by_another_cluster_within_their_lease(
+    settings, broker
+) -> None:
+    """Two clusters serve one queue; one is killed whole with messages its pusher had taken
+    but no worker had started. The other runs them once their lease ends: with Redis too,
+    where they were gone from the broker, waiting for the re-push sweep (off here)."""
+    settings.JOBS_BROKER = broker
+    name = f"{Conf.CLUSTER_NAME}-{uuid.uuid4().hex[:8]}"
+    env = {**SLOW_LOSS, "JOBS_MESSAGE_LEASE": "3", "JOBS_REPUSH_AFTER": "600", "Q_SCHEDULER": "0"}
+    with mock.patch.object(Conf, "CLUSTER_NAME", name):
+        broker_of_queue = get_broker(name)
+        killed = ClusterProcess(broker=broker, workers=1, env=env, name=name).start()
+        try:
+            probes.slow.enqueue(key="pulled-busy", seconds=60)
+            wait_until(lambda: ProbeExecution.objects.filter(key="pulled-busy").exists(), stall=30)
+            waiting = [probes.ok.enqueue(key=f"pulled-waiting-{n}") for n in range(3)]
+            # Taken by the killed cluster's pusher (its one worker is busy): none left ready.
+            wait_until(lambda: broker_of_queue.depth()["ready"] == 0, progress=broker_of_queue.depth, stall=30)
+            survivor = ClusterProcess(broker=broker, workers=2, env=env, name=name).start()
+        finally:
+            os.killpg(killed.process.pid, signal.SIGKILL)
+            killed.process.wait()
+        try:
+            _wait_final(waiting, survivor)
+        finally:
+            survivor.stop()
+    assert set(JobRun.objects.filter(pk__in=[r.pk for r in waiting]).values_list("status", "attempt")) == {
+        ("succeeded", 1)
+    }
+    assert ProbeExecution.objects.filter(key__startswith="pulled-waiting-").count() == 3
 
 
 @pytest.mark.parametrize("broker", BROKERS)

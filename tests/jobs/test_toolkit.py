@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from datetime import timedelta
 
@@ -15,7 +16,7 @@ from django_q.models import OrmQ, Schedule
 
 from project import context
 from project.errors import PermanentError, RetryableError
-from project.jobs import RetryPolicy, recovery, registry, runner, schedules
+from project.jobs import RetryPolicy, djangoq, recovery, registry, runner, schedules
 from project.jobs.djangoq import OrmBroker, RedisBroker
 from project.jobs.models import JobRun
 from tests.conftest import needs_redis
@@ -126,6 +127,30 @@ def test_delayed_message_is_held_until_its_due_time(broker_class) -> None:
         assert broker.dequeue() is None
         with time_machine.travel(timezone.now() + timedelta(seconds=31)):
             assert [payload for _, payload in broker.dequeue()] in (["later"], [b"later"])
+    finally:
+        broker.purge_queue()
+
+
+@needs_redis
+def test_a_pulled_redis_message_comes_back_when_its_lease_ends_unless_acknowledged() -> None:
+    """As an ORM message: the messages a dead cluster had pulled are taken by another."""
+    lease = djangoq.message_lease()
+    broker = RedisBroker(list_key=f"lease-test-{uuid.uuid4().hex[:8]}")
+    try:
+        broker.enqueue("kept")
+        broker.enqueue("done")
+        pulled: list[tuple[bytes, bytes]] = []
+        while len(pulled) < 2:
+            pulled += broker.dequeue()
+        assert [payload for _, payload in pulled] == [b"kept", b"done"]
+        assert broker.depth() == {"ready": 0, "held": 2}
+        broker.acknowledge(pulled[1][0])  # the ack_id the monitor is given
+
+        assert broker.pull(now=time.time() + lease - 1) == []  # leased
+        assert broker.pull(now=time.time() + lease + 1) == [b"kept"]  # its lease ended: pulled again
+        broker.acknowledge(b"kept")
+        assert broker.pull(now=time.time() + 120) == []
+        assert broker.depth() == {"ready": 0, "held": 0}
     finally:
         broker.purge_queue()
 
