@@ -73,9 +73,10 @@ class PreparingCursor(_ServerBindingCursor):
         if prepare is False or not getattr(settings, "DB_PREPARED_STATEMENTS", True):
             return super().execute(query, params, prepare=False, **kwargs)
         connection = self.connection
-        if connection.prepare_threshold is not None:  # OPTIONS turned psycopg's own preparing on
-            return super().execute(query, params, prepare=True, **kwargs)
-        connection.prepare_threshold = _WHILE_PREPARING
+        # Unless OPTIONS turned psycopg's own preparing on, for every statement.
+        ours = connection.prepare_threshold is None
+        if ours:
+            connection.prepare_threshold = _WHILE_PREPARING
         try:
             if getattr(connection, "stale_plans", False) and connection.info.transaction_status != _INERROR:
                 self._deallocate_all()
@@ -93,7 +94,8 @@ class PreparingCursor(_ServerBindingCursor):
                 self._deallocate_all()
                 return super().execute(query, params, prepare=True, **kwargs)
         finally:
-            connection.prepare_threshold = None
+            if ours:
+                connection.prepare_threshold = None
 
     def _deallocate_all(self) -> None:
         # Through psycopg, which then forgets the names it prepared (it clears its cache when

@@ -3,6 +3,9 @@ and nothing else is."""
 
 from __future__ import annotations
 
+import uuid
+
+import psycopg
 import pytest
 from django.db import DatabaseError, connection, transaction
 from django.test import Client
@@ -87,6 +90,42 @@ def test_a_statement_prepared_before_a_migration_changed_its_columns_is_prepared
         with prepared_cursor() as cursor:
             cursor.execute(sql, [1])
             assert cursor.fetchone() == (1, 2)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_psycopgs_own_preparing_turned_on_a_stale_plan_is_prepared_again_too() -> None:
+    """``OPTIONS: {"prepare_threshold": N}`` in the database settings, and the migration
+    run by another process (psycopg drops its statements itself after DDL of its own)."""
+    table = f"migrated_{uuid.uuid4().hex[:8]}"
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE TABLE {table} (id int, value int)")
+        cursor.execute(f"INSERT INTO {table} VALUES (1, 2)")
+    connection.connection.prepare_threshold = 0
+    sql = f"SELECT id, value FROM {table} WHERE id = %s"
+    try:
+        with prepared_cursor() as cursor:
+            cursor.execute(sql, [1])
+        with psycopg.connect(_conninfo(), autocommit=True) as other:
+            other.execute(f"ALTER TABLE {table} ALTER COLUMN value TYPE bigint")
+        with prepared_cursor() as cursor:
+            cursor.execute(sql, [1])
+            assert cursor.fetchone() == (1, 2)
+        assert connection.connection.prepare_threshold == 0  # left as the settings set it
+    finally:
+        connection.close()
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP TABLE {table}")
+
+
+def _conninfo() -> str:
+    settings = connection.settings_dict
+    return psycopg.conninfo.make_conninfo(
+        dbname=settings["NAME"],
+        user=settings["USER"],
+        host=settings["HOST"] or None,
+        port=settings["PORT"] or None,
+        password=settings["PASSWORD"] or None,
+    )
 
 
 def test_inside_a_transaction_only_the_statement_that_met_the_old_plan_fails() -> None:
