@@ -36,6 +36,7 @@ def test_the_reconnect_backoff_is_capped_at_5_seconds() -> None:
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("no_broker")  # the runs it enqueues are not for a session cluster to take
 def test_the_listener_retries_every_5_seconds_during_an_outage_and_listens_again_at_its_next_attempt() -> None:
     port = _closed_port()  # nothing listens there: every attempt is refused, as during a restart
     outage_attempts = 9

@@ -9,7 +9,8 @@ from django.db.migrations.executor import MigrationExecutor
 from catalog.models import SyncEvent
 from tests.catalog.conftest import make_projects, run_sql, run_sql_scalar
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# no_broker: committed rows are seen by any session cluster another test left running.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_broker")]
 
 TRIGGERS = (
     "SELECT count(*) FROM pg_trigger WHERE tgname IN"

@@ -12,7 +12,8 @@ from catalog.services import catalog_resource_create
 from project import services
 from project.models import AccessLevel, Issue, Label, Note, ProjectMember, Visibility
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# no_broker: committed rows are seen by any session cluster another test left running.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_broker")]
 
 
 @pytest.fixture

@@ -23,7 +23,8 @@ except ImportError:  # pragma: no cover - the requirements pin it
 if not Path(CHROMIUM).exists():
     pytest.skip(f"no Chromium at {CHROMIUM}", allow_module_level=True)
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
+# no_broker: committed rows are seen by any session cluster another test left running.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser, pytest.mark.usefixtures("no_broker")]
 
 PAGES = [
     "/admin/",
