@@ -140,10 +140,10 @@ def export_state(*, project: Project, user: User) -> ExportState:
 
 def _state_derive(rows: list[tuple[Any, ...]]) -> ExportState:
     """The state from the ``_STATE_COLUMNS`` at the end of ``rows``."""
-    archive = _ARCHIVE.instance(rows[0][-_STATE_WIDTH:][: _ARCHIVE.width])
+    archive = _ARCHIVE.instance(rows[0][-_STATE_WIDTH:][: _ARCHIVE.width])  # the same in every row
     jobs = []
     for row in rows:
-        _, job, run = sqlrows.split(row[-_STATE_WIDTH:], _ARCHIVE, _JOB, _RUN)
+        job, run = sqlrows.split(row[-(_JOB.width + _RUN.width) :], _JOB, _RUN)
         if job is not None:  # else the one row of LEFT JOINs that found no job
             job.job_run = run
             jobs.append(job)
