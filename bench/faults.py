@@ -190,15 +190,22 @@ def killed_lock_holder(kind: str, cap: float, log: Path) -> dict:
         _reset()
 
 
-def killed_cluster(kind: str, cap: float, log: Path) -> dict:
+def _busy_with_pulled() -> tuple[list[int], list[int]]:
+    """Two 60 s runs on the cluster's two workers, then three more that its pusher pulls
+    while they are busy: (running, waiting)."""
     from bench import _fault_jobs as fault_jobs
 
+    running = [fault_jobs.sleep.enqueue(seconds=60).pk for _ in range(2)]
+    _wait(lambda: _all(running, status="running"), cap=60, what="jobs start")
+    waiting = [fault_jobs.sleep.enqueue(seconds=0).pk for _ in range(3)]
+    time.sleep(1)
+    return running, waiting
+
+
+def killed_cluster(kind: str, cap: float, log: Path) -> dict:
     cluster = Cluster(kind, log)
     try:
-        running = [fault_jobs.sleep.enqueue(seconds=60).pk for _ in range(2)]
-        _wait(lambda: _all(running, status="running"), cap=60, what="jobs start")
-        waiting = [fault_jobs.sleep.enqueue(seconds=0).pk for _ in range(3)]
-        time.sleep(1)  # pulled by the pusher while both workers are busy
+        running, waiting = _busy_with_pulled()
     finally:
         cluster.kill()
     started = time.monotonic()
@@ -215,15 +222,10 @@ def killed_cluster(kind: str, cap: float, log: Path) -> dict:
 def killed_beside_another(kind: str, cap: float, log: Path) -> dict:
     """Two clusters on the queue; one is killed whole holding messages it had pulled (its
     workers busy). Seconds from the kill until the other has run them."""
-    from bench import _fault_jobs as fault_jobs
-
     survivor = None
     cluster = Cluster(kind, log)
     try:
-        running = [fault_jobs.sleep.enqueue(seconds=60).pk for _ in range(2)]
-        _wait(lambda: _all(running, status="running"), cap=60, what="jobs start")
-        waiting = [fault_jobs.sleep.enqueue(seconds=0).pk for _ in range(3)]
-        time.sleep(1)  # pulled by the pusher while both workers are busy
+        _, waiting = _busy_with_pulled()
         survivor = Cluster(kind, log)
     finally:
         cluster.kill()
