@@ -60,6 +60,8 @@ def _access_columns(user: str) -> str:
 
 
 _ACCESS_WIDTH = _PROJECT.width + 5
+#: Where ``project_export_enabled`` is among them: NULL when the settings row does not exist yet.
+_ENABLED = _PROJECT.width + 1
 #: The project by id, or by full path as ``project_find`` matches it (on the index of
 #: UPPER(path_with_namespace)), and the settings: joined to a row that is there even when
 #: neither is.
@@ -84,7 +86,7 @@ def export_project_require(*, user: User, ref: str) -> tuple[Project, ExportLimi
         with db.prepared_cursor(connection) as cursor:
             cursor.execute(_ACCESS_SQL, {"user": user.pk, "id": project_id, "path": path})
             row = cursor.fetchone()
-    if row[-4] is None:  # no settings row yet
+    if row[_ENABLED] is None:  # no settings row yet
         current = ApplicationSetting.current()
         settings_values = (
             current.project_export_enabled,
@@ -92,7 +94,7 @@ def export_project_require(*, user: User, ref: str) -> tuple[Project, ExportLimi
             current.project_download_export_limit,
             current.max_export_size,
         )
-        row = (*row[:-4], *settings_values)
+        row = (*row[:_ENABLED], *settings_values)
     return _access_decide(user, row)
 
 
@@ -262,7 +264,7 @@ def export_status_poll(*, token: str, address: str, ref: str) -> StatusPoll | No
         cursor.execute(_POLL_SQL, params)
         rows = cursor.fetchall()
     found, banned_since, rest = _TOKEN.split(rows[0])
-    if found is None or rest[_ACCESS_WIDTH - 4] is None:  # no token; no settings row yet
+    if found is None or rest[_ENABLED] is None:  # no token; no settings row yet
         return None
     accepted = authentication.token_accept_found(token=found, banned_since=banned_since)
     if accepted is None:

@@ -55,8 +55,8 @@ class PreparingCursor(_ServerBindingCursor):
 
     A connection keeps one of them (``kept``) and hands it out again once it is closed:
     a cursor caches the loaders of the columns it reads and the dumpers of the values it
-    binds, and a new cursor for every call looked them all up again (a third of the
-    Python time of running a statement: 0.12 ms against 0.08 ms for the status poll's).
+    binds, and a new cursor for every call looked them all up again (the status poll's
+    statement: 0.124 ms of Python against 0.106 ms with the kept cursor).
     """
 
     kept = False
