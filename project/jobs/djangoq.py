@@ -55,7 +55,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import timedelta
 from multiprocessing.util import Finalize
 from typing import TYPE_CHECKING, Any, cast
@@ -71,7 +71,7 @@ from django_q.exceptions import TimeoutException
 from django_q.humanhash import uuid
 from django_q.models import OrmQ, Schedule
 from django_q.signals import pre_execute
-from django_q.signing import SignedPackage
+from django_q.signing import BadSignature, SignedPackage
 
 from project import db
 
@@ -83,6 +83,7 @@ else:
 
 __all__ = [
     "RUNNER",
+    "RUNNER_MANY",
     "SCHEDULED_FUNC",
     "OrmBroker",
     "RedisBroker",
@@ -90,13 +91,16 @@ __all__ = [
     "cluster_name",
     "get_broker",
     "package",
+    "package_many",
     "pre_execute_connect",
     "schedule_next_runs",
     "schedules_upsert",
+    "worker_count",
 ]
 
-#: What every message runs, and what every schedule runs.
+#: What every message runs (one run, or several of one job), and what every schedule runs.
 RUNNER = "project.jobs.runner.execute"
+RUNNER_MANY = "project.jobs.runner.execute_many"
 SCHEDULED_FUNC = "project.jobs.runner.run_scheduled"
 
 logger = logging.getLogger(__name__)
@@ -238,6 +242,22 @@ class OrmBroker(_HeartbeatMixin, ORM):
         except Exception:  # exiting anyway: redelivery after `retry` still covers them
             logger.warning("could not give back %d pulled messages", len(pulled), exc_info=True)
 
+    def leases_end(self, task_ids: Collection[str]) -> int:
+        """Make the pulled messages of these tasks (their worker died) due again at once,
+        rather than when their lease ends. Returns how many."""
+        now = timezone.now()
+        with connections[Conf.ORM].cursor() as cursor:
+            # Pulled messages are locked until a lease from now at most; delayed ones may be
+            # locked for longer, and are not looked at.
+            cursor.execute(
+                "SELECT id, payload FROM django_q_ormq WHERE key = %s AND lock > %s AND lock <= %s",
+                [self.list_key, now, now + timedelta(seconds=message_lease())],
+            )
+            ids = [pk for pk, payload in cursor.fetchall() if (_task_id(payload) or "") in task_ids]
+            if ids:
+                cursor.execute("UPDATE django_q_ormq SET lock = %s WHERE id = ANY(%s)", [now, ids])
+        return len(ids)
+
     def depth(self) -> dict[str, int]:
         """Messages waiting: ``ready`` may be pulled now; ``held`` are delayed retries or
         pulled by a worker and not yet acknowledged."""
@@ -275,6 +295,27 @@ for _ = 1, tonumber(ARGV[3]) do
 end
 return popped
 """
+
+
+# Pulled messages back to the head of the list, each only if it was still pulled.
+_LEASES_END = """
+local moved = 0
+for _, item in ipairs(ARGV) do
+  if redis.call('ZREM', KEYS[1], item) == 1 then
+    redis.call('LPUSH', KEYS[2], item)
+    moved = moved + 1
+  end
+end
+return moved
+"""
+
+
+def _task_id(payload: bytes | str) -> str | None:
+    try:
+        task = SignedPackage.loads(payload.decode() if isinstance(payload, bytes) else payload)
+    except (TypeError, UnicodeDecodeError, BadSignature):  # the pusher drops what it cannot read
+        return None
+    return task.get("id") if isinstance(task, dict) else None
 
 
 class RedisBroker(_HeartbeatMixin, Redis):
@@ -348,6 +389,16 @@ class RedisBroker(_HeartbeatMixin, Redis):
     def acknowledge(self, task_id: bytes | str) -> None:
         self.connection.zrem(self.pulled_key, task_id)
 
+    def leases_end(self, task_ids: Collection[str]) -> int:
+        """Put the pulled messages of these tasks (their worker died) back at the head of
+        the list at once, rather than when their lease ends. Returns how many."""
+        pulled = cast(list[bytes], self.connection.zrange(self.pulled_key, 0, -1))
+        mine = [message for message in pulled if (_task_id(message) or "") in task_ids]
+        if not mine:
+            return 0
+        moved: int = self._script(_LEASES_END)(keys=[self.pulled_key, self.list_key], args=mine)
+        return moved
+
     def fail(self, task_id: bytes | str) -> None:
         self.connection.zrem(self.pulled_key, task_id)  # unreadable: dropped, as django-q2 does
 
@@ -399,12 +450,28 @@ def cluster_name() -> str:
 def package(*, run_id: int, attempt: int, name: str, group: str, timeout: int | None) -> str:
     """The signed message of one run's attempt, as ``async_task(RUNNER, run_id, attempt,
     q_options={...})`` would build it."""
+    return _signed(RUNNER, (run_id, attempt), name=name, group=group, timeout=timeout)
+
+
+def package_many(*, runs: Sequence[tuple[int, int]], name: str, group: str, timeout: int | None) -> str:
+    """The signed message of several runs' attempts (``(run_id, attempt)`` pairs), executed
+    one after another by one worker (``RUNNER_MANY``)."""
+    pairs = [[run_id, attempt] for run_id, attempt in runs]
+    return _signed(RUNNER_MANY, (pairs,), name=name, group=group, timeout=timeout)
+
+
+def worker_count() -> int:
+    """How many workers a cluster runs (``Q_CLUSTER["workers"]``)."""
+    return int(Conf.WORKERS or 1)
+
+
+def _signed(func: str, args: tuple[Any, ...], *, name: str, group: str, timeout: int | None) -> str:
     tag = uuid()
     task: dict[str, Any] = {
         "id": tag[1],
         "name": name,
-        "func": RUNNER,
-        "args": (run_id, attempt),
+        "func": func,
+        "args": args,
         "group": group,
         # Our toolkit decides retries: a failed task is acknowledged, never redelivered.
         "ack_failure": True,
@@ -447,24 +514,28 @@ def count_taken(sender: Any, func: Any = None, task: dict[str, Any] | None = Non
             counter.value += 1
 
 
-def redeliver_later(task: dict[str, Any] | None, *, run_id: int, attempt: int, delay: float = 5.0) -> None:
-    """The run of ``task`` could not be read or written: do not let its message be
-    acknowledged. An ORM message stays locked until its lease ends and is pulled again.
-    A Redis message is sent again ``delay`` s from now, sooner than its lease would bring
-    it back, and the pulled one is then acknowledged; if it cannot be sent, its lease does."""
-    if not task:
+def redeliver_later(task: dict[str, Any] | None, *, runs: Sequence[tuple[int, int]], delay: float = 5.0) -> None:
+    """The runs of ``task`` (``(run_id, attempt)`` pairs, those not executed yet) could not
+    be read or written: do not let its message be acknowledged. An ORM message stays
+    locked until its lease ends and is pulled again. A Redis message for ``runs`` is sent
+    again ``delay`` s from now, sooner than its lease would bring it back, and the pulled
+    one is then acknowledged; if it cannot be sent, its lease does."""
+    if not task or not runs:
         return
     if settings.JOBS_BROKER != "redis":
         task.pop("ack_id", None)
         return
     name = str(task.get("name", ""))
-    job = name.split("#", 1)[0]
-    message = package(run_id=run_id, attempt=attempt, name=name, group=str(task.get("group") or job), timeout=None)
+    group = str(task.get("group") or name.split("#", 1)[0])
+    if len(runs) == 1:
+        message = package(run_id=runs[0][0], attempt=runs[0][1], name=name, group=group, timeout=None)
+    else:
+        message = package_many(runs=runs, name=name, group=group, timeout=None)
     try:
         get_broker(task.get("cluster") or None).enqueue_at(message, timezone.now() + timedelta(seconds=delay))
     except Exception:
         task.pop("ack_id", None)
-        logger.warning("could not send the message of run %s again", run_id, exc_info=True)
+        logger.warning("could not send the message of run %s again", runs[0][0], exc_info=True)
 
 
 # --- acknowledging in the outcome's statement -------------------------------------------

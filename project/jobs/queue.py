@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -107,25 +109,56 @@ def runs_enqueue(
 _held = 0
 
 
-def runs_push(*, runs: Sequence[JobRun], due: dt.datetime | None = None) -> None:
-    """Send one message per run (for its current attempt) to its queue's broker."""
+def runs_push(*, runs: Sequence[JobRun], due: dt.datetime | None = None, batch: bool = True) -> None:
+    """Send each run's current attempt to its queue's broker. Runs of one job due together
+    share a message (``batch``: up to ``JOBS_BATCH_MAX`` runs, and no more than the
+    workers' share of them, so each worker still gets some); the worker executes them one
+    after another (``runner.execute_many``)."""
     if _held:
         return
     by_queue: dict[str | None, list[JobRun]] = defaultdict(list)
     for run in runs:
         job = declared.get(run.name)
         by_queue[run.queue or (job.queue if job else None)].append(run)
+    now = timezone.now()
     for queue, queued in by_queue.items():
-        broker = djangoq.get_broker(queue)
         messages = []
-        for run in queued:
-            job = declared.get(run.name)
-            message = djangoq.package(
-                run_id=run.pk,
-                attempt=run.attempt,
-                name=f"{run.name}#{run.pk}.{run.attempt}",
-                group=run.name,
-                timeout=job.timeout_seconds if job else None,
-            )
-            messages.append((message, due or run.due_at))
-        broker.enqueue_many_at(messages)
+        for name, at, group in _due_together(queued, due=due, now=now):
+            job = declared.get(name)
+            timeout = job.timeout_seconds if job else None
+            size = _per_message(len(group)) if batch else 1
+            for start in range(0, len(group), size):
+                chunk = group[start : start + size]
+                first = chunk[0]
+                label = f"{name}#{first.pk}.{first.attempt}"
+                if len(chunk) == 1:
+                    message = djangoq.package(
+                        run_id=first.pk, attempt=first.attempt, name=label, group=name, timeout=timeout
+                    )
+                else:
+                    message = djangoq.package_many(
+                        runs=[(run.pk, run.attempt) for run in chunk],
+                        name=f"{label}+{len(chunk) - 1}",
+                        group=name,
+                        # Each run may take its job's budget once it starts, and the last
+                        # one starts at most JOBS_BATCH_BUDGET after the first.
+                        timeout=None if timeout is None else timeout + math.ceil(settings.JOBS_BATCH_BUDGET),
+                    )
+                messages.append((message, at))
+        djangoq.get_broker(queue).enqueue_many_at(messages)
+
+
+def _due_together(
+    runs: Sequence[JobRun], *, due: dt.datetime | None, now: dt.datetime
+) -> list[tuple[str, dt.datetime, list[JobRun]]]:
+    """The runs grouped by job and due time, in the order given. Runs already due form
+    one group per job, due at the earliest of them (the broker serves the oldest first)."""
+    groups: dict[tuple[str, dt.datetime | None], list[JobRun]] = defaultdict(list)
+    for run in runs:
+        at = due or run.due_at
+        groups[(run.name, None if at <= now else at)].append(run)
+    return [(name, at or min(due or run.due_at for run in group), group) for (name, at), group in groups.items()]
+
+
+def _per_message(runs: int) -> int:
+    return max(1, min(settings.JOBS_BATCH_MAX, math.ceil(runs / djangoq.worker_count())))

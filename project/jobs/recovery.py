@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections import defaultdict
 from datetime import datetime, timedelta
 
 import psutil
@@ -14,7 +15,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from project.db import rows_delete_in_batches
-from project.jobs import declared, transitions
+from project.jobs import declared, djangoq, transitions
 from project.jobs.models import ClusterHeartbeat, JobPause, JobRun
 
 logger = logging.getLogger("project.jobs")
@@ -97,10 +98,22 @@ def run_recover_lost(*, run_id: int, worker_dead: bool = False, database_fault: 
 
 
 def runs_recover_of_worker(*, pid: int | None, database_fault: bool = False) -> list[str | None]:
-    """The sentinel saw its worker ``pid`` die: move its run on now."""
+    """The sentinel saw its worker ``pid`` die: move its run on now, and end the lease of
+    the message it was executing, which would otherwise hold the runs it carried after
+    this one (``runner.execute_many``) until the lease ran out."""
     worker = f"{socket.gethostname()}:{pid}"
-    run_ids = list(JobRun.objects.filter(status=Status.RUNNING, worker=worker).values_list("pk", flat=True))
-    return [run_recover_lost(run_id=run_id, worker_dead=True, database_fault=database_fault) for run_id in run_ids]
+    rows = list(JobRun.objects.filter(status=Status.RUNNING, worker=worker).values_list("pk", "task_id", "queue"))
+    outcomes = [run_recover_lost(run_id=pk, worker_dead=True, database_fault=database_fault) for pk, _, _ in rows]
+    by_queue: dict[str, set[str]] = defaultdict(set)
+    for _pk, task_id, queue in rows:
+        if task_id:
+            by_queue[queue].add(task_id)
+    for queue, task_ids in by_queue.items():
+        try:
+            djangoq.get_broker(queue or None).leases_end(task_ids)
+        except Exception:  # the lease still ends by itself
+            logger.warning("could not end the lease of dead worker %s's message", pid, exc_info=True)
+    return outcomes
 
 
 def _of_queue(queue: str | None) -> Q:

@@ -9,12 +9,14 @@ UPDATE, which fails harmlessly if the recovery sweep already took the run over.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import logging
 import os
 import socket
 import time
 import traceback as tb
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from django.conf import settings
@@ -23,7 +25,7 @@ from django.utils import timezone
 
 from project import context
 from project.errors import AppError
-from project.jobs import declared, djangoq, metrics, progress, recovery, registry, transitions
+from project.jobs import declared, djangoq, metrics, progress, queue, recovery, registry, transitions
 from project.jobs.djangoq import TimeoutException
 from project.jobs.models import JobPause, JobRun
 
@@ -58,19 +60,117 @@ def _worker_id() -> str:
 
 
 def execute(run_id: int, attempt: int) -> str:
-    """django-q2 entry point for every job message. While the database cannot be reached,
-    the claim is tried again for up to ``JOBS_DB_RETRY_FOR`` seconds; after that the message
-    is left for redelivery, never acknowledged unread."""
+    """django-q2 entry point for a message of one run. While the database cannot be
+    reached, the claim is tried again for up to ``JOBS_DB_RETRY_FOR`` seconds; after that
+    the message is left for redelivery, never acknowledged unread."""
     task = _task.get()
+    outcome = _execute(run_id, attempt, task, last=True)
+    if outcome == DATABASE_UNAVAILABLE:
+        djangoq.redeliver_later(task, runs=[(run_id, attempt)])
+    return outcome
+
+
+def execute_many(runs: Sequence[Sequence[int]]) -> str:
+    """django-q2 entry point for a message of several runs of one job (``queue.runs_push``
+    packs runs due together). Each is claimed, run and recorded as ``execute`` does, one
+    after another; a success is recorded in the statement that claims the next run. Once
+    the message has run for ``JOBS_BATCH_BUDGET`` seconds, the runs not started yet go out
+    as a message each, for whichever workers are idle: a batch of slow runs does not hold
+    the others back. A message redelivered after its worker died starts again from its
+    first run: the runs already done find nothing to claim."""
+    task = _task.get()
+    pairs = [(int(run_id), int(attempt)) for run_id, attempt in runs]
+    task_id = (task or {}).get("id", "")
+    deadline = time.monotonic() + settings.JOBS_BATCH_BUDGET
+    outcomes: Counter[str] = Counter()
+    claimed: _Next | None = None
+    for index, (run_id, attempt) in enumerate(pairs):
+        if index and not (claimed and claimed.tried) and time.monotonic() >= deadline:
+            _send_each(pairs[index:], task)
+            outcomes["sent_on"] += len(pairs) - index
+            break
+        last = index == len(pairs) - 1
+        following = None if last else _Next(*pairs[index + 1], task_id=task_id, deadline=deadline)
+        try:
+            if claimed is not None and claimed.tried:
+                outcome = _execute_claimed(claimed, task, last=last, following=following)
+            else:
+                outcome = _execute(run_id, attempt, task, last=last, following=following)
+        except TimeoutException:
+            # The worker is replaced and the message acknowledged as failed.
+            _send_each(pairs[index + 1 :], task)
+            raise
+        except (OperationalError, InterfaceError):
+            # An outcome the database did not take within the run's lost_after: the run is
+            # recovered as lost, and the runs after it wait for the message to come back.
+            djangoq.redeliver_later(task, runs=pairs[index + 1 :])
+            raise
+        if outcome == DATABASE_UNAVAILABLE:
+            djangoq.redeliver_later(task, runs=pairs[index:])
+            outcomes[outcome] += len(pairs) - index
+            break
+        outcomes[outcome] += 1
+        claimed = following
+    return ", ".join(f"{count} {outcome}" for outcome, count in outcomes.items())
+
+
+DATABASE_UNAVAILABLE = "database_unavailable"
+
+
+@dataclasses.dataclass
+class _Next:
+    """The run after this one in its message: a success before ``deadline`` (monotonic)
+    claims it in the same statement (``tried``; ``run`` is the claimed run, or None when
+    there was nothing to claim)."""
+
+    run_id: int
+    attempt: int
+    task_id: str
+    deadline: float
+    tried: bool = False
+    run: JobRun | None = None
+
+
+def _execute(
+    run_id: int, attempt: int, task: dict[str, Any] | None, *, last: bool, following: _Next | None = None
+) -> str:
+    """Claim and run one run of the message ``task``; ``last``: its last run, whose
+    success may acknowledge the message in the same statement."""
+    task_id = (task or {}).get("id", "")
     try:
-        run = _with_database(lambda: _claim(run_id, attempt, task_id=(task or {}).get("id", "")), what="claim")
+        run = _with_database(lambda: _claim(run_id, attempt, task_id=task_id), what="claim")
         if run is None:
             return _with_database(lambda: _unclaimed(run_id, attempt), what="read")
     except (OperationalError, InterfaceError):
         logger.error("database unavailable: message left for redelivery", extra={"run_id": run_id})
-        djangoq.redeliver_later(task, run_id=run_id, attempt=attempt)
-        return "database_unavailable"
-    return _run(run, task)
+        return DATABASE_UNAVAILABLE
+    return _run(run, task if last else None, following=following)
+
+
+def _execute_claimed(claimed: _Next, task: dict[str, Any] | None, *, last: bool, following: _Next | None) -> str:
+    """Run what the previous run's success claimed (or say why there was nothing)."""
+    if claimed.run is None:
+        try:
+            return _with_database(lambda: _unclaimed(claimed.run_id, claimed.attempt), what="read")
+        except (OperationalError, InterfaceError):
+            return DATABASE_UNAVAILABLE
+    return _run(claimed.run, task if last else None, following=following)
+
+
+def _send_each(pairs: Sequence[tuple[int, int]], task: dict[str, Any] | None) -> None:
+    """Send a message for each of these runs of ``task`` (still queued: none was claimed).
+    If that fails, the message is not acknowledged and comes back whole."""
+    if not pairs:
+        return
+    name = str((task or {}).get("group", ""))
+    queue_name = str((task or {}).get("cluster") or "")
+    now = timezone.now()
+    stubs = [JobRun(pk=run_id, name=name, attempt=attempt, queue=queue_name, due_at=now) for run_id, attempt in pairs]
+    try:
+        queue.runs_push(runs=stubs, batch=False)
+    except Exception:
+        logger.warning("could not send the rest of a message on: it is left for redelivery", exc_info=True)
+        djangoq.redeliver_later(task, runs=pairs)
 
 
 _T = TypeVar("_T")
@@ -182,7 +282,7 @@ def _job_metrics(name: str) -> tuple[Any, Any, Any, Any]:
     return children
 
 
-def _run(run: JobRun, task: dict[str, Any] | None = None) -> str:
+def _run(run: JobRun, task: dict[str, Any] | None = None, following: _Next | None = None) -> str:
     job = registry.get(run.name)
     if job is None:
         _record(
@@ -239,7 +339,7 @@ def _run(run: JobRun, task: dict[str, Any] | None = None) -> str:
             except Exception as exc:  # noqa: BLE001 - every failure is classified and recorded
                 outcome = _failed_attempt(run, job, exc, watch)
             else:
-                outcome = _succeed(run, result, watch, task, lateness, time.perf_counter() - started)
+                outcome = _succeed(run, result, watch, task, lateness, time.perf_counter() - started, following)
         finally:
             progress.watch_stop(watch)
             in_flight.dec()
@@ -253,7 +353,7 @@ MAX_DATABASE_DEFERRALS = recovery.MAX_DATABASE_DEFERRALS
 DATABASE_DEFER_SECONDS = recovery.DATABASE_DEFER_SECONDS
 
 
-def _record(run: JobRun, write: Callable[[], bool]) -> bool:
+def _record(run: JobRun, write: Callable[[], _T]) -> _T:
     """Record an outcome the worker holds, tried again while the database is down, for as
     long as the run cannot be taken for lost (its ``lost_after``)."""
     return _with_database(write, what="outcome", budget=declared.lost_after_seconds(run.name))
@@ -315,10 +415,31 @@ def _failed_attempt(run: JobRun, job: registry.Job, exc: Exception, watch: progr
 
 
 def _succeed(
-    run: JobRun, result: Any, watch: progress.Watch, task: dict[str, Any] | None, lateness: float, seconds: float
+    run: JobRun,
+    result: Any,
+    watch: progress.Watch,
+    task: dict[str, Any] | None,
+    lateness: float,
+    seconds: float,
+    following: _Next | None = None,
 ) -> str:
     ack = djangoq.inline_ack_id(task)
-    succeeded = _record(run, lambda: transitions.succeed(run, result, progress=watch.report, ack=ack))
+    if following is None or time.monotonic() >= following.deadline:
+        succeeded = _record(run, lambda: transitions.succeed(run, result, progress=watch.report, ack=ack))
+    else:
+        succeeded, following.run = _record(
+            run,
+            lambda: transitions.succeed_then_claim(
+                run,
+                result,
+                progress=watch.report,
+                claim_id=following.run_id,
+                claim_attempt=following.attempt,
+                worker=_worker_id(),
+                task_id=following.task_id,
+            ),
+        )
+        following.tried = True
     if ack is not None and task is not None:  # an ack id comes from a task
         djangoq.acknowledged(task)
     if not succeeded:

@@ -1,0 +1,284 @@
+"""Runs pushed together share a message: packing, execution, the budget, failures."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.db import OperationalError
+from django.utils import timezone
+from django_q.conf import Conf
+from django_q.models import OrmQ
+from django_q.signing import SignedPackage
+from django_q.timeout import TimeoutHandler
+
+from project.jobs import djangoq, runner, transitions
+from project.jobs.djangoq import OrmBroker, RedisBroker
+from project.jobs.models import JobRun
+from tests.conftest import BROKERS, needs_redis
+from tests.support import jobs as probes
+from tests.support.cluster import running_cluster, wait_for
+from tests.support.models import ProbeExecution
+
+
+def _messages() -> list[dict[str, Any]]:
+    """The ORM queue's messages in due order, each with the ack id a pusher would add."""
+    tasks = []
+    for row in OrmQ.objects.order_by("lock", "id"):
+        task = SignedPackage.loads(row.payload)
+        task["ack_id"] = row.pk
+        tasks.append(task)
+    return tasks
+
+
+def _runs_of(task: dict[str, Any]) -> list[int]:
+    if task["func"] == djangoq.RUNNER:
+        return [task["args"][0]]
+    assert task["func"] == djangoq.RUNNER_MANY
+    return [run_id for run_id, _attempt in task["args"][0]]
+
+
+def _execute(task: dict[str, Any]) -> str:
+    """What a worker does with a message: pre_execute, then its function."""
+    runner.remember_task_id(None, task=task)
+    entry = runner.execute_many if task["func"] == djangoq.RUNNER_MANY else runner.execute
+    return entry(*task["args"])
+
+
+@pytest.fixture
+def orm(settings, monkeypatch) -> None:
+    settings.JOBS_BROKER = "orm"
+    monkeypatch.setattr(Conf, "WORKERS", 4)
+
+
+def _enqueued(count: int, **kwargs: Any) -> list[JobRun]:
+    from django.db import transaction
+
+    with transaction.atomic():
+        runs = probes.ok.enqueue_many([{"key": f"k{n}", **kwargs} for n in range(count)])
+    return runs
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("orm")
+class TestPacking:
+    def test_runs_enqueued_together_share_messages_of_at_most_the_workers_share(self, settings) -> None:
+        settings.JOBS_BATCH_MAX = 20
+        runs = _enqueued(50)
+        tasks = _messages()
+        per_message = math.ceil(50 / 4)
+        assert [len(_runs_of(task)) for task in tasks] == [13, 13, 13, 11]
+        assert all(len(_runs_of(task)) <= per_message for task in tasks)
+        assert [run_id for task in tasks for run_id in _runs_of(task)] == [run.pk for run in runs]
+        assert {task["group"] for task in tasks} == {"probe.ok"}
+        # The message's budget: the job's, plus the time the last run may wait in it.
+        assert tasks[0]["timeout"] == probes.ok.timeout_seconds + math.ceil(settings.JOBS_BATCH_BUDGET)
+
+    def test_no_message_carries_more_than_the_batch_maximum(self, settings) -> None:
+        settings.JOBS_BATCH_MAX = 5
+        _enqueued(50)
+        assert [len(_runs_of(task)) for task in _messages()] == [5] * 10
+
+    def test_a_batch_maximum_of_one_sends_a_message_per_run(self, settings) -> None:
+        settings.JOBS_BATCH_MAX = 1
+        runs = _enqueued(6)
+        tasks = _messages()
+        assert {task["func"] for task in tasks} == {djangoq.RUNNER}
+        assert [task["args"] for task in tasks] == [(run.pk, 1) for run in runs]
+
+    def test_runs_due_at_different_times_do_not_share_a_message(self, monkeypatch) -> None:
+        from django.db import transaction
+
+        monkeypatch.setattr(Conf, "WORKERS", 1)
+
+        with transaction.atomic():
+            runs = probes.ok.enqueue_many([{"key": f"d{n}"} for n in range(8)], _delays=[0, 0, 0, 0, 30, 30, 60, 60])
+        by_due = {tuple(_runs_of(task)) for task in _messages()}
+        pks = [run.pk for run in runs]
+        assert by_due == {tuple(pks[:4]), tuple(pks[4:6]), tuple(pks[6:])}
+
+    def test_fewer_runs_than_workers_go_out_one_each(self) -> None:
+        _enqueued(4)
+        assert {task["func"] for task in _messages()} == {djangoq.RUNNER}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("orm")
+class TestExecution:
+    def test_a_shared_message_runs_each_run_and_is_acknowledged_with_the_last(self) -> None:
+        runs = _enqueued(12)
+        task = _messages()[0]
+        ack = task["ack_id"]
+        assert _execute(task) == "3 succeeded"
+        done = JobRun.objects.filter(pk__in=_runs_of(task))
+        assert {run.status for run in done} == {"succeeded"}
+        assert {run.task_id for run in done} == {task["id"]}
+        # Deleted in the last run's success statement: the monitor has nothing left to do.
+        assert not OrmQ.objects.filter(pk=ack).exists()
+        assert "ack_id" not in task
+        assert JobRun.objects.filter(pk__in=[run.pk for run in runs], status="queued").count() == 9
+
+    def test_a_redelivered_message_does_only_the_runs_not_done(self) -> None:
+        _enqueued(12)
+        task = _messages()[0]
+        first, *rest = _runs_of(task)
+        runner.remember_task_id(None, task={"id": "other"})
+        assert runner.execute(first, 1) == "succeeded"
+        assert _execute(dict(task)) == "1 duplicate, 2 succeeded"
+        assert _execute(dict(task)) == "3 duplicate"
+        keys = [run.kwargs["key"] for run in JobRun.objects.filter(pk__in=[first, *rest])]
+        assert sorted(ProbeExecution.objects.filter(key__in=keys).values_list("key", flat=True)) == sorted(keys)
+
+    def test_runs_not_started_within_the_budget_go_out_one_message_each(self, settings) -> None:
+        settings.JOBS_BATCH_BUDGET = 0
+        _enqueued(12)
+        task = _messages()[0]
+        first, *rest = _runs_of(task)
+        assert _execute(task) == "1 succeeded, 2 sent_on"
+        assert JobRun.objects.get(pk=first).status == "succeeded"
+        assert set(JobRun.objects.filter(pk__in=rest).values_list("status", flat=True)) == {"queued"}
+        sent = [each for each in _messages() if each["func"] == djangoq.RUNNER]
+        assert [each["args"] for each in sent] == [(run_id, 1) for run_id in rest]
+        # The shared message keeps its ack id: the monitor acknowledges it.
+        assert task["ack_id"]
+        for each in sent:
+            assert _execute(each) == "succeeded"
+
+    def test_a_run_over_its_time_budget_fails_and_the_rest_go_out(self) -> None:
+        from django.db import transaction
+
+        with transaction.atomic():
+            runs = probes.too_slow.enqueue_many([{"key": f"t{n}"} for n in range(8)])
+        task = _messages()[0]
+        first, *rest = _runs_of(task)
+        assert rest
+        # django-q2's own alarm, as its worker arms it around a task.
+        with pytest.raises(djangoq.TimeoutException), TimeoutHandler(1):
+            _execute(task)
+        assert JobRun.objects.get(pk=first).error_code == "timeout"
+        assert set(JobRun.objects.filter(pk__in=rest).values_list("status", flat=True)) == {"queued"}
+        sent_on = [each["args"] for each in _messages() if each["func"] == djangoq.RUNNER]
+        assert sent_on == [(run_id, 1) for run_id in rest]
+        assert [run.pk for run in runs][: len(rest) + 1] == [first, *rest]
+
+    def test_a_database_outage_at_a_claim_leaves_the_message_for_redelivery(self, settings, monkeypatch) -> None:
+        settings.JOBS_DB_RETRY_FOR = 0
+        _enqueued(12)
+        task = _messages()[0]
+        ack = task["ack_id"]
+        real = transitions.claim
+
+        def claim(*args: Any, **kwargs: Any) -> JobRun | None:
+            raise OperationalError("server closed the connection unexpectedly")
+
+        monkeypatch.setattr(transitions, "claim", claim)
+        assert _execute(task) == "3 database_unavailable"
+        # Not acknowledged: the message is pulled again when its lease ends.
+        assert "ack_id" not in task
+        assert OrmQ.objects.filter(pk=ack).exists()
+        assert set(JobRun.objects.filter(pk__in=_runs_of(task)).values_list("status", flat=True)) == {"queued"}
+        monkeypatch.setattr(transitions, "claim", real)
+        assert _execute(_messages()[0]) == "3 succeeded"
+
+    def test_an_outcome_the_database_refuses_leaves_the_rest_for_redelivery(self, settings, monkeypatch) -> None:
+        settings.JOBS_LOST_AFTER = 0.1  # how long a worker holding an outcome keeps trying
+        _enqueued(12)
+        task = _messages()[0]
+        first, second, third = _runs_of(task)
+
+        def refused(*args: Any, **kwargs: Any) -> tuple[bool, JobRun | None]:
+            raise OperationalError("server closed the connection unexpectedly")
+
+        with monkeypatch.context() as patched:
+            patched.setattr(transitions, "succeed_then_claim", refused)
+            with pytest.raises(OperationalError):
+                _execute(task)
+        assert "ack_id" not in task
+        assert JobRun.objects.get(pk=first).status == "running"
+        assert set(JobRun.objects.filter(pk__in=[second, third]).values_list("status", flat=True)) == {"queued"}
+        # The message comes back after its lease, by when the first run's worker has been
+        # silent for longer than lost_after: it is recovered (its attempt ran), the others run.
+        JobRun.objects.filter(pk=first).update(heartbeat_at=timezone.now() - timedelta(minutes=1))
+        assert _execute(_messages()[0]) == "1 recovered, 2 succeeded"
+        assert JobRun.objects.get(pk=first).error_code == "worker_lost"  # probe.ok has no retries
+
+
+def _leased(broker: OrmBroker | RedisBroker) -> tuple[str, Any]:
+    """Enqueue one message, pull it (it is then leased) and give its task id and ack id."""
+    message = djangoq.package(run_id=1, attempt=1, name="probe.ok#1.1", group="probe.ok", timeout=None)
+    broker.enqueue(message)
+    ((ack_id, payload),) = broker.dequeue()
+    task_id = SignedPackage.loads(payload.decode() if isinstance(payload, bytes) else payload)["id"]
+    return task_id, ack_id
+
+
+@pytest.mark.django_db
+def test_ending_the_lease_of_a_dead_workers_orm_message_makes_it_due_at_once() -> None:
+    broker = OrmBroker(list_key=f"lease-end-{uuid.uuid4().hex[:8]}")
+    task_id, ack_id = _leased(broker)
+    assert broker.depth() == {"ready": 0, "held": 1}
+    assert broker.leases_end({"some-other-task"}) == 0
+    assert broker.leases_end({task_id}) == 1
+    assert broker.dequeue()[0][0] == ack_id
+
+
+@needs_redis
+def test_ending_the_lease_of_a_dead_workers_redis_message_puts_it_back_first() -> None:
+    broker = RedisBroker(list_key=f"lease-end-{uuid.uuid4().hex[:8]}")
+    try:
+        task_id, ack_id = _leased(broker)
+        broker.enqueue("later")
+        assert broker.leases_end({"some-other-task"}) == 0
+        assert broker.leases_end({task_id}) == 1
+        assert broker.leases_end({task_id}) == 0  # back on the list already
+        assert broker.dequeue()[0][0] == ack_id
+    finally:
+        broker.purge_queue()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.cluster
+@pytest.mark.parametrize("broker", BROKERS)
+def test_a_worker_killed_in_a_shared_message_costs_only_its_own_run(broker, monkeypatch) -> None:
+    monkeypatch.setattr(Conf, "WORKERS", 1)  # this process packs all four runs into one message
+    # A lease far longer than the wait below: the runs after the killed one go on only
+    # because the sentinel ends the lease of the dead worker's message.
+    lease = {"JOBS_MESSAGE_LEASE": "600", "Q_RETRY": "600"}
+    with running_cluster(broker=broker, workers=1, env=lease) as cluster:
+        runs = probes.slow.enqueue_many(
+            [{"key": "killed", "seconds": 30}, *({"key": f"after{n}", "seconds": 0} for n in range(3))]
+        )
+        wait_for(lambda: ProbeExecution.objects.filter(key="killed").exists(), message="job did not start")
+        (worker,) = [w for w in cluster.workers() if "processing" in " ".join(w.cmdline())]
+        os.kill(worker.pid, signal.SIGKILL)
+
+        def finished() -> bool:
+            return not JobRun.objects.filter(pk__in=[run.pk for run in runs]).exclude(status="succeeded").exists()
+
+        wait_for(finished, timeout=40, message=cluster.output)
+    killed, *after = (JobRun.objects.get(pk=run.pk) for run in runs)
+    assert killed.attempt == 2
+    assert killed.history[0]["error_code"] == "worker_lost"
+    assert [run.attempt for run in after] == [1, 1, 1]
+    assert ProbeExecution.objects.filter(key__startswith="after").count() == 3
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.cluster
+def test_slow_runs_in_a_shared_message_are_handed_to_idle_workers(monkeypatch) -> None:
+    monkeypatch.setattr(Conf, "WORKERS", 1)
+    with running_cluster(broker="orm", workers=3) as cluster:
+        runs = probes.slow.enqueue_many([{"key": f"s{n}", "seconds": 1} for n in range(4)])
+
+        def finished() -> bool:
+            return not JobRun.objects.filter(pk__in=[run.pk for run in runs]).exclude(status="succeeded").exists()
+
+        wait_for(finished, timeout=30, message=cluster.output)
+    first, *rest = (JobRun.objects.get(pk=run.pk) for run in runs)
+    # The first run spent the message's budget; each of the others went out on its own.
+    assert len({first.task_id, *(run.task_id for run in rest)}) == 4
