@@ -37,7 +37,19 @@ _RULES: list[tuple[re.Pattern[str], str]] = [
 ]
 
 
+def _scoped(pattern: re.Pattern[str]) -> str:
+    flags = "".join(letter for flag, letter in ((re.IGNORECASE, "i"), (re.DOTALL, "s")) if pattern.flags & flag)
+    return f"(?{flags}:{pattern.pattern})" if flags else f"(?:{pattern.pattern})"
+
+
+# Every rule at once: most text (a log line's message, a job's name) matches none, and one
+# search then costs a sixth of the rules' substitutions.
+_ANY = re.compile("|".join(_scoped(pattern) for pattern, _ in _RULES))
+
+
 def redact(text: str) -> str:
+    if _ANY.search(text) is None:
+        return text
     for pattern, replacement in _RULES:
         text = pattern.sub(replacement, text)
     return text
