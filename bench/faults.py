@@ -15,6 +15,9 @@ recovered after ``--cap`` seconds is reported as ``null`` with ``"recovered": fa
 * ``killed_beside_another``: two clusters on the queue; SIGKILL one whole while two jobs
   run on it and 3 wait pulled; from the kill until the other has run the 3 (no baseline:
   stock django-q2's sentinel uses the same brokers; ``--broker redis`` for Redis).
+* ``killed_in_shared_message``: six runs enqueued together go out as two messages of
+  three (``JOBS_BATCH_MAX``); SIGKILL the worker running the first run of one of them, a
+  60 s one; from the kill until the two runs after it in its message have run.
 * ``group_sigterm``: SIGTERM to the whole process group while a 2 s job runs; until the
   cluster exits (and whether the job finished).
 * ``database_outage``: new connections refused and open ones dropped for ``--outage`` s
@@ -52,6 +55,7 @@ SCENARIOS = (
     "killed_lock_holder",
     "killed_cluster",
     "killed_beside_another",
+    "killed_in_shared_message",
     "group_sigterm",
     "database_outage",
 )
@@ -236,6 +240,25 @@ def killed_beside_another(kind: str, cap: float, log: Path) -> dict:
     finally:
         if survivor is not None:
             survivor.stop()
+        _reset()
+
+
+def killed_in_shared_message(kind: str, cap: float, log: Path) -> dict:
+    from bench import _fault_jobs as fault_jobs
+
+    cluster = Cluster(kind, log)
+    try:
+        runs = fault_jobs.sleep.enqueue_many([{"seconds": 60}, *({"seconds": 0} for _ in range(5))])
+        ids = [run.pk for run in runs]
+        # The other message's three runs done, the 60 s run started: its worker is the busy one.
+        _wait(lambda: _all(ids[:1], status="running") and _all(ids[3:], status="succeeded"), cap=60, what="start")
+        (worker,) = [w for w in cluster.workers() if "processing" in " ".join(w.cmdline())]
+        worker.kill()
+        started = time.monotonic()
+        done = _wait(lambda: _all(ids[1:3], status="succeeded"), cap=cap)
+        return _result(None if done is None else round(time.monotonic() - started, 2))
+    finally:
+        cluster.stop()
         _reset()
 
 
