@@ -27,15 +27,18 @@ def test_django_q2_is_the_version_the_adapter_was_written_for() -> None:
     assert version("django-q2").startswith("1.11."), "re-check project/jobs/djangoq.py against this django-q2"
 
 
+class Capture:
+    """A broker that keeps the message ``async_task`` gives it."""
+
+    list_key = "capture"
+    message = ""
+
+    def enqueue(self, message: str) -> int:
+        Capture.message = message
+        return 1
+
+
 def test_our_message_carries_what_async_task_would_put_in_it() -> None:
-    class Capture:
-        list_key = "capture"
-        message = ""
-
-        def enqueue(self, message: str) -> int:
-            Capture.message = message
-            return 1
-
     async_task(djangoq.RUNNER, 7, 2, q_options={"broker": Capture(), "task_name": "n", "group": "g", "timeout": 30})
     theirs = SignedPackage.loads(Capture.message)
     ours = SignedPackage.loads(djangoq.package(run_id=7, attempt=2, name="n", group="g", timeout=30))
@@ -43,6 +46,15 @@ def test_our_message_carries_what_async_task_would_put_in_it() -> None:
     for key in ("func", "args", "name", "group", "timeout", "ack_failure"):
         assert ours[key] == theirs[key], key
     assert len(ours["id"]) == len(theirs["id"])
+
+
+def test_a_message_of_several_runs_carries_what_async_task_would_put_in_it() -> None:
+    pairs = [[7, 1], [8, 2]]
+    async_task(djangoq.RUNNER_MANY, pairs, q_options={"broker": Capture(), "task_name": "n", "group": "g"})
+    theirs = SignedPackage.loads(Capture.message)
+    ours = SignedPackage.loads(djangoq.package_many(runs=[(7, 1), (8, 2)], name="n", group="g", timeout=None))
+    for key in ("func", "args", "name", "group"):
+        assert ours[key] == theirs[key], key
 
 
 def test_brokers_keep_the_methods_we_override_and_use() -> None:
