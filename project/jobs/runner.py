@@ -92,10 +92,7 @@ def execute_many(runs: Sequence[Sequence[int]]) -> str:
         last = index == len(pairs) - 1
         following = None if last else _Next(*pairs[index + 1], task_id=task_id, deadline=deadline)
         try:
-            if claimed is not None and claimed.tried:
-                outcome = _execute_claimed(claimed, task, last=last, following=following)
-            else:
-                outcome = _execute(run_id, attempt, task, last=last, following=following)
+            outcome = _execute(run_id, attempt, task, last=last, following=following, claimed=claimed)
         except TimeoutException:
             # The worker is replaced and the message acknowledged as failed.
             _send_each(pairs[index + 1 :], task)
@@ -132,29 +129,29 @@ class _Next:
 
 
 def _execute(
-    run_id: int, attempt: int, task: dict[str, Any] | None, *, last: bool, following: _Next | None = None
+    run_id: int,
+    attempt: int,
+    task: dict[str, Any] | None,
+    *,
+    last: bool,
+    following: _Next | None = None,
+    claimed: _Next | None = None,
 ) -> str:
-    """Claim and run one run of the message ``task``; ``last``: its last run, whose
-    success may acknowledge the message in the same statement."""
+    """Claim and run one run of the message ``task`` (``claimed``: the previous run's
+    success already tried the claim); ``last``: its last run, whose success may
+    acknowledge the message in the same statement."""
     task_id = (task or {}).get("id", "")
     try:
-        run = _with_database(lambda: _claim(run_id, attempt, task_id=task_id), what="claim")
+        if claimed is not None and claimed.tried:
+            run = claimed.run
+        else:
+            run = _with_database(lambda: _claim(run_id, attempt, task_id=task_id), what="claim")
         if run is None:
             return _with_database(lambda: _unclaimed(run_id, attempt), what="read")
     except (OperationalError, InterfaceError):
         logger.error("database unavailable: message left for redelivery", extra={"run_id": run_id})
         return DATABASE_UNAVAILABLE
     return _run(run, task if last else None, following=following)
-
-
-def _execute_claimed(claimed: _Next, task: dict[str, Any] | None, *, last: bool, following: _Next | None) -> str:
-    """Run what the previous run's success claimed (or say why there was nothing)."""
-    if claimed.run is None:
-        try:
-            return _with_database(lambda: _unclaimed(claimed.run_id, claimed.attempt), what="read")
-        except (OperationalError, InterfaceError):
-            return DATABASE_UNAVAILABLE
-    return _run(claimed.run, task if last else None, following=following)
 
 
 def _send_each(pairs: Sequence[tuple[int, int]], task: dict[str, Any] | None) -> None:
