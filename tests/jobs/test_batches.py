@@ -134,6 +134,38 @@ class TestExecution:
         keys = [run.kwargs["key"] for run in JobRun.objects.filter(pk__in=[first, *rest])]
         assert sorted(ProbeExecution.objects.filter(key__in=keys).values_list("key", flat=True)) == sorted(keys)
 
+    def test_a_failed_run_in_a_message_is_retried_on_its_own_and_the_others_run(self, monkeypatch) -> None:
+        from django.db import transaction
+
+        monkeypatch.setattr(Conf, "WORKERS", 1)
+        with transaction.atomic():
+            runs = probes.flaky.enqueue_many([{"key": f"f{n}", "failures": 1 if n == 1 else 0} for n in range(3)])
+        (task,) = _messages()
+        OrmQ.objects.all().delete()
+        assert _execute(task) == "2 succeeded, 1 retried"
+        first, failed, third = (JobRun.objects.get(pk=run.pk) for run in runs)
+        assert (first.status, third.status) == ("succeeded", "succeeded")
+        assert (failed.status, failed.attempt) == ("queued", 2)
+        # Its retry is a message of its own, due after the policy's delay.
+        (retry,) = _messages()
+        assert retry["args"] == (failed.pk, 2)
+
+    def test_a_paused_job_leaves_its_runs_queued_until_the_resume_sends_them_again(self, monkeypatch) -> None:
+        from project.jobs import control
+
+        _enqueued(12)
+        task = _messages()[0]
+        control.job_pause(name="probe.ok", by="ops")
+        assert _execute(task) == "3 paused"
+        assert set(JobRun.objects.filter(pk__in=_runs_of(task)).values_list("status", flat=True)) == {"queued"}
+        OrmQ.objects.all().delete()
+        control.job_resume(name="probe.ok", by="ops")
+        resent = [run_id for each in _messages() for run_id in _runs_of(each)]
+        assert set(_runs_of(task)) <= set(resent)
+        for each in _messages():
+            _execute(each)
+        assert set(JobRun.objects.values_list("status", flat=True)) == {"succeeded"}
+
     def test_runs_not_started_within_the_budget_go_out_one_message_each(self, settings) -> None:
         settings.JOBS_BATCH_BUDGET = 0
         _enqueued(12)
