@@ -159,6 +159,11 @@ def cluster_heartbeat_record(*, broker: str) -> None:
         )
 
 
+# One message, as OrmQ.objects.create() would insert it, written once (the ORM compiled it
+# on every call).
+_INSERT_MESSAGE_SQL = f"INSERT INTO {OrmQ._meta.db_table} (key, payload, lock) VALUES (%s, %s, %s)"
+
+
 class OrmBroker(_HeartbeatMixin, ORM):
     broker_name = "orm"
 
@@ -177,7 +182,8 @@ class OrmBroker(_HeartbeatMixin, ORM):
         queue = OrmQ.objects.using(Conf.ORM)
         if len(items) == 1:
             ((task, due),) = items
-            queue.create(key=self.list_key, payload=task, lock=due)
+            with db.prepared_cursor(connections[Conf.ORM]) as cursor:
+                cursor.execute(_INSERT_MESSAGE_SQL, [self.list_key, task, due])
             return
         rows = [OrmQ(key=self.list_key, payload=task, lock=due) for task, due in items]
         with transaction.atomic(using=Conf.ORM):

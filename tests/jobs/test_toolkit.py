@@ -87,6 +87,18 @@ def test_enqueue_records_the_request_id(django_capture_on_commit_callbacks) -> N
     assert run.request_id == "req-42"
 
 
+def test_an_enqueued_run_and_its_message_are_stored_as_their_models_say(django_capture_on_commit_callbacks) -> None:
+    with context.bind(request_id="req-9"), django_capture_on_commit_callbacks(execute=True):
+        run = probes.ok.enqueue(key="a")
+    stored = JobRun.objects.get(pk=run.pk)
+    for field in JobRun._meta.concrete_fields:
+        assert getattr(stored, field.attname) == getattr(run, field.attname), field.name
+    assert (stored.status, stored.kwargs, stored.history, stored.request_id) == ("queued", {"key": "a"}, [], "req-9")
+    (message,) = OrmQ.objects.all()
+    assert message.lock == run.due_at
+    assert SignedPackage.loads(message.payload)["args"] == (run.pk, 1)
+
+
 def test_enqueue_many_inserts_runs_and_messages_in_bulk(django_capture_on_commit_callbacks) -> None:
     with django_capture_on_commit_callbacks(execute=True):
         runs = probes.ok.enqueue_many([{"key": str(n)} for n in range(50)])
