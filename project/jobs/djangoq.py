@@ -164,6 +164,12 @@ def cluster_heartbeat_record(*, broker: str) -> None:
 _INSERT_MESSAGE_SQL = f"INSERT INTO {OrmQ._meta.db_table} (key, payload, lock) VALUES (%s, %s, %s)"
 
 
+def _due_now(ids: Sequence[int]) -> None:
+    """Make these ORM messages pullable at once (their lease, or their pre-fetch, ended)."""
+    with connections[Conf.ORM].cursor() as cursor:
+        cursor.execute("UPDATE django_q_ormq SET lock = %s WHERE id = ANY(%s)", [timezone.now(), list(ids)])
+
+
 class OrmBroker(_HeartbeatMixin, ORM):
     broker_name = "orm"
 
@@ -240,11 +246,7 @@ class OrmBroker(_HeartbeatMixin, ORM):
         if not pulled or self._pulled_pid != os.getpid():
             return
         try:
-            with connections[Conf.ORM].cursor() as cursor:
-                cursor.execute(
-                    "UPDATE django_q_ormq SET lock = %s WHERE id = ANY(%s)",
-                    [timezone.now(), [ack_id for ack_id, _payload in pulled]],
-                )
+            _due_now([ack_id for ack_id, _payload in pulled])
         except Exception:  # exiting anyway: redelivery after `retry` still covers them
             logger.warning("could not give back %d pulled messages", len(pulled), exc_info=True)
 
@@ -260,8 +262,8 @@ class OrmBroker(_HeartbeatMixin, ORM):
                 [self.list_key, now, now + timedelta(seconds=message_lease())],
             )
             ids = [pk for pk, payload in cursor.fetchall() if (_task_id(payload) or "") in task_ids]
-            if ids:
-                cursor.execute("UPDATE django_q_ormq SET lock = %s WHERE id = ANY(%s)", [now, ids])
+        if ids:
+            _due_now(ids)
         return len(ids)
 
     def depth(self) -> dict[str, int]:

@@ -110,20 +110,19 @@ def runs_enqueue(
 # Model.save() compiled the statement and prepared each of the run's columns on every call,
 # most of an enqueue's Python. A run's columns hold plain values and JSON only.
 _RUN_FIELDS = [field for field in JobRun._meta.concrete_fields if not field.primary_key]
-_RUN_JSON = {field.attname for field in _RUN_FIELDS if isinstance(field, JSONField)}
+_IS_JSON = [isinstance(field, JSONField) for field in _RUN_FIELDS]
 _INSERT_RUN_SQL = (
     f"INSERT INTO {JobRun._meta.db_table} ({', '.join(str(field.column) for field in _RUN_FIELDS)}) "
-    f"VALUES ({', '.join('%s::jsonb' if field.attname in _RUN_JSON else '%s' for field in _RUN_FIELDS)}) "
+    f"VALUES ({', '.join('%s::jsonb' if json_column else '%s' for json_column in _IS_JSON)}) "
     f"RETURNING {JobRun._meta.pk.column}"
 )
 
 
 def _run_insert(run: JobRun) -> None:
-    values = [getattr(run, field.attname) for field in _RUN_FIELDS]
-    values = [
-        json.dumps(value) if field.attname in _RUN_JSON and value is not None else value
-        for field, value in zip(_RUN_FIELDS, values, strict=True)
-    ]
+    values = []
+    for field, json_column in zip(_RUN_FIELDS, _IS_JSON, strict=True):
+        value = getattr(run, field.attname)
+        values.append(json.dumps(value) if json_column and value is not None else value)
     connection = transaction.get_connection()
     with db.prepared_cursor(connection) as cursor:
         cursor.execute(_INSERT_RUN_SQL, values)
