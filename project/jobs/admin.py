@@ -17,9 +17,11 @@ from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
+from django_q import admin as q_admin
+from django_q.models import OrmQ
 
 from project.admin_tools import ControlledAdmin, admin_link, badge, clipped, duration, relative, time_column, when
-from project.jobs import control, registry
+from project.jobs import control, djangoq, registry
 from project.jobs.models import ClusterHeartbeat, JobPause, JobRun
 
 if TYPE_CHECKING:
@@ -387,3 +389,54 @@ class ClusterHeartbeatAdmin(ControlledAdmin):
     last_seen_shown = time_column("last_seen", "Last seen")
 
     first_seen_shown = time_column("first_seen", "First seen")
+
+
+# --- django-q2's queue table -----------------------------------------------------------------
+
+
+class QueuedMessageAdmin(q_admin.QueueAdmin):  # type: ignore[misc]  # django-q2 ships no type hints
+    """django-q2's ORM queue, each message read as the pusher reads it. A message written
+    with its run names the run instead of carrying a signed task
+    (``djangoq.run_and_message_insert_sql``), which django-q2's own admin cannot read."""
+
+    list_display = ("id", "key", "name", "group", "func", "lock_shown", "task_id")
+    lock_shown = time_column("lock", "Due, or leased until")
+
+    @staticmethod
+    def _task(obj: OrmQ) -> dict[str, Any]:
+        return djangoq.message_task(obj.pk, obj.payload) or {"id": "(unreadable)"}
+
+    @admin.display(description="Task id")
+    def task_id(self, obj: OrmQ) -> Any:
+        return self._task(obj).get("id")
+
+    @admin.display(description="Name")
+    def name(self, obj: OrmQ) -> Any:
+        return self._task(obj).get("name")
+
+    @admin.display(description="Group")
+    def group(self, obj: OrmQ) -> Any:
+        return self._task(obj).get("group")
+
+    @admin.display(description="Function")
+    def func(self, obj: OrmQ) -> Any:
+        return self._task(obj).get("func")
+
+    @admin.display(description="Arguments")
+    def args(self, obj: OrmQ) -> Any:
+        return self._task(obj).get("args")
+
+    @admin.display(description="Keyword arguments")
+    def kwargs(self, obj: OrmQ) -> Any:
+        return self._task(obj).get("kwargs")
+
+    @admin.display(description="Options")
+    def q_options(self, obj: OrmQ) -> Any:
+        return {key: value for key, value in self._task(obj).items() if key not in _SHOWN_APART}
+
+
+_SHOWN_APART = {"id", "name", "group", "func", "args", "kwargs"}
+
+if admin.site.is_registered(OrmQ):
+    admin.site.unregister(OrmQ)
+admin.site.register(OrmQ, QueuedMessageAdmin)

@@ -30,7 +30,7 @@ with this sentinel. What it adds, each for a failure that stock django-q2 does n
   waits for it without a limit: one SIGKILL at that moment and no worker is ever
   replaced again. This guard reads timers without the lock and waits for it briefly.
 * **The database's fault is not the job's**: a worker that dies (its budget spent waiting
-  for the database, say) within ``DATABASE_FAULT_WINDOW`` of the sentinel finding the
+  for the database, say) within ``recovery.DATABASE_FAULT_WINDOW`` of the sentinel finding the
   database unavailable has its run put back for the same attempt, not charged.
 """
 
@@ -58,9 +58,6 @@ from project.jobs import djangoq, overview, recovery
 logger = logging.getLogger("project.jobs")
 
 IDLE, RECYCLED, TIMED_OUT = -1, -2, 0
-#: A worker that dies this soon after the sentinel found the database unavailable is taken
-#: to have died of the outage (seconds).
-DATABASE_FAULT_WINDOW = 30.0
 
 
 def _ignore_sigterm() -> None:
@@ -166,7 +163,7 @@ class Sentinel(stock.Sentinel):
     def _recover_runs_of(self, pid: int | None) -> None:
         # A worker that died while the database was away most likely died of it (stuck
         # recording an outcome until its budget ran out): its attempt is not charged.
-        fault = self._dead_workers.get(pid, djangoq.database_failed_within(DATABASE_FAULT_WINDOW))
+        fault = self._dead_workers.get(pid, recovery.database_fault_recent())
         try:
             recovery.runs_recover_of_worker(pid=pid, database_fault=fault)
         except DatabaseError:

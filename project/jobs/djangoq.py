@@ -52,9 +52,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
+import re
 import socket
 import time
+from collections import defaultdict
 from collections.abc import Callable, Collection, Sequence
 from datetime import timedelta
 from multiprocessing.util import Finalize
@@ -74,6 +77,7 @@ from django_q.signals import pre_execute
 from django_q.signing import BadSignature, SignedPackage
 
 from project import db
+from project.jobs import declared
 
 if TYPE_CHECKING:
     # The mixin extends Broker.set_stat; at run time it is mixed in before ORM or Redis.
@@ -170,6 +174,139 @@ def _due_now(ids: Sequence[int]) -> None:
         cursor.execute("UPDATE django_q_ormq SET lock = %s WHERE id = ANY(%s)", [timezone.now(), list(ids)])
 
 
+def pull_size() -> int:
+    """How many messages one pull takes: a message for each worker, and as many more as
+    could share messages with them (``runs_per_message``)."""
+    return max(1, int(Conf.BULK)) * int(settings.JOBS_BATCH_MAX)
+
+
+def runs_per_message(runs: int) -> int:
+    """How many of ``runs`` due together share a message: at most ``JOBS_BATCH_MAX``, and
+    no more than the workers' share of them, so each worker still gets some."""
+    return max(1, min(settings.JOBS_BATCH_MAX, math.ceil(runs / worker_count())))
+
+
+_MERGE_SQL = f"""
+WITH gone AS (DELETE FROM {OrmQ._meta.db_table} WHERE id = ANY(%s))
+INSERT INTO {OrmQ._meta.db_table} (key, payload, lock)
+SELECT %s, payload, %s FROM unnest(%s::text[]) AS merged(payload)
+RETURNING id, payload
+"""
+
+
+_Pulled = tuple[dt.datetime, int, str]  # a pulled message: its due time, id and payload
+
+
+def _handed_out(rows: list[_Pulled], *, key: str, lock: dt.datetime) -> list[_Pulled]:
+    """The pulled messages as the pusher hands them out: signed tasks, in due order.
+
+    A message that names a run (``run_and_message_insert_sql``) becomes its task here. A
+    pull of more messages than the cluster has workers is a backlog: its messages of one
+    run each that belong to one job are merged into messages of several runs, as
+    ``queue.runs_push`` packs runs sent together, so that a backlog of single enqueues
+    costs the workers a message per few runs rather than one per run. A merged message
+    replaces its parts in one statement (leased as they were), so a crash at any point
+    leaves either the parts or the whole."""
+    if len(rows) <= worker_count() or settings.JOBS_BATCH_MAX <= 1:
+        return [(due, pk, _reference_signed(pk, payload) or payload) for due, pk, payload in rows]
+    by_job: dict[str, list[tuple[dt.datetime, int, str, dict[str, Any]]]] = defaultdict(list)
+    kept: list[_Pulled] = []
+    for due, pk, payload in rows:
+        task = message_task(pk, payload)
+        if task is None or task.get("func") != RUNNER or not task.get("group"):
+            kept.append((due, pk, payload))
+        else:
+            by_job[task["group"]].append((due, pk, payload, task))
+    parts: list[int] = []
+    merged: dict[str, dt.datetime] = {}
+    for job, singles in by_job.items():
+        size = runs_per_message(len(singles))
+        for start in range(0, len(singles), size):
+            chunk = singles[start : start + size]
+            if len(chunk) == 1:
+                due, pk, payload, task = chunk[0]
+                kept.append((due, pk, _reference_signed(pk, payload) or payload))
+                continue
+            first = chunk[0][3]
+            timeout = first.get("timeout")
+            payload = package_many(
+                runs=[(task["args"][0], task["args"][1]) for *_row, task in chunk],
+                name=f"{first['name']}+{len(chunk) - 1}",
+                group=job,
+                timeout=None if timeout is None else timeout + math.ceil(settings.JOBS_BATCH_BUDGET),
+            )
+            parts.extend(row[1] for row in chunk)
+            merged[payload] = chunk[0][0]
+    if merged:
+        with db.prepared_cursor(connections[Conf.ORM]) as cursor:
+            cursor.execute(_MERGE_SQL, [parts, key, lock, list(merged)])
+            kept.extend((merged[payload], pk, payload) for pk, payload in cursor.fetchall())
+    return sorted(kept, key=lambda row: (row[0], row[1]))
+
+
+# --- messages that name a run --------------------------------------------------------------
+#
+# A single run's ORM message is written by the statement that records the run: one round
+# trip and one commit per enqueue, no pickling or signing in the sender, and the message
+# commits with the run (inside the sender's transaction, it becomes visible with the run at
+# commit, and a rollback takes both). Its payload names the run rather than carrying a
+# signed task, because the run's id exists only once that INSERT has drawn it from the
+# sequence. The pusher turns it into django-q2's task when it pulls it, with a task id
+# made from the message's id (so the sentinel finds it to end its lease). It need not be
+# signed: it is parsed, never unpickled, and it names a run recorded in the same database,
+# which whoever could write the message could write as well.
+
+_REFERENCE = re.compile(r"jobs\.run:(\d+):(\d+):([\w.:-]+)")
+
+
+def run_and_message_insert_sql(run_insert: str) -> str:
+    """One statement that runs ``run_insert`` (an INSERT of one run ending ``RETURNING id,
+    attempt, name``) and inserts its ORM message; its parameters are followed by the
+    message's queue key and due time. It returns the run's id."""
+    return (
+        f"WITH run AS ({run_insert}), "
+        f"message AS (INSERT INTO {OrmQ._meta.db_table} (key, payload, lock) "
+        "SELECT %s, 'jobs.run:' || id || ':' || attempt || ':' || name, %s FROM run) "
+        "SELECT id FROM run"
+    )
+
+
+def message_key_in_database(queue: str | None) -> str | None:
+    """The ORM queue key of ``queue``'s messages when they are rows of the runs' own
+    database (the ORM broker on the default database), so that a run and its message can
+    be written together; None otherwise."""
+    if settings.JOBS_BROKER != "orm" or Conf.ORM != "default":
+        return None
+    return queue or Conf.CLUSTER_NAME
+
+
+def message_task(message_id: int, payload: str) -> dict[str, Any] | None:
+    """The task of an ORM message (one that names a run, or a signed one), or None when it
+    cannot be read."""
+    return _reference_task(message_id, payload) or _loads(payload)
+
+
+def _reference_task(message_id: int, payload: str) -> dict[str, Any] | None:
+    match = _REFERENCE.fullmatch(payload) if payload.startswith("jobs.run:") else None
+    if match is None:
+        return None
+    run_id, attempt, name = int(match[1]), int(match[2]), match[3]
+    job = declared.get(name)
+    return _task(
+        RUNNER,
+        (run_id, attempt),
+        name=f"{name}#{run_id}.{attempt}",
+        group=name,
+        timeout=job.timeout_seconds if job else None,
+        task_id=f"m{message_id}",
+    )
+
+
+def _reference_signed(message_id: int, payload: str) -> str | None:
+    task = _reference_task(message_id, payload)
+    return None if task is None else cast(str, SignedPackage.dumps(task))
+
+
 class OrmBroker(_HeartbeatMixin, ORM):
     broker_name = "orm"
 
@@ -222,12 +359,13 @@ class OrmBroker(_HeartbeatMixin, ORM):
                 UPDATE django_q_ormq AS q SET lock = %s FROM due WHERE q.id = due.id
                 RETURNING due.lock, q.id, q.payload
                 """,
-                [self.list_key, now, max(1, Conf.BULK), now + timedelta(seconds=message_lease())],
+                [self.list_key, now, pull_size(), now + timedelta(seconds=message_lease())],
             )
             rows = sorted(cursor.fetchall())
         if not rows:
             time.sleep(Conf.POLL)
             return None
+        rows = _handed_out(rows, key=self.list_key, lock=now + timedelta(seconds=message_lease()))
         if len(rows) > 1:
             if self._pulled_pid != os.getpid():
                 self._pulled_pid = os.getpid()
@@ -261,7 +399,7 @@ class OrmBroker(_HeartbeatMixin, ORM):
                 "SELECT id, payload FROM django_q_ormq WHERE key = %s AND lock > %s AND lock <= %s",
                 [self.list_key, now, now + timedelta(seconds=message_lease())],
             )
-            ids = [pk for pk, payload in cursor.fetchall() if (_task_id(payload) or "") in task_ids]
+            ids = [pk for pk, payload in cursor.fetchall() if (message_task(pk, payload) or {}).get("id") in task_ids]
         if ids:
             _due_now(ids)
         return len(ids)
@@ -318,12 +456,17 @@ return moved
 """
 
 
-def _task_id(payload: bytes | str) -> str | None:
+def _loads(payload: bytes | str) -> dict[str, Any] | None:
     try:
         task = SignedPackage.loads(payload.decode() if isinstance(payload, bytes) else payload)
     except (TypeError, UnicodeDecodeError, BadSignature):  # the pusher drops what it cannot read
         return None
-    return task.get("id") if isinstance(task, dict) else None
+    return task if isinstance(task, dict) else None
+
+
+def _task_id(payload: bytes | str) -> str | None:
+    task = _loads(payload)
+    return None if task is None else task.get("id")
 
 
 class RedisBroker(_HeartbeatMixin, Redis):
@@ -474,9 +617,15 @@ def worker_count() -> int:
 
 
 def _signed(func: str, args: tuple[Any, ...], *, name: str, group: str, timeout: int | None) -> str:
-    tag = uuid()
+    signed: str = SignedPackage.dumps(_task(func, args, name=name, group=group, timeout=timeout))
+    return signed
+
+
+def _task(
+    func: str, args: tuple[Any, ...], *, name: str, group: str, timeout: int | None, task_id: str | None = None
+) -> dict[str, Any]:
     task: dict[str, Any] = {
-        "id": tag[1],
+        "id": task_id or uuid()[1],
         "name": name,
         "func": func,
         "args": args,
@@ -488,8 +637,7 @@ def _signed(func: str, args: tuple[Any, ...], *, name: str, group: str, timeout:
     }
     if timeout is not None:
         task["timeout"] = timeout
-    signed: str = SignedPackage.dumps(task)
-    return signed
+    return task
 
 
 def pre_execute_connect(receiver: Callable[..., None]) -> None:

@@ -88,7 +88,12 @@ def runs_enqueue(
         for row, each in zip(rows, delays or (), strict=False):
             row.due_at = now + timedelta(seconds=each)
         if len(rows) == 1:
-            _run_insert(rows[0])
+            # With the ORM broker, the run's message is written by the same statement.
+            key = None if _held else djangoq.message_key_in_database(rows[0].queue)
+            _run_insert(rows[0], message_key=key)
+            if key is not None:
+                metrics.JOBS_ENQUEUED.labels(job=job.name).inc()
+                return rows
         else:
             # The runs differ only in these: one INSERT, the rest prepared once.
             varying: dict[str, list[Any]] = {
@@ -111,21 +116,29 @@ def runs_enqueue(
 # most of an enqueue's Python. A run's columns hold plain values and JSON only.
 _RUN_FIELDS = [field for field in JobRun._meta.concrete_fields if not field.primary_key]
 _IS_JSON = [isinstance(field, JSONField) for field in _RUN_FIELDS]
-_INSERT_RUN_SQL = (
+_INSERT_RUN = (
     f"INSERT INTO {JobRun._meta.db_table} ({', '.join(str(field.column) for field in _RUN_FIELDS)}) "
     f"VALUES ({', '.join('%s::jsonb' if json_column else '%s' for json_column in _IS_JSON)}) "
-    f"RETURNING {JobRun._meta.pk.column}"
 )
+_INSERT_RUN_SQL = f"{_INSERT_RUN} RETURNING {JobRun._meta.pk.column}"
+_COLUMN = {field.name: str(field.column) for field in JobRun._meta.concrete_fields}
+_NAMING = ", ".join(_COLUMN[name] for name in ("id", "attempt", "name"))
+_INSERT_RUN_AND_MESSAGE_SQL = djangoq.run_and_message_insert_sql(f"{_INSERT_RUN} RETURNING {_NAMING}")
 
 
-def _run_insert(run: JobRun) -> None:
+def _run_insert(run: JobRun, *, message_key: str | None = None) -> None:
+    """INSERT the run; with ``message_key``, its ORM message to that queue in the same
+    statement (``djangoq.run_and_message_insert_sql``), due when the run is."""
     values = []
     for field, json_column in zip(_RUN_FIELDS, _IS_JSON, strict=True):
         value = getattr(run, field.attname)
         values.append(json.dumps(value) if json_column and value is not None else value)
     connection = transaction.get_connection()
     with db.prepared_cursor(connection) as cursor:
-        cursor.execute(_INSERT_RUN_SQL, values)
+        if message_key is None:
+            cursor.execute(_INSERT_RUN_SQL, values)
+        else:
+            cursor.execute(_INSERT_RUN_AND_MESSAGE_SQL, [*values, message_key, run.due_at])
         row = cursor.fetchone()
     assert row is not None  # an INSERT … RETURNING gives its row
     run.pk = row[0]
@@ -153,7 +166,7 @@ def runs_push(*, runs: Sequence[JobRun], due: dt.datetime | None = None, batch: 
         for name, at, group in _due_together(queued, due=due, now=now):
             job = declared.get(name)
             timeout = job.timeout_seconds if job else None
-            size = _per_message(len(group)) if batch else 1
+            size = djangoq.runs_per_message(len(group)) if batch else 1
             for start in range(0, len(group), size):
                 chunk = group[start : start + size]
                 first = chunk[0]
@@ -185,7 +198,3 @@ def _due_together(
         at = due or run.due_at
         groups[(run.name, None if at <= now else at)].append(run)
     return [(name, at or min(due or run.due_at for run in group), group) for (name, at), group in groups.items()]
-
-
-def _per_message(runs: int) -> int:
-    return max(1, min(settings.JOBS_BATCH_MAX, math.ceil(runs / djangoq.worker_count())))

@@ -25,6 +25,10 @@ WORKER_LOST = "worker_lost"
 #: runner's rule too: project/jobs/runner.py).
 MAX_DATABASE_DEFERRALS = 5
 DATABASE_DEFER_SECONDS = 5.0
+#: A run found lost this soon after the process that finds it saw the database unavailable
+#: is taken to have died of the outage (seconds): its worker was most likely stuck
+#: recording an outcome until its budget ran out.
+DATABASE_FAULT_WINDOW = 30.0
 Status = JobRun.Status
 
 
@@ -125,6 +129,12 @@ def _of_queue(queue: str | None) -> Q:
     return Q(queue=queue) | Q(queue="", name__in=names)
 
 
+def database_fault_recent() -> bool:
+    """Whether this process found the database unavailable within ``DATABASE_FAULT_WINDOW``:
+    a lost run it finds now is put back for the same attempt rather than charged."""
+    return djangoq.database_failed_within(DATABASE_FAULT_WINDOW)
+
+
 def runs_recover_dead_local(*, queue: str | None = None) -> list[str | None]:
     """Runs claimed by workers of this host that no longer exist (a cluster killed whole),
     moved on when a cluster starts here. A sentinel passes its own ``queue``: the runs of
@@ -134,7 +144,8 @@ def runs_recover_dead_local(*, queue: str | None = None) -> list[str | None]:
     running = JobRun.objects.filter(_of_queue(queue), status=Status.RUNNING, worker__startswith=f"{host}:")
     rows = running.values_list("pk", "worker", "started_at")
     dead = [pk for pk, worker, started_at in rows if worker_gone(worker, started_at)]
-    return [run_recover_lost(run_id=run_id, worker_dead=True) for run_id in dead]
+    fault = database_fault_recent()
+    return [run_recover_lost(run_id=run_id, worker_dead=True, database_fault=fault) for run_id in dead]
 
 
 def runs_recover_lost(*, queue: str | None = None, limit: int = 500) -> list[str | None]:
@@ -145,7 +156,8 @@ def runs_recover_lost(*, queue: str | None = None, limit: int = 500) -> list[str
     silent = JobRun.objects.filter(
         _of_queue(queue), status=Status.RUNNING, heartbeat_at__lt=now - timedelta(seconds=min(thresholds))
     ).values_list("pk", flat=True)[:limit]
-    outcomes = [run_recover_lost(run_id=run_id) for run_id in list(silent)]
+    fault = database_fault_recent()
+    outcomes = [run_recover_lost(run_id=run_id, database_fault=fault) for run_id in list(silent)]
     return outcomes + runs_recover_dead_local(queue=queue)
 
 

@@ -184,6 +184,7 @@ def _with_database(fn: Callable[[], _T], *, what: str, budget: float | None = No
         try:
             return fn()
         except (OperationalError, InterfaceError):
+            djangoq.database_failed()
             if connection.in_atomic_block or time.monotonic() + delay > deadline:
                 raise
             logger.warning("database unavailable (%s); trying again in %.1f s", what, delay, exc_info=True)
@@ -246,8 +247,9 @@ def _unclaimed(run_id: int, attempt: int) -> str:
         return "paused"
     if run.status == Status.RUNNING and run.attempt == attempt and is_lost(run):
         # django-q2 redelivered the message of a worker that died: recover it now rather
-        # than waiting for the sweep.
-        recovery.run_recover_lost(run_id=run.pk)
+        # than waiting for the sweep (not charged if it died of a database outage this
+        # worker saw too, as its sentinel would judge it).
+        recovery.run_recover_lost(run_id=run.pk, database_fault=recovery.database_fault_recent())
         return "recovered"
     logger.info(
         "duplicate delivery ignored",

@@ -234,10 +234,12 @@ class TestExecution:
         assert JobRun.objects.get(pk=first).status == "running"
         assert set(JobRun.objects.filter(pk__in=[second, third]).values_list("status", flat=True)) == {"queued"}
         # The message comes back after its lease, by when the first run's worker has been
-        # silent for longer than lost_after: it is recovered (its attempt ran), the others run.
+        # silent for longer than lost_after: it is recovered, the others run. The database
+        # refused its outcome moments ago, so its attempt is not charged: it runs again.
         JobRun.objects.filter(pk=first).update(heartbeat_at=timezone.now() - timedelta(minutes=1))
         assert _execute(_messages()[0]) == "1 recovered, 2 succeeded"
-        assert JobRun.objects.get(pk=first).error_code == "worker_lost"  # probe.ok has no retries
+        recovered = JobRun.objects.get(pk=first)
+        assert (recovered.status, recovered.attempt, recovered.deferrals, recovered.error_code) == ("queued", 1, 1, "")
 
 
 def _leased(broker: OrmBroker | RedisBroker) -> tuple[str, Any]:
@@ -314,3 +316,94 @@ def test_slow_runs_in_a_shared_message_are_handed_to_idle_workers(monkeypatch) -
     first, *rest = (JobRun.objects.get(pk=run.pk) for run in runs)
     # The first run spent the message's budget; each of the others went out on its own.
     assert len({first.task_id, *(run.task_id for run in rest)}) == 4
+
+
+def _pulled_all(broker: OrmBroker) -> list[dict[str, Any]]:
+    """Every message one pusher would hand out now, in order, as its tasks."""
+    tasks = []
+    while (pulled := broker.dequeue()) is not None:
+        ((ack_id, payload),) = pulled
+        task = SignedPackage.loads(payload)
+        task["ack_id"] = ack_id
+        tasks.append(task)
+    return tasks
+
+
+def _enqueued_one_by_one(job, count: int, prefix: str) -> list[JobRun]:
+    """Runs enqueued one at a time, each committed on its own: a message each."""
+    return [job.enqueue(key=f"{prefix}{n}") for n in range(count)]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("orm")
+class TestMergedAtPull:
+    """A pull that finds more messages than the cluster has workers is a backlog: the
+    messages of one run each that belong to one job are merged into shared messages."""
+
+    @pytest.fixture(autouse=True)
+    def _pull(self, monkeypatch, settings) -> None:
+        monkeypatch.setattr(Conf, "BULK", 4)
+        monkeypatch.setattr(Conf, "POLL", 0)
+        settings.JOBS_BATCH_MAX = 20
+
+    def test_a_backlog_of_single_messages_of_one_job_is_pulled_as_shared_messages(self, settings) -> None:
+        ok = _enqueued_one_by_one(probes.ok, 12, "ok")
+        permanent = _enqueued_one_by_one(probes.permanent, 2, "p")
+        before = timezone.now()
+        tasks = _pulled_all(OrmBroker(list_key=Conf.CLUSTER_NAME))
+        # Twelve runs of one job for four workers: three per message; two runs of another
+        # job are fewer than the workers, and go out as they were.
+        assert sorted(len(_runs_of(task)) for task in tasks) == [1, 1, 3, 3, 3, 3]
+        assert sorted(run_id for task in tasks for run_id in _runs_of(task)) == sorted(r.pk for r in ok + permanent)
+        shared = [task for task in tasks if task["func"] == djangoq.RUNNER_MANY]
+        assert {task["group"] for task in shared} == {"probe.ok"}
+        assert [_runs_of(task) for task in shared] == [[r.pk for r in ok[n : n + 3]] for n in range(0, 12, 3)]
+        assert shared[0]["timeout"] == probes.ok.timeout_seconds + math.ceil(settings.JOBS_BATCH_BUDGET)
+        # The shared messages replaced their parts in the queue, leased as the pull left them.
+        rows = OrmQ.objects.filter(key=Conf.CLUSTER_NAME)
+        assert sorted(rows.values_list("pk", flat=True)) == sorted(task["ack_id"] for task in tasks)
+        assert all(row.lock > before for row in rows)
+
+    def test_runs_of_merged_messages_each_run_once_and_every_message_is_acknowledged(self) -> None:
+        runs = _enqueued_one_by_one(probes.ok, 10, "m")
+        tasks = _pulled_all(OrmBroker(list_key=Conf.CLUSTER_NAME))
+        assert len(tasks) == 4  # 3, 3, 3, 1
+        for task in tasks:
+            _execute(task)
+        assert set(JobRun.objects.filter(pk__in=[r.pk for r in runs]).values_list("status", flat=True)) == {"succeeded"}
+        assert ProbeExecution.objects.filter(key__startswith="m").count() == 10
+        assert not OrmQ.objects.filter(key=Conf.CLUSTER_NAME).exists()
+
+    def test_no_more_messages_than_workers_are_handed_out_as_they_were(self) -> None:
+        _enqueued_one_by_one(probes.ok, 4, "few")
+        ids = sorted(OrmQ.objects.values_list("pk", flat=True))
+        tasks = _pulled_all(OrmBroker(list_key=Conf.CLUSTER_NAME))
+        assert [task["ack_id"] for task in tasks] == ids
+        assert {task["func"] for task in tasks} == {djangoq.RUNNER}
+
+    def test_a_batch_maximum_of_one_merges_nothing(self, settings) -> None:
+        settings.JOBS_BATCH_MAX = 1
+        _enqueued_one_by_one(probes.ok, 9, "one")
+        tasks = _pulled_all(OrmBroker(list_key=Conf.CLUSTER_NAME))
+        assert len(tasks) == 9
+        assert {task["func"] for task in tasks} == {djangoq.RUNNER}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_backlog_of_single_enqueues_is_drained_by_a_cluster_in_shared_messages() -> None:
+    # A budget the runs will not spend, however slow the machine: none is sent on alone.
+    with running_cluster(broker="orm", workers=2, env={"JOBS_BATCH_BUDGET": "60"}) as cluster:
+        # Thirty messages of a run each, all due at once: the cluster's next pull finds them
+        # together (due later at first, so that none is pulled while they are being sent).
+        runs = [probes.ok.enqueue(key=f"drain{n}", _delay=3600) for n in range(30)]
+        assert OrmQ.objects.filter(key=Conf.CLUSTER_NAME).update(lock=timezone.now()) == 30
+
+        def finished() -> bool:
+            return not JobRun.objects.filter(pk__in=[r.pk for r in runs]).exclude(status="succeeded").exists()
+
+        wait_for(finished, timeout=30, message=cluster.output)
+        assert not OrmQ.objects.filter(key=Conf.CLUSTER_NAME).exists()
+    executions = list(ProbeExecution.objects.filter(key__startswith="drain").values_list("key", flat=True))
+    assert sorted(executions) == sorted(f"drain{n}" for n in range(30))
+    # Thirty runs for two workers: shared messages, up to JOBS_BATCH_MAX runs each.
+    assert len(set(JobRun.objects.filter(pk__in=[r.pk for r in runs]).values_list("task_id", flat=True))) <= 2

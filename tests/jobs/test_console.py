@@ -137,6 +137,21 @@ def test_admin_index_shows_the_console_first_and_hides_django_q(root) -> None:
     assert root.get(reverse("admin:django_q_ormq_changelist")).status_code == 200
 
 
+def test_the_queue_admin_reads_a_message_written_with_its_run(root, settings) -> None:
+    from django_q.models import OrmQ
+
+    settings.JOBS_BROKER = "orm"
+    run = probes.ok.enqueue(key="queued")
+    message = OrmQ.objects.get()
+    assert message.payload == f"jobs.run:{run.pk}:1:probe.ok"  # not a signed task
+    page = root.get(reverse("admin:django_q_ormq_changelist")).content.decode()
+    assert f"probe.ok#{run.pk}.1" in page
+    assert f"m{message.pk}" in page  # its task id, made from the message's
+    assert "project.jobs.runner.execute" in page
+    detail = root.get(reverse("admin:django_q_ormq_change", args=[message.pk])).content.decode()
+    assert f"({run.pk}, 1)" in detail
+
+
 def test_view_site_link_is_gone(root) -> None:
     assert "View site" not in root.get("/admin/").content.decode()
 

@@ -71,14 +71,50 @@ def test_job_arguments_must_be_ids_or_flags() -> None:
         probes.ok.enqueue(key={"nested": "secret"})
 
 
-def test_enqueue_pushes_only_after_commit(django_capture_on_commit_callbacks) -> None:
-    with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        run = probes.ok.enqueue(key="a")
-    assert run.status == "queued"
+@pytest.mark.django_db(transaction=True)
+def test_a_run_and_its_orm_message_commit_together_or_not_at_all() -> None:
+    from django.db import connections, transaction
+
+    def enqueue_then_fail() -> None:
+        with transaction.atomic():
+            probes.ok.enqueue(key="rolled back")
+            raise RuntimeError
+
+    with pytest.raises(RuntimeError):
+        enqueue_then_fail()
+    assert not JobRun.objects.filter(kwargs__key="rolled back").exists()
     assert not OrmQ.objects.exists()
-    assert len(callbacks) == 1
-    callbacks[0]()
-    assert OrmQ.objects.count() == 1
+
+    other = connections.create_connection("default")  # as a pulling cluster sees the queue
+    try:
+        with transaction.atomic():
+            run = probes.ok.enqueue(key="kept")
+            with other.cursor() as cursor:
+                cursor.execute("SELECT count(*) FROM django_q_ormq")
+                assert cursor.fetchone() == (0,)  # not before the run is committed
+        with other.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM django_q_ormq")
+            assert cursor.fetchone() == (1,)
+    finally:
+        other.close()
+    assert djangoq.message_task(*OrmQ.objects.values_list("pk", "payload").get())["args"] == (run.pk, 1)
+
+
+@needs_redis
+def test_a_redis_message_goes_out_only_after_commit(settings, django_capture_on_commit_callbacks) -> None:
+    settings.JOBS_BROKER = "redis"
+    broker = djangoq.get_broker()
+    broker.purge_queue()
+    try:
+        with django_capture_on_commit_callbacks(execute=False) as callbacks:
+            run = probes.ok.enqueue(key="a")
+        assert run.status == "queued"
+        assert broker.depth()["ready"] == 0
+        assert len(callbacks) == 1
+        callbacks[0]()
+        assert broker.depth()["ready"] == 1
+    finally:
+        broker.purge_queue()
 
 
 def test_enqueue_records_the_request_id(django_capture_on_commit_callbacks) -> None:
@@ -96,7 +132,14 @@ def test_an_enqueued_run_and_its_message_are_stored_as_their_models_say(django_c
     assert (stored.status, stored.kwargs, stored.history, stored.request_id) == ("queued", {"key": "a"}, [], "req-9")
     (message,) = OrmQ.objects.all()
     assert message.lock == run.due_at
-    assert SignedPackage.loads(message.payload)["args"] == (run.pk, 1)
+    task = djangoq.message_task(message.pk, message.payload)
+    # Written with the run, it names the run; the pusher makes it the task django-q2 expects.
+    assert message.payload == f"jobs.run:{run.pk}:1:probe.ok"
+    assert task["args"] == (run.pk, 1)
+    assert (task["func"], task["group"], task["timeout"]) == (djangoq.RUNNER, "probe.ok", probes.ok.timeout_seconds)
+    ((ack_id, payload),) = OrmBroker(list_key=message.key).dequeue()
+    assert ack_id == message.pk
+    assert SignedPackage.loads(payload) == task | {"started": SignedPackage.loads(payload)["started"]}
 
 
 def test_enqueue_many_inserts_runs_and_messages_in_bulk(django_capture_on_commit_callbacks) -> None:
@@ -251,6 +294,43 @@ def test_lost_run_is_retried_by_the_sweep_then_failed_when_attempts_run_out(monk
     run.refresh_from_db()
     assert run.status == "failed"
     assert hooked == ["worker_lost"]
+
+
+def _run_of_a_dead_worker() -> JobRun:
+    """A running run whose worker, on this host, has exited."""
+    import socket
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    now = timezone.now()
+    return JobRun.objects.create(
+        name="probe.slow",
+        kwargs={"key": "outage", "seconds": 0},
+        status="running",
+        worker=f"{socket.gethostname()}:{dead.pid}",
+        started_at=now,
+        heartbeat_at=now,
+    )
+
+
+@pytest.mark.parametrize(
+    ("outage_seen", "expected"), [(True, ("queued", 1, 1, [])), (False, ("queued", 2, 0, ["worker_lost"]))]
+)
+def test_a_redelivered_message_of_a_worker_that_died_in_a_database_outage_costs_no_attempt(
+    monkeypatch, outage_seen, expected
+) -> None:
+    # The worker that takes the message again saw the database fail a moment ago (its
+    # claim waited for it): the dead worker most likely died of the same outage, stuck
+    # recording its outcome until its budget ran out, as its sentinel would judge it.
+    monkeypatch.setattr(djangoq, "_database_failed_at", None)
+    run = _run_of_a_dead_worker()
+    if outage_seen:
+        djangoq.database_failed()
+    assert runner.execute(run.pk, 1) == "recovered"
+    run.refresh_from_db()
+    charged = [entry["error_code"] for entry in run.history]
+    assert (run.status, run.attempt, run.deferrals, charged) == expected
 
 
 def test_queued_run_whose_message_was_lost_is_pushed_again(django_capture_on_commit_callbacks) -> None:
