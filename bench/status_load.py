@@ -353,9 +353,35 @@ class Pollers:
 # --- the cluster --------------------------------------------------------------------------
 
 
-def _drain(jobs: int, stall: float = 60) -> dict:
+def _machine_busy_s() -> float:
+    """CPU seconds the whole machine has spent busy (every core), from /proc/stat."""
+    with open("/proc/stat") as stat:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(n) for n in stat.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _tree_cpu_s(root_pid: int) -> float:
+    """CPU seconds of a process and its children (the cluster: sentinel, workers, pusher,
+    monitor; not its PostgreSQL backends)."""
+    import psutil
+
+    total = 0.0
+    try:
+        root = psutil.Process(root_pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return total
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def _drain(jobs: int, stall: float = 60, cluster_pid: int | None = None) -> dict:
     """Enqueue ``jobs`` no-op runs in bulk on freshly vacuumed queue and run tables; the
-    seconds until all succeeded."""
+    seconds until all succeeded, and where the machine's CPU went meanwhile: the cluster's
+    processes (per job, and in cores) and the whole machine (in cores)."""
     from django.db import connection
 
     from project.jobs import JobRun
@@ -364,6 +390,8 @@ def _drain(jobs: int, stall: float = 60) -> dict:
     with connection.cursor() as cursor:
         cursor.execute("VACUUM django_q_ormq, job_runs")
     baseline = JobRun.objects.order_by("-id").values_list("id", flat=True).first() or 0
+    cluster_before = _tree_cpu_s(cluster_pid) if cluster_pid else 0.0
+    machine_before = _machine_busy_s()
     started = time.perf_counter()
     probes.noop.enqueue_many({} for _ in range(jobs))
     done = JobRun.objects.filter(id__gt=baseline, status=JobRun.Status.SUCCEEDED)
@@ -378,7 +406,13 @@ def _drain(jobs: int, stall: float = 60) -> dict:
             raise RuntimeError(f"the cluster stopped: {count} of {jobs} runs done")
         time.sleep(0.05)
     seconds = time.perf_counter() - started
-    return {"jobs": jobs, "seconds": round(seconds, 3), "jobs_per_s": round(jobs / seconds, 1)}
+    result = {"jobs": jobs, "seconds": round(seconds, 3), "jobs_per_s": round(jobs / seconds, 1)}
+    result["machine_cores"] = round((_machine_busy_s() - machine_before) / seconds, 2)
+    if cluster_pid:
+        cluster = _tree_cpu_s(cluster_pid) - cluster_before
+        result["cluster_cores"] = round(cluster / seconds, 2)
+        result["cluster_cpu_ms_per_job"] = round(1000 * cluster / jobs, 3)
+    return result
 
 
 def _cluster_under_pollers(args: argparse.Namespace, port: int, status_requests: list[bytes]) -> dict:
@@ -411,10 +445,11 @@ def _cluster_under_pollers(args: argparse.Namespace, port: int, status_requests:
             # dead queue rows for the next one's pulls to step over, and the rounds with
             # pollers, run after all the others, paid for every one of them.
             alone, loaded, polled = [], [], []
+            pid = cluster.process.pid
             for _ in range(args.rounds):
-                alone.append(_drain(args.jobs))
+                alone.append(_drain(args.jobs, cluster_pid=pid))
                 with Pollers(port, pollers) as polling:
-                    loaded.append(_drain(args.jobs))
+                    loaded.append(_drain(args.jobs, cluster_pid=pid))
                 polled.append(polling)
             alone_rate = sum(each["jobs_per_s"] for each in alone) / len(alone)
             loaded_rate = sum(each["jobs_per_s"] for each in loaded) / len(loaded)

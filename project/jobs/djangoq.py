@@ -198,50 +198,71 @@ _Pulled = tuple[dt.datetime, int, str]  # a pulled message: its due time, id and
 
 
 def _handed_out(rows: list[_Pulled], *, key: str, lock: dt.datetime) -> list[_Pulled]:
-    """The pulled messages as the pusher hands them out: signed tasks, in due order.
+    """The pulled ORM messages as the pusher hands them out: signed tasks, in due order.
+    A message that names a run (``run_and_message_insert_sql``) becomes its task here; a
+    backlog is merged (``_backlog_merged``), the merged message replacing its parts in one
+    statement (leased as they were), so a crash at any point leaves the parts or the whole."""
+    kept, merged = _backlog_merged([(pk, payload) for _due, pk, payload in rows])
+    handed = [(rows[index][0], rows[index][1], _reference_signed(*rows[index][1:]) or rows[index][2]) for index in kept]
+    if merged:
+        due = {payload: rows[parts[0]][0] for payload, parts in merged}
+        with db.prepared_cursor(connections[Conf.ORM]) as cursor:
+            cursor.execute(
+                _MERGE_SQL, [[rows[index][1] for _payload, parts in merged for index in parts], key, lock, list(due)]
+            )
+            handed.extend((due[payload], pk, payload) for pk, payload in cursor.fetchall())
+    handed.sort(key=lambda row: (row[0], row[1]))
+    # A pull takes more than ``bulk`` messages only to merge them: what is left beyond that
+    # is given back at once, so a cluster holds no more pulled messages than it did.
+    if len(handed) > max(1, Conf.BULK):
+        _due_now([pk for _due, pk, _payload in handed[max(1, Conf.BULK) :]])
+        del handed[max(1, Conf.BULK) :]
+    return handed
 
-    A message that names a run (``run_and_message_insert_sql``) becomes its task here. A
-    pull of more messages than the cluster has workers is a backlog: its messages of one
+
+def _backlog_merged(messages: Sequence[tuple[Any, bytes | str]]) -> tuple[list[int], list[tuple[str, list[int]]]]:
+    """How a pull of ``messages`` (``(message id, payload)`` in due order) is handed out:
+    the indexes of those handed out as they are, and the merged messages, each with the
+    indexes of its parts.
+
+    A pull of more messages than the cluster has workers is a backlog: its messages of one
     run each that belong to one job are merged into messages of several runs, as
-    ``queue.runs_push`` packs runs sent together, so that a backlog of single enqueues
-    costs the workers a message per few runs rather than one per run. A merged message
-    replaces its parts in one statement (leased as they were), so a crash at any point
-    leaves either the parts or the whole."""
-    if len(rows) <= worker_count() or settings.JOBS_BATCH_MAX <= 1:
-        return [(due, pk, _reference_signed(pk, payload) or payload) for due, pk, payload in rows]
-    by_job: dict[str, list[tuple[dt.datetime, int, str, dict[str, Any]]]] = defaultdict(list)
-    kept: list[_Pulled] = []
-    for due, pk, payload in rows:
-        task = message_task(pk, payload)
-        if task is None or task.get("func") != RUNNER or not task.get("group"):
-            kept.append((due, pk, payload))
+    ``queue.runs_push`` packs runs sent together (``runs_per_message``), so a backlog of
+    single enqueues costs the workers a message per few runs rather than one per run. A
+    pull of no more messages than workers is handed out as it is: no run waits behind
+    another while a worker is idle."""
+    if len(messages) <= worker_count() or settings.JOBS_BATCH_MAX <= 1:
+        return list(range(len(messages))), []
+    by_job: dict[str, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
+    kept: list[int] = []
+    for index, (message_id, payload) in enumerate(messages):
+        # Only an ORM message (its id an int, its payload text) may name a run.
+        if isinstance(message_id, int) and isinstance(payload, str):
+            task = message_task(message_id, payload)
         else:
-            by_job[task["group"]].append((due, pk, payload, task))
-    parts: list[int] = []
-    merged: dict[str, dt.datetime] = {}
+            task = _loads(payload)
+        if task is None or task.get("func") != RUNNER or not task.get("group"):
+            kept.append(index)
+        else:
+            by_job[task["group"]].append((index, task))
+    merged: list[tuple[str, list[int]]] = []
     for job, singles in by_job.items():
         size = runs_per_message(len(singles))
         for start in range(0, len(singles), size):
             chunk = singles[start : start + size]
             if len(chunk) == 1:
-                due, pk, payload, task = chunk[0]
-                kept.append((due, pk, _reference_signed(pk, payload) or payload))
+                kept.append(chunk[0][0])
                 continue
-            first = chunk[0][3]
+            first = chunk[0][1]
             timeout = first.get("timeout")
             payload = package_many(
-                runs=[(task["args"][0], task["args"][1]) for *_row, task in chunk],
+                runs=[(task["args"][0], task["args"][1]) for _index, task in chunk],
                 name=f"{first['name']}+{len(chunk) - 1}",
                 group=job,
                 timeout=None if timeout is None else timeout + math.ceil(settings.JOBS_BATCH_BUDGET),
             )
-            parts.extend(row[1] for row in chunk)
-            merged[payload] = chunk[0][0]
-    if merged:
-        with db.prepared_cursor(connections[Conf.ORM]) as cursor:
-            cursor.execute(_MERGE_SQL, [parts, key, lock, list(merged)])
-            kept.extend((merged[payload], pk, payload) for pk, payload in cursor.fetchall())
-    return sorted(kept, key=lambda row: (row[0], row[1]))
+            merged.append((payload, [index for index, _task in chunk]))
+    return sorted(kept), merged
 
 
 # --- messages that name a run --------------------------------------------------------------
@@ -517,10 +538,31 @@ class RedisBroker(_HeartbeatMixin, Redis):
         return self._scripts[source]
 
     def dequeue(self) -> list[tuple[bytes | str, bytes | str]] | None:
-        """Up to ``Conf.BULK`` messages, each leased (see the class)."""
-        popped = self.pull()
+        """Up to ``pull_size()`` messages, each leased (see the class); a backlog of
+        single-run messages merged as the ORM broker merges it (``_backlog_merged``)."""
+        popped: list[bytes | str] = list(self.pull())
         if popped:
-            return [(task, task) for task in popped]
+            kept, merged = _backlog_merged([(None, message) for message in popped])
+            if merged:
+                # The merged messages replace their parts among the pulled ones at once
+                # (MULTI): a crash leaves the parts or the whole, leased either way.
+                pipe = self.connection.pipeline(transaction=True)
+                pipe.zadd(
+                    self.pulled_key,
+                    dict.fromkeys((payload for payload, _parts in merged), time.time() + message_lease()),
+                )
+                pipe.zrem(self.pulled_key, *(popped[index] for _payload, parts in merged for index in parts))
+                pipe.execute()
+            order = sorted(
+                [(index, popped[index]) for index in kept] + [(parts[0], payload) for payload, parts in merged]
+            )
+            handed = [message for _index, message in order]
+            # More than ``bulk`` are pulled only to be merged; the rest go back at once.
+            if len(handed) > max(1, Conf.BULK):
+                back = handed[max(1, Conf.BULK) :]
+                self._script(_LEASES_END)(keys=[self.pulled_key, self.list_key], args=back[::-1])
+                del handed[max(1, Conf.BULK) :]
+            return [(message, message) for message in handed]
         task = self.connection.blpop(self.list_key, Conf.POLL)
         if task:
             message = cast(bytes, task[1])  # the connection does not decode responses
@@ -531,10 +573,10 @@ class RedisBroker(_HeartbeatMixin, Redis):
         return None
 
     def pull(self, *, now: float | None = None) -> list[bytes]:
-        """One pull of up to ``Conf.BULK`` messages (``now``: the clock, for tests)."""
+        """One pull of up to ``pull_size()`` messages (``now``: the clock, for tests)."""
         now = time.time() if now is None else now
         keys = [self.delayed_key, self.list_key, self.pulled_key]
-        popped: list[bytes] = self._script(_PULL)(keys=keys, args=[now, 100, max(1, Conf.BULK), now + message_lease()])
+        popped: list[bytes] = self._script(_PULL)(keys=keys, args=[now, 100, pull_size(), now + message_lease()])
         return popped
 
     def acknowledge(self, task_id: bytes | str) -> None:

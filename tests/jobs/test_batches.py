@@ -381,6 +381,23 @@ class TestMergedAtPull:
         assert [task["ack_id"] for task in tasks] == ids
         assert {task["func"] for task in tasks} == {djangoq.RUNNER}
 
+    def test_what_a_pull_cannot_merge_beyond_bulk_is_given_back_at_once(self, monkeypatch) -> None:
+        monkeypatch.setattr(Conf, "WORKERS", 2)
+        monkeypatch.setattr(Conf, "BULK", 2)
+        # Three jobs, two runs each, for two workers: a run per worker's share, nothing merged.
+        for job in (probes.ok, probes.permanent, probes.slow):
+            for n in range(2):
+                job.enqueue(key=f"g{n}", **({"seconds": 0} if job is probes.slow else {}))
+        broker = OrmBroker(list_key=Conf.CLUSTER_NAME)
+        first = broker.dequeue()
+        now = timezone.now()
+        locks = list(OrmQ.objects.order_by("id").values_list("pk", "lock"))
+        leased = [pk for pk, lock in locks if lock > now]
+        assert len(leased) == 2  # the bulk this pusher holds: one handed out, one pre-fetched
+        assert first[0][0] == leased[0]
+        assert sum(1 for _pk, lock in locks if lock <= now) == 4  # due again, for any cluster
+        assert len(_pulled_all(broker)) == 5  # the pre-fetched one, then those given back
+
     def test_a_batch_maximum_of_one_merges_nothing(self, settings) -> None:
         settings.JOBS_BATCH_MAX = 1
         _enqueued_one_by_one(probes.ok, 9, "one")
@@ -389,20 +406,69 @@ class TestMergedAtPull:
         assert {task["func"] for task in tasks} == {djangoq.RUNNER}
 
 
+@needs_redis
 @pytest.mark.django_db(transaction=True)
-def test_a_backlog_of_single_enqueues_is_drained_by_a_cluster_in_shared_messages() -> None:
+def test_a_backlog_of_single_redis_messages_is_pulled_as_shared_messages(settings, monkeypatch) -> None:
+    settings.JOBS_BROKER = "redis"
+    settings.JOBS_BATCH_MAX = 20
+    monkeypatch.setattr(Conf, "WORKERS", 4)
+    monkeypatch.setattr(Conf, "BULK", 4)
+    monkeypatch.setattr(Conf, "CLUSTER_NAME", f"merge-{uuid.uuid4().hex[:8]}")
+    broker = djangoq.get_broker()
+    try:
+        ok = _enqueued_one_by_one(probes.ok, 12, "r")
+        permanent = _enqueued_one_by_one(probes.permanent, 2, "p")
+        handed = broker.dequeue()
+        tasks = [
+            SignedPackage.loads(payload.decode() if isinstance(payload, bytes) else payload) for _, payload in handed
+        ]
+        # As with the ORM broker: three to a message for four workers; the two runs of
+        # another job go out as they were, and the pull hands out four messages (bulk).
+        assert [len(_runs_of(task)) for task in tasks] == [3, 3, 3, 3]
+        assert [run_id for task in tasks for run_id in _runs_of(task)] == [run.pk for run in ok]
+        # The merged messages replaced their parts among the pulled ones; the two messages
+        # beyond bulk went back to the head of the list.
+        assert broker.depth() == {"ready": 2, "held": 4}
+        for ack_id, _payload in handed:
+            broker.acknowledge(ack_id)
+        assert broker.depth() == {"ready": 2, "held": 0}
+        rest = broker.dequeue()
+        assert [SignedPackage.loads(payload.decode())["args"] for _, payload in rest] == [(r.pk, 1) for r in permanent]
+    finally:
+        broker.purge_queue()
+
+
+def _all_due_now() -> int:
+    """Make every delayed message of this cluster's queue due at once (a backlog)."""
+    if djangoq.settings.JOBS_BROKER == "orm":
+        return OrmQ.objects.filter(key=Conf.CLUSTER_NAME).update(lock=timezone.now())
+    broker = djangoq.get_broker()
+    delayed = broker.connection.zrange(broker.delayed_key, 0, -1)
+    broker.connection.zadd(broker.delayed_key, dict.fromkeys(delayed, 0))
+    return len(delayed)
+
+
+def _queue_empty() -> bool:
+    if djangoq.settings.JOBS_BROKER == "orm":
+        return not OrmQ.objects.filter(key=Conf.CLUSTER_NAME).exists()
+    return djangoq.get_broker().depth() == {"ready": 0, "held": 0}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("broker", BROKERS)
+def test_a_backlog_of_single_enqueues_is_drained_by_a_cluster_in_shared_messages(broker) -> None:
     # A budget the runs will not spend, however slow the machine: none is sent on alone.
-    with running_cluster(broker="orm", workers=2, env={"JOBS_BATCH_BUDGET": "60"}) as cluster:
+    with running_cluster(broker=broker, workers=2, env={"JOBS_BATCH_BUDGET": "60"}) as cluster:
         # Thirty messages of a run each, all due at once: the cluster's next pull finds them
         # together (due later at first, so that none is pulled while they are being sent).
         runs = [probes.ok.enqueue(key=f"drain{n}", _delay=3600) for n in range(30)]
-        assert OrmQ.objects.filter(key=Conf.CLUSTER_NAME).update(lock=timezone.now()) == 30
+        assert _all_due_now() == 30
 
         def finished() -> bool:
             return not JobRun.objects.filter(pk__in=[r.pk for r in runs]).exclude(status="succeeded").exists()
 
         wait_for(finished, timeout=30, message=cluster.output)
-        assert not OrmQ.objects.filter(key=Conf.CLUSTER_NAME).exists()
+        wait_for(_queue_empty, timeout=30, message=cluster.output)  # every message acknowledged
     executions = list(ProbeExecution.objects.filter(key__startswith="drain").values_list("key", flat=True))
     assert sorted(executions) == sorted(f"drain{n}" for n in range(30))
     # Thirty runs for two workers: shared messages, up to JOBS_BATCH_MAX runs each.
