@@ -395,16 +395,16 @@ class ClusterHeartbeatAdmin(ControlledAdmin):
 
 
 class QueuedMessageAdmin(q_admin.QueueAdmin):  # type: ignore[misc]  # django-q2 ships no type hints
-    """django-q2's ORM queue, each message read as the pusher reads it. A message written
-    with its run names the run instead of carrying a signed task
-    (``djangoq.run_and_message_insert_sql``), which django-q2's own admin cannot read."""
+    """django-q2's ORM queue, each message read as the pusher reads it. A message of one
+    run names the run instead of carrying a signed task (``djangoq.run_message``), which
+    django-q2's own admin cannot read."""
 
     list_display = ("id", "key", "name", "group", "func", "lock_shown", "task_id")
     lock_shown = time_column("lock", "Due, or leased until")
 
     @staticmethod
     def _task(obj: OrmQ) -> dict[str, Any]:
-        return djangoq.message_task(obj.pk, obj.payload) or {"id": "(unreadable)"}
+        return djangoq.message_task(obj.payload) or {"id": "(unreadable)"}
 
     @admin.display(description="Task id")
     def task_id(self, obj: OrmQ) -> Any:

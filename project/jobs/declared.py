@@ -4,6 +4,7 @@ the module that declares them."""
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from django.conf import settings
@@ -12,6 +13,10 @@ if TYPE_CHECKING:
     from project.jobs.registry import Job
 
 REGISTRY: dict[str, Job] = {}
+
+#: What a job's name may hold (``registry.job`` refuses others): a message names its job
+#: (``djangoq.run_message``), and so do metrics labels and log lines.
+JOB_NAME = re.compile(r"[\w.:-]+")
 
 
 def get(name: str) -> Job | None:

@@ -202,8 +202,8 @@ def _handed_out(rows: list[_Pulled], *, key: str, lock: dt.datetime) -> list[_Pu
     A message that names a run (``run_and_message_insert_sql``) becomes its task here; a
     backlog is merged (``_backlog_merged``), the merged message replacing its parts in one
     statement (leased as they were), so a crash at any point leaves the parts or the whole."""
-    kept, merged = _backlog_merged([(pk, payload) for _due, pk, payload in rows])
-    handed = [(rows[index][0], rows[index][1], _reference_signed(*rows[index][1:]) or rows[index][2]) for index in kept]
+    kept, merged = _backlog_merged([payload for _due, _pk, payload in rows], read=message_task)
+    handed = [(rows[index][0], rows[index][1], _reference_signed(rows[index][2]) or rows[index][2]) for index in kept]
     if merged:
         due = {payload: rows[parts[0]][0] for payload, parts in merged}
         with db.prepared_cursor(connections[Conf.ORM]) as cursor:
@@ -220,8 +220,11 @@ def _handed_out(rows: list[_Pulled], *, key: str, lock: dt.datetime) -> list[_Pu
     return handed
 
 
-def _backlog_merged(messages: Sequence[tuple[Any, bytes | str]]) -> tuple[list[int], list[tuple[str, list[int]]]]:
-    """How a pull of ``messages`` (``(message id, payload)`` in due order) is handed out:
+def _backlog_merged(
+    messages: Sequence[bytes | str], *, read: Callable[[bytes | str], dict[str, Any] | None]
+) -> tuple[list[int], list[tuple[str, list[int]]]]:
+    """How a pull of ``messages`` (their payloads, in due order, each read by ``read``) is
+    handed out:
     the indexes of those handed out as they are, and the merged messages, each with the
     indexes of its parts.
 
@@ -235,12 +238,8 @@ def _backlog_merged(messages: Sequence[tuple[Any, bytes | str]]) -> tuple[list[i
         return list(range(len(messages))), []
     by_job: dict[str, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
     kept: list[int] = []
-    for index, (message_id, payload) in enumerate(messages):
-        # Only an ORM message (its id an int, its payload text) may name a run.
-        if isinstance(message_id, int) and isinstance(payload, str):
-            task = message_task(message_id, payload)
-        else:
-            task = _loads(payload)
+    for index, payload in enumerate(messages):
+        task = read(payload)
         if task is None or task.get("func") != RUNNER or not task.get("group"):
             kept.append(index)
         else:
@@ -267,23 +266,34 @@ def _backlog_merged(messages: Sequence[tuple[Any, bytes | str]]) -> tuple[list[i
 
 # --- messages that name a run --------------------------------------------------------------
 #
-# A single run's ORM message is written by the statement that records the run: one round
-# trip and one commit per enqueue, no pickling or signing in the sender, and the message
-# commits with the run (inside the sender's transaction, it becomes visible with the run at
-# commit, and a rollback takes both). Its payload names the run rather than carrying a
-# signed task, because the run's id exists only once that INSERT has drawn it from the
-# sequence. The pusher turns it into django-q2's task when it pulls it, with a task id
-# made from the message's id (so the sentinel finds it to end its lease). It need not be
-# signed: it is parsed, never unpickled, and it names a run recorded in the same database,
-# which whoever could write the message could write as well.
+# With the ORM broker, a message of one run names it, ``jobs.run:<run id>:<attempt>:<job>``,
+# rather than carrying a signed task: the sender neither pickles nor signs it. A single
+# enqueue writes it in the statement that records the run (the run's id exists only once
+# that INSERT has drawn it from the sequence): one round trip and one commit, and the
+# message commits with the run (inside the sender's transaction, both become visible at
+# its commit, and a rollback takes both). The pusher turns it into django-q2's task when it
+# pulls it, with the task id ``r<run id>.<attempt>``, which the run records at its claim (so
+# the sentinel finds the message to end its lease). It need not be signed there: it is
+# parsed, never unpickled, and it lies in the runs' own database, where whoever could
+# write it could write the runs too. A Redis message stays signed: Redis is another
+# service, with credentials of its own.
 
-_REFERENCE = re.compile(r"jobs\.run:(\d+):(\d+):([\w.:-]+)")
+_REFERENCE = re.compile(rf"jobs\.run:(\d+):(\d+):({declared.JOB_NAME.pattern})")
+
+
+def run_message(*, run_id: int, attempt: int, job: str, timeout: int | None, names: bool) -> str:
+    """The message of one run's attempt: with ``names`` (for an ORM queue on the runs'
+    database: ``message_key_in_database``), one that names the run (see above); else, or
+    for a run whose job name could not be named (none declared now), a signed one."""
+    if names and declared.JOB_NAME.fullmatch(job):
+        return f"jobs.run:{run_id}:{attempt}:{job}"
+    return package(run_id=run_id, attempt=attempt, name=f"{job}#{run_id}.{attempt}", group=job, timeout=timeout)
 
 
 def run_and_message_insert_sql(run_insert: str) -> str:
     """One statement that runs ``run_insert`` (an INSERT of one run ending ``RETURNING id,
-    attempt, name``) and inserts its ORM message; its parameters are followed by the
-    message's queue key and due time. It returns the run's id."""
+    attempt, name``) and inserts its ORM message (``run_message``); its parameters are
+    followed by the message's queue key and due time. It returns the run's id."""
     return (
         f"WITH run AS ({run_insert}), "
         f"message AS (INSERT INTO {OrmQ._meta.db_table} (key, payload, lock) "
@@ -301,13 +311,17 @@ def message_key_in_database(queue: str | None) -> str | None:
     return queue or Conf.CLUSTER_NAME
 
 
-def message_task(message_id: int, payload: str) -> dict[str, Any] | None:
+def message_task(payload: bytes | str) -> dict[str, Any] | None:
     """The task of an ORM message (one that names a run, or a signed one), or None when it
     cannot be read."""
-    return _reference_task(message_id, payload) or _loads(payload)
+    return _reference_task(payload) or _loads(payload)
 
 
-def _reference_task(message_id: int, payload: str) -> dict[str, Any] | None:
+def _reference_task(payload: bytes | str) -> dict[str, Any] | None:
+    if isinstance(payload, bytes):
+        if not payload.startswith(b"jobs.run:"):
+            return None
+        payload = payload.decode()
     match = _REFERENCE.fullmatch(payload) if payload.startswith("jobs.run:") else None
     if match is None:
         return None
@@ -319,12 +333,12 @@ def _reference_task(message_id: int, payload: str) -> dict[str, Any] | None:
         name=f"{name}#{run_id}.{attempt}",
         group=name,
         timeout=job.timeout_seconds if job else None,
-        task_id=f"m{message_id}",
+        task_id=f"r{run_id}.{attempt}",
     )
 
 
-def _reference_signed(message_id: int, payload: str) -> str | None:
-    task = _reference_task(message_id, payload)
+def _reference_signed(payload: bytes | str) -> str | None:
+    task = _reference_task(payload)
     return None if task is None else cast(str, SignedPackage.dumps(task))
 
 
@@ -420,7 +434,7 @@ class OrmBroker(_HeartbeatMixin, ORM):
                 "SELECT id, payload FROM django_q_ormq WHERE key = %s AND lock > %s AND lock <= %s",
                 [self.list_key, now, now + timedelta(seconds=message_lease())],
             )
-            ids = [pk for pk, payload in cursor.fetchall() if (message_task(pk, payload) or {}).get("id") in task_ids]
+            ids = [pk for pk, payload in cursor.fetchall() if (message_task(payload) or {}).get("id") in task_ids]
         if ids:
             _due_now(ids)
         return len(ids)
@@ -485,11 +499,6 @@ def _loads(payload: bytes | str) -> dict[str, Any] | None:
     return task if isinstance(task, dict) else None
 
 
-def _task_id(payload: bytes | str) -> str | None:
-    task = _loads(payload)
-    return None if task is None else task.get("id")
-
-
 class RedisBroker(_HeartbeatMixin, Redis):
     """Messages leased as the ORM broker's are: a pulled message waits in a sorted set
     (``pulled_key``, scored by the end of its lease, ``message_lease()``) until the monitor
@@ -542,7 +551,7 @@ class RedisBroker(_HeartbeatMixin, Redis):
         single-run messages merged as the ORM broker merges it (``_backlog_merged``)."""
         popped: list[bytes | str] = list(self.pull())
         if popped:
-            kept, merged = _backlog_merged([(None, message) for message in popped])
+            kept, merged = _backlog_merged(popped, read=_loads)
             if merged:
                 # The merged messages replace their parts among the pulled ones at once
                 # (MULTI): a crash leaves the parts or the whole, leased either way.
@@ -586,7 +595,7 @@ class RedisBroker(_HeartbeatMixin, Redis):
         """Put the pulled messages of these tasks (their worker died) back at the head of
         the list at once, rather than when their lease ends. Returns how many."""
         pulled = cast(list[bytes], self.connection.zrange(self.pulled_key, 0, -1))
-        mine = [message for message in pulled if (_task_id(message) or "") in task_ids]
+        mine = [message for message in pulled if (_loads(message) or {}).get("id") in task_ids]
         if not mine:
             return 0
         moved: int = self._script(_LEASES_END)(keys=[self.pulled_key, self.list_key], args=mine)

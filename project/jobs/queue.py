@@ -163,6 +163,7 @@ def runs_push(*, runs: Sequence[JobRun], due: dt.datetime | None = None, batch: 
     now = timezone.now()
     for queue, queued in by_queue.items():
         messages = []
+        names = djangoq.message_key_in_database(queue) is not None
         for name, at, group in _due_together(queued, due=due, now=now):
             job = declared.get(name)
             timeout = job.timeout_seconds if job else None
@@ -172,8 +173,8 @@ def runs_push(*, runs: Sequence[JobRun], due: dt.datetime | None = None, batch: 
                 first = chunk[0]
                 label = f"{name}#{first.pk}.{first.attempt}"
                 if len(chunk) == 1:
-                    message = djangoq.package(
-                        run_id=first.pk, attempt=first.attempt, name=label, group=name, timeout=timeout
+                    message = djangoq.run_message(
+                        run_id=first.pk, attempt=first.attempt, job=name, timeout=timeout, names=names
                     )
                 else:
                     message = djangoq.package_many(

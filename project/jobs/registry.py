@@ -163,6 +163,9 @@ def job(
     or cancelled (retries spent, a permanent error, a lost worker with no attempts left,
     an operator's cancel), so the job's own record can be moved to a final state."""
 
+    if not declared.JOB_NAME.fullmatch(name):
+        raise ImproperlyConfigured(f"job name {name!r}: use letters, digits and _ . : - only")
+
     def decorate(func: Callable[..., Any]) -> Job:
         existing = REGISTRY.get(name)
         if existing is not None and existing.func.__qualname__ != func.__qualname__:

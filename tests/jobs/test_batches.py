@@ -30,7 +30,7 @@ def _messages() -> list[dict[str, Any]]:
     """The ORM queue's messages in due order, each with the ack id a pusher would add."""
     tasks = []
     for row in OrmQ.objects.order_by("lock", "id"):
-        task = SignedPackage.loads(row.payload)
+        task = djangoq.message_task(row.payload)
         task["ack_id"] = row.pk
         tasks.append(task)
     return tasks
@@ -434,6 +434,18 @@ def test_a_backlog_of_single_redis_messages_is_pulled_as_shared_messages(setting
         assert broker.depth() == {"ready": 2, "held": 0}
         rest = broker.dequeue()
         assert [SignedPackage.loads(payload.decode())["args"] for _, payload in rest] == [(r.pk, 1) for r in permanent]
+    finally:
+        broker.purge_queue()
+
+
+@needs_redis
+def test_the_redis_pusher_does_not_take_a_message_that_names_a_run_for_a_task() -> None:
+    # Only a message in the runs' own database may name a run: one found on Redis goes to
+    # the pusher as it is, which drops it as an unsigned message.
+    broker = RedisBroker(list_key=f"unsigned-{uuid.uuid4().hex[:8]}")
+    try:
+        broker.enqueue("jobs.run:1:1:probe.ok")
+        assert broker.dequeue() == [(b"jobs.run:1:1:probe.ok", b"jobs.run:1:1:probe.ok")]
     finally:
         broker.purge_queue()
 

@@ -146,7 +146,7 @@ def test_the_queue_admin_reads_a_message_written_with_its_run(root, settings) ->
     assert message.payload == f"jobs.run:{run.pk}:1:probe.ok"  # not a signed task
     page = root.get(reverse("admin:django_q_ormq_changelist")).content.decode()
     assert f"probe.ok#{run.pk}.1" in page
-    assert f"m{message.pk}" in page  # its task id, made from the message's
+    assert f"r{run.pk}.1" in page  # its task id, made from the run and the attempt
     assert "project.jobs.runner.execute" in page
     detail = root.get(reverse("admin:django_q_ormq_change", args=[message.pk])).content.decode()
     assert f"({run.pk}, 1)" in detail

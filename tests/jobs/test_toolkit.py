@@ -66,6 +66,20 @@ def test_job_names_are_a_closed_set() -> None:
     assert run.error_code == "unknown_job"
 
 
+def test_a_job_name_must_be_one_a_message_can_name() -> None:
+    from django.core.exceptions import ImproperlyConfigured
+
+    with pytest.raises(ImproperlyConfigured, match="letters, digits"):
+        registry.job("two words")
+    # A run of a job whose name could not be named (none declared now) is sent signed.
+    message = djangoq.run_message(run_id=7, attempt=2, job="old name", timeout=None, names=True)
+    assert djangoq.message_task(message)["args"] == (7, 2)
+    assert djangoq.run_message(run_id=7, attempt=2, job="probe.ok", timeout=None, names=True) == "jobs.run:7:2:probe.ok"
+    # A Redis message stays signed: Redis is not the runs' database.
+    signed = djangoq.run_message(run_id=7, attempt=2, job="probe.ok", timeout=None, names=False)
+    assert SignedPackage.loads(signed)["args"] == (7, 2)
+
+
 def test_job_arguments_must_be_ids_or_flags() -> None:
     with pytest.raises(TypeError, match="must be an id"):
         probes.ok.enqueue(key={"nested": "secret"})
@@ -97,7 +111,7 @@ def test_a_run_and_its_orm_message_commit_together_or_not_at_all() -> None:
             assert cursor.fetchone() == (1,)
     finally:
         other.close()
-    assert djangoq.message_task(*OrmQ.objects.values_list("pk", "payload").get())["args"] == (run.pk, 1)
+    assert djangoq.message_task(OrmQ.objects.values_list("payload", flat=True).get())["args"] == (run.pk, 1)
 
 
 @needs_redis
@@ -132,11 +146,13 @@ def test_an_enqueued_run_and_its_message_are_stored_as_their_models_say(django_c
     assert (stored.status, stored.kwargs, stored.history, stored.request_id) == ("queued", {"key": "a"}, [], "req-9")
     (message,) = OrmQ.objects.all()
     assert message.lock == run.due_at
-    task = djangoq.message_task(message.pk, message.payload)
-    # Written with the run, it names the run; the pusher makes it the task django-q2 expects.
+    task = djangoq.message_task(message.payload)
+    # Written with the run, it names the run; the pusher makes it the task django-q2 expects,
+    # with a task id the run records at its claim.
     assert message.payload == f"jobs.run:{run.pk}:1:probe.ok"
     assert task["args"] == (run.pk, 1)
     assert (task["func"], task["group"], task["timeout"]) == (djangoq.RUNNER, "probe.ok", probes.ok.timeout_seconds)
+    assert task["id"] == f"r{run.pk}.1"
     ((ack_id, payload),) = OrmBroker(list_key=message.key).dequeue()
     assert ack_id == message.pk
     assert SignedPackage.loads(payload) == task | {"started": SignedPackage.loads(payload)["started"]}
