@@ -65,7 +65,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import redis as redis_lib
 from django.conf import settings
-from django.db import connections, transaction
+from django.db import InterfaceError, OperationalError, connections, transaction
 from django.utils import timezone
 from django_q.brokers.orm import ORM
 from django_q.brokers.redis_broker import Redis
@@ -115,6 +115,7 @@ _INSERT_BATCH = 1000
 
 class _HeartbeatMixin(_MixinBase):
     broker_name = ""
+    _unavailable_since = 0.0  # when pulls began to fail (monotonic), 0 while they work
     _last_beat = 0.0
 
     def set_stat(self, key: str, value: str, timeout: int) -> Any:  # what django-q2's returns
@@ -342,6 +343,32 @@ def _reference_signed(payload: bytes | str) -> str | None:
     return None if task is None else cast(str, SignedPackage.dumps(task))
 
 
+def _unavailable(broker: Any, reset: Callable[[], None]) -> None:
+    """A pull failed because the broker's store is unavailable. django-q2's pusher would
+    sleep 10 s and exit (its sentinel starts another): the pulls would stop for that long,
+    after an outage of any length. Here the pusher is told "nothing yet" and asks again
+    after a short pause, so the pulls resume within a second of the store's return."""
+    if not broker._unavailable_since:
+        broker._unavailable_since = time.monotonic()
+        logger.warning("cannot pull messages: the %s broker is unavailable", broker.broker_name, exc_info=True)
+    reset()
+    time.sleep(PULL_RETRY_PAUSE)
+
+
+def _available(broker: Any) -> None:
+    if broker._unavailable_since:
+        logger.warning(
+            "pulling messages again after %.1f s",
+            time.monotonic() - broker._unavailable_since,
+            extra={"broker": broker.broker_name},
+        )
+        broker._unavailable_since = 0.0
+
+
+#: The pause between two pulls while the broker's store is unavailable (seconds).
+PULL_RETRY_PAUSE = 0.5
+
+
 class OrmBroker(_HeartbeatMixin, ORM):
     broker_name = "orm"
 
@@ -373,12 +400,22 @@ class OrmBroker(_HeartbeatMixin, ORM):
     _pulled_pid = 0
 
     def dequeue(self) -> list[tuple[int, str]] | None:
-        """The next due message, oldest due first. Up to ``Conf.BULK`` are pulled at a time
+        """The next due message, oldest due first. Up to ``pull_size()`` are pulled at a time
         with one ``UPDATE … RETURNING`` and handed out one per call (the pusher asks again at
-        once), so a busy cluster costs one statement per ``BULK`` messages. Those still held
-        when the pusher stops are given back (``_release_pulled``)."""
+        once), so a busy cluster costs one statement per pull. Those still held when the
+        pusher stops are given back (``_release_pulled``). While the database is unavailable
+        it answers "nothing yet" (``_unavailable``) rather than failing."""
         if self._pulled_pid == os.getpid() and self._pulled:
             return [self._pulled.pop(0)]
+        try:
+            pulled = self._pull()
+        except (OperationalError, InterfaceError):
+            _unavailable(self, connections[Conf.ORM].close)
+            return None
+        _available(self)
+        return pulled
+
+    def _pull(self) -> list[tuple[int, str]] | None:
         self.get_connection()  # closes a stale connection between pulls
         now = timezone.now()
         with db.prepared_cursor(connections[Conf.ORM]) as cursor:
@@ -548,7 +585,17 @@ class RedisBroker(_HeartbeatMixin, Redis):
 
     def dequeue(self) -> list[tuple[bytes | str, bytes | str]] | None:
         """Up to ``pull_size()`` messages, each leased (see the class); a backlog of
-        single-run messages merged as the ORM broker merges it (``_backlog_merged``)."""
+        single-run messages merged as the ORM broker merges it (``_backlog_merged``). While
+        Redis is unavailable it answers "nothing yet" (``_unavailable``) rather than failing."""
+        try:
+            pulled = self._pull_messages()
+        except (redis_lib.ConnectionError, redis_lib.TimeoutError):
+            _unavailable(self, self.connection.connection_pool.disconnect)
+            return None
+        _available(self)
+        return pulled
+
+    def _pull_messages(self) -> list[tuple[bytes | str, bytes | str]] | None:
         popped: list[bytes | str] = list(self.pull())
         if popped:
             kept, merged = _backlog_merged(popped, read=_loads)

@@ -205,6 +205,52 @@ def test_delayed_message_is_held_until_its_due_time(broker_class) -> None:
         broker.purge_queue()
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_pull_while_the_database_is_away_is_nothing_yet_and_pulls_resume_when_it_is_back(monkeypatch) -> None:
+    # django-q2's pusher sleeps 10 s and exits when a pull raises: after an outage of any
+    # length, nothing would be pulled for up to 10 s more.
+    from django.db import connection
+
+    from tests.support.web import free_port
+
+    monkeypatch.setattr(djangoq, "PULL_RETRY_PAUSE", 0)
+    broker = OrmBroker(list_key=f"outage-{uuid.uuid4().hex[:8]}")
+    broker.enqueue("waiting")
+    port = connection.settings_dict["PORT"]
+    connection.close()
+    connection.settings_dict["PORT"] = free_port()  # nothing listens there: refused
+    try:
+        assert broker.dequeue() is None
+        assert broker.dequeue() is None
+    finally:
+        connection.close()
+        connection.settings_dict["PORT"] = port
+    ((_ack_id, payload),) = broker.dequeue()
+    assert payload == "waiting"
+
+
+@needs_redis
+def test_a_pull_while_redis_is_away_is_nothing_yet_and_pulls_resume_when_it_is_back(monkeypatch) -> None:
+    from tests.support.web import free_port
+
+    monkeypatch.setattr(djangoq, "PULL_RETRY_PAUSE", 0)
+    broker = RedisBroker(list_key=f"outage-{uuid.uuid4().hex[:8]}")
+    pool = broker.connection.connection_pool
+    port = pool.connection_kwargs["port"]
+    try:
+        broker.enqueue("waiting")
+        pool.disconnect()
+        pool.connection_kwargs["port"] = free_port()  # nothing listens there: refused
+        pool.reset()  # forget the connections made to the real port
+        assert broker.dequeue() is None
+        pool.connection_kwargs["port"] = port
+        pool.reset()
+        assert [payload for _, payload in broker.dequeue()] == [b"waiting"]
+    finally:
+        pool.connection_kwargs["port"] = port
+        broker.purge_queue()
+
+
 @needs_redis
 def test_a_pulled_redis_message_comes_back_when_its_lease_ends_unless_acknowledged() -> None:
     """As an ORM message: the messages a dead cluster had pulled are taken by another."""
