@@ -19,7 +19,12 @@ Written against django-q2 1.11.x. The internals relied on:
   uuid), ``name``, ``func`` (a dotted path), ``args``, ``kwargs``, ``started``, and the
   options ``group``, ``ack_failure`` and ``timeout`` that ``async_task(q_options=...)``
   would set. We build it here rather than through ``async_task`` because a message must
-  go to the broker with a due time, which ``async_task`` cannot pass.
+  go to the broker with a due time, which ``async_task`` cannot pass. An ORM message of
+  one run is stored as text that names the run and turned into that task when pulled
+  (see "messages that name a run" below).
+* The pusher hands each pulled ``(ack_id, payload)`` to a worker after
+  ``SignedPackage.loads(payload)``; when ``dequeue`` raises, it sleeps 10 s and exits, so
+  ours never raises for an unavailable store (``_unavailable``).
 * ``django_q.signals.pre_execute(sender, func, task)`` in the worker: the task id, and the
   task dict itself, which the worker later puts on the result queue for the monitor.
 * The monitor acknowledges a finished task only while it carries an ``ack_id``
@@ -29,18 +34,18 @@ Written against django-q2 1.11.x. The internals relied on:
   task ran past its timeout.
 * ``django_q.models.OrmQ`` (``key``, ``payload``, ``lock``) and ``Schedule`` (``name``,
   ``func``, ``args``, ``schedule_type``, ``cron``, ``repeats``, ``next_run``).
-* ``django_q.conf.Conf``: ``CLUSTER_NAME``, ``RETRY``, ``BULK`` (messages per pull),
-  ``POLL``, ``ORM``, ``WORKERS``.
+* ``django_q.conf.Conf``: ``CLUSTER_NAME``, ``RETRY``, ``BULK`` (messages handed out
+  per pull; ``pull_size()`` takes more to merge a backlog), ``POLL``, ``ORM``, ``WORKERS``.
 
 Delayed messages: django-q2's scheduler ticks only every 30 s, too coarse for retry delays
 of a few seconds, so a delayed message is handed to the broker with its due time:
 
 * PostgreSQL (ORM broker): the ``lock`` column already means "nobody may pull this before",
   so a delayed message is inserted with ``lock`` set to its due time. Pulling is one
-  ``UPDATE … RETURNING`` over up to ``BULK`` ``FOR UPDATE SKIP LOCKED`` rows in due order,
+  ``UPDATE … RETURNING`` over up to ``pull_size()`` ``FOR UPDATE SKIP LOCKED`` rows in due order,
   so several clusters can pull from one table without handing out the same message twice.
 * Redis: delayed messages wait in a sorted set scored by due time; one Lua script (atomic)
-  moves the due ones onto the list and pops up to ``BULK`` messages at each pull, leasing
+  moves the due ones onto the list and pops up to ``pull_size()`` messages at each pull, leasing
   them in another sorted set until the monitor acknowledges them (``Broker.acknowledge``,
   called by django-q2's monitor with the ``ack_id`` the pusher put in the task).
 
@@ -225,9 +230,8 @@ def _backlog_merged(
     messages: Sequence[bytes | str], *, read: Callable[[bytes | str], dict[str, Any] | None]
 ) -> tuple[list[int], list[tuple[str, list[int]]]]:
     """How a pull of ``messages`` (their payloads, in due order, each read by ``read``) is
-    handed out:
-    the indexes of those handed out as they are, and the merged messages, each with the
-    indexes of its parts.
+    handed out: the indexes of those handed out as they are, and the merged messages, each
+    with the indexes of its parts.
 
     A pull of more messages than the cluster has workers is a backlog: its messages of one
     run each that belong to one job are merged into messages of several runs, as

@@ -261,6 +261,21 @@ def test_ending_the_lease_of_a_dead_workers_orm_message_makes_it_due_at_once() -
     assert broker.dequeue()[0][0] == ack_id
 
 
+@pytest.mark.django_db
+def test_ending_the_lease_of_an_orm_message_that_names_its_run(settings) -> None:
+    # The task id the pusher gives such a message is the one its run records at the claim.
+    settings.JOBS_BROKER = "orm"
+    run = probes.ok.enqueue(key="named")
+    broker = OrmBroker(list_key=run.queue)
+    ((ack_id, payload),) = broker.dequeue()
+    task = SignedPackage.loads(payload)
+    # A worker claims it, then dies.
+    assert transitions.claim(run.pk, 1, worker="host:1", task_id=task["id"]) is not None
+    assert JobRun.objects.get(pk=run.pk).task_id == task["id"] == f"r{run.pk}.1"
+    assert broker.leases_end({task["id"]}) == 1
+    assert broker.dequeue()[0][0] == ack_id
+
+
 @needs_redis
 def test_ending_the_lease_of_a_dead_workers_redis_message_puts_it_back_first() -> None:
     broker = RedisBroker(list_key=f"lease-end-{uuid.uuid4().hex[:8]}")

@@ -115,7 +115,21 @@ def test_the_worker_hands_the_monitor_the_task_dict_pre_execute_saw() -> None:
 def test_the_pusher_gives_each_task_the_ack_id_of_its_message() -> None:
     from django_q import pusher
 
-    assert 'task["ack_id"] = ack_id' in inspect.getsource(pusher)
+    source = inspect.getsource(pusher)
+    assert 'task["ack_id"] = ack_id' in source
+    # It reads each payload it is handed as a signed package: an ORM message that names a
+    # run is turned into one before the pusher sees it.
+    assert "task = SignedPackage.loads(task[1])" in source
+
+
+def test_the_pusher_gives_up_for_10_s_when_a_pull_raises() -> None:
+    # Why our brokers never raise from dequeue for an unavailable store (_unavailable):
+    # when this changes, the workaround may go.
+    from django_q import pusher
+
+    source = inspect.getsource(pusher.pusher)
+    assert "task_set = broker.dequeue()" in source
+    assert "sleep(10)" in source
 
 
 def test_the_cluster_spawns_the_sentinel_its_module_names() -> None:
