@@ -226,9 +226,10 @@ JOBS_LOST_CHECK_EVERY = env_float("JOBS_LOST_CHECK_EVERY", 10, minimum=1)
 # How long a worker keeps trying to claim a run or record its outcome while the database
 # is unreachable, before it leaves the message for redelivery.
 JOBS_DB_RETRY_FOR = env_float("JOBS_DB_RETRY_FOR", 30, minimum=0)
-# Runs of one job pushed together (enqueue_many, a resume, a re-push) share a message, up
-# to this many per message and no more than the workers' share of them: a worker executes
-# them one after another, so django-q2's cost per message is paid once for them all.
+# Runs of one job pushed together (enqueue_many, a resume, a re-push), or found together
+# in a backlog by a pull, share a message, up to this many per message and no more than
+# the workers' share of them: a worker executes them one after another, so django-q2's
+# cost per message is paid once for them all.
 # 1 sends a message per run. Once a message has taken JOBS_BATCH_BUDGET seconds, its
 # remaining runs go out as a message each, for the idle workers (docs/jobs.md).
 JOBS_BATCH_MAX = env_int("JOBS_BATCH_MAX", 20, minimum=1, maximum=1000)
