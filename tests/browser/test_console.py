@@ -356,3 +356,22 @@ def test_a_day_of_history_reads_at_a_glance(root, live_server, cluster_for_brows
     root.screenshot(path=str(SCREENSHOTS / "console.png"), full_page=True)
     root.goto(f"{live_server.url}/admin/jobs/jobrun/")
     root.screenshot(path=str(SCREENSHOTS / "job-runs.png"), full_page=False)
+
+
+def test_the_queue_lists_a_message_that_names_its_run_as_its_task(root, live_server, settings) -> None:
+    # With the ORM broker a message of one run is text that names the run; the queue
+    # admin shows it as the task the pusher will make of it, with its due time in seconds.
+    from tests.support import jobs as probes
+
+    settings.JOBS_BROKER = "orm"
+    run = probes.ok.enqueue(key="queued", _delay=3600)  # due later: it stays in the queue
+    root.goto(f"{live_server.url}/admin/django_q/ormq/")
+    row = root.locator("#result_list tbody tr", has_text=f"probe.ok#{run.pk}.1")
+    assert row.count() == 1
+    text = row.inner_text()
+    assert "project.jobs.runner.execute" in text
+    assert f"r{run.pk}.1" in text
+    # Due in an hour: when, relative, with the exact time to the second on hover.
+    assert row.locator("time").inner_text().startswith("in "), text
+    assert re.search(r"\d\d:\d\d:\d\d", row.locator("time").get_attribute("title") or ""), text
+    assert root.evaluate("document.documentElement.scrollWidth") <= 1400
