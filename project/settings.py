@@ -464,11 +464,17 @@ PROMETHEUS_LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, float
 
 LOG_FORMAT = env_choice("LOG_FORMAT", ("json", "text"), "text" if DEBUG else "json")
 LOG_LEVEL = env_choice("LOG_LEVEL", ("debug", "info", "warning", "error"), "info").upper()
+# django-q2's own line per message taken and per message done (project.logs.TaskLinesFilter).
+LOG_DJANGO_Q_TASKS = env_bool("LOG_DJANGO_Q_TASKS", False)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     # "redact" masks URL query strings and token formats in every line (project.logs).
-    "filters": {"context": {"()": "project.logs.ContextFilter"}, "redact": {"()": "project.logs.RedactFilter"}},
+    "filters": {
+        "context": {"()": "project.logs.ContextFilter"},
+        "redact": {"()": "project.logs.RedactFilter"},
+        "task_lines": {"()": "project.logs.TaskLinesFilter"},
+    },
     "formatters": {
         "json": {"()": "project.logs.JsonFormatter"},
         "text": {"()": "project.logs.TextFormatter"},
@@ -478,7 +484,12 @@ LOGGING = {
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
-        "django-q": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+        "django-q": {
+            "handlers": ["console"],
+            "level": LOG_LEVEL,
+            "propagate": False,
+            "filters": [] if LOG_DJANGO_Q_TASKS else ["task_lines"],
+        },
         "django.db.backends": {"level": "INFO"},
         # They quote request URLs (with a signed upload[url], an admin search term): masked
         # before any handler, Django's own (mail_admins, its DEBUG console) included.

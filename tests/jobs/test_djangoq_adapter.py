@@ -161,3 +161,10 @@ def test_the_scheduler_passes_the_q_options_of_a_schedule_s_kwargs() -> None:
     source = inspect.getsource(scheduler.scheduler)
     assert 'q_options = kwargs.get("q_options", {})' in source
     assert 'kwargs["q_options"] = q_options' in source
+
+
+def test_the_worker_and_the_monitor_log_the_lines_we_drop() -> None:
+    # project.logs.TaskLinesFilter drops these two INFO lines by their module and text.
+    assert """_("%(proc_name)s processing %(task_name)s '%(func_name)s'")""" in inspect.getsource(worker)
+    assert "logger.info(task_desc)" in inspect.getsource(worker.worker)
+    assert """_("Processed '%(info_name)s' (%(task_name)s)")""" in inspect.getsource(monitor)
