@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -394,6 +394,24 @@ class ClusterHeartbeatAdmin(ControlledAdmin):
 # --- django-q2's queue table -----------------------------------------------------------------
 
 
+def _message_task(obj: OrmQ) -> dict[str, Any]:
+    return djangoq.message_task(obj.payload) or {"id": "(unreadable)"}
+
+
+def _task_field(key: str, description: str) -> Callable[[Any, OrmQ], Any]:
+    """A column showing one field of a queued message's task, as the pusher will read it."""
+
+    @admin.display(description=description)
+    def shown(model_admin: Any, obj: OrmQ) -> Any:
+        return _message_task(obj).get(key)
+
+    shown.__name__ = key
+    return shown
+
+
+_SHOWN_APART = {"id", "name", "group", "func", "args", "kwargs"}
+
+
 class QueuedMessageAdmin(q_admin.QueueAdmin):  # type: ignore[misc]  # django-q2 ships no type hints
     """django-q2's ORM queue, each message read as the pusher reads it. A message of one
     run names the run instead of carrying a signed task (``djangoq.run_message``), which
@@ -401,41 +419,17 @@ class QueuedMessageAdmin(q_admin.QueueAdmin):  # type: ignore[misc]  # django-q2
 
     list_display = ("id", "key", "name", "group", "func", "lock_shown", "task_id")
     lock_shown = time_column("lock", "Due, or leased until")
-
-    @staticmethod
-    def _task(obj: OrmQ) -> dict[str, Any]:
-        return djangoq.message_task(obj.payload) or {"id": "(unreadable)"}
-
-    @admin.display(description="Task id")
-    def task_id(self, obj: OrmQ) -> Any:
-        return self._task(obj).get("id")
-
-    @admin.display(description="Name")
-    def name(self, obj: OrmQ) -> Any:
-        return self._task(obj).get("name")
-
-    @admin.display(description="Group")
-    def group(self, obj: OrmQ) -> Any:
-        return self._task(obj).get("group")
-
-    @admin.display(description="Function")
-    def func(self, obj: OrmQ) -> Any:
-        return self._task(obj).get("func")
-
-    @admin.display(description="Arguments")
-    def args(self, obj: OrmQ) -> Any:
-        return self._task(obj).get("args")
-
-    @admin.display(description="Keyword arguments")
-    def kwargs(self, obj: OrmQ) -> Any:
-        return self._task(obj).get("kwargs")
+    task_id = _task_field("id", "Task id")
+    name = _task_field("name", "Name")
+    group = _task_field("group", "Group")
+    func = _task_field("func", "Function")
+    args = _task_field("args", "Arguments")
+    kwargs = _task_field("kwargs", "Keyword arguments")
 
     @admin.display(description="Options")
     def q_options(self, obj: OrmQ) -> Any:
-        return {key: value for key, value in self._task(obj).items() if key not in _SHOWN_APART}
+        return {key: value for key, value in _message_task(obj).items() if key not in _SHOWN_APART}
 
-
-_SHOWN_APART = {"id", "name", "group", "func", "args", "kwargs"}
 
 if admin.site.is_registered(OrmQ):
     admin.site.unregister(OrmQ)
