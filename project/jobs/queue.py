@@ -87,13 +87,10 @@ def runs_enqueue(
         rows = [JobRun(kwargs=kwargs, target_id=job.target_id(kwargs), **base) for kwargs in kwargs_list]
         for row, each in zip(rows, delays or (), strict=False):
             row.due_at = now + timedelta(seconds=each)
+        # With the ORM broker, a single run's message is written by the same statement.
+        key = None if _held or len(rows) > 1 else djangoq.message_key_in_database(rows[0].queue)
         if len(rows) == 1:
-            # With the ORM broker, the run's message is written by the same statement.
-            key = None if _held else djangoq.message_key_in_database(rows[0].queue)
             _run_insert(rows[0], message_key=key)
-            if key is not None:
-                metrics.JOBS_ENQUEUED.labels(job=job.name).inc()
-                return rows
         else:
             # The runs differ only in these: one INSERT, the rest prepared once.
             varying: dict[str, list[Any]] = {
@@ -106,7 +103,8 @@ def runs_enqueue(
                 row.pk = pk
                 row._state.adding, row._state.db = False, alias
         runs = rows
-        transaction.on_commit(lambda: runs_push(runs=runs), robust=True)
+        if key is None:
+            transaction.on_commit(lambda: runs_push(runs=runs), robust=True)
     metrics.JOBS_ENQUEUED.labels(job=job.name).inc(len(runs))
     return runs
 
@@ -171,7 +169,6 @@ def runs_push(*, runs: Sequence[JobRun], due: dt.datetime | None = None, batch: 
             for start in range(0, len(group), size):
                 chunk = group[start : start + size]
                 first = chunk[0]
-                label = f"{name}#{first.pk}.{first.attempt}"
                 if len(chunk) == 1:
                     message = djangoq.run_message(
                         run_id=first.pk, attempt=first.attempt, job=name, timeout=timeout, names=names
@@ -179,7 +176,7 @@ def runs_push(*, runs: Sequence[JobRun], due: dt.datetime | None = None, batch: 
                 else:
                     message = djangoq.package_many(
                         runs=[(run.pk, run.attempt) for run in chunk],
-                        name=f"{label}+{len(chunk) - 1}",
+                        name=f"{name}#{first.pk}.{first.attempt}+{len(chunk) - 1}",
                         group=name,
                         # Each run may take its job's budget once it starts, and the last
                         # one starts at most JOBS_BATCH_BUDGET after the first.
