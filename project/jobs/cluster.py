@@ -19,7 +19,8 @@ with this sentinel. What it adds, each for a failure that stock django-q2 does n
   covers them all): a retry is sent through its broker, which another queue's clusters
   may not read.
   A cluster that starts with no other alive on its queue sends the due runs' messages
-  again (those a dead cluster had pulled would otherwise wait for their lease).
+  again (those a dead cluster had pulled would otherwise wait for their lease), except
+  the runs whose own message still waits in the ORM queue, unpulled.
 * **SIGTERM to the whole process group is a clean stop**, as systemd sends it
   (``KillMode=control-group``): the sentinel turns it into a graceful stop, and workers,
   pusher and monitor ignore it, so running jobs finish and the pulled messages are given

@@ -71,6 +71,8 @@ from typing import TYPE_CHECKING, Any, cast
 import redis as redis_lib
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connections, transaction
+from django.db.models import Exists, OuterRef, TextField, Value
+from django.db.models.functions import Cast, Concat, Now
 from django.utils import timezone
 from django_q.brokers.orm import ORM
 from django_q.brokers.redis_broker import Redis
@@ -314,6 +316,25 @@ def message_key_in_database(queue: str | None) -> str | None:
     if settings.JOBS_BROKER != "orm" or Conf.ORM != "default":
         return None
     return queue or Conf.CLUSTER_NAME
+
+
+def message_of_run_waiting(queue: str | None) -> Exists | None:
+    """For a query of runs: the run's own message, one that names it, waits in ``queue``'s
+    ORM queue, due and not pulled (a pulled one is leased: its ``lock`` lies ahead). None
+    when messages are not rows of the runs' database."""
+    key = message_key_in_database(queue)
+    if key is None:
+        return None
+    named = Concat(
+        Value("jobs.run:"),
+        Cast(OuterRef("id"), TextField()),
+        Value(":"),
+        Cast(OuterRef("attempt"), TextField()),
+        Value(":"),
+        OuterRef("name"),
+        output_field=TextField(),
+    )
+    return Exists(OrmQ.objects.using(Conf.ORM).filter(key=key, lock__lte=Now(), payload=named))
 
 
 def message_task(payload: bytes | str) -> dict[str, Any] | None:

@@ -183,12 +183,18 @@ def runs_repush_stranded(*, queue: str, waiting_for: float, alone: bool = False,
         if any(h != host or (pid != os.getpid() and _alive(pid)) for h, pid in fresh):
             return 0
     late = now - timedelta(seconds=waiting_for)
+    candidates = (
+        JobRun.objects.select_for_update(skip_locked=True)
+        .filter(_of_queue(queue), status=Status.QUEUED, due_at__lte=late, pushed_at__lte=late)
+        .exclude(name__in=JobPause.objects.values("name"))
+    )
+    waiting = djangoq.message_of_run_waiting(queue)
+    if waiting is not None:
+        # Its own message still waits in the queue, unpulled: not stranded (sending it again
+        # would only make a duplicate). A shared message cannot be told apart: sent again.
+        candidates = candidates.exclude(waiting)
     with transaction.atomic():
-        stranded = list(
-            JobRun.objects.select_for_update(skip_locked=True)
-            .filter(_of_queue(queue), status=Status.QUEUED, due_at__lte=late, pushed_at__lte=late)
-            .exclude(name__in=JobPause.objects.values("name"))[:limit]
-        )
+        stranded = list(candidates[:limit])
         transitions.repush(stranded)
     if stranded:
         logger.warning("sent %d stranded messages again", len(stranded), extra={"queue": queue})

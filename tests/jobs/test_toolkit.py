@@ -395,6 +395,22 @@ def test_a_redelivered_message_of_a_worker_that_died_in_a_database_outage_costs_
     assert (run.status, run.attempt, run.deferrals, charged) == expected
 
 
+def test_a_start_alone_sends_again_only_the_runs_whose_messages_a_dead_cluster_had_pulled(monkeypatch) -> None:
+    from django_q.conf import Conf
+
+    monkeypatch.setattr(Conf, "WORKERS", 4)
+    monkeypatch.setattr(Conf, "BULK", 1)
+    runs = [probes.ok.enqueue(key=f"s{n}") for n in range(3)]  # each with its message
+    queue = runs[0].queue
+    # A cluster pulls one message (leased) and dies; the two others wait in the queue.
+    ((pulled, _payload),) = OrmBroker(list_key=queue).dequeue()
+    assert OrmQ.objects.filter(key=queue, lock__gt=timezone.now()).values_list("pk", flat=True).get() == pulled
+    before = {run.pk: JobRun.objects.get(pk=run.pk).pushed_at for run in runs}
+    assert recovery.runs_repush_stranded(queue=queue, waiting_for=0) == 1
+    again = [run.pk for run in runs if JobRun.objects.get(pk=run.pk).pushed_at != before[run.pk]]
+    assert again == [runs[0].pk]  # the oldest: the one the pull took
+
+
 def test_queued_run_whose_message_was_lost_is_pushed_again(django_capture_on_commit_callbacks) -> None:
     old = timezone.now() - timedelta(hours=1)
     JobRun.objects.create(name="probe.ok", kwargs={"key": "lost"}, due_at=old, pushed_at=old)
