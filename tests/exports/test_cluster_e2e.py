@@ -132,7 +132,11 @@ def test_worker_killed_mid_export_is_re_run_and_leaves_nothing_behind(
     wait_for(lambda: is_lost(JobRun.objects.get(pk=run.pk)), timeout=15, message="heartbeat still fresh")
     # The minute schedule (or, on the ORM broker, redelivery) would do this too; run it now.
     recovery_sweep()
-    wait_for(lambda: _job_status(job, "finished", "failed"), timeout=30)
+    # The export's status commits before the runner records the run's outcome.
+    wait_for(
+        lambda: _job_status(job, "finished", "failed") and JobRun.objects.get(pk=run.pk).status in JobRun.TERMINAL,
+        timeout=30,
+    )
     client.poll()
 
     job.refresh_from_db()

@@ -47,8 +47,10 @@ def _run_state(job: ProjectImportJob) -> tuple:
 
 
 def _ended(job: ProjectImportJob) -> bool:
+    """The import and its run both ended: the import's own status commits before the
+    runner records the run's outcome, a moment later."""
     job.refresh_from_db()
-    return not job.is_active
+    return not job.is_active and JobRun.objects.get(pk=job.job_run_id).status in JobRun.TERMINAL
 
 
 @pytest.fixture(scope="module")
