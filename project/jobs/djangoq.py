@@ -19,9 +19,9 @@ Written against django-q2 1.11.x. The internals relied on:
   uuid), ``name``, ``func`` (a dotted path), ``args``, ``kwargs``, ``started``, and the
   options ``group``, ``ack_failure`` and ``timeout`` that ``async_task(q_options=...)``
   would set. We build it here rather than through ``async_task`` because a message must
-  go to the broker with a due time, which ``async_task`` cannot pass. An ORM message of
-  one run is stored as text that names the run and turned into that task when pulled
-  (see "messages that name a run" below).
+  go to the broker with a due time, which ``async_task`` cannot pass. A message of one
+  run is stored as text that names the run (signed on Redis) and turned into that task
+  when pulled (see "messages that name a run" below).
 * The pusher hands each pulled ``(ack_id, payload)`` to a worker after
   ``SignedPackage.loads(payload)``; when ``dequeue`` raises, it sleeps 10 s and exits, so
   ours never raises for an unavailable store (``_unavailable``).
@@ -70,6 +70,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import redis as redis_lib
 from django.conf import settings
+from django.core.signing import Signer
 from django.db import InterfaceError, OperationalError, connections, transaction
 from django.db.models import Exists, OuterRef, TextField, Value
 from django.db.models.functions import Cast, Concat, Now
@@ -211,7 +212,10 @@ def _handed_out(rows: list[_Pulled], *, key: str, lock: dt.datetime) -> list[_Pu
     backlog is merged (``_backlog_merged``), the merged message replacing its parts in one
     statement (leased as they were), so a crash at any point leaves the parts or the whole."""
     kept, merged = _backlog_merged([payload for _due, _pk, payload in rows], read=message_task)
-    handed = [(rows[index][0], rows[index][1], _reference_signed(rows[index][2]) or rows[index][2]) for index in kept]
+    handed = [
+        (rows[index][0], rows[index][1], _reference_signed(rows[index][2], plain=True) or rows[index][2])
+        for index in kept
+    ]
     if merged:
         due = {payload: rows[parts[0]][0] for payload, parts in merged}
         with db.prepared_cursor(connections[Conf.ORM]) as cursor:
@@ -282,19 +286,30 @@ def _backlog_merged(
 # pulls it, with the task id ``r<run id>.<attempt>``, which the run records at its claim (so
 # the sentinel finds the message to end its lease). It need not be signed there: it is
 # parsed, never unpickled, and it lies in the runs' own database, where whoever could
-# write it could write the runs too. A Redis message stays signed: Redis is another
-# service, with credentials of its own.
+# write it could write the runs too. Elsewhere (Redis: another service, with credentials
+# of its own) the message names the run too but is signed, ``jobs.srun:<run id>:<attempt>:
+# <job>:<signature>``: an HMAC of the name with ``SECRET_KEY`` (``SECRET_KEY_FALLBACKS``
+# honoured), a few microseconds, where django-q2's signed task is a pickle, a zlib pass
+# and a humanhash id (0.2 ms of the sender's CPU). A reader of such a store never takes a
+# plain name (``plain=False``).
 
-_REFERENCE = re.compile(rf"jobs\.run:(\d+):(\d+):({declared.JOB_NAME.pattern})")
+_REFERENCE = re.compile(rf"(\d+):(\d+):({declared.JOB_NAME.pattern})")
+_PLAIN_PREFIX = "jobs.run:"
+_SIGNED_PREFIX = "jobs.srun:"
+_SIGNING_SALT = "project.jobs.run-message"
 
 
 def run_message(*, run_id: int, attempt: int, job: str, timeout: int | None, names: bool) -> str:
-    """The message of one run's attempt: with ``names`` (for an ORM queue on the runs'
-    database: ``message_key_in_database``), one that names the run (see above); else, or
-    for a run whose job name could not be named (none declared now), a signed one."""
-    if names and declared.JOB_NAME.fullmatch(job):
-        return f"jobs.run:{run_id}:{attempt}:{job}"
-    return package(run_id=run_id, attempt=attempt, name=f"{job}#{run_id}.{attempt}", group=job, timeout=timeout)
+    """The message of one run's attempt, which names the run (see above): plainly with
+    ``names`` (for an ORM queue on the runs' database: ``message_key_in_database``), else
+    signed. A run whose job name could not be named (none declared now) gets django-q2's
+    signed task."""
+    if not declared.JOB_NAME.fullmatch(job):
+        return package(run_id=run_id, attempt=attempt, name=f"{job}#{run_id}.{attempt}", group=job, timeout=timeout)
+    reference = f"{run_id}:{attempt}:{job}"
+    if names:
+        return _PLAIN_PREFIX + reference
+    return _SIGNED_PREFIX + Signer(salt=_SIGNING_SALT).sign(reference)
 
 
 def run_and_message_insert_sql(run_insert: str) -> str:
@@ -337,18 +352,31 @@ def message_of_run_waiting(queue: str | None) -> Exists | None:
     return Exists(OrmQ.objects.using(Conf.ORM).filter(key=key, lock__lte=Now(), payload=named))
 
 
-def message_task(payload: bytes | str) -> dict[str, Any] | None:
-    """The task of an ORM message (one that names a run, or a signed one), or None when it
-    cannot be read."""
-    return _reference_task(payload) or _loads(payload)
+def message_task(payload: bytes | str, *, plain: bool = True) -> dict[str, Any] | None:
+    """The task of a message (one that names a run, or django-q2's signed task), or None
+    when it cannot be read. ``plain``: a message that names its run unsigned is taken
+    (an ORM message, in the runs' own database); a Redis reader passes False."""
+    return _reference_task(payload, plain=plain) or _loads(payload)
 
 
-def _reference_task(payload: bytes | str) -> dict[str, Any] | None:
+def _reference_task(payload: bytes | str, *, plain: bool) -> dict[str, Any] | None:
     if isinstance(payload, bytes):
-        if not payload.startswith(b"jobs.run:"):
+        if not payload.startswith(b"jobs."):
             return None
-        payload = payload.decode()
-    match = _REFERENCE.fullmatch(payload) if payload.startswith("jobs.run:") else None
+        try:
+            payload = payload.decode()
+        except UnicodeDecodeError:
+            return None
+    if plain and payload.startswith(_PLAIN_PREFIX):
+        reference = payload[len(_PLAIN_PREFIX) :]
+    elif payload.startswith(_SIGNED_PREFIX):
+        try:
+            reference = Signer(salt=_SIGNING_SALT).unsign(payload[len(_SIGNED_PREFIX) :])
+        except BadSignature:
+            return None
+    else:
+        return None
+    match = _REFERENCE.fullmatch(reference)
     if match is None:
         return None
     run_id, attempt, name = int(match[1]), int(match[2]), match[3]
@@ -363,9 +391,15 @@ def _reference_task(payload: bytes | str) -> dict[str, Any] | None:
     )
 
 
-def _reference_signed(payload: bytes | str) -> str | None:
-    task = _reference_task(payload)
+def _reference_signed(payload: bytes | str, *, plain: bool) -> str | None:
+    """django-q2's signed task for a message that names its run (what its pusher reads);
+    None for any other message."""
+    task = _reference_task(payload, plain=plain)
     return None if task is None else cast(str, SignedPackage.dumps(task))
+
+
+def _redis_task(payload: bytes | str) -> dict[str, Any] | None:
+    return message_task(payload, plain=False)
 
 
 def _unavailable(broker: Any, reset: Callable[[], None]) -> None:
@@ -590,6 +624,9 @@ class RedisBroker(_HeartbeatMixin, Redis):
         return self.connection.zadd(self.delayed_key, {task: due.timestamp()})
 
     def enqueue_many_at(self, items: Sequence[tuple[str, dt.datetime]]) -> None:
+        if len(items) == 1:  # a single enqueue: one command, without a pipeline's cost
+            self.enqueue_at(*items[0])
+            return
         now = timezone.now()
         pipe = self.connection.pipeline(transaction=False)
         for task, due in items:
@@ -623,7 +660,7 @@ class RedisBroker(_HeartbeatMixin, Redis):
     def _pull_messages(self) -> list[tuple[bytes | str, bytes | str]] | None:
         popped: list[bytes | str] = list(self.pull())
         if popped:
-            kept, merged = _backlog_merged(popped, read=_loads)
+            kept, merged = _backlog_merged(popped, read=_redis_task)
             if merged:
                 # The merged messages replace their parts among the pulled ones at once
                 # (MULTI): a crash leaves the parts or the whole, leased either way.
@@ -643,14 +680,16 @@ class RedisBroker(_HeartbeatMixin, Redis):
                 back = handed[max(1, Conf.BULK) :]
                 self._script(_LEASES_END)(keys=[self.pulled_key, self.list_key], args=back[::-1])
                 del handed[max(1, Conf.BULK) :]
-            return [(message, message) for message in handed]
+            # The message is its own ack id; one that names its run is handed to the
+            # pusher as django-q2's task.
+            return [(message, _reference_signed(message, plain=False) or message) for message in handed]
         task = self.connection.blpop(self.list_key, Conf.POLL)
         if task:
             message = cast(bytes, task[1])  # the connection does not decode responses
             # Leased a moment after it left the list: a cluster dying in between loses it to
             # the re-push sweep (JOBS_REPUSH_AFTER), as before leases.
             self.connection.zadd(self.pulled_key, {message: time.time() + message_lease()})
-            return [(message, message)]
+            return [(message, _reference_signed(message, plain=False) or message)]
         return None
 
     def pull(self, *, now: float | None = None) -> list[bytes]:
@@ -667,7 +706,7 @@ class RedisBroker(_HeartbeatMixin, Redis):
         """Put the pulled messages of these tasks (their worker died) back at the head of
         the list at once, rather than when their lease ends. Returns how many."""
         pulled = cast(list[bytes], self.connection.zrange(self.pulled_key, 0, -1))
-        mine = [message for message in pulled if (_loads(message) or {}).get("id") in task_ids]
+        mine = [message for message in pulled if (_redis_task(message) or {}).get("id") in task_ids]
         if not mine:
             return 0
         moved: int = self._script(_LEASES_END)(keys=[self.pulled_key, self.list_key], args=mine)

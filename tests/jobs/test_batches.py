@@ -14,7 +14,7 @@ from django.db import OperationalError
 from django.utils import timezone
 from django_q.conf import Conf
 from django_q.models import OrmQ
-from django_q.signing import SignedPackage
+from django_q.signing import BadSignature, SignedPackage
 from django_q.timeout import TimeoutHandler
 
 from project.jobs import djangoq, runner, transitions
@@ -448,19 +448,49 @@ def test_a_backlog_of_single_redis_messages_is_pulled_as_shared_messages(setting
             broker.acknowledge(ack_id)
         assert broker.depth() == {"ready": 2, "held": 0}
         rest = broker.dequeue()
-        assert [SignedPackage.loads(payload.decode())["args"] for _, payload in rest] == [(r.pk, 1) for r in permanent]
+        assert [SignedPackage.loads(payload)["args"] for _, payload in rest] == [(r.pk, 1) for r in permanent]
     finally:
         broker.purge_queue()
 
 
 @needs_redis
-def test_the_redis_pusher_does_not_take_a_message_that_names_a_run_for_a_task() -> None:
-    # Only a message in the runs' own database may name a run: one found on Redis goes to
-    # the pusher as it is, which drops it as an unsigned message.
+def test_the_redis_pusher_does_not_take_a_message_that_names_a_run_unsigned_for_a_task() -> None:
+    # Only a message in the runs' own database may name a run unsigned: one found on Redis
+    # goes to the pusher as it is, which drops it as an unsigned message.
     broker = RedisBroker(list_key=f"unsigned-{uuid.uuid4().hex[:8]}")
     try:
         broker.enqueue("jobs.run:1:1:probe.ok")
         assert broker.dequeue() == [(b"jobs.run:1:1:probe.ok", b"jobs.run:1:1:probe.ok")]
+        with pytest.raises(BadSignature):
+            SignedPackage.loads("jobs.run:1:1:probe.ok")
+    finally:
+        broker.purge_queue()
+
+
+@needs_redis
+@pytest.mark.django_db
+def test_a_single_redis_enqueue_sends_a_signed_message_that_names_its_run(
+    settings, monkeypatch, django_capture_on_commit_callbacks
+) -> None:
+    settings.JOBS_BROKER = "redis"
+    monkeypatch.setattr(Conf, "CLUSTER_NAME", f"named-{uuid.uuid4().hex[:8]}")
+    broker = djangoq.get_broker()
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            run = probes.ok.enqueue(key="named")
+        (message,) = broker.connection.lrange(broker.list_key, 0, -1)
+        assert message.startswith(f"jobs.srun:{run.pk}:1:probe.ok:".encode())
+        ((ack_id, payload),) = broker.dequeue()
+        # The message is its own ack id; the pusher gets django-q2's signed task, with the
+        # task id the run records at its claim (so a dead worker's lease can be ended).
+        assert ack_id == message
+        task = SignedPackage.loads(payload)
+        assert (task["func"], task["args"], task["id"]) == (djangoq.RUNNER, (run.pk, 1), f"r{run.pk}.1")
+        assert broker.depth() == {"ready": 0, "held": 1}
+        assert broker.leases_end({task["id"]}) == 1
+        assert broker.dequeue()[0][0] == message
+        broker.acknowledge(message)
+        assert broker.depth() == {"ready": 0, "held": 0}
     finally:
         broker.purge_queue()
 

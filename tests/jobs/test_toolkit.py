@@ -7,6 +7,7 @@ import logging
 import time
 import uuid
 from datetime import timedelta
+from unittest.mock import ANY
 
 import pytest
 import time_machine
@@ -75,9 +76,34 @@ def test_a_job_name_must_be_one_a_message_can_name() -> None:
     message = djangoq.run_message(run_id=7, attempt=2, job="old name", timeout=None, names=True)
     assert djangoq.message_task(message)["args"] == (7, 2)
     assert djangoq.run_message(run_id=7, attempt=2, job="probe.ok", timeout=None, names=True) == "jobs.run:7:2:probe.ok"
-    # A Redis message stays signed: Redis is not the runs' database.
+    # Elsewhere (Redis is not the runs' database) it names the run, signed.
     signed = djangoq.run_message(run_id=7, attempt=2, job="probe.ok", timeout=None, names=False)
-    assert SignedPackage.loads(signed)["args"] == (7, 2)
+    assert signed.startswith("jobs.srun:7:2:probe.ok:")
+    assert djangoq.message_task(signed, plain=False)["args"] == (7, 2)
+
+
+def test_a_signed_message_that_names_a_run_is_read_only_with_its_signature(settings) -> None:
+    signed = djangoq.run_message(run_id=7, attempt=2, job="probe.ok", timeout=None, names=False)
+    task = djangoq.message_task(signed, plain=False)
+    assert (task["func"], task["args"], task["group"], task["id"]) == (djangoq.RUNNER, (7, 2), "probe.ok", "r7.2")
+    assert task["timeout"] == probes.ok.timeout_seconds
+    assert djangoq.message_task(signed.encode(), plain=False) == task | {"started": ANY}
+    # Another run, attempt or job under the same signature; the name unsigned; a
+    # signature of another key: none is read.
+    for forged in (
+        signed.replace(":7:2:", ":8:2:"),
+        signed.replace(":7:2:", ":7:3:"),
+        signed.replace("probe.ok", "probe.permanent"),
+        "jobs.run:7:2:probe.ok",
+        "jobs.srun:7:2:probe.ok",
+    ):
+        assert djangoq.message_task(forged, plain=False) is None, forged
+    old_key = settings.SECRET_KEY
+    settings.SECRET_KEY = "another key of at least fifty characters, for the signer only"
+    assert djangoq.message_task(signed, plain=False) is None
+    # A key being rotated out still reads the messages it signed.
+    settings.SECRET_KEY_FALLBACKS = [old_key]
+    assert djangoq.message_task(signed, plain=False)["args"] == (7, 2)
 
 
 def test_job_arguments_must_be_ids_or_flags() -> None:
