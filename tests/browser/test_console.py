@@ -105,6 +105,10 @@ def test_export_progress_moves_on_the_page_until_it_succeeds(
     root.screenshot(path=str(SCREENSHOTS / "export-detail.png"), full_page=True)
     cluster_for_browser.release(project)
     _reload_until(root, _export_url(live_server.url, job), "finished", progress=_run_state(job.job_run_id))
+    # The export's status commits before the runner records the run's outcome.
+    wait_until(
+        lambda: JobRun.objects.get(pk=job.job_run_id).status in JobRun.TERMINAL, progress=_run_state(job.job_run_id)
+    )
     root.goto(run_url)
     assert "succeeded" in root.locator(".field-status_shown").inner_text()
 

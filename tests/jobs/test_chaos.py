@@ -87,8 +87,14 @@ def test_worker_killed_while_holding_its_timer_lock_is_replaced() -> None:
         _wait_final([dying], cluster)
         runs = [probes.ok.enqueue(key=f"after-handover-{n}") for n in range(3)]
         _wait_final(runs, cluster)
-        output = cluster.output()
-    assert "reincarnated worker" in output
+        # The sentinel logs the reincarnation just after it starts the new worker, which may
+        # have run these by then.
+        wait_until(
+            lambda: "reincarnated worker" in cluster.output(),
+            progress=cluster.output,
+            stall=30,
+            message="the sentinel did not log a reincarnated worker",
+        )
     assert set(JobRun.objects.filter(pk__in=[r.pk for r in runs]).values_list("status", flat=True)) == {"succeeded"}
 
 

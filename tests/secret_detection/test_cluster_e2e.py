@@ -162,7 +162,10 @@ def test_sdrs_down_for_two_minutes_while_200_findings_are_verified(sd_cluster, s
 
     def verified() -> bool:
         done = FindingTokenStatus.objects.filter(status__in=["active", "inactive"]).count()
-        return done == 200 - lost and sdrs.callbacks_idle()
+        # And the tick ended: its pool claims (pending) and sends each row in turn, so a lost
+        # token may not be sent yet when every other callback has landed.
+        ticked = _all_runs_finished(TICK, JobRun.objects.filter(name=TICK).count())
+        return done == 200 - lost and sdrs.callbacks_idle() and ticked
 
     wait_until(
         verified, progress=progress, message=lambda: f"not verified after SDRS came back:\n{sd_cluster.output()}"
