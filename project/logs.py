@@ -66,9 +66,12 @@ class RedactFilter(logging.Filter):
             record.msg, record.args = masked, ()
         ctx = getattr(record, "ctx", None)
         if ctx:
-            record.ctx = {key: redact(value) if isinstance(value, str) else value for key, value in ctx.items()}
-        for key, value in list(vars(record).items()):
-            if key in _RESERVED or key.startswith("_") or isinstance(value, _PLAIN):
+            record.ctx = _masked_context(ctx)
+        # Only the extras: the record's own attributes are set by logging (a set
+        # difference, not a test per attribute, as this runs for every line).
+        for key in record.__dict__.keys() - _RESERVED:
+            value = record.__dict__[key]
+            if key.startswith("_") or isinstance(value, _PLAIN):
                 continue
             if isinstance(value, str):
                 masked = redact(value)
@@ -87,6 +90,15 @@ class RedactFilter(logging.Filter):
         return True
 
 
+def _masked_context(ctx: dict) -> dict:
+    """The context with its text values masked; the same dict when none needs it (one
+    search over all of them: a job's context is ids and names)."""
+    texts = [value for value in ctx.values() if isinstance(value, str)]
+    if not texts or redact("\n".join(texts)) == "\n".join(texts):
+        return ctx
+    return {key: redact(value) if isinstance(value, str) else value for key, value in ctx.items()}
+
+
 def _exception(formatter: logging.Formatter, record: logging.LogRecord) -> str:
     # A traceback quotes exception messages, which may quote a URL.
     assert record.exc_info is not None  # the callers check it
@@ -95,9 +107,11 @@ def _exception(formatter: logging.Formatter, record: logging.LogRecord) -> str:
 
 def _extras(record: logging.LogRecord) -> dict:
     values = dict(getattr(record, "ctx", None) or context.current())
-    for key, value in vars(record).items():
+    attributes = record.__dict__
+    # In the record's order (a set difference has none): the lines read the same each time.
+    for key in attributes:
         if key not in _RESERVED and not key.startswith("_"):
-            values[key] = value
+            values[key] = attributes[key]
     return values
 
 

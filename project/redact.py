@@ -12,6 +12,12 @@ from __future__ import annotations
 
 import re
 
+_TOKEN_PREFIXES = (
+    *("glpat-", "gloas-", "glrt-", "ghp_", "gho_", "ghs_", "github_pat_"),
+    *("AKIA", "ASIA", "AIza", "ya29.", "PMAK-", "sk-"),
+    *(f"xox{kind}-" for kind in "abprs"),
+)
+
 _RULES: list[tuple[re.Pattern[str], str]] = [
     # A URL's query may carry a signature (an upload URL, say).
     (re.compile(r"(\b[a-z][a-z0-9+.\-]*://[^\s?#]+)\?[^\s]*", re.IGNORECASE), r"\1?…"),
@@ -23,13 +29,7 @@ _RULES: list[tuple[re.Pattern[str], str]] = [
         r"\1=…",
     ),
     # Token formats of GitLab and the partners whose leaks we verify.
-    (
-        re.compile(
-            r"\b(glpat-|gloas-|glrt-|ghp_|gho_|ghs_|github_pat_|AKIA|ASIA|AIza|ya29\.|PMAK-|sk-|xox[abprs]-)"
-            r"[A-Za-z0-9_\-.]{4,}"
-        ),
-        r"\1…",
-    ),
+    (re.compile(rf"\b({'|'.join(map(re.escape, _TOKEN_PREFIXES))})[A-Za-z0-9_\-.]{{4,}}"), r"\1…"),
     (re.compile(r"-----BEGIN [A-Z ]+-----.*?(-----END [A-Z ]+-----|$)", re.DOTALL), "[PEM block]"),
     # Anything long and opaque (keys, signatures): keep 4 characters to tell them apart.
     # Slashes excluded: a file path in a traceback is not a secret.
@@ -47,8 +47,21 @@ def _scoped(pattern: re.Pattern[str]) -> str:
 _ANY = re.compile("|".join(_scoped(pattern) for pattern, _ in _RULES))
 
 
+# What each rule needs, short of the long opaque strings (40 characters at least): a text
+# shorter than that with none of these matches no rule. A log line's message and a job's
+# context are mostly such texts, and these tests cost a tenth of one search.
+_SHORT = 40
+_NEEDED = ("?", "=", "-----BEGIN", *_TOKEN_PREFIXES)
+
+
+def _matches(text: str) -> bool:
+    if len(text) < _SHORT and not any(needed in text for needed in _NEEDED):
+        return False
+    return _ANY.search(text) is not None
+
+
 def redact(text: str) -> str:
-    if _ANY.search(text) is None:
+    if not _matches(text):
         return text
     for pattern, replacement in _RULES:
         text = pattern.sub(replacement, text)

@@ -266,6 +266,7 @@ def _object_ids(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 _metric_children: dict[str, tuple[Any, Any, Any, Any]] = {}
+_finished_children: dict[tuple[str, str], Any] = {}
 
 
 def _job_metrics(name: str) -> tuple[Any, Any, Any, Any]:
@@ -344,7 +345,12 @@ def _run(run: JobRun, task: dict[str, Any] | None = None, following: _Next | Non
             in_flight.dec()
             _current.reset(token)
             duration.observe(time.perf_counter() - started)
-        metrics.JOBS_FINISHED.labels(job=job.name, outcome=outcome).inc()
+        finished = _finished_children.get((job.name, outcome))
+        if finished is None:
+            finished = _finished_children[job.name, outcome] = metrics.JOBS_FINISHED.labels(
+                job=job.name, outcome=outcome
+            )
+        finished.inc()
         return outcome
 
 
