@@ -23,11 +23,12 @@ asked for, and ``DB_PREPARED_STATEMENTS=0`` turns them off for such a pooler.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from typing import Any
 
 from django.conf import settings
-from django.db.backends.postgresql import base, operations
+from django.db.backends.postgresql import base, operations, psycopg_any
 from django.db.backends.utils import CursorWrapper
 from psycopg import errors
 from psycopg.pq import Format, TransactionStatus
@@ -35,7 +36,7 @@ from psycopg.pq import Format, TransactionStatus
 # Defined for psycopg 3 only; django-stubs declares the cursor without psycopg's methods.
 _ServerBindingCursor: Any = base.ServerBindingCursor
 _TIMESTAMPTZ_OID: int = base.TIMESTAMPTZ_OID
-_register_tzloader: Any = base.register_tzloader  # type: ignore[attr-defined]
+_BaseTzLoader: Any = psycopg_any.BaseTzLoader
 
 # The cursor name that asks ``create_cursor`` for a preparing cursor (no real cursor has it).
 _PREPARED = "\x00prepared"
@@ -104,6 +105,33 @@ class PreparingCursor(_ServerBindingCursor):
         self.connection.stale_plans = False
 
 
+class IsoTzLoader(_BaseTzLoader):
+    """Django's timestamptz loader (the instant in ``timezone``, or the naive wall time
+    without one), the ISO text PostgreSQL sends parsed by ``datetime.fromisoformat``, in
+    C: the psycopg loader Django's subclasses parses it in Python, 3.2 us against 0.2, six
+    times for each run a worker claims. What ``fromisoformat`` cannot read (``infinity``,
+    a date before Christ) goes to Django's."""
+
+    def load(self, data: Any) -> Any:
+        try:
+            value = dt.datetime.fromisoformat(bytes(data).decode())
+        except ValueError:
+            return super().load(data)
+        if self.timezone is None:
+            return value.replace(tzinfo=None)
+        return value.astimezone(self.timezone)
+
+
+_iso_tzloaders: dict[Any, type[IsoTzLoader]] = {}
+
+
+def _register_iso_tzloader(timezone: Any, cursor: Any) -> None:
+    loader = _iso_tzloaders.get(timezone)
+    if loader is None:
+        loader = _iso_tzloaders[timezone] = type("SpecificIsoTzLoader", (IsoTzLoader,), {"timezone": timezone})
+    cursor.adapters.register_loader("timestamptz", loader)
+
+
 class DatabaseOperations(operations.DatabaseOperations):
     def last_executed_query(self, cursor: Any, sql: str, params: Any) -> str:
         if isinstance(cursor, PreparingCursor):
@@ -159,8 +187,8 @@ class DatabaseWrapper(base.DatabaseWrapper):
                 self.kept_cursor = cursor
         # As Django's cursors: timestamps in the connection's time zone (a test may change it).
         tzloader = cursor.adapters.get_loader(_TIMESTAMPTZ_OID, Format.TEXT)
-        if self.timezone != tzloader.timezone:
-            _register_tzloader(self.timezone, cursor)
+        if self.timezone != tzloader.timezone or not issubclass(tzloader, IsoTzLoader):
+            _register_iso_tzloader(self.timezone, cursor)
         cursor.in_use = True
         return cursor
 

@@ -199,3 +199,55 @@ def test_a_new_connection_gets_a_cursor_of_its_own(maintainer) -> None:
         cursor.execute(_SQL, [maintainer.pk, True])
         assert cursor.fetchone() == (maintainer.username,)
         assert cursor.cursor is not first
+
+
+_TIMESTAMPS = (
+    "2026-11-30 19:56:13.123456+00",
+    "2026-11-30 19:56:13+00",
+    "2026-03-29 01:30:00.5+02:00",
+    "1999-12-31 23:59:59.999999-08",
+    "0001-01-01 00:00:00+00",
+    "0044-03-15 12:00:00+00 BC",
+    "infinity",
+    "-infinity",
+)
+
+
+def _read(cursor, literal: str) -> object:
+    try:
+        cursor.execute("SELECT %s::timestamptz", [literal])
+        value = cursor.fetchone()[0]
+    except DatabaseError as exc:
+        return type(exc), str(exc)
+    return value, value.tzinfo
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("use_tz", [True, False])
+def test_a_prepared_cursor_reads_timestamps_as_djangos_own_cursors_do(settings, use_tz) -> None:
+    from psycopg.pq import Format
+
+    from project.postgresql.base import IsoTzLoader
+
+    settings.USE_TZ = use_tz
+    settings.TIME_ZONE = "America/New_York"
+    for literal in _TIMESTAMPS:
+        with transaction.atomic(), connection.cursor() as plain:
+            expected = _read(plain, literal)
+        with transaction.atomic(), prepared_cursor() as prepared:
+            assert _read(prepared, literal) == expected, literal
+            # Read by the fast loader, not by Django's (both give the same).
+            loader = prepared.cursor.adapters.get_loader(1184, Format.TEXT)
+            assert issubclass(loader, IsoTzLoader)
+
+
+@pytest.mark.django_db
+def test_a_prepared_cursor_reads_the_instant_whatever_the_sessions_time_zone() -> None:
+    import datetime as dt
+
+    with transaction.atomic(), prepared_cursor() as cursor:
+        cursor.execute("SET LOCAL TIME ZONE 'Asia/Tokyo'")
+        cursor.execute("SELECT %s::timestamptz", ["2026-11-30 19:56:13.123456+00"])
+        value = cursor.fetchone()[0]
+    assert value == dt.datetime(2026, 11, 30, 19, 56, 13, 123456, tzinfo=dt.UTC)
+    assert value.utcoffset() == dt.timedelta(0)
