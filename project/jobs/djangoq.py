@@ -290,8 +290,8 @@ def _backlog_merged(
 # of its own) the message names the run too but is signed, ``jobs.srun:<run id>:<attempt>:
 # <job>:<signature>``: an HMAC of the name with ``SECRET_KEY`` (``SECRET_KEY_FALLBACKS``
 # honoured), a few microseconds, where django-q2's signed task is a pickle, a zlib pass
-# and a humanhash id (0.2 ms of the sender's CPU). A reader of such a store never takes a
-# plain name (``plain=False``).
+# and a humanhash id (a Redis enqueue: 0.50 ms of the sender's CPU before, 0.37-0.40
+# after). A reader of such a store never takes a plain name (``plain=False``).
 
 _REFERENCE = re.compile(rf"(\d+):(\d+):({declared.JOB_NAME.pattern})")
 _PLAIN_PREFIX = "jobs.run:"
