@@ -109,8 +109,9 @@ class IsoTzLoader(_BaseTzLoader):
     """Django's timestamptz loader (the instant in ``timezone``, or the naive wall time
     without one), the ISO text PostgreSQL sends parsed by ``datetime.fromisoformat``, in
     C: the psycopg loader Django's subclasses parses it in Python, 3.2 us against 0.2, six
-    times for each run a worker claims. What ``fromisoformat`` cannot read (``infinity``,
-    a date before Christ) goes to Django's."""
+    times for each run a worker claims, eight times for each row of a list of runs. What
+    ``fromisoformat`` cannot read (``infinity``, a date before Christ) goes to Django's.
+    Registered on every connection (``get_new_connection``) and on a preparing cursor."""
 
     def load(self, data: Any) -> Any:
         try:
@@ -126,10 +127,19 @@ _iso_tzloaders: dict[Any, type[IsoTzLoader]] = {}
 
 
 def _register_iso_tzloader(timezone: Any, cursor: Any) -> None:
+    """On a psycopg cursor or connection (either has ``adapters``)."""
     loader = _iso_tzloaders.get(timezone)
     if loader is None:
         loader = _iso_tzloaders[timezone] = type("SpecificIsoTzLoader", (IsoTzLoader,), {"timezone": timezone})
     cursor.adapters.register_loader("timestamptz", loader)
+
+
+def _read_timestamps_fast(cursor: Any, timezone: Any) -> None:
+    """As Django's cursors, timestamps in the connection's time zone (a test may change
+    it, and Django then gives the cursor its own loader), by ``IsoTzLoader``."""
+    loader = cursor.adapters.get_loader(_TIMESTAMPTZ_OID, Format.TEXT)
+    if timezone != loader.timezone or not issubclass(loader, IsoTzLoader):
+        _register_iso_tzloader(timezone, cursor)
 
 
 class DatabaseOperations(operations.DatabaseOperations):
@@ -174,9 +184,17 @@ class DatabaseWrapper(base.DatabaseWrapper):
         super().connect()
         self.last_used_at = time.monotonic()
 
+    def get_new_connection(self, conn_params: Any) -> Any:
+        connection = super().get_new_connection(conn_params)
+        # The cursors inherit it: no cursor copies the loaders unless the zone changed.
+        _register_iso_tzloader(self.timezone, connection)
+        return connection
+
     def create_cursor(self, name: str | None = None) -> Any:
         if name != _PREPARED:
-            return super().create_cursor(name)
+            cursor = super().create_cursor(name)
+            _read_timestamps_fast(cursor, self.timezone)
+            return cursor
         kept = self.kept_cursor
         if kept is not None and kept.connection is self.connection and not kept.in_use:
             cursor = kept
@@ -185,10 +203,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
             if kept is None or kept.connection is not self.connection:  # else one in use: this one is closed after
                 cursor.kept = True
                 self.kept_cursor = cursor
-        # As Django's cursors: timestamps in the connection's time zone (a test may change it).
-        tzloader = cursor.adapters.get_loader(_TIMESTAMPTZ_OID, Format.TEXT)
-        if self.timezone != tzloader.timezone or not issubclass(tzloader, IsoTzLoader):
-            _register_iso_tzloader(self.timezone, cursor)
+        _read_timestamps_fast(cursor, self.timezone)
         cursor.in_use = True
         return cursor
 

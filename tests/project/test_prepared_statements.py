@@ -224,7 +224,8 @@ def _read(cursor, literal: str) -> object:
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("use_tz", [True, False])
-def test_a_prepared_cursor_reads_timestamps_as_djangos_own_cursors_do(settings, use_tz) -> None:
+def test_every_cursor_reads_timestamps_as_djangos_own_loader_does(settings, use_tz) -> None:
+    from django.db.backends.postgresql.psycopg_any import register_tzloader
     from psycopg.pq import Format
 
     from project.postgresql.base import IsoTzLoader
@@ -232,13 +233,14 @@ def test_a_prepared_cursor_reads_timestamps_as_djangos_own_cursors_do(settings, 
     settings.USE_TZ = use_tz
     settings.TIME_ZONE = "America/New_York"
     for literal in _TIMESTAMPS:
-        with transaction.atomic(), connection.cursor() as plain:
-            expected = _read(plain, literal)
-        with transaction.atomic(), prepared_cursor() as prepared:
-            assert _read(prepared, literal) == expected, literal
-            # Read by the fast loader, not by Django's (both give the same).
-            loader = prepared.cursor.adapters.get_loader(1184, Format.TEXT)
-            assert issubclass(loader, IsoTzLoader)
+        with transaction.atomic(), connection.cursor() as django_own:
+            register_tzloader(connection.timezone, django_own.cursor)
+            expected = _read(django_own, literal)
+        for make in (connection.cursor, prepared_cursor):
+            with transaction.atomic(), make() as cursor:
+                assert _read(cursor, literal) == expected, (make, literal)
+                # Read by the fast loader (both give the same).
+                assert issubclass(cursor.cursor.adapters.get_loader(1184, Format.TEXT), IsoTzLoader)
 
 
 @pytest.mark.django_db
