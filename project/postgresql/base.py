@@ -19,6 +19,10 @@ them (the status poll's token read: 0.21 ms of server CPU unprepared, 0.05 ms pr
 Django turns psycopg's prepared statements off (``prepare_threshold=None``) because a
 connection pooler in transaction mode cannot keep them; here they are made only where
 asked for, and ``DB_PREPARED_STATEMENTS=0`` turns them off for such a pooler.
+
+Every cursor reads ``timestamptz`` with ``IsoTzLoader`` (``datetime.fromisoformat``, in C)
+rather than Django's loader, which parses in Python: half the CPU of reading a page of
+runs, and six values for each run a worker claims.
 """
 
 from __future__ import annotations
