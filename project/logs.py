@@ -93,8 +93,8 @@ class RedactFilter(logging.Filter):
 def _masked_context(ctx: dict) -> dict:
     """The context with its text values masked; the same dict when none needs it (one
     search over all of them: a job's context is ids and names)."""
-    texts = [value for value in ctx.values() if isinstance(value, str)]
-    if not texts or redact("\n".join(texts)) == "\n".join(texts):
+    joined = "\n".join(value for value in ctx.values() if isinstance(value, str))
+    if redact(joined) == joined:
         return ctx
     return {key: redact(value) if isinstance(value, str) else value for key, value in ctx.items()}
 

@@ -117,8 +117,8 @@ def test_the_pusher_gives_each_task_the_ack_id_of_its_message() -> None:
 
     source = inspect.getsource(pusher)
     assert 'task["ack_id"] = ack_id' in source
-    # It reads each payload it is handed as a signed package: an ORM message that names a
-    # run is turned into one before the pusher sees it.
+    # It reads each payload it is handed as a signed package: a message that names a run
+    # (plain in PostgreSQL, signed on Redis) is turned into one before the pusher sees it.
     assert "task = SignedPackage.loads(task[1])" in source
 
 
