@@ -9,6 +9,7 @@ from django.conf import settings
 from rest_framework.test import APIClient
 
 from project import services
+from project.jobs import testing
 from project.models import AccessLevel, Project, ProjectMember, User, Visibility
 from tests.support.cluster import ClusterProcess
 from tests.support.openapi import OpenApiValidator, ValidatingAPIClient, served_schema
@@ -19,6 +20,13 @@ ROLES = {
     "developer": AccessLevel.DEVELOPER,
     "maintainer": AccessLevel.MAINTAINER,
 }
+
+
+@pytest.fixture(autouse=True)
+def _run_times_forgotten() -> None:
+    """No job's run time is known at a test's start, so whether a pull here packs runs
+    while workers are idle never depends on the tests that ran before."""
+    testing.run_times_forget()
 
 
 def _user(username: str, **extra) -> User:

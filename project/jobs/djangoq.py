@@ -85,7 +85,7 @@ from django_q.signals import pre_execute
 from django_q.signing import BadSignature, SignedPackage
 
 from project import db
-from project.jobs import declared
+from project.jobs import declared, pace
 
 if TYPE_CHECKING:
     # The mixin extends Broker.set_stat; at run time it is mixed in before ORM or Redis.
@@ -232,6 +232,15 @@ def _handed_out(rows: list[_Pulled], *, key: str, lock: dt.datetime) -> list[_Pu
     return handed
 
 
+def _short_runs_per_message(job: str, runs: int) -> int:
+    """How many of ``runs`` of ``job`` share a message while workers are idle: short runs
+    are the processor's work, so they are spread over its cores (one message per core, for
+    a core per message), and no message holds more than ``JOBS_BATCH_WAIT`` seconds of them
+    by the job's measured run time (``pace``)."""
+    spread = math.ceil(runs / max(2, len(os.sched_getaffinity(0))))
+    return max(1, min(settings.JOBS_BATCH_MAX, spread, pace.runs_within(job, settings.JOBS_BATCH_WAIT)))
+
+
 def _backlog_merged(
     messages: Sequence[bytes | str], *, read: Callable[[bytes | str], dict[str, Any] | None]
 ) -> tuple[list[int], list[tuple[str, list[int]]]]:
@@ -242,11 +251,13 @@ def _backlog_merged(
     A pull of more messages than the cluster has workers is a backlog: its messages of one
     run each that belong to one job are merged into messages of several runs, as
     ``queue.runs_push`` packs runs sent together (``runs_per_message``), so a backlog of
-    single enqueues costs the workers a message per few runs rather than one per run. A
-    pull of no more messages than workers is handed out as it is: no run waits behind
-    another while a worker is idle."""
-    if len(messages) <= worker_count() or settings.JOBS_BATCH_MAX <= 1:
+    single enqueues costs the workers a message per few runs rather than one per run.
+    Otherwise a run waits behind others while a worker is idle only when its job's runs
+    are known to be short (``pace``): up to ``JOBS_BATCH_WAIT`` seconds of them share a
+    message. The rest is handed out as it is."""
+    if len(messages) < 2 or settings.JOBS_BATCH_MAX <= 1:
         return list(range(len(messages))), []
+    backlog = len(messages) > worker_count()
     by_job: dict[str, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
     kept: list[int] = []
     for index, payload in enumerate(messages):
@@ -257,7 +268,9 @@ def _backlog_merged(
             by_job[task["group"]].append((index, task))
     merged: list[tuple[str, list[int]]] = []
     for job, singles in by_job.items():
-        size = runs_per_message(len(singles))
+        size = runs_per_message(len(singles)) if backlog else 1
+        if settings.JOBS_BATCH_WAIT > 0 and len(singles) > size:
+            size = max(size, _short_runs_per_message(job, len(singles)))
         for start in range(0, len(singles), size):
             chunk = singles[start : start + size]
             if len(chunk) == 1:

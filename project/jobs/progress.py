@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,10 @@ class Watch:
     last_beat: float = field(default_factory=time.monotonic)
     stop_reason: str | None = None
     token: contextvars.Token[Watch | None] | None = field(default=None, repr=False)
+    # Called once, by the watcher, if the run is still executing at ``overrun_at``
+    # (monotonic): a shared message hands its runs not started yet to other workers.
+    on_overrun: Callable[[], None] | None = field(default=None, repr=False)
+    overrun_at: float = 0.0
 
 
 _current: contextvars.ContextVar[Watch | None] = contextvars.ContextVar("job_watch", default=None)
@@ -102,12 +107,19 @@ class _Watcher:
                     if self._watches.get(watch.run_id) is not watch:
                         continue
                 try:
+                    _overrun(watch)
                     check(watch)
                 except DatabaseError:
                     logger.warning("heartbeat not recorded", exc_info=True, extra={"run_id": watch.run_id})
                     connection.close()
                 except Exception:  # the watcher must outlive any surprise
                     logger.exception("job watcher failed", extra={"run_id": watch.run_id})
+
+
+def _overrun(watch: Watch) -> None:
+    if watch.on_overrun is not None and time.monotonic() >= watch.overrun_at:
+        hand_on, watch.on_overrun = watch.on_overrun, None
+        hand_on()
 
 
 def check(watch: Watch) -> None:
@@ -153,8 +165,10 @@ def check(watch: Watch) -> None:
 _watcher = _Watcher()
 
 
-def watch_start(*, run_id: int, attempt: int) -> Watch:
-    watch = Watch(run_id=run_id, attempt=attempt)
+def watch_start(
+    *, run_id: int, attempt: int, on_overrun: Callable[[], None] | None = None, overrun_at: float = 0.0
+) -> Watch:
+    watch = Watch(run_id=run_id, attempt=attempt, on_overrun=on_overrun, overrun_at=overrun_at)
     _watcher.add(watch)
     watch.token = _current.set(watch)
     return watch

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import os
 import socket
+import threading
 import time
 import traceback as tb
 from collections import Counter
@@ -25,7 +26,7 @@ from django.utils import timezone
 
 from project import context
 from project.errors import AppError
-from project.jobs import declared, djangoq, metrics, progress, queue, recovery, registry, transitions
+from project.jobs import declared, djangoq, metrics, pace, progress, queue, recovery, registry, transitions
 from project.jobs.djangoq import TimeoutException
 from project.jobs.models import JobPause, JobRun
 
@@ -64,10 +65,22 @@ def execute(run_id: int, attempt: int) -> str:
     reached, the claim is tried again for up to ``JOBS_DB_RETRY_FOR`` seconds; after that
     the message is left for redelivery, never acknowledged unread."""
     task = _task.get()
+    started = time.perf_counter()
     outcome = _execute(run_id, attempt, task, last=True)
     if outcome == DATABASE_UNAVAILABLE:
         djangoq.redeliver_later(task, runs=[(run_id, attempt)])
+    _paced(task, outcome, started)
     return outcome
+
+
+# Outcomes of a run that executed: its time tells how long the job's runs take (``pace``).
+_EXECUTED = frozenset({"succeeded", "retried", "failed", "deferred", "cancelled", "dropped"})
+
+
+def _paced(task: dict[str, Any] | None, outcome: str, started: float) -> None:
+    job = (task or {}).get("group")
+    if job and outcome in _EXECUTED:
+        pace.run_seconds_record(job=str(job), seconds=time.perf_counter() - started)
 
 
 def execute_many(runs: Sequence[Sequence[int]]) -> str:
@@ -76,39 +89,98 @@ def execute_many(runs: Sequence[Sequence[int]]) -> str:
     after another; a success is recorded in the statement that claims the next run. Once
     the message has run for ``JOBS_BATCH_BUDGET`` seconds, the runs not started yet go out
     as a message each, for whichever workers are idle: a batch of slow runs does not hold
-    the others back. A message redelivered after its worker died starts again from its
-    first run: the runs already done find nothing to claim."""
+    the others back. That happens between two runs, or, while one run overruns the budget,
+    from the process's watcher thread (``_Rest``). A message redelivered after its worker
+    died starts again from its first run: the runs already done find nothing to claim."""
     task = _task.get()
     pairs = [(int(run_id), int(attempt)) for run_id, attempt in runs]
     task_id = (task or {}).get("id", "")
     deadline = time.monotonic() + settings.JOBS_BATCH_BUDGET
     outcomes: Counter[str] = Counter()
     claimed: _Next | None = None
+    rest = _Rest(pairs=pairs, task=task)
     for index, (run_id, attempt) in enumerate(pairs):
-        if index and not (claimed and claimed.tried) and time.monotonic() >= deadline:
+        with rest.lock:
+            handed = rest.handed
+            rest.start = index + 1
+        if handed and not (claimed and claimed.tried):
+            outcomes["sent_on"] += len(pairs) - index
+            break
+        if index and not handed and not (claimed and claimed.tried) and time.monotonic() >= deadline:
             _send_each(pairs[index:], task)
             outcomes["sent_on"] += len(pairs) - index
             break
-        last = index == len(pairs) - 1
+        last = index == len(pairs) - 1 or handed
         following = None if last else _Next(*pairs[index + 1], task_id=task_id, deadline=deadline)
+        rest.following = following
+        started = time.perf_counter()
         try:
-            outcome = _execute(run_id, attempt, task, last=last, following=following, claimed=claimed)
+            outcome = _execute(
+                run_id,
+                attempt,
+                task,
+                last=index == len(pairs) - 1,
+                following=following,
+                claimed=claimed,
+                on_overrun=None if last else rest.hand_on,
+                overrun_at=deadline,
+            )
         except TimeoutException:
             # The worker is replaced and the message acknowledged as failed.
-            _send_each(pairs[index + 1 :], task)
+            _send_each(rest.take(), task)
             raise
         except (OperationalError, InterfaceError):
             # An outcome the database did not take within the run's lost_after: the run is
             # recovered as lost, and the runs after it wait for the message to come back.
-            djangoq.redeliver_later(task, runs=pairs[index + 1 :])
+            if pending := rest.take():
+                djangoq.redeliver_later(task, runs=pending)
             raise
         if outcome == DATABASE_UNAVAILABLE:
             djangoq.redeliver_later(task, runs=pairs[index:])
             outcomes[outcome] += len(pairs) - index
             break
         outcomes[outcome] += 1
+        _paced(task, outcome, started)
         claimed = following
     return ", ".join(f"{count} {outcome}" for outcome, count in outcomes.items())
+
+
+@dataclasses.dataclass
+class _Rest:
+    """The runs of a shared message after the one executing (from ``start``), which the
+    watcher thread hands on (``hand_on``) while that run overruns the message's budget.
+    The lock keeps the hand-on and the worker's step to the next run apart; a next run
+    claimed with the current one's success in the meantime is executed here, and its
+    handed-on message finds nothing to claim."""
+
+    pairs: list[tuple[int, int]]
+    task: dict[str, Any] | None
+    start: int = 0
+    handed: bool = False
+    following: _Next | None = None
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+    def take(self) -> list[tuple[int, int]]:
+        """The runs not started and not handed on yet, which the caller now owns."""
+        with self.lock:
+            pending = [] if self.handed else self.pairs[self.start :]
+            self.handed = True
+        return pending
+
+    def hand_on(self) -> None:
+        with self.lock:
+            pending = self.pairs[self.start :]
+            if self.handed or not pending:
+                return
+            try:
+                _push_each(pending, self.task)
+            except Exception:
+                logger.warning("could not hand on the runs of a shared message: they wait for this one", exc_info=True)
+                return
+            self.handed = True
+            if self.following is not None:
+                self.following.deadline = 0.0  # the success no longer claims the next run
+        logger.info("run overran its shared message's budget: %d runs handed on", len(pending))
 
 
 DATABASE_UNAVAILABLE = "database_unavailable"
@@ -136,10 +208,13 @@ def _execute(
     last: bool,
     following: _Next | None = None,
     claimed: _Next | None = None,
+    on_overrun: Callable[[], None] | None = None,
+    overrun_at: float = 0.0,
 ) -> str:
     """Claim and run one run of the message ``task`` (``claimed``: the previous run's
     success already tried the claim); ``last``: its last run, whose success may
-    acknowledge the message in the same statement."""
+    acknowledge the message in the same statement; ``on_overrun``: called by the watcher
+    if the run still executes at ``overrun_at``."""
     task_id = (task or {}).get("id", "")
     try:
         if claimed is not None and claimed.tried:
@@ -151,7 +226,7 @@ def _execute(
     except (OperationalError, InterfaceError):
         logger.error("database unavailable: message left for redelivery", extra={"run_id": run_id})
         return DATABASE_UNAVAILABLE
-    return _run(run, task if last else None, following=following)
+    return _run(run, task if last else None, following=following, on_overrun=on_overrun, overrun_at=overrun_at)
 
 
 def _send_each(pairs: Sequence[tuple[int, int]], task: dict[str, Any] | None) -> None:
@@ -159,15 +234,19 @@ def _send_each(pairs: Sequence[tuple[int, int]], task: dict[str, Any] | None) ->
     If that fails, the message is not acknowledged and comes back whole."""
     if not pairs:
         return
+    try:
+        _push_each(pairs, task)
+    except Exception:
+        logger.warning("could not send the rest of a message on: it is left for redelivery", exc_info=True)
+        djangoq.redeliver_later(task, runs=pairs)
+
+
+def _push_each(pairs: Sequence[tuple[int, int]], task: dict[str, Any] | None) -> None:
     name = str((task or {}).get("group", ""))
     queue_name = str((task or {}).get("cluster") or "")
     now = timezone.now()
     stubs = [JobRun(pk=run_id, name=name, attempt=attempt, queue=queue_name, due_at=now) for run_id, attempt in pairs]
-    try:
-        queue.runs_push(runs=stubs, batch=False)
-    except Exception:
-        logger.warning("could not send the rest of a message on: it is left for redelivery", exc_info=True)
-        djangoq.redeliver_later(task, runs=pairs)
+    queue.runs_push(runs=stubs, batch=False)
 
 
 _T = TypeVar("_T")
@@ -282,7 +361,13 @@ def _job_metrics(name: str) -> tuple[Any, Any, Any, Any]:
     return children
 
 
-def _run(run: JobRun, task: dict[str, Any] | None = None, following: _Next | None = None) -> str:
+def _run(
+    run: JobRun,
+    task: dict[str, Any] | None = None,
+    following: _Next | None = None,
+    on_overrun: Callable[[], None] | None = None,
+    overrun_at: float = 0.0,
+) -> str:
     job = registry.get(run.name)
     if job is None:
         _record(
@@ -312,7 +397,7 @@ def _run(run: JobRun, task: dict[str, Any] | None = None, following: _Next | Non
         logger.debug("job attempt started", extra={"lateness_s": round(lateness, 3)})
         started = time.perf_counter()
         in_flight.inc()
-        watch = progress.watch_start(run_id=run.pk, attempt=run.attempt)
+        watch = progress.watch_start(run_id=run.pk, attempt=run.attempt, on_overrun=on_overrun, overrun_at=overrun_at)
         try:
             try:
                 result = job.func(**run.kwargs)

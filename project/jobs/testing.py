@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from project.jobs import progress, queue, registry
+from project.jobs import pace, progress, queue, registry
 
 if TYPE_CHECKING:
     from project.jobs.models import JobRun
@@ -41,6 +41,12 @@ def run_is_lost(run: JobRun) -> bool:
     from project.jobs.runner import is_lost
 
     return is_lost(run)
+
+
+def run_times_forget() -> None:
+    """Forget how long every job's runs took in this process (``pace``): a pull here packs
+    runs of no job while workers are idle until runs of it are executed again."""
+    pace.forget()
 
 
 @contextlib.contextmanager

@@ -1,0 +1,87 @@
+"""How long each job's runs take in this cluster: written by its workers, read by its pusher.
+
+A pull packs runs of one job into shared messages while workers are idle only when that
+job's runs are known to be short (``djangoq._backlog_merged``, ``JOBS_BATCH_WAIT``): for
+empty and near-empty runs django-q2's cost per message is most of the cost of a run, while
+runs of a job that waits on the network are worth a worker each. The figure is a moving
+average of the seconds each run of the job took in a worker, from its claim to its recorded
+outcome.
+
+The figures live in an anonymous shared mapping created when this module is imported. The
+qcluster process imports it (the toolkit's app does) before django-q2 forks the sentinel,
+which forks the pusher, the workers and their replacements, so every process of a cluster
+reads and writes one table; another cluster, or a web process, has its own. A process
+started another way (a "spawn" start method) has a table of its own: its pusher knows no
+figures and packs nothing, as before. Slots are found by a CRC of the job's name. Writes
+take no lock: two workers writing a job's figure at once lose one sample, and two jobs
+taking one free slot at the same instant may mix one sample; a figure is advice, and a
+message whose runs overrun is handed on anyway (``JOBS_BATCH_BUDGET``).
+"""
+
+from __future__ import annotations
+
+import mmap
+import zlib
+
+_SLOTS = 512
+_PROBES = 8
+_WEIGHT = 0.2  # of the newest sample in the average: a job that slows down is seen within a few runs
+
+# Per slot, two doubles: the job's key (its CRC + 1, exact in a double; 0 while free) and
+# its average run in seconds.
+_table = memoryview(mmap.mmap(-1, _SLOTS * 2 * 8)).cast("d")
+_slots: dict[str, int] = {}
+
+
+def _slot(name: str, *, take: bool) -> int | None:
+    slot = _slots.get(name)
+    if slot is not None:
+        return slot
+    key = float(zlib.crc32(name.encode()) + 1)
+    start = int(key) % _SLOTS
+    for probe in range(_PROBES):
+        slot = (start + probe) % _SLOTS
+        held = _table[2 * slot]
+        if held == 0.0 and take:
+            _table[2 * slot] = key
+            held = key
+        if held == key:
+            _slots[name] = slot
+            return slot
+        if held == 0.0:
+            return None
+    return None
+
+
+def run_seconds_record(*, job: str, seconds: float) -> None:
+    """A worker ran one run of ``job`` in ``seconds`` (claim to recorded outcome)."""
+    slot = _slot(job, take=True)
+    if slot is None:
+        return
+    index = 2 * slot + 1
+    average = _table[index]
+    _table[index] = seconds if average <= 0.0 else average + (seconds - average) * _WEIGHT
+
+
+def run_seconds(job: str) -> float | None:
+    """The average seconds a run of ``job`` took in this cluster, or None before any."""
+    slot = _slot(job, take=False)
+    if slot is None:
+        return None
+    average = _table[2 * slot + 1]
+    return average if average > 0.0 else None
+
+
+def runs_within(job: str, seconds: float) -> int:
+    """How many runs of ``job`` fit in ``seconds`` of a worker's time, by its average (at
+    least 1; 1 while its runs are unknown)."""
+    average = run_seconds(job)
+    if average is None or seconds <= 0:
+        return 1
+    return max(1, int(seconds / average))
+
+
+def forget() -> None:
+    """Drop every figure (tests: each starts with no job known)."""
+    _table[:] = memoryview(bytes(len(_table) * 8)).cast("d")
+    _slots.clear()
