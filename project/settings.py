@@ -235,9 +235,9 @@ JOBS_DB_RETRY_FOR = env_float("JOBS_DB_RETRY_FOR", 30, minimum=0)
 JOBS_BATCH_MAX = env_int("JOBS_BATCH_MAX", 20, minimum=1, maximum=1000)
 JOBS_BATCH_BUDGET = env_float("JOBS_BATCH_BUDGET", 0.5, minimum=0, maximum=60)
 # Outside a backlog, runs of a job whose runs this cluster measured as short share a
-# message too, up to this many seconds of them (their average, project/jobs/pace.py):
-# the latency a run may gain waiting behind others while a worker is idle. 0: only a
-# backlog is merged.
+# message too: spread over the processor's cores, and up to this many seconds of them
+# per message (their average, project/jobs/pace.py), the latency a run may gain waiting
+# behind others while a worker is idle. 0: only a backlog is merged.
 JOBS_BATCH_WAIT = env_float("JOBS_BATCH_WAIT", 0.02, minimum=0, maximum=5)
 JOBS_RUN_RETENTION_DAYS = env_int("JOBS_RUN_RETENTION_DAYS", 7, minimum=1)
 # A cluster whose sentinel has not been seen for this long is reported as down, and its
