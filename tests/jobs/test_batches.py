@@ -23,6 +23,7 @@ from project.jobs.models import JobRun
 from tests.conftest import BROKERS, needs_redis
 from tests.support import jobs as probes
 from tests.support.cluster import running_cluster, wait_for
+from tests.support.messages import executed, pulled_all, runs_of
 from tests.support.models import ProbeExecution
 
 
@@ -34,20 +35,6 @@ def _messages() -> list[dict[str, Any]]:
         task["ack_id"] = row.pk
         tasks.append(task)
     return tasks
-
-
-def _runs_of(task: dict[str, Any]) -> list[int]:
-    if task["func"] == djangoq.RUNNER:
-        return [task["args"][0]]
-    assert task["func"] == djangoq.RUNNER_MANY
-    return [run_id for run_id, _attempt in task["args"][0]]
-
-
-def _execute(task: dict[str, Any]) -> str:
-    """What a worker does with a message: pre_execute, then its function."""
-    runner.remember_task_id(None, task=task)
-    entry = runner.execute_many if task["func"] == djangoq.RUNNER_MANY else runner.execute
-    return entry(*task["args"])
 
 
 @pytest.fixture
@@ -72,9 +59,9 @@ class TestPacking:
         runs = _enqueued(50)
         tasks = _messages()
         per_message = math.ceil(50 / 4)
-        assert [len(_runs_of(task)) for task in tasks] == [13, 13, 13, 11]
-        assert all(len(_runs_of(task)) <= per_message for task in tasks)
-        assert [run_id for task in tasks for run_id in _runs_of(task)] == [run.pk for run in runs]
+        assert [len(runs_of(task)) for task in tasks] == [13, 13, 13, 11]
+        assert all(len(runs_of(task)) <= per_message for task in tasks)
+        assert [run_id for task in tasks for run_id in runs_of(task)] == [run.pk for run in runs]
         assert {task["group"] for task in tasks} == {"probe.ok"}
         # The message's budget: the job's, plus the time the last run may wait in it.
         assert tasks[0]["timeout"] == probes.ok.timeout_seconds + math.ceil(settings.JOBS_BATCH_BUDGET)
@@ -82,7 +69,7 @@ class TestPacking:
     def test_no_message_carries_more_than_the_batch_maximum(self, settings) -> None:
         settings.JOBS_BATCH_MAX = 5
         _enqueued(50)
-        assert [len(_runs_of(task)) for task in _messages()] == [5] * 10
+        assert [len(runs_of(task)) for task in _messages()] == [5] * 10
 
     def test_a_batch_maximum_of_one_sends_a_message_per_run(self, settings) -> None:
         settings.JOBS_BATCH_MAX = 1
@@ -98,7 +85,7 @@ class TestPacking:
 
         with transaction.atomic():
             runs = probes.ok.enqueue_many([{"key": f"d{n}"} for n in range(8)], _delays=[0, 0, 0, 0, 30, 30, 60, 60])
-        by_due = {tuple(_runs_of(task)) for task in _messages()}
+        by_due = {tuple(runs_of(task)) for task in _messages()}
         pks = [run.pk for run in runs]
         assert by_due == {tuple(pks[:4]), tuple(pks[4:6]), tuple(pks[6:])}
 
@@ -114,8 +101,8 @@ class TestExecution:
         runs = _enqueued(12)
         task = _messages()[0]
         ack = task["ack_id"]
-        assert _execute(task) == "3 succeeded"
-        done = JobRun.objects.filter(pk__in=_runs_of(task))
+        assert executed(task) == "3 succeeded"
+        done = JobRun.objects.filter(pk__in=runs_of(task))
         assert {run.status for run in done} == {"succeeded"}
         assert {run.task_id for run in done} == {task["id"]}
         # Deleted in the last run's success statement: the monitor has nothing left to do.
@@ -126,11 +113,11 @@ class TestExecution:
     def test_a_redelivered_message_does_only_the_runs_not_done(self) -> None:
         _enqueued(12)
         task = _messages()[0]
-        first, *rest = _runs_of(task)
+        first, *rest = runs_of(task)
         runner.remember_task_id(None, task={"id": "other"})
         assert runner.execute(first, 1) == "succeeded"
-        assert _execute(dict(task)) == "1 duplicate, 2 succeeded"
-        assert _execute(dict(task)) == "3 duplicate"
+        assert executed(dict(task)) == "1 duplicate, 2 succeeded"
+        assert executed(dict(task)) == "3 duplicate"
         keys = [run.kwargs["key"] for run in JobRun.objects.filter(pk__in=[first, *rest])]
         assert sorted(ProbeExecution.objects.filter(key__in=keys).values_list("key", flat=True)) == sorted(keys)
 
@@ -142,7 +129,7 @@ class TestExecution:
             runs = probes.flaky.enqueue_many([{"key": f"f{n}", "failures": 1 if n == 1 else 0} for n in range(3)])
         (task,) = _messages()
         OrmQ.objects.all().delete()
-        assert _execute(task) == "2 succeeded, 1 retried"
+        assert executed(task) == "2 succeeded, 1 retried"
         first, failed, third = (JobRun.objects.get(pk=run.pk) for run in runs)
         assert (first.status, third.status) == ("succeeded", "succeeded")
         assert (failed.status, failed.attempt) == ("queued", 2)
@@ -156,22 +143,22 @@ class TestExecution:
         _enqueued(12)
         task = _messages()[0]
         control.job_pause(name="probe.ok", by="ops")
-        assert _execute(task) == "3 paused"
-        assert set(JobRun.objects.filter(pk__in=_runs_of(task)).values_list("status", flat=True)) == {"queued"}
+        assert executed(task) == "3 paused"
+        assert set(JobRun.objects.filter(pk__in=runs_of(task)).values_list("status", flat=True)) == {"queued"}
         OrmQ.objects.all().delete()
         control.job_resume(name="probe.ok", by="ops")
-        resent = [run_id for each in _messages() for run_id in _runs_of(each)]
-        assert set(_runs_of(task)) <= set(resent)
+        resent = [run_id for each in _messages() for run_id in runs_of(each)]
+        assert set(runs_of(task)) <= set(resent)
         for each in _messages():
-            _execute(each)
+            executed(each)
         assert set(JobRun.objects.values_list("status", flat=True)) == {"succeeded"}
 
     def test_runs_not_started_within_the_budget_go_out_one_message_each(self, settings) -> None:
         settings.JOBS_BATCH_BUDGET = 0
         _enqueued(12)
         task = _messages()[0]
-        first, *rest = _runs_of(task)
-        assert _execute(task) == "1 succeeded, 2 sent_on"
+        first, *rest = runs_of(task)
+        assert executed(task) == "1 succeeded, 2 sent_on"
         assert JobRun.objects.get(pk=first).status == "succeeded"
         assert set(JobRun.objects.filter(pk__in=rest).values_list("status", flat=True)) == {"queued"}
         sent = [each for each in _messages() if each["func"] == djangoq.RUNNER]
@@ -179,7 +166,7 @@ class TestExecution:
         # The shared message keeps its ack id: the monitor acknowledges it.
         assert task["ack_id"]
         for each in sent:
-            assert _execute(each) == "succeeded"
+            assert executed(each) == "succeeded"
 
     def test_a_run_over_its_time_budget_fails_and_the_rest_go_out(self) -> None:
         from django.db import transaction
@@ -187,11 +174,11 @@ class TestExecution:
         with transaction.atomic():
             runs = probes.too_slow.enqueue_many([{"key": f"t{n}"} for n in range(8)])
         task = _messages()[0]
-        first, *rest = _runs_of(task)
+        first, *rest = runs_of(task)
         assert rest
         # django-q2's own alarm, as its worker arms it around a task.
         with pytest.raises(djangoq.TimeoutException), TimeoutHandler(1):
-            _execute(task)
+            executed(task)
         assert JobRun.objects.get(pk=first).error_code == "timeout"
         assert set(JobRun.objects.filter(pk__in=rest).values_list("status", flat=True)) == {"queued"}
         sent_on = [each["args"] for each in _messages() if each["func"] == djangoq.RUNNER]
@@ -209,19 +196,19 @@ class TestExecution:
             raise OperationalError("server closed the connection unexpectedly")
 
         monkeypatch.setattr(transitions, "claim", claim)
-        assert _execute(task) == "3 database_unavailable"
+        assert executed(task) == "3 database_unavailable"
         # Not acknowledged: the message is pulled again when its lease ends.
         assert "ack_id" not in task
         assert OrmQ.objects.filter(pk=ack).exists()
-        assert set(JobRun.objects.filter(pk__in=_runs_of(task)).values_list("status", flat=True)) == {"queued"}
+        assert set(JobRun.objects.filter(pk__in=runs_of(task)).values_list("status", flat=True)) == {"queued"}
         monkeypatch.setattr(transitions, "claim", real)
-        assert _execute(_messages()[0]) == "3 succeeded"
+        assert executed(_messages()[0]) == "3 succeeded"
 
     def test_an_outcome_the_database_refuses_leaves_the_rest_for_redelivery(self, settings, monkeypatch) -> None:
         settings.JOBS_LOST_AFTER = 0.1  # how long a worker holding an outcome keeps trying
         _enqueued(12)
         task = _messages()[0]
-        first, second, third = _runs_of(task)
+        first, second, third = runs_of(task)
 
         def refused(*args: Any, **kwargs: Any) -> tuple[bool, JobRun | None]:
             raise OperationalError("server closed the connection unexpectedly")
@@ -229,7 +216,7 @@ class TestExecution:
         with monkeypatch.context() as patched:
             patched.setattr(transitions, "succeed_then_claim", refused)
             with pytest.raises(OperationalError):
-                _execute(task)
+                executed(task)
         assert "ack_id" not in task
         assert JobRun.objects.get(pk=first).status == "running"
         assert set(JobRun.objects.filter(pk__in=[second, third]).values_list("status", flat=True)) == {"queued"}
@@ -237,7 +224,7 @@ class TestExecution:
         # silent for longer than lost_after: it is recovered, the others run. The database
         # refused its outcome moments ago, so its attempt is not charged: it runs again.
         JobRun.objects.filter(pk=first).update(heartbeat_at=timezone.now() - timedelta(minutes=1))
-        assert _execute(_messages()[0]) == "1 recovered, 2 succeeded"
+        assert executed(_messages()[0]) == "1 recovered, 2 succeeded"
         recovered = JobRun.objects.get(pk=first)
         assert (recovered.status, recovered.attempt, recovered.deferrals, recovered.error_code) == ("queued", 1, 1, "")
 
@@ -333,17 +320,6 @@ def test_slow_runs_in_a_shared_message_are_handed_to_idle_workers(monkeypatch) -
     assert len({first.task_id, *(run.task_id for run in rest)}) == 4
 
 
-def _pulled_all(broker: OrmBroker) -> list[dict[str, Any]]:
-    """Every message one pusher would hand out now, in order, as its tasks."""
-    tasks = []
-    while (pulled := broker.dequeue()) is not None:
-        ((ack_id, payload),) = pulled
-        task = SignedPackage.loads(payload)
-        task["ack_id"] = ack_id
-        tasks.append(task)
-    return tasks
-
-
 def _enqueued_one_by_one(job, count: int, prefix: str) -> list[JobRun]:
     """Runs enqueued one at a time, each committed on its own: a message each."""
     return [job.enqueue(key=f"{prefix}{n}") for n in range(count)]
@@ -365,14 +341,14 @@ class TestMergedAtPull:
         ok = _enqueued_one_by_one(probes.ok, 12, "ok")
         permanent = _enqueued_one_by_one(probes.permanent, 2, "p")
         before = timezone.now()
-        tasks = _pulled_all(OrmBroker(list_key=Conf.CLUSTER_NAME))
+        tasks = pulled_all(OrmBroker(list_key=Conf.CLUSTER_NAME))
         # Twelve runs of one job for four workers: three per message; two runs of another
         # job are fewer than the workers, and go out as they were.
-        assert sorted(len(_runs_of(task)) for task in tasks) == [1, 1, 3, 3, 3, 3]
-        assert sorted(run_id for task in tasks for run_id in _runs_of(task)) == sorted(r.pk for r in ok + permanent)
+        assert sorted(len(runs_of(task)) for task in tasks) == [1, 1, 3, 3, 3, 3]
+        assert sorted(run_id for task in tasks for run_id in runs_of(task)) == sorted(r.pk for r in ok + permanent)
         shared = [task for task in tasks if task["func"] == djangoq.RUNNER_MANY]
         assert {task["group"] for task in shared} == {"probe.ok"}
-        assert [_runs_of(task) for task in shared] == [[r.pk for r in ok[n : n + 3]] for n in range(0, 12, 3)]
+        assert [runs_of(task) for task in shared] == [[r.pk for r in ok[n : n + 3]] for n in range(0, 12, 3)]
         assert shared[0]["timeout"] == probes.ok.timeout_seconds + math.ceil(settings.JOBS_BATCH_BUDGET)
         # The shared messages replaced their parts in the queue, leased as the pull left them.
         rows = OrmQ.objects.filter(key=Conf.CLUSTER_NAME)
@@ -381,10 +357,10 @@ class TestMergedAtPull:
 
     def test_runs_of_merged_messages_each_run_once_and_every_message_is_acknowledged(self) -> None:
         runs = _enqueued_one_by_one(probes.ok, 10, "m")
-        tasks = _pulled_all(OrmBroker(list_key=Conf.CLUSTER_NAME))
+        tasks = pulled_all(OrmBroker(list_key=Conf.CLUSTER_NAME))
         assert len(tasks) == 4  # 3, 3, 3, 1
         for task in tasks:
-            _execute(task)
+            executed(task)
         assert set(JobRun.objects.filter(pk__in=[r.pk for r in runs]).values_list("status", flat=True)) == {"succeeded"}
         assert ProbeExecution.objects.filter(key__startswith="m").count() == 10
         assert not OrmQ.objects.filter(key=Conf.CLUSTER_NAME).exists()
@@ -392,7 +368,7 @@ class TestMergedAtPull:
     def test_no_more_messages_than_workers_are_handed_out_as_they_were(self) -> None:
         _enqueued_one_by_one(probes.ok, 4, "few")
         ids = sorted(OrmQ.objects.values_list("pk", flat=True))
-        tasks = _pulled_all(OrmBroker(list_key=Conf.CLUSTER_NAME))
+        tasks = pulled_all(OrmBroker(list_key=Conf.CLUSTER_NAME))
         assert [task["ack_id"] for task in tasks] == ids
         assert {task["func"] for task in tasks} == {djangoq.RUNNER}
 
@@ -411,12 +387,12 @@ class TestMergedAtPull:
         assert len(leased) == 2  # the bulk this pusher holds: one handed out, one pre-fetched
         assert first[0][0] == leased[0]
         assert sum(1 for _pk, lock in locks if lock <= now) == 4  # due again, for any cluster
-        assert len(_pulled_all(broker)) == 5  # the pre-fetched one, then those given back
+        assert len(pulled_all(broker)) == 5  # the pre-fetched one, then those given back
 
     def test_a_batch_maximum_of_one_merges_nothing(self, settings) -> None:
         settings.JOBS_BATCH_MAX = 1
         _enqueued_one_by_one(probes.ok, 9, "one")
-        tasks = _pulled_all(OrmBroker(list_key=Conf.CLUSTER_NAME))
+        tasks = pulled_all(OrmBroker(list_key=Conf.CLUSTER_NAME))
         assert len(tasks) == 9
         assert {task["func"] for task in tasks} == {djangoq.RUNNER}
 
@@ -439,8 +415,8 @@ def test_a_backlog_of_single_redis_messages_is_pulled_as_shared_messages(setting
         ]
         # As with the ORM broker: three to a message for four workers; the two runs of
         # another job go out as they were, and the pull hands out four messages (bulk).
-        assert [len(_runs_of(task)) for task in tasks] == [3, 3, 3, 3]
-        assert [run_id for task in tasks for run_id in _runs_of(task)] == [run.pk for run in ok]
+        assert [len(runs_of(task)) for task in tasks] == [3, 3, 3, 3]
+        assert [run_id for task in tasks for run_id in runs_of(task)] == [run.pk for run in ok]
         # The merged messages replaced their parts among the pulled ones; the two messages
         # beyond bulk went back to the head of the list.
         assert broker.depth() == {"ready": 2, "held": 4}

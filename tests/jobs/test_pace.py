@@ -5,19 +5,18 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
-from typing import Any
 
 import pytest
 from django.db import transaction
 from django_q.conf import Conf
 from django_q.models import OrmQ
-from django_q.signing import SignedPackage
 
-from project.jobs import djangoq, pace, runner
+from project.jobs import djangoq, pace
 from project.jobs.djangoq import OrmBroker
 from project.jobs.models import JobRun
 from tests.support import jobs as probes
 from tests.support.cluster import running_cluster, wait_for
+from tests.support.messages import executed, pulled_all, runs_of
 from tests.support.models import ProbeExecution
 
 
@@ -64,22 +63,6 @@ def test_forgetting_drops_every_run_time() -> None:
     assert pace.run_seconds("probe.ok") is None
 
 
-def _pulled_all(broker: OrmBroker) -> list[dict[str, Any]]:
-    tasks = []
-    while (pulled := broker.dequeue()) is not None:
-        ((ack_id, payload),) = pulled
-        task = SignedPackage.loads(payload)
-        task["ack_id"] = ack_id
-        tasks.append(task)
-    return tasks
-
-
-def _runs_of(task: dict[str, Any]) -> list[int]:
-    if task["func"] == djangoq.RUNNER:
-        return [task["args"][0]]
-    return [run_id for run_id, _attempt in task["args"][0]]
-
-
 @pytest.mark.django_db(transaction=True)
 class TestPackedAtPull:
     """A pull of no more messages than workers packs the runs of a job known to be short."""
@@ -98,12 +81,12 @@ class TestPackedAtPull:
         pace.run_seconds_record(job="probe.ok", seconds=0.004)  # five fit in 20 ms
         short = [probes.ok.enqueue(key=f"short{n}") for n in range(9)]
         unknown = [probes.permanent.enqueue(key=f"unknown{n}") for n in range(2)]
-        tasks = _pulled_all(OrmBroker(list_key=Conf.CLUSTER_NAME))
-        assert sorted(len(_runs_of(task)) for task in tasks) == [1, 1, 4, 5]
-        packed = sorted((task for task in tasks if task["group"] == "probe.ok"), key=lambda task: -len(_runs_of(task)))
-        assert [_runs_of(task) for task in packed] == [[r.pk for r in short[:5]], [r.pk for r in short[5:]]]
+        tasks = pulled_all(OrmBroker(list_key=Conf.CLUSTER_NAME))
+        assert sorted(len(runs_of(task)) for task in tasks) == [1, 1, 4, 5]
+        packed = sorted((task for task in tasks if task["group"] == "probe.ok"), key=lambda task: -len(runs_of(task)))
+        assert [runs_of(task) for task in packed] == [[r.pk for r in short[:5]], [r.pk for r in short[5:]]]
         assert {task["func"] for task in tasks if task["group"] == "probe.permanent"} == {djangoq.RUNNER}
-        assert sorted(run_id for task in tasks for run_id in _runs_of(task)) == sorted(r.pk for r in short + unknown)
+        assert sorted(run_id for task in tasks for run_id in runs_of(task)) == sorted(r.pk for r in short + unknown)
         assert sorted(OrmQ.objects.values_list("pk", flat=True)) == sorted(task["ack_id"] for task in tasks)
 
     @pytest.mark.parametrize(("cores", "sizes"), [(1, [4, 4]), (2, [4, 4]), (4, [2, 2, 2, 2]), (16, [1] * 8)])
@@ -111,34 +94,28 @@ class TestPackedAtPull:
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
         pace.run_seconds_record(job="probe.ok", seconds=0.0001)
         [probes.ok.enqueue(key=f"spread{n}") for n in range(8)]
-        tasks = _pulled_all(OrmBroker(list_key=Conf.CLUSTER_NAME))
-        assert [len(_runs_of(task)) for task in tasks] == sizes
+        tasks = pulled_all(OrmBroker(list_key=Conf.CLUSTER_NAME))
+        assert [len(runs_of(task)) for task in tasks] == sizes
 
     def test_runs_of_a_job_known_to_be_slow_each_get_a_worker(self) -> None:
         pace.run_seconds_record(job="probe.ok", seconds=0.05)  # longer than the whole wait
         [probes.ok.enqueue(key=f"slow{n}") for n in range(4)]
-        tasks = _pulled_all(OrmBroker(list_key=Conf.CLUSTER_NAME))
-        assert [len(_runs_of(task)) for task in tasks] == [1, 1, 1, 1]
+        tasks = pulled_all(OrmBroker(list_key=Conf.CLUSTER_NAME))
+        assert [len(runs_of(task)) for task in tasks] == [1, 1, 1, 1]
 
     def test_a_wait_of_zero_packs_nothing_outside_a_backlog(self, settings) -> None:
         settings.JOBS_BATCH_WAIT = 0
         pace.run_seconds_record(job="probe.ok", seconds=0.0001)
         [probes.ok.enqueue(key=f"zero{n}") for n in range(4)]
-        tasks = _pulled_all(OrmBroker(list_key=Conf.CLUSTER_NAME))
-        assert [len(_runs_of(task)) for task in tasks] == [1, 1, 1, 1]
+        tasks = pulled_all(OrmBroker(list_key=Conf.CLUSTER_NAME))
+        assert [len(runs_of(task)) for task in tasks] == [1, 1, 1, 1]
 
     def test_a_backlog_is_shared_by_the_workers_however_short_its_runs(self, monkeypatch) -> None:
         monkeypatch.setattr(Conf, "WORKERS", 2)
         pace.run_seconds_record(job="probe.ok", seconds=0.01)  # two fit in 20 ms; the backlog's share is more
         [probes.ok.enqueue(key=f"backlog{n}") for n in range(12)]
-        tasks = _pulled_all(OrmBroker(list_key=Conf.CLUSTER_NAME))
-        assert [len(_runs_of(task)) for task in tasks] == [6, 6]
-
-
-def _executed_as_a_worker(task: dict[str, Any]) -> str:
-    runner.remember_task_id(None, task=task)
-    entry = runner.execute_many if task["func"] == djangoq.RUNNER_MANY else runner.execute
-    return entry(*task["args"])
+        tasks = pulled_all(OrmBroker(list_key=Conf.CLUSTER_NAME))
+        assert [len(runs_of(task)) for task in tasks] == [6, 6]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -149,7 +126,7 @@ def test_a_worker_records_how_long_each_run_of_a_message_took(settings, monkeypa
         runs = probes.slow.enqueue_many([{"key": f"timed{n}", "seconds": 0.05} for n in range(3)])
     (row,) = OrmQ.objects.all()
     task = djangoq.message_task(row.payload)
-    _executed_as_a_worker(task)
+    executed(task)
     assert set(JobRun.objects.filter(pk__in=[r.pk for r in runs]).values_list("status", flat=True)) == {"succeeded"}
     assert 0.05 <= pace.run_seconds("probe.slow") < 5
 
@@ -170,7 +147,7 @@ def test_a_run_overrunning_its_shared_messages_budget_hands_the_rest_on_while_it
     task = djangoq.message_task(row.payload)
     task["ack_id"] = row.pk
     started = time.monotonic()
-    outcome = _executed_as_a_worker(task)
+    outcome = executed(task)
     assert outcome == "1 succeeded, 2 sent_on"
     # The two runs behind went out as a message each while the first still ran, not after it.
     handed = OrmQ.objects.exclude(pk=row.pk).order_by("lock")
