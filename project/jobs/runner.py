@@ -65,7 +65,7 @@ def execute(run_id: int, attempt: int) -> str:
     reached, the claim is tried again for up to ``JOBS_DB_RETRY_FOR`` seconds; after that
     the message is left for redelivery, never acknowledged unread."""
     task = _task.get()
-    started = time.perf_counter()
+    started = pace.stopwatch()
     outcome = _execute(run_id, attempt, task, last=True)
     if outcome == DATABASE_UNAVAILABLE:
         djangoq.redeliver_later(task, runs=[(run_id, attempt)])
@@ -80,7 +80,7 @@ _EXECUTED = frozenset({"succeeded", "retried", "failed", "deferred", "cancelled"
 def _paced(task: dict[str, Any] | None, outcome: str, started: float) -> None:
     job = (task or {}).get("group")
     if job and outcome in _EXECUTED:
-        pace.run_seconds_record(job=str(job), seconds=time.perf_counter() - started)
+        pace.run_record(job=str(job), started=started)
 
 
 def execute_many(runs: Sequence[Sequence[int]]) -> str:
@@ -113,7 +113,7 @@ def execute_many(runs: Sequence[Sequence[int]]) -> str:
         last = index == len(pairs) - 1 or handed
         following = None if last else _Next(*pairs[index + 1], task_id=task_id, deadline=deadline)
         rest.following = following
-        started = time.perf_counter()
+        started = pace.stopwatch()
         try:
             outcome = _execute(
                 run_id,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 import time
+from typing import Any
 
 import pytest
 from django.db import transaction
@@ -55,6 +57,52 @@ def test_jobs_whose_names_fall_in_one_slot_keep_their_own_run_times() -> None:
     # A name whose slots were all taken is not known, never given another job's time.
     assert all(seconds is None or seconds == pytest.approx(0.001 * (n + 1)) for n, seconds in enumerate(known.values()))
     assert sum(seconds is not None for seconds in known.values()) > 250
+
+
+def _spin(seconds: float) -> None:
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def _timed_beside_a_competitor(result: Any) -> None:
+    # This process and a busy one share one processor: about half the wall time is spent
+    # waiting for it.
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    competitor = multiprocessing.get_context("fork").Process(target=_spin, args=(30,), daemon=True)
+    competitor.start()
+    try:
+        time.sleep(0.2)
+        wall, cpu, watch = time.perf_counter(), time.thread_time(), pace.stopwatch()
+        _spin(0.3)
+        result[:] = [time.perf_counter() - wall, time.thread_time() - cpu, pace.stopwatch() - watch]
+    finally:
+        competitor.kill()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/thread-self/schedstat"), reason="Linux schedstat only")
+def test_a_runs_time_leaves_out_the_time_its_thread_waited_for_a_processor() -> None:
+    result = multiprocessing.get_context("fork").Array("d", 3)
+    child = multiprocessing.get_context("fork").Process(target=_timed_beside_a_competitor, args=(result,))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    wall, cpu, watched = result[:]
+    assert wall > 1.5 * cpu  # the competitor took its share
+    assert watched == pytest.approx(cpu, rel=0.2, abs=0.02)
+
+
+def test_without_schedstat_a_runs_time_is_its_wall_time(monkeypatch) -> None:
+    def no_schedstat(*args: Any) -> int:
+        raise OSError("no /proc")
+
+    monkeypatch.setattr(os, "open", no_schedstat)
+    readings: list[float] = []
+    # A new thread: the file is opened once per thread.
+    thread = threading.Thread(target=lambda: readings.extend([pace.stopwatch(), time.perf_counter()]))
+    thread.start()
+    thread.join()
+    assert readings[1] - readings[0] == pytest.approx(0, abs=0.01)
 
 
 def test_forgetting_drops_every_run_time() -> None:
