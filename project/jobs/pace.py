@@ -63,31 +63,40 @@ def _slot(name: str, *, take: bool) -> int | None:
     return None
 
 
-class _Schedstat(threading.local):
-    # The file names the thread that opened it, and a forked child has other threads.
-    pid = 0
-    fd = -1
+class _Schedstat:
+    """This thread's ``/proc/thread-self/schedstat``, open; closed with the thread's state
+    when the thread ends (or when a forked child, whose threads are others, replaces it)."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        try:
+            self.fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self.fd = -1
+
+    def __del__(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+
+    def queued_seconds(self) -> float:
+        if self.fd < 0:
+            return 0.0
+        try:
+            return int(os.pread(self.fd, 64, 0).split()[1]) / 1e9
+        except (OSError, IndexError, ValueError):
+            return 0.0
 
 
-_schedstat = _Schedstat()
+_threads = threading.local()
 
 
 def _queued_seconds() -> float:
     """Seconds this thread has spent runnable but waiting for a processor; 0 where the
     kernel does not say."""
-    state = _schedstat
-    if state.pid != os.getpid():
-        state.pid = os.getpid()
-        try:
-            state.fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            state.fd = -1
-    if state.fd < 0:
-        return 0.0
-    try:
-        return int(os.pread(state.fd, 64, 0).split()[1]) / 1e9
-    except (OSError, IndexError, ValueError):
-        return 0.0
+    state: _Schedstat | None = getattr(_threads, "schedstat", None)
+    if state is None or state.pid != os.getpid():
+        state = _threads.schedstat = _Schedstat()
+    return state.queued_seconds()
 
 
 def stopwatch() -> float:

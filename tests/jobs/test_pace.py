@@ -105,6 +105,23 @@ def test_without_schedstat_a_runs_time_is_its_wall_time(monkeypatch) -> None:
     assert readings[1] - readings[0] == pytest.approx(0, abs=0.01)
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/thread-self/schedstat"), reason="Linux schedstat only")
+def test_threads_that_timed_runs_leave_no_descriptor_open() -> None:
+    def open_descriptors() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    def timed() -> None:
+        pace.stopwatch()
+
+    pace.stopwatch()  # this thread's own, kept while it lives
+    before = open_descriptors()
+    for _ in range(20):
+        thread = threading.Thread(target=timed)
+        thread.start()
+        thread.join()
+    assert open_descriptors() <= before
+
+
 def test_forgetting_drops_every_run_time() -> None:
     pace.run_seconds_record(job="probe.ok", seconds=0.001)
     pace.forget()
