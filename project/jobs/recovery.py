@@ -104,12 +104,20 @@ def run_recover_lost(*, run_id: int, worker_dead: bool = False, database_fault: 
 def runs_recover_of_worker(*, pid: int | None, database_fault: bool = False) -> list[str | None]:
     """The sentinel saw its worker ``pid`` die: move its run on now, and end the lease of
     the message it was executing, which would otherwise hold the runs it carried after
-    this one (``runner.execute_many``) until the lease ran out."""
+    this one (``runner.execute_many``) until the lease ran out. A worker that died between
+    two runs of a message has none running: the message is then the one of the run it
+    finished last, if that message is still leased (a message acknowledged is not)."""
     worker = f"{socket.gethostname()}:{pid}"
     rows = list(JobRun.objects.filter(status=Status.RUNNING, worker=worker).values_list("pk", "task_id", "queue"))
     outcomes = [run_recover_lost(run_id=pk, worker_dead=True, database_fault=database_fault) for pk, _, _ in rows]
+    messages = [(task_id, queue) for _pk, task_id, queue in rows]
+    if not rows:
+        # Within a lease: an older message came back by itself. By end time, which is indexed.
+        since = timezone.now() - timedelta(seconds=djangoq.message_lease())
+        finished = JobRun.objects.filter(finished_at__gte=since, worker=worker).order_by("-finished_at")
+        messages = list(finished.values_list("task_id", "queue")[:1])
     by_queue: dict[str, set[str]] = defaultdict(set)
-    for _pk, task_id, queue in rows:
+    for task_id, queue in messages:
         if task_id:
             by_queue[queue].add(task_id)
     for queue, task_ids in by_queue.items():

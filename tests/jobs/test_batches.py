@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import socket
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -17,7 +18,7 @@ from django_q.models import OrmQ
 from django_q.signing import BadSignature, SignedPackage
 from django_q.timeout import TimeoutHandler
 
-from project.jobs import djangoq, runner, transitions
+from project.jobs import djangoq, recovery, runner, transitions
 from project.jobs.djangoq import OrmBroker, RedisBroker
 from project.jobs.models import JobRun
 from tests.conftest import BROKERS, needs_redis
@@ -261,6 +262,43 @@ def test_ending_the_lease_of_an_orm_message_that_names_its_run(settings) -> None
     assert JobRun.objects.get(pk=run.pk).task_id == task["id"] == f"r{run.pk}.1"
     assert broker.leases_end({task["id"]}) == 1
     assert broker.dequeue()[0][0] == ack_id
+
+
+@pytest.mark.django_db
+def test_a_worker_dead_between_two_runs_of_a_shared_message_has_the_message_come_back_at_once(
+    settings, monkeypatch, django_capture_on_commit_callbacks
+) -> None:
+    settings.JOBS_BROKER = "orm"
+    monkeypatch.setattr(Conf, "WORKERS", 1)  # the three runs share one message
+    with django_capture_on_commit_callbacks(execute=True):
+        runs = probes.ok.enqueue_many([{"key": f"between{n}"} for n in range(3)])
+    broker = OrmBroker(list_key=runs[0].queue)
+    ((ack_id, payload),) = broker.dequeue()
+    task = SignedPackage.loads(payload)
+    assert runs_of(task) == [run.pk for run in runs]
+    # Its worker finished the first run, then died before claiming the second: none running.
+    worker = f"{socket.gethostname()}:4242"
+    run = transitions.claim(runs[0].pk, 1, worker=worker, task_id=task["id"])
+    assert transitions.succeed(run, None, progress=None)
+    assert broker.dequeue() is None  # leased for JOBS_MESSAGE_LEASE
+    assert recovery.runs_recover_of_worker(pid=4242) == []
+    ((again, _payload),) = broker.dequeue()
+    assert again == ack_id
+
+
+@pytest.mark.django_db
+def test_a_worker_dead_after_its_message_was_acknowledged_brings_nothing_back(settings) -> None:
+    settings.JOBS_BROKER = "orm"
+    run = probes.ok.enqueue(key="acknowledged")
+    broker = OrmBroker(list_key=run.queue)
+    ((ack_id, payload),) = broker.dequeue()
+    task = SignedPackage.loads(payload)
+    worker = f"{socket.gethostname()}:4243"
+    claimed = transitions.claim(run.pk, 1, worker=worker, task_id=task["id"])
+    assert transitions.succeed(claimed, None, progress=None, ack=ack_id)
+    assert recovery.runs_recover_of_worker(pid=4243) == []
+    assert broker.dequeue() is None
+    assert not OrmQ.objects.filter(pk=ack_id).exists()
 
 
 @needs_redis
