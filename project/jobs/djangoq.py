@@ -561,7 +561,7 @@ class OrmBroker(_HeartbeatMixin, ORM):
         return {"ready": ready, "held": held}
 
 
-# One pull, in one round trip while messages are waiting (the pusher blocks on BLPOP only
+# One pull, in one round trip while messages are waiting (the pusher waits in BLMOVE only
 # when none is): the pulled messages whose lease ended go back to the head of the list
 # (their cluster died before it finished them), the due delayed ones to its tail, then up
 # to ARGV[3] messages are popped and leased until ARGV[4].
@@ -672,38 +672,37 @@ class RedisBroker(_HeartbeatMixin, Redis):
 
     def _pull_messages(self) -> list[tuple[bytes | str, bytes | str]] | None:
         popped: list[bytes | str] = list(self.pull())
-        if popped:
-            kept, merged = _backlog_merged(popped, read=_redis_task)
-            if merged:
-                # The merged messages replace their parts among the pulled ones at once
-                # (MULTI): a crash leaves the parts or the whole, leased either way.
-                pipe = self.connection.pipeline(transaction=True)
-                pipe.zadd(
-                    self.pulled_key,
-                    dict.fromkeys((payload for payload, _parts in merged), time.time() + message_lease()),
-                )
-                pipe.zrem(self.pulled_key, *(popped[index] for _payload, parts in merged for index in parts))
-                pipe.execute()
-            order = sorted(
-                [(index, popped[index]) for index in kept] + [(parts[0], payload) for payload, parts in merged]
+        if not popped:
+            # Wait for a message without taking it: BLMOVE from the list's head back to its
+            # head, in one command, so no message is ever off the list and not leased (a
+            # pusher dying between a BLPOP and its lease lost the message until the re-push
+            # sweep, JOBS_REPUSH_AFTER). The pull then takes and leases it atomically.
+            if self.connection.blmove(self.list_key, self.list_key, Conf.POLL, "LEFT", "LEFT") is None:
+                return None
+            popped = list(self.pull())
+            if not popped:
+                return None  # another cluster's pull took it
+        kept, merged = _backlog_merged(popped, read=_redis_task)
+        if merged:
+            # The merged messages replace their parts among the pulled ones at once
+            # (MULTI): a crash leaves the parts or the whole, leased either way.
+            pipe = self.connection.pipeline(transaction=True)
+            pipe.zadd(
+                self.pulled_key,
+                dict.fromkeys((payload for payload, _parts in merged), time.time() + message_lease()),
             )
-            handed = [message for _index, message in order]
-            # More than ``bulk`` are pulled only to be merged; the rest go back at once.
-            if len(handed) > max(1, Conf.BULK):
-                back = handed[max(1, Conf.BULK) :]
-                self._script(_LEASES_END)(keys=[self.pulled_key, self.list_key], args=back[::-1])
-                del handed[max(1, Conf.BULK) :]
-            # The message is its own ack id; one that names its run is handed to the
-            # pusher as django-q2's task.
-            return [(message, _reference_signed(message, plain=False) or message) for message in handed]
-        task = self.connection.blpop(self.list_key, Conf.POLL)
-        if task:
-            message = cast(bytes, task[1])  # the connection does not decode responses
-            # Leased a moment after it left the list: a cluster dying in between loses it to
-            # the re-push sweep (JOBS_REPUSH_AFTER), as before leases.
-            self.connection.zadd(self.pulled_key, {message: time.time() + message_lease()})
-            return [(message, _reference_signed(message, plain=False) or message)]
-        return None
+            pipe.zrem(self.pulled_key, *(popped[index] for _payload, parts in merged for index in parts))
+            pipe.execute()
+        order = sorted([(index, popped[index]) for index in kept] + [(parts[0], payload) for payload, parts in merged])
+        handed = [message for _index, message in order]
+        # More than ``bulk`` are pulled only to be merged; the rest go back at once.
+        if len(handed) > max(1, Conf.BULK):
+            back = handed[max(1, Conf.BULK) :]
+            self._script(_LEASES_END)(keys=[self.pulled_key, self.list_key], args=back[::-1])
+            del handed[max(1, Conf.BULK) :]
+        # The message is its own ack id; one that names its run is handed to the
+        # pusher as django-q2's task.
+        return [(message, _reference_signed(message, plain=False) or message) for message in handed]
 
     def pull(self, *, now: float | None = None) -> list[bytes]:
         """One pull of up to ``pull_size()`` messages (``now``: the clock, for tests)."""

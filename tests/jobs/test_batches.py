@@ -302,6 +302,36 @@ def test_a_worker_dead_after_its_message_was_acknowledged_brings_nothing_back(se
 
 
 @needs_redis
+def test_a_redis_pusher_waiting_for_a_message_never_holds_it_unleased() -> None:
+    broker = RedisBroker(list_key=f"wait-{uuid.uuid4().hex[:8]}")
+    message = djangoq.package(run_id=1, attempt=1, name="probe.ok#1.1", group="probe.ok", timeout=None)
+    real_pull = broker.pull
+    pulls = []
+
+    def pull(**kwargs: Any) -> list[bytes]:
+        pulls.append(1)
+        if len(pulls) == 1:
+            nothing = real_pull(**kwargs)
+            broker.enqueue(message)  # arrives once the pull found none: the pusher waits for it
+            return nothing
+        # The pusher dies once the wait is over, before its pull takes the message.
+        raise SystemExit
+
+    broker.pull = pull  # type: ignore[method-assign]  # this broker only
+    try:
+        with pytest.raises(SystemExit):
+            broker.dequeue()
+        # Still on the list for any cluster's next pull, not lost until the re-push sweep.
+        assert broker.depth() == {"ready": 1, "held": 0}
+        broker.pull = real_pull  # type: ignore[method-assign]
+        ((ack_id, _payload),) = broker.dequeue()
+        assert broker.depth() == {"ready": 0, "held": 1}
+        broker.acknowledge(ack_id)
+    finally:
+        broker.purge_queue()
+
+
+@needs_redis
 def test_ending_the_lease_of_a_dead_workers_redis_message_puts_it_back_first() -> None:
     broker = RedisBroker(list_key=f"lease-end-{uuid.uuid4().hex[:8]}")
     try:
