@@ -249,14 +249,19 @@ def test_ending_the_lease_of_a_dead_workers_orm_message_makes_it_due_at_once() -
     assert broker.dequeue()[0][0] == ack_id
 
 
+def _pulled_one(queue: str) -> tuple[OrmBroker, int, dict[str, Any]]:
+    """The ORM broker of ``queue``, and the one message a pull hands out: its ack id and task."""
+    broker = OrmBroker(list_key=queue)
+    ((ack_id, payload),) = broker.dequeue()
+    return broker, ack_id, SignedPackage.loads(payload)
+
+
 @pytest.mark.django_db
 def test_ending_the_lease_of_an_orm_message_that_names_its_run(settings) -> None:
     # The task id the pusher gives such a message is the one its run records at the claim.
     settings.JOBS_BROKER = "orm"
     run = probes.ok.enqueue(key="named")
-    broker = OrmBroker(list_key=run.queue)
-    ((ack_id, payload),) = broker.dequeue()
-    task = SignedPackage.loads(payload)
+    broker, ack_id, task = _pulled_one(run.queue)
     # A worker claims it, then dies.
     assert transitions.claim(run.pk, 1, worker="host:1", task_id=task["id"]) is not None
     assert JobRun.objects.get(pk=run.pk).task_id == task["id"] == f"r{run.pk}.1"
@@ -272,9 +277,7 @@ def test_a_worker_dead_between_two_runs_of_a_shared_message_has_the_message_come
     monkeypatch.setattr(Conf, "WORKERS", 1)  # the three runs share one message
     with django_capture_on_commit_callbacks(execute=True):
         runs = probes.ok.enqueue_many([{"key": f"between{n}"} for n in range(3)])
-    broker = OrmBroker(list_key=runs[0].queue)
-    ((ack_id, payload),) = broker.dequeue()
-    task = SignedPackage.loads(payload)
+    broker, ack_id, task = _pulled_one(runs[0].queue)
     assert runs_of(task) == [run.pk for run in runs]
     # Its worker finished the first run, then died before claiming the second: none running.
     worker = f"{socket.gethostname()}:4242"
@@ -290,9 +293,7 @@ def test_a_worker_dead_between_two_runs_of_a_shared_message_has_the_message_come
 def test_a_worker_dead_after_its_message_was_acknowledged_brings_nothing_back(settings) -> None:
     settings.JOBS_BROKER = "orm"
     run = probes.ok.enqueue(key="acknowledged")
-    broker = OrmBroker(list_key=run.queue)
-    ((ack_id, payload),) = broker.dequeue()
-    task = SignedPackage.loads(payload)
+    broker, ack_id, task = _pulled_one(run.queue)
     worker = f"{socket.gethostname()}:4243"
     claimed = transitions.claim(run.pk, 1, worker=worker, task_id=task["id"])
     assert transitions.succeed(claimed, None, progress=None, ack=ack_id)
