@@ -103,15 +103,16 @@ def execute_many(runs: Sequence[Sequence[int]]) -> str:
         with rest.lock:
             handed = rest.handed
             rest.start = index + 1
-        if handed and not (claimed and claimed.tried):
+        tried = bool(claimed and claimed.tried)  # this run's claim was already made
+        if handed and not tried:
             outcomes["sent_on"] += len(pairs) - index
             break
-        if index and not handed and not (claimed and claimed.tried) and time.monotonic() >= deadline:
+        if index and not handed and not tried and time.monotonic() >= deadline:
             _send_each(pairs[index:], task)
             outcomes["sent_on"] += len(pairs) - index
             break
-        last = index == len(pairs) - 1 or handed
-        following = None if last else _Next(*pairs[index + 1], task_id=task_id, deadline=deadline)
+        last = index == len(pairs) - 1
+        following = None if last or handed else _Next(*pairs[index + 1], task_id=task_id, deadline=deadline)
         rest.following = following
         started = pace.stopwatch()
         try:
@@ -119,10 +120,10 @@ def execute_many(runs: Sequence[Sequence[int]]) -> str:
                 run_id,
                 attempt,
                 task,
-                last=index == len(pairs) - 1,
+                last=last,
                 following=following,
                 claimed=claimed,
-                on_overrun=None if last else rest.hand_on,
+                on_overrun=None if following is None else rest.hand_on,
                 overrun_at=deadline,
             )
         except TimeoutException:
