@@ -22,10 +22,12 @@ the consumer in one statement, and the drain is timed from there.
 CPU per job: every process of the cluster (worker, pusher, monitor, sentinel with the
 cluster's main process) or procrastinate's worker process, plus the PostgreSQL backends
 they opened (found by ``application_name`` in ``pg_stat_activity``), read from /proc with
-psutil every 0.1 s. The producer (this process and its backend while it enqueues) is
-reported apart; so is the Redis server's CPU (a shared server: indicative). The queue and
-record tables are vacuumed before each run and analyzed with a backlog in them, autovacuum
-off meanwhile (see ``System.pin_statistics``).
+psutil every 0.1 s by a sampling process of its own, which looks for new processes every
+second (``CpuSampler``; its own CPU is reported as ``sampler_cpu_s``). The producer (this
+process and its backend while it enqueues) is reported apart; so is the Redis server's
+CPU (a shared server: indicative). The queue and record tables are vacuumed before each
+run and analyzed with a backlog in them, autovacuum off meanwhile (see
+``System.pin_statistics``).
 
 Usage:
     DATABASE_URL=postgres://… REDIS_URL=redis://… .venv/bin/python bench/throughput.py \\
@@ -41,6 +43,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import multiprocessing
 import os
 import platform
 import secrets
@@ -49,7 +52,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -181,47 +183,60 @@ def _cluster_workers_idle(root_pid: int, workers: int) -> bool:
 
 class CpuSampler:
     """CPU seconds by process kind over a window: the processes under ``root_pid`` and the
-    PostgreSQL backends whose ``application_name`` is ``application_name``, sampled every
-    ``interval`` s. A process that ends between samples loses at most its last interval."""
+    PostgreSQL backends whose ``application_name`` is ``application_name``. Their CPU is
+    read every ``interval`` s; the processes themselves are looked for every ``discover``
+    s (the cluster's are long-lived). It samples in a process of its own: in a thread of
+    the producer's (before), a scan of every process and a query for each sample took a
+    fifth of the producer's turns at the interpreter. A process that ends between samples
+    loses at most its last interval; one born and ended between two looks is not seen."""
 
-    def __init__(self, *, root_pid: int, application_name: str, kind_of: Callable[[str], str], interval=0.1):
-        import psycopg
-
+    def __init__(
+        self, *, root_pid: int, application_name: str, kind_of: Callable[[str], str], interval=0.1, discover=1.0
+    ):
         self.root_pid = root_pid
         self.application_name = application_name
         self.kind_of = kind_of
         self.interval = interval
-        self.db = psycopg.connect(os.environ["DATABASE_URL"], autocommit=True)
+        self.discover = discover
         self.seen: dict[int, list] = {}  # pid -> [kind, cpu at first sight or 0.0, last cpu]
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.found: dict[int, tuple] = {}  # pid -> (psutil.Process, kind)
+        self.own_cpu = 0.0  # the sampling process's, for the record
+        self.db = None
         self._first = True
+        self._next_look = 0.0
+        self._process: multiprocessing.Process | None = None
+        self._pipe = None
 
     def _cpu(self, process) -> float:
         times = process.cpu_times()
         return times.user + times.system
 
-    def sample(self) -> None:
+    def _look(self) -> None:
         import psutil
 
-        procs: list[tuple[psutil.Process, str | None]] = []
-        try:
+        found: dict[int, tuple] = {}
+        with contextlib.suppress(psutil.NoSuchProcess):
             root = psutil.Process(self.root_pid)
-            procs.append((root, None))
-            procs.extend((child, None) for child in root.children(recursive=True))
-        except psutil.NoSuchProcess:
-            pass
+            for process in (root, *root.children(recursive=True)):
+                with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess):
+                    found[process.pid] = (process, self.kind_of(" ".join(process.cmdline())))
         rows = self.db.execute(
             "SELECT pid FROM pg_stat_activity WHERE application_name = %s", [self.application_name]
         ).fetchall()
         for (pid,) in rows:
             with contextlib.suppress(psutil.NoSuchProcess):
-                procs.append((psutil.Process(pid), "postgresql"))
-        for process, kind in procs:
+                found[pid] = (psutil.Process(pid), "postgresql")
+        self.found = found
+
+    def sample(self) -> None:
+        import psutil
+
+        if time.monotonic() >= self._next_look:
+            self._look()
+            self._next_look = time.monotonic() + self.discover
+        for process, kind in self.found.values():
             try:
                 cpu = self._cpu(process)
-                if kind is None:
-                    kind = self.kind_of(" ".join(process.cmdline()))
             except (psutil.NoSuchProcess, psutil.ZombieProcess):
                 continue
             entry = self.seen.get(process.pid)
@@ -232,25 +247,39 @@ class CpuSampler:
                 entry[0], entry[2] = kind, cpu
         self._first = False
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.sample()
+    def _run(self, pipe) -> None:
+        """In the sampling process: sample until told to stop, then send the totals."""
+        import psycopg
 
-    def start(self) -> CpuSampler:
+        self.db = psycopg.connect(os.environ["DATABASE_URL"], autocommit=True)
         self.sample()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> dict[str, float]:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        pipe.send("ready")
+        while not pipe.poll(self.interval):
+            self.sample()
+        pipe.recv()
+        self._next_look = 0.0  # a last look: the window's end counts every process there
         self.sample()
         self.db.close()
         totals = dict.fromkeys(KINDS, 0.0)
         for kind, first, last in self.seen.values():
             totals[kind] = totals.get(kind, 0.0) + max(0.0, last - first)
+        pipe.send((totals, time.process_time()))
+
+    def start(self) -> CpuSampler:
+        ours, theirs = multiprocessing.get_context("fork").Pipe()
+        self._pipe = ours
+        self._process = multiprocessing.get_context("fork").Process(target=self._run, args=(theirs,), daemon=True)
+        self._process.start()
+        if not ours.poll(60) or ours.recv() != "ready":
+            raise RuntimeError("the CPU sampler did not start")
+        return self
+
+    def stop(self) -> dict[str, float]:
+        assert self._pipe is not None
+        assert self._process is not None
+        self._pipe.send("stop")
+        totals, self.own_cpu = self._pipe.recv()
+        self._process.join()
         return totals
 
 
@@ -323,6 +352,8 @@ def _measure(
         "cpu_ms_per_job": {kind: round(1000 * value / jobs, 3) for kind, value in cpu.items()}
         | {"total": round(1000 * sum(cpu.values()) / jobs, 3)},
         "producer_cpu_ms_per_job": {kind: round(1000 * value / jobs, 3) for kind, value in producer.items()},
+        # The sampling process's own CPU, on the same cores.
+        "sampler_cpu_s": round(sampler.own_cpu, 3),
     }
     if redis_before is not None:
         after = _redis_server_cpu()
