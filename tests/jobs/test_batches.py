@@ -6,8 +6,10 @@ import math
 import os
 import signal
 import socket
+import time
 import uuid
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -328,6 +330,45 @@ def test_a_redis_pusher_waiting_for_a_message_never_holds_it_unleased() -> None:
         ((ack_id, _payload),) = broker.dequeue()
         assert broker.depth() == {"ready": 0, "held": 1}
         broker.acknowledge(ack_id)
+    finally:
+        broker.purge_queue()
+
+
+@needs_redis
+def test_a_redis_pusher_pulls_at_most_once_per_batch_wait_while_messages_keep_coming(settings, monkeypatch) -> None:
+    settings.JOBS_BATCH_WAIT = 0.3
+    broker = RedisBroker(list_key=f"paced-{uuid.uuid4().hex[:8]}")
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        time.sleep(seconds)
+
+    monkeypatch.setattr(djangoq, "time", SimpleNamespace(time=time.time, monotonic=time.monotonic, sleep=sleep))
+
+    def pulled(run_id: int) -> None:
+        broker.enqueue(
+            djangoq.package(run_id=run_id, attempt=1, name=f"probe.ok#{run_id}.1", group="probe.ok", timeout=None)
+        )
+        ((ack_id, payload),) = broker.dequeue()
+        assert SignedPackage.loads(payload)["args"] == (run_id, 1)
+        broker.acknowledge(ack_id)
+
+    try:
+        started = time.monotonic()
+        pulled(1)
+        assert waits == []  # the first message is not held
+        pulled(2)
+        # Pulled right after one that found a message: it waited out the rest of the 0.3 s.
+        assert len(waits) == 1
+        assert 0 < waits[0] <= 0.3
+        assert time.monotonic() - started >= 0.3
+        time.sleep(0.3)  # a quiet spell
+        pulled(3)
+        assert len(waits) == 1
+        settings.JOBS_BATCH_WAIT = 0  # off
+        pulled(4)
+        assert len(waits) == 1
     finally:
         broker.purge_queue()
 
