@@ -237,9 +237,9 @@ JOBS_BATCH_BUDGET = env_float("JOBS_BATCH_BUDGET", 0.5, minimum=0, maximum=60)
 # Outside a backlog, runs of a job whose runs this cluster measured as short share a
 # message too: spread over the processor's cores, and up to this many seconds of them
 # per message (their average, project/jobs/pace.py), the latency a run may gain waiting
-# behind others while a worker is idle. A Redis pusher that keeps finding messages pulls
-# at most once per this many seconds, so that they are packed together. 0: only a backlog
-# is merged, and Redis pulls are not paced.
+# behind others while a worker is idle. A pusher that keeps finding messages pulls at
+# most once per this many seconds, so that they are packed together. 0: only a backlog is
+# merged, and pulls are not paced.
 JOBS_BATCH_WAIT = env_float("JOBS_BATCH_WAIT", 0.02, minimum=0, maximum=5)
 JOBS_RUN_RETENTION_DAYS = env_int("JOBS_RUN_RETENTION_DAYS", 7, minimum=1)
 # A cluster whose sentinel has not been seen for this long is reported as down, and its

@@ -142,6 +142,26 @@ class _HeartbeatMixin(_MixinBase):
             database_failed()
 
 
+class _PacedPulls:
+    """While messages keep coming, a pusher pulls at most once per ``JOBS_BATCH_WAIT``, so
+    that those arriving meanwhile are pulled, and packed (``_backlog_merged``), together; a
+    message after a quiet spell is not held. Without it, the pusher pulled again as soon as
+    it had handed the last pull out: under single enqueues at a few hundred a second, a
+    Redis pull (a fraction of a millisecond) found about four messages and an ORM pull (a
+    statement) about twelve, and each message cost its pull, its hand-over, a worker's
+    first claim and its acknowledgement (docs/benchmarks.md, session 9)."""
+
+    _found_at = float("-inf")  # time.monotonic() of this pusher's last pull that found messages
+
+    def _pull_paced(self) -> None:
+        wait = settings.JOBS_BATCH_WAIT - (time.monotonic() - self._found_at)
+        if wait > 0:
+            time.sleep(wait)
+
+    def _pull_found(self) -> None:
+        self._found_at = time.monotonic()
+
+
 _database_failed_at: float | None = None
 
 
@@ -441,7 +461,7 @@ def _available(broker: Any) -> None:
 PULL_RETRY_PAUSE = 0.5
 
 
-class OrmBroker(_HeartbeatMixin, ORM):
+class OrmBroker(_PacedPulls, _HeartbeatMixin, ORM):
     broker_name = "orm"
 
     def enqueue(self, task: str) -> int:
@@ -488,6 +508,7 @@ class OrmBroker(_HeartbeatMixin, ORM):
         return pulled
 
     def _pull(self) -> list[tuple[int, str]] | None:
+        self._pull_paced()
         self.get_connection()  # closes a stale connection between pulls
         now = timezone.now()
         with db.prepared_cursor(connections[Conf.ORM]) as cursor:
@@ -509,6 +530,7 @@ class OrmBroker(_HeartbeatMixin, ORM):
         if not rows:
             time.sleep(Conf.POLL)
             return None
+        self._pull_found()
         rows = _handed_out(rows, key=self.list_key, lock=now + timedelta(seconds=message_lease()))
         if len(rows) > 1:
             if self._pulled_pid != os.getpid():
@@ -608,7 +630,7 @@ def _loads(payload: bytes | str) -> dict[str, Any] | None:
     return task if isinstance(task, dict) else None
 
 
-class RedisBroker(_HeartbeatMixin, Redis):
+class RedisBroker(_PacedPulls, _HeartbeatMixin, Redis):
     """Messages leased as the ORM broker's are: a pulled message waits in a sorted set
     (``pulled_key``, scored by the end of its lease, ``message_lease()``) until the monitor
     acknowledges it, and a pull by any cluster first puts back on the list those whose lease
@@ -670,19 +692,8 @@ class RedisBroker(_HeartbeatMixin, Redis):
         _available(self)
         return pulled
 
-    #: ``time.monotonic()`` of this pusher's last pull that found messages.
-    _found_at = float("-inf")
-
     def _pull_messages(self) -> list[tuple[bytes | str, bytes | str]] | None:
-        # While messages keep coming, pull at most once per JOBS_BATCH_WAIT, so that those
-        # arriving meanwhile are taken (and packed) together. A Redis pull takes a fraction
-        # of a millisecond and the pusher pulls again as soon as it has handed out the last
-        # pull, so single enqueues at a few hundred a second were pulled four at a time,
-        # each message costing its pull, hand-over and ack; the ORM broker's pull, a
-        # statement, already spaces them out. A message after a quiet spell is not held.
-        wait = settings.JOBS_BATCH_WAIT - (time.monotonic() - self._found_at)
-        if wait > 0:
-            time.sleep(wait)
+        self._pull_paced()
         popped: list[bytes | str] = list(self.pull())
         if not popped:
             # Wait for a message without taking it: BLMOVE from the list's head back to its
@@ -694,7 +705,7 @@ class RedisBroker(_HeartbeatMixin, Redis):
             popped = list(self.pull())
             if not popped:
                 return None  # another cluster's pull took it
-        self._found_at = time.monotonic()
+        self._pull_found()
         kept, merged = _backlog_merged(popped, read=_redis_task)
         if merged:
             # The merged messages replace their parts among the pulled ones at once

@@ -334,10 +334,12 @@ def test_a_redis_pusher_waiting_for_a_message_never_holds_it_unleased() -> None:
         broker.purge_queue()
 
 
-@needs_redis
-def test_a_redis_pusher_pulls_at_most_once_per_batch_wait_while_messages_keep_coming(settings, monkeypatch) -> None:
+@pytest.mark.parametrize("kind", BROKERS)
+@pytest.mark.django_db
+def test_a_pusher_pulls_at_most_once_per_batch_wait_while_messages_keep_coming(kind, settings, monkeypatch) -> None:
     settings.JOBS_BATCH_WAIT = 0.3
-    broker = RedisBroker(list_key=f"paced-{uuid.uuid4().hex[:8]}")
+    broker_class = OrmBroker if kind == "orm" else RedisBroker
+    broker = broker_class(list_key=f"paced-{uuid.uuid4().hex[:8]}")
     waits: list[float] = []
 
     def sleep(seconds: float) -> None:
