@@ -149,17 +149,21 @@ class _PacedPulls:
     it had handed the last pull out: under single enqueues at a few hundred a second, a
     Redis pull (a fraction of a millisecond) found about four messages and an ORM pull (a
     statement) about twelve, and each message cost its pull, its hand-over, a worker's
-    first claim and its acknowledgement (docs/benchmarks.md, session 9)."""
+    first claim and its acknowledgement (docs/benchmarks.md, session 9). A pull that hands
+    out a whole bulk (``Conf.BULK`` messages: more may be waiting) is followed at once, so a
+    backlog, or a busy cluster's stream of messages that cannot share, is not held to a
+    bulk per interval."""
 
-    _found_at = float("-inf")  # time.monotonic() of this pusher's last pull that found messages
+    _found_at = float("-inf")  # time.monotonic() of the last pull that found messages, if paced
 
     def _pull_paced(self) -> None:
         wait = settings.JOBS_BATCH_WAIT - (time.monotonic() - self._found_at)
         if wait > 0:
             time.sleep(wait)
 
-    def _pull_found(self) -> None:
-        self._found_at = time.monotonic()
+    def _pull_found(self, *, handed: int) -> None:
+        full = handed >= max(1, Conf.BULK)
+        self._found_at = float("-inf") if full else time.monotonic()
 
 
 _database_failed_at: float | None = None
@@ -530,8 +534,8 @@ class OrmBroker(_PacedPulls, _HeartbeatMixin, ORM):
         if not rows:
             time.sleep(Conf.POLL)
             return None
-        self._pull_found()
         rows = _handed_out(rows, key=self.list_key, lock=now + timedelta(seconds=message_lease()))
+        self._pull_found(handed=len(rows))
         if len(rows) > 1:
             if self._pulled_pid != os.getpid():
                 self._pulled_pid = os.getpid()
@@ -705,7 +709,6 @@ class RedisBroker(_PacedPulls, _HeartbeatMixin, Redis):
             popped = list(self.pull())
             if not popped:
                 return None  # another cluster's pull took it
-        self._pull_found()
         kept, merged = _backlog_merged(popped, read=_redis_task)
         if merged:
             # The merged messages replace their parts among the pulled ones at once
@@ -724,6 +727,7 @@ class RedisBroker(_PacedPulls, _HeartbeatMixin, Redis):
             back = handed[max(1, Conf.BULK) :]
             self._script(_LEASES_END)(keys=[self.pulled_key, self.list_key], args=back[::-1])
             del handed[max(1, Conf.BULK) :]
+        self._pull_found(handed=len(handed))
         # The message is its own ack id; one that names its run is handed to the
         # pusher as django-q2's task.
         return [(message, _reference_signed(message, plain=False) or message) for message in handed]

@@ -334,12 +334,8 @@ def test_a_redis_pusher_waiting_for_a_message_never_holds_it_unleased() -> None:
         broker.purge_queue()
 
 
-@pytest.mark.parametrize("kind", BROKERS)
-@pytest.mark.django_db
-def test_a_pusher_pulls_at_most_once_per_batch_wait_while_messages_keep_coming(kind, settings, monkeypatch) -> None:
-    settings.JOBS_BATCH_WAIT = 0.3
-    broker_class = OrmBroker if kind == "orm" else RedisBroker
-    broker = broker_class(list_key=f"paced-{uuid.uuid4().hex[:8]}")
+def _recording_sleeps(monkeypatch) -> list[float]:
+    """The pauses the brokers take from now on (each still taken)."""
     waits: list[float] = []
 
     def sleep(seconds: float) -> None:
@@ -347,30 +343,65 @@ def test_a_pusher_pulls_at_most_once_per_batch_wait_while_messages_keep_coming(k
         time.sleep(seconds)
 
     monkeypatch.setattr(djangoq, "time", SimpleNamespace(time=time.time, monotonic=time.monotonic, sleep=sleep))
+    return waits
 
-    def pulled(run_id: int) -> None:
-        broker.enqueue(
-            djangoq.package(run_id=run_id, attempt=1, name=f"probe.ok#{run_id}.1", group="probe.ok", timeout=None)
-        )
-        ((ack_id, payload),) = broker.dequeue()
-        assert SignedPackage.loads(payload)["args"] == (run_id, 1)
-        broker.acknowledge(ack_id)
 
+def _pulled(broker: OrmBroker | RedisBroker, *groups: str) -> None:
+    """Send a message of one run of each job in ``groups``, then have the pusher take them
+    all (one or more dequeues), checking each and acknowledging it."""
+    sent = [(uuid.uuid4().int % 10**9, group) for group in groups]
+    for run_id, group in sent:
+        broker.enqueue(djangoq.package(run_id=run_id, attempt=1, name=f"{group}#{run_id}.1", group=group, timeout=None))
+    taken = []
+    while len(taken) < len(sent):
+        for ack_id, payload in broker.dequeue() or []:
+            taken.append(SignedPackage.loads(payload)["args"])
+            broker.acknowledge(ack_id)
+    assert sorted(taken) == sorted((run_id, 1) for run_id, _group in sent)
+
+
+@pytest.mark.parametrize("kind", BROKERS)
+@pytest.mark.django_db
+def test_a_pusher_pulls_at_most_once_per_batch_wait_while_messages_keep_coming(kind, settings, monkeypatch) -> None:
+    settings.JOBS_BATCH_WAIT = 0.3
+    broker = (OrmBroker if kind == "orm" else RedisBroker)(list_key=f"paced-{uuid.uuid4().hex[:8]}")
+    waits = _recording_sleeps(monkeypatch)
     try:
         started = time.monotonic()
-        pulled(1)
+        _pulled(broker, "probe.ok")
         assert waits == []  # the first message is not held
-        pulled(2)
+        _pulled(broker, "probe.ok")
         # Pulled right after one that found a message: it waited out the rest of the 0.3 s.
         assert len(waits) == 1
         assert 0 < waits[0] <= 0.3
         assert time.monotonic() - started >= 0.3
         time.sleep(0.3)  # a quiet spell
-        pulled(3)
+        _pulled(broker, "probe.ok")
         assert len(waits) == 1
         settings.JOBS_BATCH_WAIT = 0  # off
-        pulled(4)
+        _pulled(broker, "probe.ok")
         assert len(waits) == 1
+    finally:
+        broker.purge_queue()
+
+
+@pytest.mark.parametrize("kind", BROKERS)
+@pytest.mark.django_db
+def test_a_pull_that_hands_out_a_whole_bulk_is_followed_at_once(kind, settings, monkeypatch) -> None:
+    # More may be waiting: a backlog, or a stream of messages that cannot share, is not
+    # held to a bulk per JOBS_BATCH_WAIT.
+    settings.JOBS_BATCH_WAIT = 0.3
+    monkeypatch.setattr(Conf, "BULK", 2)
+    broker = (OrmBroker if kind == "orm" else RedisBroker)(list_key=f"paced-{uuid.uuid4().hex[:8]}")
+    waits = _recording_sleeps(monkeypatch)
+    try:
+        _pulled(broker, "probe.ok")
+        _pulled(broker, "probe.ok", "probe.permanent")  # paced: the pull before found one
+        assert len(waits) == 1
+        _pulled(broker, "probe.ok")  # after a whole bulk: at once
+        assert len(waits) == 1
+        _pulled(broker, "probe.ok")  # after a pull of one: paced again
+        assert len(waits) == 2
     finally:
         broker.purge_queue()
 
