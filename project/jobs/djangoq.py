@@ -150,7 +150,7 @@ class _PacedPulls:
     Redis pull (a fraction of a millisecond) found about four messages and an ORM pull (a
     statement) about twelve, and each message cost its pull, its hand-over, a worker's
     first claim and its acknowledgement (docs/benchmarks.md, session 9). A pull that hands
-    out a whole bulk (``Conf.BULK`` messages: more may be waiting) is followed at once, so a
+    out a whole bulk (``bulk()`` messages: more may be waiting) is followed at once, so a
     backlog, or a busy cluster's stream of messages that cannot share, is not held to a
     bulk per interval."""
 
@@ -162,7 +162,7 @@ class _PacedPulls:
             time.sleep(wait)
 
     def _pull_found(self, *, handed: int) -> None:
-        full = handed >= max(1, Conf.BULK)
+        full = handed >= bulk()
         self._found_at = float("-inf") if full else time.monotonic()
 
 
@@ -207,10 +207,15 @@ def _due_now(ids: Sequence[int]) -> None:
         cursor.execute("UPDATE django_q_ormq SET lock = %s WHERE id = ANY(%s)", [timezone.now(), list(ids)])
 
 
+def bulk() -> int:
+    """How many messages one pull hands out: django-q2's ``bulk``, a message per worker."""
+    return max(1, int(Conf.BULK))
+
+
 def pull_size() -> int:
     """How many messages one pull takes: a message for each worker, and as many more as
     could share messages with them (``runs_per_message``)."""
-    return max(1, int(Conf.BULK)) * int(settings.JOBS_BATCH_MAX)
+    return bulk() * int(settings.JOBS_BATCH_MAX)
 
 
 def runs_per_message(runs: int) -> int:
@@ -250,9 +255,10 @@ def _handed_out(rows: list[_Pulled], *, key: str, lock: dt.datetime) -> list[_Pu
     handed.sort(key=lambda row: (row[0], row[1]))
     # A pull takes more than ``bulk`` messages only to merge them: what is left beyond that
     # is given back at once, so a cluster holds no more pulled messages than it did.
-    if len(handed) > max(1, Conf.BULK):
-        _due_now([pk for _due, pk, _payload in handed[max(1, Conf.BULK) :]])
-        del handed[max(1, Conf.BULK) :]
+    size = bulk()
+    if len(handed) > size:
+        _due_now([pk for _due, pk, _payload in handed[size:]])
+        del handed[size:]
     return handed
 
 
@@ -723,10 +729,11 @@ class RedisBroker(_PacedPulls, _HeartbeatMixin, Redis):
         order = sorted([(index, popped[index]) for index in kept] + [(parts[0], payload) for payload, parts in merged])
         handed = [message for _index, message in order]
         # More than ``bulk`` are pulled only to be merged; the rest go back at once.
-        if len(handed) > max(1, Conf.BULK):
-            back = handed[max(1, Conf.BULK) :]
+        size = bulk()
+        if len(handed) > size:
+            back = handed[size:]
             self._script(_LEASES_END)(keys=[self.pulled_key, self.list_key], args=back[::-1])
-            del handed[max(1, Conf.BULK) :]
+            del handed[size:]
         self._pull_found(handed=len(handed))
         # The message is its own ack id; one that names its run is handed to the
         # pusher as django-q2's task.
