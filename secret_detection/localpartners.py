@@ -106,7 +106,11 @@ class PartnerStandIn:
         self._httpd.daemon_threads = True
         self._httpd.request_queue_size = 256
         self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="partner-stand-in", daemon=True)
+        # close() waits for the serving loop to look at its stop flag, once per poll
+        # interval: at the default 0.5 s, closing the nine stand-ins took up to 4.5 s.
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="partner-stand-in", daemon=True
+        )
         self._thread.start()
         return self
 

@@ -184,7 +184,11 @@ class SdrsServer:
         self._httpd = ThreadingHTTPServer((self.host, self.port), Handler)
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="sdrs-http", daemon=True)
+        # stop() waits for the serving loop to look at its stop flag, once per poll interval
+        # (0.5 s by default): tests and demos stop and restart it.
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="sdrs-http", daemon=True
+        )
         self._thread.start()
         return self
 

@@ -63,7 +63,8 @@ def recording_server(status: int = 200) -> Iterator[RecordingServer]:
     recorder = RecordingServer(host="127.0.0.1", port=0, status=status)
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(recorder))
     recorder.port = httpd.server_address[1]
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    # shutdown() waits for the loop's next look at its stop flag (0.5 s apart by default).
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield recorder
