@@ -119,13 +119,14 @@ def test_cluster_killed_whole_has_its_running_and_prefetched_work_resumed_after_
     # their lease ends: the test below).
     name = f"{Conf.CLUSTER_NAME}-{uuid.uuid4().hex[:8]}"
     with mock.patch.object(Conf, "CLUSTER_NAME", name):
+        broker_of_queue = get_broker(name)
         cluster = ClusterProcess(broker=broker, workers=1, env=SLOW_LOSS, name=name).start()
         try:
             running = probes.slow.enqueue(key="whole-running", seconds=60)
             wait_until(lambda: ProbeExecution.objects.filter(key="whole-running").exists(), stall=30)
-            # Pulled by the pusher (its one worker is busy) but never started.
+            # Pulled by the pusher (its one worker is busy) but never started: none left ready.
             waiting = [probes.ok.enqueue(key=f"whole-waiting-{n}") for n in range(3)]
-            time.sleep(1)
+            wait_until(lambda: broker_of_queue.depth()["ready"] == 0, progress=broker_of_queue.depth, stall=30)
         finally:
             os.killpg(cluster.process.pid, signal.SIGKILL)
             cluster.process.wait()
