@@ -108,6 +108,7 @@ SMOKE_ARGS: dict[str, list[str]] = {
     "health_under_load.py": [
         "--pollers", "4", "--users", "2", "--seconds", "1", "--idle-seconds", "0.5", "--workers", "1",
     ],
+    "redis_parser.py": ["--messages", "50", "--rounds", "1"],
     "report_import.py": ["--findings", "200"],
     "sdrs_outage.py": ["--scenario", "sdrs_outage", "--findings", "4", "--workers", "2", "--outage", "2"],
     "retry_timing.py": ["--jobs", "4", "--tick-baseline"],
