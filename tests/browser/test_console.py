@@ -191,7 +191,11 @@ def test_paused_export_job_waits_until_resumed(root, live_server, cluster_for_br
 
     if cluster_for_browser.process.broker == "orm":
         # A worker took the message and claimed nothing: the run waits for the resume.
-        wait_until(taken_and_waiting, stall=30, message="no worker took the paused job's message")
+        wait_until(
+            taken_and_waiting,
+            progress=cluster_for_browser.process.work,
+            message="no worker took the paused job's message",
+        )
     root.goto(console)
     row = root.locator('#console-jobs tr[data-job="exports.run"]')
     assert row.locator("td.num").first.inner_text().startswith("1"), row.inner_text()
@@ -352,7 +356,12 @@ def test_a_day_of_history_reads_at_a_glance(root, live_server, cluster_for_brows
         lambda: ProjectExportJob.objects.get(pk=job.pk).status == "finished", progress=_run_state(job.job_run_id)
     )
     # The cluster's heartbeat row went with the previous test's flush; it is back within a beat.
-    wait_until(lambda: ClusterHeartbeat.objects.exists(), stall=20, message="the cluster stopped beating")
+    wait_until(
+        lambda: ClusterHeartbeat.objects.exists(),
+        progress=cluster_for_browser.process.activity,
+        stall=20,
+        message="the cluster stopped beating",
+    )
     root.goto(f"{live_server.url}/admin/jobs/")
     health = root.locator("#console-health").inner_text()
     assert "failed in the last hour" in health, health

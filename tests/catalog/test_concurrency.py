@@ -9,6 +9,7 @@ from django.db import connection
 
 from catalog import services
 from tests.catalog.conftest import make_projects, out_of_sync_count, pending_count, run_sql, run_sql_scalar
+from tests.support.cluster import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -35,8 +36,12 @@ def test_processors_started_together_never_process_an_event_twice() -> None:
     threads = [threading.Thread(target=process) for _ in range(4)]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    # Done once every thread is; a loaded machine gets longer while events are processed.
+    wait_until(
+        lambda: not any(thread.is_alive() for thread in threads),
+        progress=lambda: (pending_count(), len(results)),
+        stall=60,
+    )
 
     assert pending_count() == 0
     assert out_of_sync_count() == 0
@@ -59,7 +64,7 @@ def test_processor_killed_while_waiting_for_a_row_lock_releases_its_lock_within_
 
     from catalog import sql
     from project import locks
-    from tests.support.cluster import database_url, wait_until
+    from tests.support.cluster import database_url, process_activity
 
     projects = make_projects(3)
     run_sql("UPDATE projects SET name = name || ' renamed' WHERE id = ANY(%s)", [[p.pk for p in projects]])
@@ -80,13 +85,15 @@ def test_processor_killed_while_waiting_for_a_row_lock_releases_its_lock_within_
                     "SELECT count(*) FROM pg_stat_activity"
                     " WHERE wait_event_type = 'Lock' AND datname = current_database()"
                 ),
+                progress=process_activity(processor),
                 stall=60,
                 message="the processor never waited for the row lock",
             )
             assert locks.lock_held(sql.PROCESSOR_LOCK)
             os.kill(processor.pid, signal.SIGKILL)
             processor.wait()
-            # Still holding the row lock: only the server's check of its client can end it.
+            # Still holding the row lock: only the server's check of its client can end it, on
+            # a clock (a plain deadline, which no machine's speed shortens).
             wait_until(
                 lambda: not locks.lock_held(sql.PROCESSOR_LOCK), stall=30, message="the lock outlived its holder"
             )

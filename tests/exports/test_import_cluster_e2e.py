@@ -143,6 +143,7 @@ def test_worker_killed_mid_import_reruns_and_never_finishes_half(on_cluster, adm
 
     os.kill(worker, signal.SIGKILL)
     run = JobRun.objects.get(pk=job.job_run_id)
+    # Lost once its heartbeat is older than the job's lost_after: a clock, so a plain deadline.
     wait_until(
         lambda: is_lost(JobRun.objects.get(pk=run.pk)), stall=30, message="the killed run's heartbeat stayed fresh"
     )

@@ -68,7 +68,9 @@ def test_idle_worker_killed_while_holding_the_queue_lock_does_not_stop_the_clust
     # from the broker once pulled).
     with running_cluster(broker=broker, workers=2) as cluster:
         holder = wait_until(
-            lambda: _waiting_on_the_queue_lock(cluster), stall=30, message="no worker waits on the queue"
+            lambda: _waiting_on_the_queue_lock(cluster),
+            progress=cluster.activity,  # the workers starting
+            message="no worker waits on the queue",
         )
         os.kill(holder.pid, signal.SIGKILL)
         time.sleep(1)  # the sentinel replaces the dead worker; the lock stays with the dead one
@@ -102,7 +104,7 @@ def test_worker_killed_while_holding_its_timer_lock_is_replaced() -> None:
 def test_killed_busy_worker_has_its_run_retried_by_its_sentinel_at_once(broker) -> None:
     with running_cluster(broker=broker, workers=1, env=SLOW_LOSS) as cluster:
         run = probes.slow.enqueue(key="busy-kill", seconds=60)
-        wait_until(lambda: ProbeExecution.objects.filter(key="busy-kill").exists(), stall=30)
+        wait_until(lambda: ProbeExecution.objects.filter(key="busy-kill").exists(), progress=cluster.work)
         (worker,) = [w for w in cluster.workers() if "processing" in " ".join(w.cmdline())]
         os.kill(worker.pid, signal.SIGKILL)
         _wait_final([run], cluster)
@@ -123,7 +125,7 @@ def test_cluster_killed_whole_has_its_running_and_prefetched_work_resumed_after_
         cluster = ClusterProcess(broker=broker, workers=1, env=SLOW_LOSS, name=name).start()
         try:
             running = probes.slow.enqueue(key="whole-running", seconds=60)
-            wait_until(lambda: ProbeExecution.objects.filter(key="whole-running").exists(), stall=30)
+            wait_until(lambda: ProbeExecution.objects.filter(key="whole-running").exists(), progress=cluster.work)
             # Pulled by the pusher (its one worker is busy) but never started: none left ready.
             waiting = [probes.ok.enqueue(key=f"whole-waiting-{n}") for n in range(3)]
             wait_until(lambda: broker_of_queue.depth()["ready"] == 0, progress=broker_of_queue.depth, stall=30)
@@ -158,7 +160,7 @@ def test_the_messages_a_killed_cluster_had_pulled_are_run_by_another_cluster_wit
         killed = ClusterProcess(broker=broker, workers=1, env=env, name=name).start()
         try:
             probes.slow.enqueue(key="pulled-busy", seconds=60)
-            wait_until(lambda: ProbeExecution.objects.filter(key="pulled-busy").exists(), stall=30)
+            wait_until(lambda: ProbeExecution.objects.filter(key="pulled-busy").exists(), progress=killed.work)
             waiting = [probes.ok.enqueue(key=f"pulled-waiting-{n}") for n in range(3)]
             # Taken by the killed cluster's pusher (its one worker is busy): none left ready.
             wait_until(lambda: broker_of_queue.depth()["ready"] == 0, progress=broker_of_queue.depth, stall=30)
@@ -180,7 +182,7 @@ def test_the_messages_a_killed_cluster_had_pulled_are_run_by_another_cluster_wit
 def test_sigterm_to_the_whole_process_group_stops_the_cluster_cleanly(broker) -> None:
     with running_cluster(broker=broker, workers=2) as cluster:
         run = probes.slow.enqueue(key="sigterm", seconds=2)
-        wait_until(lambda: ProbeExecution.objects.filter(key="sigterm").exists(), stall=30)
+        wait_until(lambda: ProbeExecution.objects.filter(key="sigterm").exists(), progress=cluster.work)
         os.killpg(cluster.process.pid, signal.SIGTERM)  # as systemd's KillMode=control-group does
         try:
             wait_until(
@@ -237,7 +239,7 @@ def test_database_outage_delays_runs_without_losing_or_charging_them() -> None:
     name = connection.settings_dict["NAME"]
     with running_cluster(broker="orm", workers=2, env=SLOW_LOSS) as cluster:
         runs = [probes.slow.enqueue(key=f"outage-{n}", seconds=1, first_attempt_only=False) for n in range(8)]
-        wait_until(lambda: ProbeExecution.objects.filter(key__startswith="outage-").exists(), stall=30)
+        wait_until(lambda: ProbeExecution.objects.filter(key__startswith="outage-").exists(), progress=cluster.work)
         connection.close()
         _database_blocked(name, True)
         try:

@@ -28,7 +28,7 @@ import psycopg
 import pytest
 
 from project import embedded_db
-from tests.support.cluster import ROOT, wait_until
+from tests.support.cluster import ROOT, process_activity, wait_until
 from tests.support.web import free_port
 
 pytestmark = [pytest.mark.cluster, pytest.mark.chaos]
@@ -164,8 +164,15 @@ def test_postgres_restarted_then_down_for_a_minute_everything_reconnects_and_not
     def progress() -> object:
         return tuple((run[1], run[2], run[3]) for run in runs())
 
+    # The web server and the listener starting (the cluster's polls would always move).
+    starting = process_activity(*processes[1:], files=[log])
     try:
-        wait_until(lambda: _get(port, "/-/liveness") == 200 and listening(), stall=60, message=log.read_text())
+        wait_until(
+            lambda: _get(port, "/-/liveness") == 200 and listening(),
+            progress=starting,
+            stall=60,
+            message=log.read_text,
+        )
         enqueue("before", 12)
         wait_until(lambda: succeeded() >= 3, progress=progress, stall=60, message=log.read_text())
 
@@ -183,7 +190,7 @@ def test_postgres_restarted_then_down_for_a_minute_everything_reconnects_and_not
         server.start()
 
         wait_until(lambda: succeeded() == 24, progress=progress, stall=60, message=log.read_text()[-20000:])
-        wait_until(lambda: _get(port, "/-/readiness") in (200, 503) and listening(), stall=60)
+        wait_until(lambda: _get(port, "/-/readiness") in (200, 503) and listening(), progress=starting, stall=60)
         after = _get(port, "/api/v4/projects/1/export", token="glpat-not-a-real-token")
         final = runs()
     finally:

@@ -186,7 +186,9 @@ def test_paused_job_waits_on_the_cluster_and_runs_once_resumed(broker) -> None:
         other = probes.flaky.enqueue(key="not-paused", failures=0)
         # Another job's run goes through: the cluster is working, and still claims none of
         # the paused job's runs.
-        wait_until(lambda: JobRun.objects.get(pk=other.pk).status == "succeeded", stall=30, message=process.output())
+        wait_until(
+            lambda: JobRun.objects.get(pk=other.pk).status == "succeeded", progress=process.work, message=process.output
+        )
         assert set(JobRun.objects.filter(pk__in=[r.pk for r in runs]).values_list("status", "attempt")) == {
             ("queued", 1)
         }

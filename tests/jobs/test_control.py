@@ -14,7 +14,7 @@ from project.errors import Conflict
 from project.jobs import JobRun, control, recovery, runner
 from project.jobs.models import JobPause
 from tests.support import jobs as probes
-from tests.support.cluster import wait_for
+from tests.support.cluster import wait_for, wait_until
 
 pytestmark = pytest.mark.django_db
 
@@ -78,8 +78,9 @@ def test_a_running_job_stops_at_its_next_progress_report_when_cancelled(hooked) 
         assert message.endswith("was asked to stop; it ends at its next heartbeat.")
         with pytest.raises(Conflict, match="already being cancelled"):
             control.run_cancel(run_id=run.pk, by="bob")
+        wait_until(lambda: not worker.is_alive(), progress=lambda: JobRun.objects.get(pk=run.pk).progress, stall=15)
     finally:
-        worker.join(timeout=15)
+        worker.join()  # 400 steps of 0.05 s at most
     assert outcome == ["cancelled"]
     run.refresh_from_db()
     assert (run.status, run.error_code, run.error) == ("cancelled", "cancelled", "cancelled by alice")

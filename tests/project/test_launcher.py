@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.support.cluster import ROOT
+from tests.support.cluster import ROOT, process_activity, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -53,17 +52,24 @@ def _launch(var_dir: Path, port: int, log: Path) -> subprocess.Popen:
     )
 
 
-def _wait_ready(process: subprocess.Popen, port: int, log: Path, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def _wait_ready(process: subprocess.Popen, port: int, log: Path, stall: float = 90) -> None:
+    """Until the launcher's server is ready; fail once nothing moved for ``stall`` s (its
+    processes' CPU time, its log), or if it exits."""
+
+    def ready() -> bool:
         assert process.poll() is None, log.read_text()
         try:
-            if _get(f"http://127.0.0.1:{port}/-/readiness")[0] == 200:
-                return
+            return _get(f"http://127.0.0.1:{port}/-/readiness")[0] == 200
         except OSError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"not ready in {timeout} s:\n{log.read_text()[-5000:]}")
+            return False
+
+    wait_until(
+        ready,
+        progress=process_activity(process, files=[log]),
+        stall=stall,
+        interval=0.5,
+        message=lambda: f"not ready:\n{log.read_text()[-5000:]}",
+    )
 
 
 def _stop(process: subprocess.Popen, log: Path) -> None:

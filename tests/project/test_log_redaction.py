@@ -21,7 +21,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote, urlencode
@@ -34,7 +33,7 @@ from hypothesis import strategies as st
 
 from project.logs import JsonFormatter, RedactFilter, TextFormatter
 from tests.exports.conftest import latest_job, run_attempt
-from tests.support.cluster import database_url, wait_until
+from tests.support.cluster import database_url, process_activity, wait_until
 from tests.support.http_server import recording_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -210,7 +209,12 @@ def test_no_signature_or_search_term_in_gunicorns_logs(project, tmp_path) -> Non
                 return False
             return True
 
-        wait_until(serving, stall=60, message=f"gunicorn did not start:\n{log.read_text()}")
+        wait_until(
+            serving,
+            progress=process_activity(process, files=[log]),
+            stall=60,
+            message=lambda: f"gunicorn did not start:\n{log.read_text()}",
+        )
         base = f"http://127.0.0.1:{port}"
         query = urlencode({"upload[url]": _signed("https://uploads.example.com/bucket/a.tar.gz")})
         answers = [
@@ -229,11 +233,11 @@ def test_no_signature_or_search_term_in_gunicorns_logs(project, tmp_path) -> Non
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-    deadline = time.monotonic() + 5
+    logged = f'"POST /api/v4/projects/{project.pk}/export HTTP/1.1"'
+    wait_until(
+        lambda: logged in log.read_text(), progress=process_activity(files=[log]), stall=5, message=log.read_text
+    )
     text = log.read_text()
-    while f'"POST /api/v4/projects/{project.pk}/export HTTP/1.1"' not in text and time.monotonic() < deadline:
-        time.sleep(0.1)
-        text = log.read_text()
     # The access log names each request by its path, without the query.
     assert f'"POST /api/v4/projects/{project.pk}/export HTTP/1.1" {answers[0]}' in text, text
     assert '"GET /admin/secret_detection/finding/ HTTP/1.1" 302' in text, text

@@ -18,7 +18,7 @@ import requests
 import time_machine
 
 from project.probes import ReadinessPublisher, forget_worker, published_readiness
-from tests.support.cluster import database_url, wait_until
+from tests.support.cluster import database_url, process_activity, wait_until
 from tests.support.gunicorn import ProbedWebServer
 
 
@@ -82,7 +82,12 @@ def test_the_probe_port_answers_while_every_ordinary_worker_is_busy(web, owner, 
         assert not queued_probe.answered()
         holder.rollback()  # releases the lock
 
-    wait_until(lambda: busy.answered() and queued_probe.answered(), stall=60, message=web.output())
+    wait_until(
+        lambda: busy.answered() and queued_probe.answered(),
+        progress=process_activity(web.process, files=[web.log.name]),
+        stall=60,
+        message=web.output,
+    )
     assert busy.response is not None, busy.error
     assert busy.response.status_code == 200
     assert queued_probe.response is not None, queued_probe.error

@@ -21,7 +21,7 @@ from project import env, services
 from project.models import ApplicationSetting
 from secret_detection.clients import SdrsConfig
 from secret_detection.localsdrs import keypair
-from tests.support.cluster import ROOT, database_url
+from tests.support.cluster import ROOT, database_url, process_activity, wait_until
 
 FERNET_KEY = "7tRZ0UQhHM2nb9QZx8cGqX5mQvV8bS2qkEo8sMw9F2Y="
 
@@ -391,15 +391,20 @@ def test_the_local_sdrs_server_runs_as_a_module_without_django(tmp_path) -> None
     try:
         import requests
 
-        deadline = time.monotonic() + 20
-        while True:
+        def answered() -> tuple[requests.Response] | None:
+            # In a tuple: a response that is not a 2xx is falsy.
             assert server.poll() is None, server.stdout.read()
             try:
-                response = requests.post(f"http://127.0.0.1:{port}/api/v1/token/verify", json={}, timeout=2)
-                break
+                return (requests.post(f"http://127.0.0.1:{port}/api/v1/token/verify", json={}, timeout=2),)
             except requests.ConnectionError:
-                assert time.monotonic() < deadline, "the local SDRS server did not start listening"
-                time.sleep(0.1)
+                return None
+
+        (response,) = wait_until(
+            answered,
+            progress=process_activity(server),
+            stall=20,
+            message="the local SDRS server did not start listening",
+        )
         assert response.status_code == 401  # no JWT
     finally:
         server.send_signal(signal.SIGTERM)

@@ -10,7 +10,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import psutil
@@ -72,7 +72,9 @@ class ManagePyProcess:
         self.process: subprocess.Popen | None = None
 
     def _launch(self, *, ready: Callable[[], bool], timeout: float, interval: float) -> None:
-        """Start the command; return once ``ready()``, or stop it and raise with its output."""
+        """Start the command; return once ``ready()``, or stop it and raise with its output
+        when it exits or nothing moved for ``timeout`` s (``activity()``: a loaded machine
+        that starts it slowly gets more time)."""
         self.process = subprocess.Popen(
             [sys.executable, "manage.py", self.command],
             cwd=ROOT,
@@ -81,15 +83,23 @@ class ManagePyProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+        process = self.process
+
+        def started() -> bool:
+            if process.poll() is not None:
                 raise RuntimeError(f"{self.command} exited early:\n{self.output()}")
-            if ready():
-                return
-            time.sleep(interval)
-        self.stop()
-        raise RuntimeError(f"{self.command} was not ready within {timeout} s:\n{self.output()}")
+            return ready()
+
+        try:
+            wait_until(started, progress=self.activity, stall=timeout, interval=interval)
+        except AssertionError as exc:
+            self.stop()
+            raise RuntimeError(f"{self.command} was not ready: {exc}\n{self.output()}") from None
+
+    def activity(self) -> object:
+        """What moves while the command starts or works: its processes' CPU time and its
+        output (``process_activity``)."""
+        return process_activity(self.process, files=[self.log.name])()
 
     def output(self) -> str:
         return Path(self.log.name).read_text(errors="replace")[-20000:]
@@ -127,6 +137,12 @@ class ClusterProcess(ManagePyProcess):
         heartbeats = ClusterHeartbeat.objects.filter(cluster_name=self.name, last_seen__gte=started)
         self._launch(ready=heartbeats.exists, timeout=timeout, interval=0.1)
         return self
+
+    def work(self) -> object:
+        """What moves while the cluster takes and runs work: the job runs
+        (``job_activity``) and its output. Not its CPU time, which an idle cluster's polls
+        spend too."""
+        return job_activity(), os.path.getsize(self.log.name)
 
     def workers(self) -> list[psutil.Process]:
         """Worker processes (not the sentinel, monitor or pusher)."""
@@ -216,12 +232,15 @@ def wait_until(
 ) -> object:
     """Poll until ``predicate()`` is truthy. Fail only when nothing has moved for ``stall``
     seconds: ``progress()`` returns a snapshot of what should keep changing while the work
-    goes on (a run's status and heartbeat, a page's text), so a slow, loaded machine
-    waits longer and a stuck one fails fast. Without ``progress``, ``stall`` is a plain
-    deadline. ``message`` may be a function, called at the failure (a cluster's output then,
-    not when the wait began)."""
+    goes on (a run's status and heartbeat, a page's text, a process's CPU time:
+    ``process_activity``), so a slow, loaded machine waits longer and a stuck one fails
+    fast; never more than ten times ``stall`` in all, so a process that keeps busy without
+    getting anywhere still fails. Without ``progress``, ``stall`` is a plain deadline: only
+    for a wait on a clock (a heartbeat going stale, a server's timer), which no machine's
+    speed shortens. ``message`` may be a function, called at the failure (a cluster's
+    output then, not when the wait began)."""
     last = progress() if progress else None
-    moved = time.monotonic()
+    started = moved = time.monotonic()
     while True:
         value = predicate()
         if value:
@@ -230,7 +249,37 @@ def wait_until(
             now = progress()
             if now != last:
                 last, moved = now, time.monotonic()
-        if time.monotonic() - moved > stall:
+        stalled, endless = time.monotonic() - moved > stall, time.monotonic() - started > 10 * stall
+        if stalled or endless:
             text = message() if callable(message) else message
-            raise AssertionError(f"{text or 'nothing moved'} (nothing moved for {stall} s; last: {repr(last)[:3000]})")
+            why = f"nothing moved for {stall} s" if stalled else f"still moving, but not done after {10 * stall} s"
+            raise AssertionError(f"{text or 'not done'} ({why}; last: {repr(last)[:3000]})")
         time.sleep(interval)
+
+
+def process_activity(
+    *processes: subprocess.Popen | psutil.Process | int | None, files: Sequence[str | Path] = ()
+) -> Callable[[], object]:
+    """A ``progress`` for a wait on processes a test started: their CPU time, with their
+    children's, and the sizes of ``files`` (their logs). It moves while they start up or
+    work, and stands still while they wait for something that does not come."""
+    pids = [getattr(process, "pid", process) for process in processes if process is not None]
+
+    def snapshot() -> object:
+        seconds = 0.0
+        for pid in pids:
+            with contextlib.suppress(psutil.Error):
+                root = psutil.Process(pid)
+                for each in [root, *root.children(recursive=True)]:
+                    with contextlib.suppress(psutil.Error):
+                        times = each.cpu_times()
+                        seconds += times.user + times.system
+        sizes = []
+        for name in files:
+            try:
+                sizes.append(os.path.getsize(name))
+            except OSError:
+                sizes.append(-1)
+        return round(seconds, 2), tuple(sizes)
+
+    return snapshot

@@ -8,11 +8,10 @@ import http.client
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import IO
 
-from tests.support.cluster import ROOT, ManagePyProcess
+from tests.support.cluster import ROOT, ManagePyProcess, wait_until
 
 
 def free_port() -> int:
@@ -63,17 +62,23 @@ class WebServerProcess(ManagePyProcess):
     def start(self, timeout: float = 60) -> WebServerProcess:
         logged = Path(self.log.name).stat().st_size  # a restart logs after what is there
         self.process = gunicorn_start(port=self.port, workers=self.workers, env=self.env, log=self.log)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+        process = self.process
+
+        def ready() -> bool:
+            if process.poll() is not None:
                 raise RuntimeError(f"gunicorn exited early:\n{self.output()}")
             # Every worker up: a keep-alive connection made before one is never reaches it.
-            if Path(self.log.name).read_bytes()[logged:].count(b"Worker serving (pid:") >= self.workers:
-                with contextlib.suppress(OSError):
-                    connection = http.client.HTTPConnection(*self.address, timeout=5)
-                    connection.request("GET", "/-/liveness")
-                    if connection.getresponse().status == 200:
-                        return self
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"gunicorn was not ready within {timeout} s:\n{self.output()}")
+            if Path(self.log.name).read_bytes()[logged:].count(b"Worker serving (pid:") < self.workers:
+                return False
+            with contextlib.suppress(OSError):
+                connection = http.client.HTTPConnection(*self.address, timeout=5)
+                connection.request("GET", "/-/liveness")
+                return connection.getresponse().status == 200
+            return False
+
+        try:
+            # Fails once nothing moved for ``timeout`` s: a loaded machine gets longer.
+            wait_until(ready, progress=self.activity, stall=timeout)
+        except AssertionError as exc:
+            self.stop()
+            raise RuntimeError(f"gunicorn was not ready: {exc}\n{self.output()}") from None
