@@ -82,3 +82,4 @@ class WebServerProcess(ManagePyProcess):
         except AssertionError as exc:
             self.stop()
             raise RuntimeError(f"gunicorn was not ready: {exc}\n{self.output()}") from None
+        return self
