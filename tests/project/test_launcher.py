@@ -65,7 +65,8 @@ def _wait_ready(process: subprocess.Popen, port: int, log: Path, stall: float = 
 
     wait_until(
         ready,
-        progress=process_activity(process, files=[log]),
+        # Coarse CPU steps: once up, its cluster and web server idle at a few % of a core.
+        progress=process_activity(process, files=[log], cpu_step=5),
         stall=stall,
         interval=0.5,
         message=lambda: f"not ready:\n{log.read_text()[-5000:]}",

@@ -258,11 +258,14 @@ def wait_until(
 
 
 def process_activity(
-    *processes: subprocess.Popen | psutil.Process | int | None, files: Sequence[str | Path] = ()
+    *processes: subprocess.Popen | psutil.Process | int | None, files: Sequence[str | Path] = (), cpu_step: float = 0.5
 ) -> Callable[[], object]:
     """A ``progress`` for a wait on processes a test started: their CPU time, with their
-    children's, and the sizes of ``files`` (their logs). It moves while they start up or
-    work, and stands still while they wait for something that does not come."""
+    children's, in steps of ``cpu_step`` seconds, and the sizes of ``files`` (their logs).
+    It moves while they start up or work (a Django process spends a few seconds of CPU on
+    its start) and stands still while they wait for something that does not come: the
+    steps are coarse enough that an idle cluster's polls (about 1 % of a core) take a step
+    every 40 s or so."""
     pids = [getattr(process, "pid", process) for process in processes if process is not None]
 
     def snapshot() -> object:
@@ -280,6 +283,6 @@ def process_activity(
                 sizes.append(os.path.getsize(name))
             except OSError:
                 sizes.append(-1)
-        return round(seconds, 2), tuple(sizes)
+        return int(seconds / cpu_step), tuple(sizes)
 
     return snapshot
