@@ -72,9 +72,7 @@ class ManagePyProcess:
         self.process: subprocess.Popen | None = None
 
     def _launch(self, *, ready: Callable[[], bool], timeout: float, interval: float) -> None:
-        """Start the command; return once ``ready()``, or stop it and raise with its output
-        when it exits or nothing moved for ``timeout`` s (``activity()``: a loaded machine
-        that starts it slowly gets more time)."""
+        """Start the command; return once ``ready()`` (see ``_await``)."""
         self.process = subprocess.Popen(
             [sys.executable, "manage.py", self.command],
             cwd=ROOT,
@@ -83,7 +81,14 @@ class ManagePyProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        self._await(ready, timeout=timeout, interval=interval)
+
+    def _await(self, ready: Callable[[], bool], *, timeout: float, interval: float = 0.1) -> None:
+        """Return once ``ready()``; stop the process and raise with its output when it exits
+        or nothing moved for ``timeout`` s (``activity()``: a loaded machine that starts it
+        slowly gets more time)."""
         process = self.process
+        assert process is not None
 
         def started() -> bool:
             if process.poll() is not None:
@@ -249,7 +254,8 @@ def wait_until(
             now = progress()
             if now != last:
                 last, moved = now, time.monotonic()
-        stalled, endless = time.monotonic() - moved > stall, time.monotonic() - started > 10 * stall
+        clock = time.monotonic()
+        stalled, endless = clock - moved > stall, clock - started > 10 * stall
         if stalled or endless:
             text = message() if callable(message) else message
             why = f"nothing moved for {stall} s" if stalled else f"still moving, but not done after {10 * stall} s"

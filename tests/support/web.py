@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import IO
 
-from tests.support.cluster import ROOT, ManagePyProcess, wait_until
+from tests.support.cluster import ROOT, ManagePyProcess
 
 
 def free_port() -> int:
@@ -62,11 +62,8 @@ class WebServerProcess(ManagePyProcess):
     def start(self, timeout: float = 60) -> WebServerProcess:
         logged = Path(self.log.name).stat().st_size  # a restart logs after what is there
         self.process = gunicorn_start(port=self.port, workers=self.workers, env=self.env, log=self.log)
-        process = self.process
 
         def ready() -> bool:
-            if process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited early:\n{self.output()}")
             # Every worker up: a keep-alive connection made before one is never reaches it.
             if Path(self.log.name).read_bytes()[logged:].count(b"Worker serving (pid:") < self.workers:
                 return False
@@ -76,10 +73,5 @@ class WebServerProcess(ManagePyProcess):
                 return connection.getresponse().status == 200
             return False
 
-        try:
-            # Fails once nothing moved for ``timeout`` s: a loaded machine gets longer.
-            wait_until(ready, progress=self.activity, stall=timeout)
-        except AssertionError as exc:
-            self.stop()
-            raise RuntimeError(f"gunicorn was not ready: {exc}\n{self.output()}") from None
+        self._await(ready, timeout=timeout)
         return self
