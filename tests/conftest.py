@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -11,7 +12,7 @@ from rest_framework.test import APIClient
 from project import services
 from project.jobs import testing
 from project.models import AccessLevel, Project, ProjectMember, User, Visibility
-from tests.support.cluster import ClusterProcess
+from tests.support.cluster import ClusterProcess, leftovers_stop
 from tests.support.openapi import OpenApiValidator, ValidatingAPIClient, served_schema
 
 ROLES = {
@@ -20,6 +21,17 @@ ROLES = {
     "developer": AccessLevel.DEVELOPER,
     "maintainer": AccessLevel.MAINTAINER,
 }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_command_left_running(django_db_setup) -> Iterator[None]:
+    """Stop the commands a test left running: one would hold the test database for the
+    next run on the machine. Torn down after the fixtures that own clusters (set up after
+    this one) and before the test database goes (``django_db_setup``)."""
+    yield
+    left = leftovers_stop()
+    if left:
+        warnings.warn(f"stopped commands the tests left running: {', '.join(left)}", stacklevel=1)
 
 
 @pytest.fixture(autouse=True)

@@ -22,6 +22,18 @@ from django_q.conf import Conf
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def leftovers_stop() -> list[str]:
+    """Stop every command a test started and did not stop (a helper that failed between
+    its start and its stop left one behind, which then held the test database for the
+    next run on the machine); their commands and pids, for the report."""
+    left = [
+        f"{each.command} (pid {each.process.pid})" for each in _started if each.process and each.process.poll() is None
+    ]
+    for each in list(_started):
+        each.stop()
+    return left
+
+
 def database_url() -> str:
     """The URL of the database this test process uses (the test database)."""
     from urllib.parse import quote, urlencode
@@ -46,6 +58,10 @@ def _partners_unreachable() -> dict[str, str]:
     test ever sends a value to a real partner."""
     names = [name for name in dir(settings) if name.startswith("PARTNER_") and name.endswith("_URL")]
     return {name: "https://127.0.0.1:9/" for name in names if name not in os.environ}
+
+
+#: Every command a test started, until it is stopped (``leftovers_stop``).
+_started: set[ManagePyProcess] = set()
 
 
 class ManagePyProcess:
@@ -89,6 +105,7 @@ class ManagePyProcess:
         slowly gets more time)."""
         process = self.process
         assert process is not None
+        _started.add(self)
 
         def started() -> bool:
             if process.poll() is not None:
@@ -112,6 +129,7 @@ class ManagePyProcess:
     def stop(self, timeout: float | None = None) -> int | None:
         """SIGTERM, then SIGKILL to the whole group if it does not stop in time.
         The exit code, or None when it had to be killed (or never ran)."""
+        _started.discard(self)
         if self.process is None:
             return None
         if self.process.poll() is not None:
