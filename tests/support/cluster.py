@@ -196,33 +196,33 @@ def wait_for(
     message: str | Callable[[], str] = "",
     progress: Callable[[], object] | None = job_activity,
 ) -> object:
-    """Poll until ``predicate()`` is truthy. Fail when nothing has moved for ``timeout``
-    seconds, ``progress()`` telling what moved (by default the job runs: a loaded machine
-    gets more time while the cluster works, a stuck one fails as soon); never wait more
-    than ten times ``timeout``. ``progress=None``: ``timeout`` is a plain deadline.
-    ``message`` may be a function, called at the failure (a process's output then)."""
-    started = moved = time.monotonic()
-    last: object = None
-    if progress is not None:
-        try:
-            last = progress()
-        except (RuntimeError, DatabaseError):  # no database access here: a plain deadline
-            progress = None
-    checked = started
-    while True:
-        value = predicate()
-        if value:
-            return value
+    """``wait_until`` with the job runs as its progress by default (a loaded machine gets
+    more time while the cluster works, a stuck one fails as soon): fail when nothing has
+    moved for ``timeout`` seconds. ``progress()`` is asked at most every 0.5 s, as the
+    predicate is polled every ``interval``; ``progress=None``, or no database access here,
+    makes ``timeout`` a plain deadline."""
+    if progress is None:
+        return wait_until(predicate, stall=timeout, interval=interval, message=message)
+    try:
+        first = progress()
+    except (RuntimeError, DatabaseError):  # no database access here: a plain deadline
+        return wait_until(predicate, stall=timeout, interval=interval, message=message)
+    throttled = _at_most_every(0.5, progress, first=first)
+    return wait_until(predicate, progress=throttled, stall=timeout, interval=interval, message=message)
+
+
+def _at_most_every(seconds: float, snapshot: Callable[[], object], *, first: object) -> Callable[[], object]:
+    """``snapshot``, asked again only once ``seconds`` have passed since it last was
+    (``first``: what it answered just now)."""
+    last = [first, time.monotonic()]
+
+    def throttled() -> object:
         now = time.monotonic()
-        if progress is not None and now - checked >= 0.5:
-            checked = now
-            current = progress()
-            if current != last:
-                last, moved = current, now
-        if now - moved > timeout or now - started > 10 * timeout:
-            text = message() if callable(message) else message
-            raise AssertionError(text or f"condition not met; nothing moved for {timeout} s")
-        time.sleep(interval)
+        if now - last[1] >= seconds:
+            last[0], last[1] = snapshot(), now
+        return last[0]
+
+    return throttled
 
 
 @contextlib.contextmanager
