@@ -18,7 +18,7 @@ import requests
 import time_machine
 
 from project.probes import ReadinessPublisher, forget_worker, published_readiness
-from tests.support.cluster import database_url, process_activity, wait_until
+from tests.support.cluster import database_url, leftovers_stop, process_activity, wait_until
 from tests.support.gunicorn import ProbedWebServer
 
 
@@ -169,3 +169,11 @@ def test_a_readiness_check_that_raises_publishes_a_failed_report(tmp_path, monke
     monkeypatch.setattr("project.health.readiness_report", broken)
     ReadinessPublisher(tmp_path).publish_once()
     assert published_readiness(tmp_path) == {"status": "failed", "message": "RuntimeError"}
+
+
+def test_probed_web_server_a_test_left_running_is_stopped_at_the_end_of_the_session(db) -> None:
+    # A gunicorn left running holds the test database, and the next run on the machine errors.
+    server = ProbedWebServer().start()
+    assert server.process is not None
+    assert leftovers_stop() == [f"gunicorn (pid {server.process.pid})"]
+    assert server.process.poll() is not None

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import psutil
 from django.conf import settings
@@ -60,8 +61,25 @@ def _partners_unreachable() -> dict[str, str]:
     return {name: "https://127.0.0.1:9/" for name in names if name not in os.environ}
 
 
+class _Stoppable(Protocol):
+    command: str
+    process: subprocess.Popen | None
+
+    def stop(self) -> object: ...
+
+
 #: Every command a test started, until it is stopped (``leftovers_stop``).
-_started: set[ManagePyProcess] = set()
+_started: set[_Stoppable] = set()
+
+
+def started_track(command: _Stoppable) -> None:
+    """Stop ``command`` at the end of the session if a test leaves it running; its
+    ``stop`` must call ``started_forget``."""
+    _started.add(command)
+
+
+def started_forget(command: _Stoppable) -> None:
+    _started.discard(command)
 
 
 class ManagePyProcess:
@@ -105,7 +123,7 @@ class ManagePyProcess:
         slowly gets more time)."""
         process = self.process
         assert process is not None
-        _started.add(self)
+        started_track(self)
 
         def started() -> bool:
             if process.poll() is not None:
@@ -129,7 +147,7 @@ class ManagePyProcess:
     def stop(self, timeout: float | None = None) -> int | None:
         """SIGTERM, then SIGKILL to the whole group if it does not stop in time.
         The exit code, or None when it had to be killed (or never ran)."""
-        _started.discard(self)
+        started_forget(self)
         if self.process is None:
             return None
         if self.process.poll() is not None:

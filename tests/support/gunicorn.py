@@ -12,13 +12,15 @@ from pathlib import Path
 
 import requests
 
-from tests.support.cluster import database_url, wait_until
+from tests.support.cluster import database_url, started_forget, started_track, wait_until
 from tests.support.web import free_port, gunicorn_start
 
 
 class ProbedWebServer:
     """``gunicorn project.wsgi`` as production starts it; ``url`` is the web port,
     ``probe_url`` the probe port."""
+
+    command = "gunicorn"
 
     def __init__(self, *, workers: int = 1, threads: int = 1, env: dict[str, str] | None = None) -> None:
         self.port, self.probe_port = free_port(), free_port()
@@ -38,6 +40,7 @@ class ProbedWebServer:
 
     def start(self) -> ProbedWebServer:
         self.process = gunicorn_start(port=self.port, workers=self.workers, env=self.env, log=self.log)
+        started_track(self)
 
         def serving() -> bool:
             assert self.process is not None
@@ -56,6 +59,7 @@ class ProbedWebServer:
         return Path(self.log.name).read_text(errors="replace")[-20000:]
 
     def stop(self) -> None:
+        started_forget(self)
         if self.process is None or self.process.poll() is not None:
             return
         self.process.send_signal(signal.SIGTERM)
