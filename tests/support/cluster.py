@@ -27,12 +27,17 @@ def leftovers_stop() -> list[str]:
     """Stop every command a test started and did not stop (a helper that failed between
     its start and its stop left one behind, which then held the test database for the
     next run on the machine); their commands and pids, for the report."""
-    left = [
-        f"{each.command} (pid {each.process.pid})" for each in _started if each.process and each.process.poll() is None
-    ]
+    left = leftovers_running()
     for each in list(_started):
         each.stop()
     return left
+
+
+def leftovers_running() -> list[str]:
+    """The commands started through these helpers and not stopped yet, with their pids."""
+    return [
+        f"{each.command} (pid {each.process.pid})" for each in _started if each.process and each.process.poll() is None
+    ]
 
 
 def database_url() -> str:
