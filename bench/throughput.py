@@ -428,9 +428,15 @@ class System:
     def vacuum(self) -> None:
         self._each_table("VACUUM {table}")
 
+    def shape(self, baseline: object) -> dict:
+        """How the drain since ``baseline`` was spread (messages, workers); {} if unknown."""
+        return {}
+
     def end_to_end(self, mode: str, jobs: int) -> dict:
         self.vacuum()
-        return _measure(jobs=jobs, start=lambda: self.enqueue(mode, jobs), system=self, baseline=self.mark())
+        baseline = self.mark()
+        result = _measure(jobs=jobs, start=lambda: self.enqueue(mode, jobs), system=self, baseline=baseline)
+        return result | self.shape(baseline)
 
     def backlog(self, jobs: int) -> dict:
         self.vacuum()
@@ -443,7 +449,7 @@ class System:
         result["release_s"] = result.pop("enqueue_s")
         result["enqueue_held_s"] = round(enqueued, 3)
         result.pop("producer_cpu_ms_per_job")
-        return result
+        return result | self.shape(baseline)
 
 
 class Ours(System):
@@ -524,6 +530,15 @@ class Ours(System):
 
     def done(self, baseline: int, jobs: int) -> bool:
         return self.progress(baseline) == (jobs, 0)
+
+    def shape(self, baseline: int) -> dict:
+        # A run records the task id of the message it came in: runs of one message share it.
+        messages, workers, biggest = self.db.execute(
+            "SELECT count(DISTINCT task_id), count(DISTINCT worker), max(runs) FROM"
+            " (SELECT task_id, worker, count(*) OVER (PARTITION BY task_id) AS runs FROM job_runs WHERE id > %s) r",
+            [baseline],
+        ).fetchone()
+        return {"messages": messages, "runs_per_message_max": biggest, "workers_used": workers}
 
 
 def _serve_stock() -> None:
@@ -806,7 +821,9 @@ def main() -> None:
                         continue
                     for name, result in _run_system(system, selected, args).items():
                         samples[name].append(result)
-                        print(f"{name}: {result['jobs_per_s']} jobs/s, {result['cpu_ms_per_job']}", file=sys.stderr)
+                        shape = f", messages {result['messages']}" if "messages" in result else ""
+                        cpu = result["cpu_ms_per_job"]
+                        print(f"{name}: {result['jobs_per_s']} jobs/s, {cpu}{shape}", file=sys.stderr)
         finally:
             db.close()
         cluster = {key: settings.Q_CLUSTER.get(key) for key in ("workers", "poll", "bulk", "queue_limit", "save_limit")}
