@@ -34,8 +34,8 @@ class TaskLinesFilter(logging.Filter):
     <task> '<function>'" and the monitor's "Processed '<function>' (<task>)". Each run
     writes its own line when its attempt ends, with its context (``job attempt
     succeeded``), and django-q2's two said the same thing again, for 0.06 to 0.2 ms of a
-    worker's CPU per message of one run (docs/benchmarks.md). Its other lines (start,
-    stop, failures) are kept. On the
+    worker's CPU per message of one run (docs/benchmarks-history.md, session 6). Its other
+    lines (start, stop, failures) are kept. On the
     ``django-q`` logger unless ``LOG_DJANGO_Q_TASKS`` is set. Written against django-q2
     1.11.x: tests/jobs/test_djangoq_adapter.py pins both lines."""
 

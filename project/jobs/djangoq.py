@@ -149,7 +149,7 @@ class _PacedPulls:
     it had handed the last pull out: under single enqueues at a few hundred a second, a
     Redis pull (a fraction of a millisecond) found about four messages and an ORM pull (a
     statement) about twelve, and each message cost its pull, its hand-over, a worker's
-    first claim and its acknowledgement (docs/benchmarks.md, session 9). A pull that hands
+    first claim and its acknowledgement (docs/benchmarks-history.md, session 9). A pull that hands
     out a whole bulk (``bulk()`` messages: more may be waiting) is followed at once, so a
     backlog, or a busy cluster's stream of messages that cannot share, is not held to a
     bulk per interval."""
