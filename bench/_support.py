@@ -105,6 +105,7 @@ SMOKE_ARGS: dict[str, list[str]] = {
     "export.py": ["--sizes", "200", "--repeat", "1"],
     "faults.py": ["--cap", "90", "--no-baseline", "--fast"],
     "import.py": ["--sizes", "200", "--repeat", "1"],
+    "log_line.py": ["--lines", "200", "--rounds", "1"],
     "health_under_load.py": [
         "--pollers", "4", "--users", "2", "--seconds", "1", "--idle-seconds", "0.5", "--workers", "1",
     ],

@@ -21,6 +21,8 @@ from project import context
 from project.redact import redact
 
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "ctx"}
+# json.dumps(..., default=str) builds an encoder on every call: a fifth of what it costs a line.
+_JSON = json.JSONEncoder(default=str)
 
 
 class ContextFilter(logging.Filter):
@@ -83,7 +85,7 @@ class RedactFilter(logging.Filter):
                 if masked != text:
                     setattr(record, key, masked)
             else:
-                text = json.dumps(value, default=str)
+                text = _JSON.encode(value)
                 masked = redact(text)
                 if masked != text:
                     setattr(record, key, masked)
@@ -126,7 +128,7 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             payload["exception"] = _exception(self, record)
-        return json.dumps(payload, default=str)
+        return _JSON.encode(payload)
 
 
 class TextFormatter(logging.Formatter):

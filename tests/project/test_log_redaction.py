@@ -249,6 +249,7 @@ _PIECES = (
     *("a", "Z", "0", "_", "-", ".", ":", "/", "?", "=", "&", " ", "\n", "'", '"', "<", "("),
     *("https://h/p", "token", "sig", "-----BEGIN KEY-----", "-----END KEY-----", "ghp_", "glpat-"),
     *("AKIA", "xoxb-", "ya29.", "sk-", "abcd", "0123456789", "token=x", "/p?q=1", "PMAK-abcd"),
+    *("+", "abcdefghijklmnopqrst", "Process-1:3\n", "probe.noop"),
 )
 
 
@@ -260,9 +261,12 @@ _PIECES = (
 @example(["ghp_", "abcd"])
 @example(["-----BEGIN KEY-----"])
 @example(["0123456789"] * 4)
-def test_the_shortcut_for_short_texts_masks_exactly_what_every_rule_masks(pieces) -> None:
-    # redact() skips the rules for a short text that has nothing any rule needs: it must
-    # give what applying every rule gives, for any text.
+@example(["abcdefghijklmnopqrst", "-", "abcdefghijklmnopqrs"])
+@example(["abcdefghijklmnopqrst", "abcdefghijklmnopqrs", ".", "abcd"])
+def test_the_shortcut_masks_exactly_what_every_rule_masks(pieces) -> None:
+    # redact() skips the rules for a text that has nothing any rule needs (no literal a
+    # rule needs, no run long enough to be opaque): it must give what applying every rule
+    # gives, for any text, short or long.
     from project.redact import _RULES, redact
 
     text = "".join(pieces)
