@@ -1,4 +1,4 @@
-"""Shared set-up for benchmarks: a scratch database that is dropped afterwards."""
+"""Shared set-up for benchmarks: the production settings, scratch databases dropped afterwards, the smoke run."""
 
 from __future__ import annotations
 
@@ -11,6 +11,19 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def production_settings() -> None:
+    """Run on the production settings (``project.settings``), with a throwaway
+    ``SECRET_KEY`` and ``ENCRYPTION_KEY`` unless the environment sets them. Before
+    ``django.setup()``, and before any child process is started (they inherit them)."""
+    import secrets
+
+    from cryptography.fernet import Fernet
+
+    os.environ["DJANGO_SETTINGS_MODULE"] = "project.settings"
+    os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(40))
+    os.environ.setdefault("ENCRYPTION_KEY", Fernet.generate_key().decode())
 
 
 def bare_threads(make_call: Callable[[], Callable[[int], object]], *, count: int, concurrency: int) -> dict:

@@ -36,7 +36,6 @@ import argparse
 import contextlib
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -64,11 +63,9 @@ NO_BASELINE = ("killed_beside_another",)
 
 
 def _environment() -> None:
-    from cryptography.fernet import Fernet
+    from bench._support import production_settings
 
-    os.environ["DJANGO_SETTINGS_MODULE"] = "project.settings"
-    os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(40))
-    os.environ.setdefault("ENCRYPTION_KEY", Fernet.generate_key().decode())
+    production_settings()
     os.environ.setdefault("LOG_LEVEL", "warning")
     os.environ["JOBS_EXTRA_MODULES"] = "bench._fault_jobs"
     os.environ["JOBS_BROKER"] = "orm"

@@ -41,7 +41,6 @@ import multiprocessing
 import os
 import platform
 import random
-import secrets
 import socket
 import subprocess
 import sys
@@ -62,11 +61,9 @@ PROBES = ("web_liveness", "web_readiness", "probe_liveness", "probe_readiness")
 def _environment(args: argparse.Namespace) -> None:
     if not os.environ.get("DATABASE_URL"):
         sys.exit("set DATABASE_URL (the benchmark creates and drops a scratch database on that server)")
-    from cryptography.fernet import Fernet
+    from bench._support import production_settings
 
-    os.environ["DJANGO_SETTINGS_MODULE"] = "project.settings"
-    os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(40))
-    os.environ.setdefault("ENCRYPTION_KEY", Fernet.generate_key().decode())
+    production_settings()
     os.environ["Q_NAME"] = f"bench-health-{os.getpid()}"
     os.environ["LOG_LEVEL"] = args.log_level
     os.environ["EXTERNAL_URL"] = "http://127.0.0.1"

@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import platform
-import secrets
 import statistics
 import sys
 import time
@@ -59,11 +58,9 @@ TEXTS = {
 
 
 def _setup() -> None:
-    from cryptography.fernet import Fernet
+    from bench._support import production_settings
 
-    os.environ["DJANGO_SETTINGS_MODULE"] = "project.settings"
-    os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(40))
-    os.environ.setdefault("ENCRYPTION_KEY", Fernet.generate_key().decode())
+    production_settings()
     # Settings insist on a database; nothing here opens one.
     os.environ.setdefault("DATABASE_URL", "postgres://unused@127.0.0.1:1/unused")
     os.environ["LOG_FORMAT"] = "json"

@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import secrets
 import statistics
 import sys
 import time
@@ -35,11 +34,9 @@ if str(ROOT) not in sys.path:
 
 
 def _setup() -> None:
-    from cryptography.fernet import Fernet
+    from bench._support import production_settings
 
-    os.environ["DJANGO_SETTINGS_MODULE"] = "project.settings"
-    os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(40))
-    os.environ.setdefault("ENCRYPTION_KEY", Fernet.generate_key().decode())
+    production_settings()
     os.environ["JOBS_BROKER"] = "redis"
     # Settings insist on a database; nothing here opens one.
     os.environ.setdefault("DATABASE_URL", "postgres://unused@127.0.0.1:1/unused")

@@ -23,7 +23,6 @@ import contextlib
 import json
 import os
 import random
-import secrets
 import statistics
 import sys
 import time
@@ -49,11 +48,9 @@ def baseline_fired(index: int) -> None:
 
 def _environment(broker: str) -> None:
     """The production settings, plus the probe jobs and a queue of this run's own."""
-    from cryptography.fernet import Fernet
+    from bench._support import production_settings
 
-    os.environ["DJANGO_SETTINGS_MODULE"] = "project.settings"
-    os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(40))
-    os.environ.setdefault("ENCRYPTION_KEY", Fernet.generate_key().decode())
+    production_settings()
     os.environ.setdefault("LOG_LEVEL", "warning")
     os.environ["JOBS_EXTRA_MODULES"] = "tests.support.jobs"
     os.environ["Q_NAME"] = f"bench-retry-{os.getpid()}"

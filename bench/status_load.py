@@ -43,7 +43,6 @@ import contextlib
 import json
 import os
 import platform
-import secrets
 import statistics
 import sys
 import tempfile
@@ -63,11 +62,9 @@ def _environment(args: argparse.Namespace) -> None:
     """Production settings, with the no-op probe declared and a queue of this run's own."""
     if not os.environ.get("DATABASE_URL"):
         sys.exit("set DATABASE_URL (the benchmark creates and drops a scratch database on that server)")
-    from cryptography.fernet import Fernet
+    from bench._support import production_settings
 
-    os.environ["DJANGO_SETTINGS_MODULE"] = "project.settings"
-    os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(40))
-    os.environ.setdefault("ENCRYPTION_KEY", Fernet.generate_key().decode())
+    production_settings()
     os.environ["JOBS_EXTRA_MODULES"] = "tests.support.jobs"
     os.environ["Q_NAME"] = f"bench-status-{os.getpid()}"
     os.environ["Q_SCHEDULER"] = "0"

@@ -46,7 +46,6 @@ import json
 import multiprocessing
 import os
 import platform
-import secrets
 import shutil
 import signal
 import subprocess
@@ -89,11 +88,9 @@ def _environment(args: argparse.Namespace) -> None:
     this run's own; no scheduler (the work measured is draining the queue)."""
     if not os.environ.get("DATABASE_URL"):
         sys.exit("set DATABASE_URL (the benchmark creates and drops scratch databases on that server)")
-    from cryptography.fernet import Fernet
+    from bench._support import production_settings
 
-    os.environ["DJANGO_SETTINGS_MODULE"] = "project.settings"
-    os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(40))
-    os.environ.setdefault("ENCRYPTION_KEY", Fernet.generate_key().decode())
+    production_settings()
     os.environ["JOBS_EXTRA_MODULES"] = "tests.support.jobs"
     os.environ["Q_NAME"] = f"bench-throughput-{os.getpid()}"
     os.environ["Q_WORKERS"] = str(args.workers)
