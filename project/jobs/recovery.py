@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 from collections import defaultdict
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 import psutil
@@ -116,6 +117,12 @@ def runs_recover_of_worker(*, pid: int | None, database_fault: bool = False) -> 
         since = timezone.now() - timedelta(seconds=djangoq.message_lease())
         finished = JobRun.objects.filter(finished_at__gte=since, worker=worker).order_by("-finished_at")
         messages = list(finished.values_list("task_id", "queue")[:1])
+    _leases_end(messages, whose=f"dead worker {pid}'s")
+    return outcomes
+
+
+def _leases_end(messages: Iterable[tuple[str, str]], *, whose: str) -> None:
+    """End the leases of these pulled messages (task id, queue) of dead workers."""
     by_queue: dict[str, set[str]] = defaultdict(set)
     for task_id, queue in messages:
         if task_id:
@@ -124,8 +131,7 @@ def runs_recover_of_worker(*, pid: int | None, database_fault: bool = False) -> 
         try:
             djangoq.get_broker(queue or None).leases_end(task_ids)
         except Exception:  # the lease still ends by itself
-            logger.warning("could not end the lease of dead worker %s's message", pid, exc_info=True)
-    return outcomes
+            logger.warning("could not end the lease of %s message", whose, exc_info=True)
 
 
 def _of_queue(queue: str | None) -> Q:
@@ -150,10 +156,15 @@ def runs_recover_dead_local(*, queue: str | None = None) -> list[str | None]:
     one would never reach them); their own sentinels and the recover schedule see to them."""
     host = socket.gethostname()
     running = JobRun.objects.filter(_of_queue(queue), status=Status.RUNNING, worker__startswith=f"{host}:")
-    rows = running.values_list("pk", "worker", "started_at")
-    dead = [pk for pk, worker, started_at in rows if worker_gone(worker, started_at)]
+    rows = running.values_list("pk", "worker", "started_at", "task_id", "queue")
+    dead = [(pk, task_id, to) for pk, worker, started_at, task_id, to in rows if worker_gone(worker, started_at)]
     fault = database_fault_recent()
-    return [run_recover_lost(run_id=run_id, worker_dead=True, database_fault=fault) for run_id in dead]
+    outcomes = [run_recover_lost(run_id=run_id, worker_dead=True, database_fault=fault) for run_id, _, _ in dead]
+    # As the sentinel does when it sees the worker die (runs_recover_of_worker): this check
+    # may find the dead run first, and the runs its message carried after it would then
+    # wait for the lease to run out.
+    _leases_end(((task_id, to) for _, task_id, to in dead), whose="dead workers'")
+    return outcomes
 
 
 def runs_recover_lost(*, queue: str | None = None, limit: int = 500) -> list[str | None]:

@@ -6,6 +6,8 @@ import math
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from datetime import timedelta
@@ -289,6 +291,29 @@ def test_a_worker_dead_between_two_runs_of_a_shared_message_has_the_message_come
     assert recovery.runs_recover_of_worker(pid=4242) == []
     ((again, _payload),) = broker.dequeue()
     assert again == ack_id
+
+
+@pytest.mark.django_db
+def test_a_dead_workers_shared_message_comes_back_at_once_when_the_lost_run_check_finds_it_first(
+    settings, monkeypatch, django_capture_on_commit_callbacks
+) -> None:
+    # The sentinel's periodic check can see the dead worker's run before its own
+    # reincarnation does, which then finds no run of that worker left running: the check
+    # must end the message's lease itself, or the runs after the dead one wait it out.
+    settings.JOBS_BROKER = "orm"
+    monkeypatch.setattr(Conf, "WORKERS", 1)  # the three runs share one message
+    with django_capture_on_commit_callbacks(execute=True):
+        runs = probes.slow.enqueue_many([{"key": f"found-first{n}", "seconds": 0} for n in range(3)])
+    broker, ack_id, task = _pulled_one(runs[0].queue)
+    exited = subprocess.Popen([sys.executable, "-c", ""])
+    exited.wait()
+    worker = f"{socket.gethostname()}:{exited.pid}"
+    assert transitions.claim(runs[0].pk, 1, worker=worker, task_id=task["id"]) is not None
+    assert broker.dequeue() is None  # leased for JOBS_MESSAGE_LEASE
+    # Retried, so the run is not one its worker finished, which the sentinel would look for.
+    assert recovery.runs_recover_dead_local() == ["retried"]
+    assert recovery.runs_recover_of_worker(pid=exited.pid) == []  # the sentinel, later
+    assert ack_id in [again for again, _payload in broker.dequeue() or []]
 
 
 @pytest.mark.django_db
