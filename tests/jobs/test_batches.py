@@ -273,16 +273,26 @@ def test_ending_the_lease_of_an_orm_message_that_names_its_run(settings) -> None
     assert broker.dequeue()[0][0] == ack_id
 
 
-@pytest.mark.django_db
-def test_a_worker_dead_between_two_runs_of_a_shared_message_has_the_message_come_back_at_once(
-    settings, monkeypatch, django_capture_on_commit_callbacks
-) -> None:
+@pytest.fixture
+def shared_message(settings, monkeypatch, django_capture_on_commit_callbacks):
+    """Runs enqueued together, as one ORM message, which a pull has handed out (it is then
+    leased): the runs, the broker, the message's ack id and its task."""
     settings.JOBS_BROKER = "orm"
-    monkeypatch.setattr(Conf, "WORKERS", 1)  # the three runs share one message
-    with django_capture_on_commit_callbacks(execute=True):
-        runs = probes.ok.enqueue_many([{"key": f"between{n}"} for n in range(3)])
-    broker, ack_id, task = _pulled_one(runs[0].queue)
-    assert runs_of(task) == [run.pk for run in runs]
+    monkeypatch.setattr(Conf, "WORKERS", 1)  # this process packs the runs into one message
+
+    def enqueued(job, kwargs_list: list[dict[str, Any]]):
+        with django_capture_on_commit_callbacks(execute=True):
+            runs = job.enqueue_many(kwargs_list)
+        broker, ack_id, task = _pulled_one(runs[0].queue)
+        assert runs_of(task) == [run.pk for run in runs]
+        return runs, broker, ack_id, task
+
+    return enqueued
+
+
+@pytest.mark.django_db
+def test_a_worker_dead_between_two_runs_of_a_shared_message_has_the_message_come_back_at_once(shared_message) -> None:
+    runs, broker, ack_id, task = shared_message(probes.ok, [{"key": f"between{n}"} for n in range(3)])
     # Its worker finished the first run, then died before claiming the second: none running.
     worker = f"{socket.gethostname()}:4242"
     run = transitions.claim(runs[0].pk, 1, worker=worker, task_id=task["id"])
@@ -295,16 +305,13 @@ def test_a_worker_dead_between_two_runs_of_a_shared_message_has_the_message_come
 
 @pytest.mark.django_db
 def test_a_dead_workers_shared_message_comes_back_at_once_when_the_lost_run_check_finds_it_first(
-    settings, monkeypatch, django_capture_on_commit_callbacks
+    shared_message,
 ) -> None:
     # The sentinel's periodic check can see the dead worker's run before its own
     # reincarnation does, which then finds no run of that worker left running: the check
     # must end the message's lease itself, or the runs after the dead one wait it out.
-    settings.JOBS_BROKER = "orm"
-    monkeypatch.setattr(Conf, "WORKERS", 1)  # the three runs share one message
-    with django_capture_on_commit_callbacks(execute=True):
-        runs = probes.slow.enqueue_many([{"key": f"found-first{n}", "seconds": 0} for n in range(3)])
-    broker, ack_id, task = _pulled_one(runs[0].queue)
+    kwargs_list = [{"key": f"found-first{n}", "seconds": 0} for n in range(3)]
+    runs, broker, ack_id, task = shared_message(probes.slow, kwargs_list)
     exited = subprocess.Popen([sys.executable, "-c", ""])
     exited.wait()
     worker = f"{socket.gethostname()}:{exited.pid}"
