@@ -13,10 +13,12 @@ from urllib.parse import urlsplit, urlunsplit
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def production_settings() -> None:
+def production_settings(*, database: bool = True) -> None:
     """Run on the production settings (``project.settings``), with a throwaway
     ``SECRET_KEY`` and ``ENCRYPTION_KEY`` unless the environment sets them. Before
-    ``django.setup()``, and before any child process is started (they inherit them)."""
+    ``django.setup()``, and before any child process is started (they inherit them).
+    ``database=False``: the script opens none, but the settings insist on a
+    ``DATABASE_URL``, so one that is never used stands in unless it is set."""
     import secrets
 
     from cryptography.fernet import Fernet
@@ -24,6 +26,8 @@ def production_settings() -> None:
     os.environ["DJANGO_SETTINGS_MODULE"] = "project.settings"
     os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(40))
     os.environ.setdefault("ENCRYPTION_KEY", Fernet.generate_key().decode())
+    if not database:
+        os.environ.setdefault("DATABASE_URL", "postgres://unused@127.0.0.1:1/unused")
 
 
 def bare_threads(make_call: Callable[[], Callable[[int], object]], *, count: int, concurrency: int) -> dict:

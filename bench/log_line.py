@@ -60,9 +60,7 @@ TEXTS = {
 def _setup() -> None:
     from bench._support import production_settings
 
-    production_settings()
-    # Settings insist on a database; nothing here opens one.
-    os.environ.setdefault("DATABASE_URL", "postgres://unused@127.0.0.1:1/unused")
+    production_settings(database=False)
     os.environ["LOG_FORMAT"] = "json"
     os.environ["LOG_LEVEL"] = "info"
     import django
@@ -71,12 +69,14 @@ def _setup() -> None:
 
 
 def _handlers(sink) -> dict[str, logging.Handler]:
+    from project.logs import RedactFilter
+
     site = logging.getLogger().handlers[0]
     site.setStream(sink)
     unredacted = logging.StreamHandler(sink)
     unredacted.setFormatter(site.formatter)
     for each in site.filters:
-        if type(each).__name__ != "RedactFilter":
+        if not isinstance(each, RedactFilter):
             unredacted.addFilter(each)
     stdlib = logging.StreamHandler(sink)
     stdlib.setFormatter(logging.Formatter("%(message)s"))

@@ -36,10 +36,8 @@ if str(ROOT) not in sys.path:
 def _setup() -> None:
     from bench._support import production_settings
 
-    production_settings()
+    production_settings(database=False)
     os.environ["JOBS_BROKER"] = "redis"
-    # Settings insist on a database; nothing here opens one.
-    os.environ.setdefault("DATABASE_URL", "postgres://unused@127.0.0.1:1/unused")
     os.environ["Q_NAME"] = f"bench-redis-parser-{os.getpid()}"
     import django
 

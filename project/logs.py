@@ -21,7 +21,7 @@ from project import context
 from project.redact import redact
 
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "ctx"}
-# json.dumps(..., default=str) builds an encoder on every call: a fifth of what it costs a line.
+# json.dumps(..., default=str) builds an encoder on every call, a fifth of what it costs.
 _JSON = json.JSONEncoder(default=str)
 
 

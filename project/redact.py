@@ -18,6 +18,11 @@ _TOKEN_PREFIXES = (
     *(f"xox{kind}-" for kind in "abprs"),
 )
 
+# The characters of a long opaque string (a key, a signature), and how long it must be to be
+# masked: the last rule below, and the shortcut (_OPAQUE_RUN) that rules it out.
+_OPAQUE = r"A-Za-z0-9+_\-"
+_OPAQUE_LENGTH = 40
+
 _RULES: list[tuple[re.Pattern[str], str]] = [
     # A URL's query may carry a signature (an upload URL, say).
     (re.compile(r"(\b[a-z][a-z0-9+.\-]*://[^\s?#]+)\?[^\s]*", re.IGNORECASE), r"\1?…"),
@@ -33,7 +38,7 @@ _RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"-----BEGIN [A-Z ]+-----.*?(-----END [A-Z ]+-----|$)", re.DOTALL), "[PEM block]"),
     # Anything long and opaque (keys, signatures): keep 4 characters to tell them apart.
     # Slashes excluded: a file path in a traceback is not a secret.
-    (re.compile(r"\b([A-Za-z0-9+_\-]{4})[A-Za-z0-9+_\-=]{36,}"), r"\1…"),
+    (re.compile(rf"\b([{_OPAQUE}]{{4}})[{_OPAQUE}=]{{{_OPAQUE_LENGTH - 4},}}"), r"\1…"),
 ]
 
 
@@ -47,13 +52,13 @@ def _scoped(pattern: re.Pattern[str]) -> str:
 _ANY = re.compile("|".join(_scoped(pattern) for pattern, _ in _RULES))
 
 
-# What each rule needs: a text with none of these literals, and no run of 40 characters
-# that the long-opaque rule takes ("=" aside, which is a literal here), matches no rule. A
-# log line's message and a job's context are mostly such texts, and these two searches
-# cost a tenth of one search of every rule (bench/log_line.py).
+# What each rule needs: a text with none of these literals, and no run of _OPAQUE_LENGTH
+# characters that the long-opaque rule takes ("=" aside, which is a literal here), matches
+# no rule. A log line's message and a job's context are mostly such texts, and these two
+# searches cost a tenth of one search of every rule (bench/log_line.py).
 _NEEDED = ("?", "=", "-----BEGIN", *_TOKEN_PREFIXES)
 _NEEDED_ANY = re.compile("|".join(map(re.escape, _NEEDED)))
-_OPAQUE_RUN = re.compile(r"[A-Za-z0-9+_\-]{40}")
+_OPAQUE_RUN = re.compile(rf"[{_OPAQUE}]{{{_OPAQUE_LENGTH}}}")
 
 
 def _matches(text: str) -> bool:
