@@ -135,6 +135,7 @@ SMOKE_ARGS: dict[str, list[str]] = {
         "--pollers", "5", "--jobs", "20",
     ],
     "throughput.py": ["--jobs", "20", "--warmup", "0", "--workers", "1"],
+    "worker_run.py": ["--runs", "40", "--rounds", "1", "--warmup", "20"],
     "verification.py": ["--findings", "10", "--latency", "0.01", "--concurrency", "2"],
     # A second run of a script (its own code path) is named script#what.
     "verification.py#direct": ["--mode", "direct", "--findings", "5", "--latency", "0.01", "--concurrency", "2"],

@@ -325,6 +325,7 @@ def _measure(
     """Time and CPU of one drain: ``start()`` (enqueue, or release a held backlog) from this
     thread, then wait until the system has done ``jobs`` more."""
     redis_before = _redis_server_cpu() if system.uses_redis else None
+    server_before = _server_state(system.db)
     backends_before = _cpu_of(system.producer_backends())
     sampler = system.sampler().start()
     thread_before = time.thread_time()
@@ -337,6 +338,7 @@ def _measure(
         lambda: system.done(baseline, jobs), what=system.name, stall=60, progress=lambda: system.progress(baseline)
     )
     cpu = sampler.stop()
+    server_after = _server_state(system.db)
     producer = {
         "python": thread_after - thread_before,
         "postgresql": sum(after - backends_before.get(pid, 0.0) for pid, after in backends_after.items()),
@@ -351,12 +353,24 @@ def _measure(
         "producer_cpu_ms_per_job": {kind: round(1000 * value / jobs, 3) for kind, value in producer.items()},
         # The sampling process's own CPU, on the same cores.
         "sampler_cpu_s": round(sampler.own_cpu, 3),
+        # The whole server's, so another database's writes count too (none while it runs).
+        "wal_bytes_per_job": round((server_after[0] - server_before[0]) / jobs),
+        "checkpoints": server_after[1] - server_before[1],
     }
     if redis_before is not None:
         after = _redis_server_cpu()
         if after is not None:
             result["redis_server_cpu_ms_per_job"] = round(1000 * (after - redis_before) / jobs, 3)
     return result
+
+
+def _server_state(db) -> tuple[int, int]:
+    """The server's WAL position (bytes) and how many checkpoints it has begun: a drain
+    during which a checkpoint began writes whole pages to the WAL again (each page's first
+    change after it), so it may cost more than one that saw none."""
+    return db.execute(
+        "SELECT (pg_current_wal_lsn() - '0/0')::bigint, checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
+    ).fetchone()
 
 
 def _count(db, sql: str, params: list | None = None) -> int:
