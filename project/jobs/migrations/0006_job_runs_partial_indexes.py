@@ -2,7 +2,9 @@
 
 Built and dropped concurrently: job_runs takes every run's writes, which a plain CREATE
 INDEX would block for as long as it reads the whole table. The new indexes are built
-before the old ones go, so their queries always have one.
+before the old ones go, so their queries always have one. A build interrupted midway
+leaves an invalid index of its name behind (PostgreSQL's way): drop it with DROP INDEX
+CONCURRENTLY and migrate again.
 """
 
 from django.contrib.postgres.operations import AddIndexConcurrently, RemoveIndexConcurrently
