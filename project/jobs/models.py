@@ -77,8 +77,8 @@ class JobRun(models.Model):
             # Every index gains an entry at each change of a run's state (its status is in
             # most of them, so no such update is HOT): three entries a run in each, unless
             # the index is partial. These two serve only queued runs and scheduled runs.
-            # Queued runs by due time: the recovery sweep's stranded messages, the
-            # "waiting for a retry" filter, the oldest-due metric.
+            # Queued runs by due time: the recovery sweeps' stranded messages, the
+            # "waiting for a retry" filter (tests/jobs/test_run_indexes.py).
             models.Index(fields=["due_at"], name="job_runs_queued_due", condition=Q(status="queued")),
             # The console's last run of each schedule.
             models.Index(fields=["name", "created_at"], name="job_runs_scheduled_created", condition=Q(scheduled=True)),
