@@ -16,20 +16,15 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from project.jobs import overview, recovery
+from project.jobs import JobRun, overview, recovery
 from tests.support import jobs as probes
 
 pytestmark = pytest.mark.django_db
 
-# Every index of job_runs but its primary key and the two partial ones under test.
-_OTHERS = (
-    "job_runs_name_status_id",
-    "job_runs_status_id",
-    "job_runs_finished",
-    "job_runs_name_finished",
-    "job_runs_target",
-    "job_runs_unscheduled",
-)
+# Every index of job_runs but its primary key and the two partial ones under test (read
+# from the model, so an index added later is dropped too and cannot stand in for them).
+_UNDER_TEST = {"job_runs_queued_due", "job_runs_scheduled_created"}
+_OTHERS = [index.name for index in JobRun._meta.indexes if index.name not in _UNDER_TEST]
 
 
 def _plans(make_statements: Callable[[], object], *, reading: str) -> list[str]:
