@@ -385,6 +385,17 @@ def _django_backend() -> list[int]:
         return [cursor.fetchone()[0]]
 
 
+def _lateness(db, intervals: str, params: list) -> dict:
+    """p50, p95 and max in ms of the intervals (enqueue to start) the query selects."""
+    row = db.execute(
+        "SELECT percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY late), max(late) FROM"
+        f" (SELECT 1000 * extract(epoch FROM late) AS late FROM ({intervals}) i (late)) r",
+        params,
+    ).fetchone()
+    (p50, p95), worst = row[0] or (0.0, 0.0), row[1] or 0
+    return {"start_lateness_ms": {"p50": round(p50, 1), "p95": round(p95, 1), "max": round(float(worst), 1)}}
+
+
 class System:
     """A consumer under test: started on entry, stopped on exit. ``enqueue(mode, n)`` sends
     to its live queue; ``enqueue_held(n)`` to a queue nobody serves, which ``release()``
@@ -443,11 +454,16 @@ class System:
         """How the drain since ``baseline`` was spread (messages, workers); {} if unknown."""
         return {}
 
+    def lateness(self, baseline: object) -> dict:
+        """How late the jobs of an end-to-end drain started after their enqueue (not a
+        backlog's, held on purpose before the drain); {} where the system keeps no times."""
+        return {}
+
     def end_to_end(self, mode: str, jobs: int) -> dict:
         self.vacuum()
         baseline = self.mark()
         result = _measure(jobs=jobs, start=lambda: self.enqueue(mode, jobs), system=self, baseline=baseline)
-        return result | self.shape(baseline)
+        return result | self.shape(baseline) | self.lateness(baseline)
 
     def backlog(self, jobs: int) -> dict:
         self.vacuum()
@@ -550,6 +566,11 @@ class Ours(System):
             [baseline],
         ).fetchone()
         return {"messages": messages, "runs_per_message_max": biggest, "workers_used": workers}
+
+    def lateness(self, baseline: int) -> dict:
+        # What packing costs a run: from its due time (its enqueue) to its claim, which
+        # includes the pusher's paced pulls and the runs before it in its message.
+        return _lateness(self.db, "SELECT started_at - due_at FROM job_runs WHERE id > %s", [baseline])
 
 
 def _serve_stock() -> None:
@@ -687,6 +708,7 @@ class Procrastinate(System):
         return [pid for (pid,) in rows.fetchall()]
 
     def enqueue(self, mode: str, jobs: int, queue: str | None = None) -> None:
+        self.enqueued_after = _count(self.db, "SELECT coalesce(max(id), 0) FROM procrastinate_jobs")
         task = self.task.configure(queue=queue) if queue else self.task
         if mode == "bulk":
             task.batch_defer(*({} for _ in range(jobs)))
@@ -708,6 +730,16 @@ class Procrastinate(System):
 
     def mark(self) -> int:
         return _count(self.db, "SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'")
+
+    def lateness(self, baseline: int) -> dict:
+        # Its events table records when each job was deferred and when a worker started it.
+        return _lateness(
+            self.db,
+            "SELECT s.at - d.at FROM procrastinate_events d"
+            " JOIN procrastinate_events s ON s.job_id = d.job_id AND s.type = 'started'"
+            " WHERE d.type = 'deferred' AND d.job_id > %s",
+            [self.enqueued_after],
+        )
 
     def progress(self, baseline: int) -> int:
         return self.mark() - baseline
@@ -833,6 +865,8 @@ def main() -> None:
                     for name, result in _run_system(system, selected, args).items():
                         samples[name].append(result)
                         shape = f", messages {result['messages']}" if "messages" in result else ""
+                        if "start_lateness_ms" in result:
+                            shape += f", start lateness ms {result['start_lateness_ms']}"
                         cpu = result["cpu_ms_per_job"]
                         print(f"{name}: {result['jobs_per_s']} jobs/s, {cpu}{shape}", file=sys.stderr)
         finally:
