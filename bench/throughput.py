@@ -29,6 +29,10 @@ CPU (a shared server: indicative). The queue and record tables are vacuumed befo
 run and analyzed with a backlog in them, autovacuum off meanwhile (see
 ``System.pin_statistics``).
 
+Start lateness (single and bulk runs): p50, p95 and max of the time from a job's enqueue
+to its start, from our runs' ``due_at`` and ``started_at`` and from procrastinate's
+``deferred`` and ``started`` events; stock django-q2 keeps no times (``Q_SAVE_LIMIT=-1``).
+
 Usage:
     DATABASE_URL=postgres://… REDIS_URL=redis://… .venv/bin/python bench/throughput.py \\
         [--jobs 5000] [--workers 10] [--rounds 1] [--only ours_orm_backlog,stock_orm_backlog,…]
