@@ -241,7 +241,8 @@ JOBS_BATCH_BUDGET = env_float("JOBS_BATCH_BUDGET", 0.5, minimum=0, maximum=60)
 # most once per this many seconds, so that they are packed together. 0: only a backlog is
 # merged, and pulls are not paced. 0.05 rather than 0.02: under a steady stream of short
 # jobs, half the messages and a fifth less CPU per job, for about 25 ms more start latency
-# (docs/benchmarks.md, session 16), far inside GitLab's 10 s queueing target for its high-urgency jobs.
+# (docs/benchmarks.md, session 16), far inside GitLab's 10 s queueing target for its
+# high-urgency jobs.
 JOBS_BATCH_WAIT = env_float("JOBS_BATCH_WAIT", 0.05, minimum=0, maximum=5)
 JOBS_RUN_RETENTION_DAYS = env_int("JOBS_RUN_RETENTION_DAYS", 7, minimum=1)
 # A cluster whose sentinel has not been seen for this long is reported as down, and its
