@@ -458,7 +458,12 @@ class System:
         """How the drain since ``baseline`` was spread (messages, workers); {} if unknown."""
         return {}
 
-    def lateness(self, baseline: object) -> dict:
+    def lateness_since(self, baseline: object) -> object:
+        """What ``lateness`` needs to tell this drain's jobs from earlier ones, taken before
+        the drain (outside its timing); ``mark()``'s baseline where that does."""
+        return baseline
+
+    def lateness(self, since: object) -> dict:
         """How late the jobs of an end-to-end drain started after their enqueue (not a
         backlog's, held on purpose before the drain); {} where the system keeps no times."""
         return {}
@@ -466,8 +471,9 @@ class System:
     def end_to_end(self, mode: str, jobs: int) -> dict:
         self.vacuum()
         baseline = self.mark()
+        since = self.lateness_since(baseline)
         result = _measure(jobs=jobs, start=lambda: self.enqueue(mode, jobs), system=self, baseline=baseline)
-        return result | self.shape(baseline) | self.lateness(baseline)
+        return result | self.shape(baseline) | self.lateness(since)
 
     def backlog(self, jobs: int) -> dict:
         self.vacuum()
@@ -571,10 +577,10 @@ class Ours(System):
         ).fetchone()
         return {"messages": messages, "runs_per_message_max": biggest, "workers_used": workers}
 
-    def lateness(self, baseline: int) -> dict:
+    def lateness(self, since: int) -> dict:
         # What packing costs a run: from its due time (its enqueue) to its claim, which
         # includes the pusher's paced pulls and the runs before it in its message.
-        return _lateness(self.db, "SELECT started_at - due_at FROM job_runs WHERE id > %s", [baseline])
+        return _lateness(self.db, "SELECT started_at - due_at FROM job_runs WHERE id > %s", [since])
 
 
 def _serve_stock() -> None:
@@ -712,7 +718,6 @@ class Procrastinate(System):
         return [pid for (pid,) in rows.fetchall()]
 
     def enqueue(self, mode: str, jobs: int, queue: str | None = None) -> None:
-        self.enqueued_after = _count(self.db, "SELECT coalesce(max(id), 0) FROM procrastinate_jobs")
         task = self.task.configure(queue=queue) if queue else self.task
         if mode == "bulk":
             task.batch_defer(*({} for _ in range(jobs)))
@@ -735,14 +740,18 @@ class Procrastinate(System):
     def mark(self) -> int:
         return _count(self.db, "SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'")
 
-    def lateness(self, baseline: int) -> dict:
+    def lateness_since(self, baseline: int) -> int:
+        # mark() counts succeeded jobs; the drain's jobs are those after the newest id.
+        return _count(self.db, "SELECT coalesce(max(id), 0) FROM procrastinate_jobs")
+
+    def lateness(self, since: int) -> dict:
         # Its events table records when each job was deferred and when a worker started it.
         return _lateness(
             self.db,
             "SELECT s.at - d.at FROM procrastinate_events d"
             " JOIN procrastinate_events s ON s.job_id = d.job_id AND s.type = 'started'"
             " WHERE d.type = 'deferred' AND d.job_id > %s",
-            [self.enqueued_after],
+            [since],
         )
 
     def progress(self, baseline: int) -> int:
