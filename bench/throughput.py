@@ -25,9 +25,11 @@ they opened (found by ``application_name`` in ``pg_stat_activity``), read from /
 psutil every 0.1 s by a sampling process of its own, which looks for new processes every
 second (``CpuSampler``; its own CPU is reported as ``sampler_cpu_s``). The producer (this
 process and its backend while it enqueues) is reported apart; so is the Redis server's
-CPU (a shared server: indicative). The queue and record tables are vacuumed before each
-run and analyzed with a backlog in them, autovacuum off meanwhile (see
-``System.pin_statistics``).
+CPU (a shared server: indicative). So is where the producer's wall time went (single and
+bulk runs): its thread's and its backend's time on a CPU and runnable but waiting for
+one, from ``/proc/…/schedstat`` (``producer_sched_us_per_job``). The queue and record
+tables are vacuumed before each run and analyzed with a backlog in them, autovacuum off
+meanwhile (see ``System.pin_statistics``).
 
 Start lateness (single and bulk runs): p50, p95 and max of the time from a job's enqueue
 to its start, from our runs' ``due_at`` and ``started_at`` and from procrastinate's
@@ -295,6 +297,16 @@ def _cpu_of(pids: list[int]) -> dict[int, float]:
     return cpu
 
 
+def _schedstat(paths: list[str]) -> tuple[int, int] | None:
+    """Nanoseconds on a CPU and waiting for one (the run queue), summed over these
+    ``/proc/…/schedstat`` files; None where the kernel keeps no such file."""
+    try:
+        fields = [Path(path).read_text().split() for path in paths]
+    except OSError:
+        return None
+    return sum(int(each[0]) for each in fields), sum(int(each[1]) for each in fields)
+
+
 def _redis_server_cpu() -> float | None:
     import psutil
 
@@ -330,13 +342,17 @@ def _measure(
     thread, then wait until the system has done ``jobs`` more."""
     redis_before = _redis_server_cpu() if system.uses_redis else None
     server_before = _server_state(system.db)
-    backends_before = _cpu_of(system.producer_backends())
+    producer_pids = system.producer_backends()
+    backends_before = _cpu_of(producer_pids)
+    backend_stats = [f"/proc/{pid}/schedstat" for pid in producer_pids]
+    sched_before = _schedstat(["/proc/thread-self/schedstat"]), _schedstat(backend_stats)
     sampler = system.sampler().start()
     thread_before = time.thread_time()
     started = time.perf_counter()
     start()
     sent = time.perf_counter()
     thread_after = time.thread_time()
+    sched_after = _schedstat(["/proc/thread-self/schedstat"]), _schedstat(backend_stats)
     backends_after = _cpu_of(system.producer_backends())
     finished = _wait(
         lambda: system.done(baseline, jobs), what=system.name, stall=60, progress=lambda: system.progress(baseline)
@@ -355,6 +371,13 @@ def _measure(
         "cpu_ms_per_job": {kind: round(1000 * value / jobs, 3) for kind, value in cpu.items()}
         | {"total": round(1000 * sum(cpu.values()) / jobs, 3)},
         "producer_cpu_ms_per_job": {kind: round(1000 * value / jobs, 3) for kind, value in producer.items()},
+        # Where the producer's wall time per job went: on a CPU, and waiting for one.
+        "producer_sched_us_per_job": {
+            f"{who}_{what}": round((after[index] - before[index]) / 1000 / jobs, 1)
+            for who, before, after in zip(("python", "postgresql"), sched_before, sched_after, strict=True)
+            if before is not None and after is not None
+            for index, what in enumerate(("on_cpu", "runnable"))
+        },
         # The sampling process's own CPU, on the same cores.
         "sampler_cpu_s": round(sampler.own_cpu, 3),
         # The whole server's, so another database's writes count too (none while it runs).
@@ -486,6 +509,7 @@ class System:
         result["release_s"] = result.pop("enqueue_s")
         result["enqueue_held_s"] = round(enqueued, 3)
         result.pop("producer_cpu_ms_per_job")
+        result.pop("producer_sched_us_per_job")
         return result | self.shape(baseline)
 
 
