@@ -180,6 +180,11 @@ def database_failed_within(seconds: float) -> bool:
     return _database_failed_at is not None and time.monotonic() - _database_failed_at <= seconds
 
 
+def database_failed_since(moment: float) -> bool:
+    """Whether this process found the database unavailable after ``moment`` (``time.monotonic()``)."""
+    return _database_failed_at is not None and _database_failed_at >= moment
+
+
 def cluster_heartbeat_record(*, broker: str) -> None:
     """One row per running cluster, keyed by host and sentinel pid."""
     host = socket.gethostname()

@@ -36,6 +36,8 @@ MAX_ERROR_LENGTH = transitions.MAX_ERROR_LENGTH
 Status = JobRun.Status
 _task: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("q_task", default=None)
 _current: contextvars.ContextVar[JobRun | None] = contextvars.ContextVar("current_run", default=None)
+# When the message being executed began (time.monotonic()).
+_began: contextvars.ContextVar[float] = contextvars.ContextVar("message_began", default=0.0)
 
 
 def remember_task_id(sender: Any, func: Any = None, task: dict[str, Any] | None = None, **kwargs: Any) -> None:
@@ -65,12 +67,37 @@ def execute(run_id: int, attempt: int) -> str:
     reached, the claim is tried again for up to ``JOBS_DB_RETRY_FOR`` seconds; after that
     the message is left for redelivery, never acknowledged unread."""
     task = _task.get()
+    began = _began_now()
     started = pace.stopwatch()
     outcome = _execute(run_id, attempt, task, last=True)
-    if outcome == DATABASE_UNAVAILABLE:
-        djangoq.redeliver_later(task, runs=[(run_id, attempt)])
+    _keep_if_database_failed(task, [(run_id, attempt)], began=began)
     _paced(task, outcome, started)
     return outcome
+
+
+def _began_now() -> float:
+    began = time.monotonic()
+    _began.set(began)
+    return began
+
+
+def _keep_if_database_failed(task: dict[str, Any] | None, pairs: Sequence[tuple[int, int]], *, began: float) -> None:
+    """Leave the message for redelivery, whole, when the database failed while it ran
+    (``database_unavailable``, or a crash and a restart): a crash takes back the last
+    asynchronous commits (JOBS_WORKER_ASYNC_COMMIT), so a run this worker claimed, or
+    even saw succeed, may be queued again with no other message to bring it. Redelivered,
+    the message claims what is queued, and the runs already done find nothing to claim."""
+    if djangoq.database_failed_since(began):
+        logger.warning("the database failed during this message: it is left for redelivery")
+        djangoq.redeliver_later(task, runs=pairs)
+
+
+def _inline_ack(task: dict[str, Any] | None) -> int | None:
+    """The message's queue row, to delete with the last outcome, unless the database failed
+    since the message began (``_keep_if_database_failed``)."""
+    if djangoq.database_failed_since(_began.get()):
+        return None
+    return djangoq.inline_ack_id(task)
 
 
 # Outcomes of a run that executed: its time tells how long the job's runs take (``pace``).
@@ -93,6 +120,7 @@ def execute_many(runs: Sequence[Sequence[int]]) -> str:
     from the process's watcher thread (``_Rest``). A message redelivered after its worker
     died starts again from its first run: the runs already done find nothing to claim."""
     task = _task.get()
+    began = _began_now()
     pairs = [(int(run_id), int(attempt)) for run_id, attempt in runs]
     task_id = (task or {}).get("id", "")
     deadline = time.monotonic() + settings.JOBS_BATCH_BUDGET
@@ -132,17 +160,17 @@ def execute_many(runs: Sequence[Sequence[int]]) -> str:
             raise
         except (OperationalError, InterfaceError):
             # An outcome the database did not take within the run's lost_after: the run is
-            # recovered as lost, and the runs after it wait for the message to come back.
-            if pending := rest.take():
-                djangoq.redeliver_later(task, runs=pending)
+            # recovered as lost, and the message comes back for the others.
+            rest.take()
+            _keep_if_database_failed(task, pairs, began=began)
             raise
         if outcome == DATABASE_UNAVAILABLE:
-            djangoq.redeliver_later(task, runs=pairs[index:])
             outcomes[outcome] += len(pairs) - index
             break
         outcomes[outcome] += 1
         _paced(task, outcome, started)
         claimed = following
+    _keep_if_database_failed(task, pairs, began=began)
     return ", ".join(f"{count} {outcome}" for outcome, count in outcomes.items())
 
 
@@ -288,6 +316,7 @@ def _claim(run_id: int, attempt: int, *, task_id: str) -> JobRun | None:
     try:
         return transitions.claim(run_id, attempt, worker=_worker_id(), task_id=task_id)
     except (OperationalError, InterfaceError):
+        djangoq.database_failed()
         logger.warning("database connection lost before the claim; claiming on a new one", exc_info=True)
         connection.close()
         return transitions.claim(run_id, attempt, worker=_worker_id(), task_id=task_id)
@@ -514,9 +543,15 @@ def _succeed(
     seconds: float,
     following: _Next | None = None,
 ) -> str:
-    ack = djangoq.inline_ack_id(task)
+    ack = None
     if following is None or time.monotonic() >= following.deadline:
-        succeeded = _record(run, lambda: transitions.succeed(run, result, progress=watch.report, ack=ack))
+
+        def write() -> bool:
+            nonlocal ack
+            ack = _inline_ack(task)  # again on each try: the database may have failed meanwhile
+            return transitions.succeed(run, result, progress=watch.report, ack=ack)
+
+        succeeded = _record(run, write)
     else:
         succeeded, following.run = _record(
             run,

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, JSONField, QuerySet
 from django.db.models.expressions import RawSQL
@@ -71,18 +72,37 @@ _CONVERTED = [(index, field) for index, field in enumerate(_FIELDS) if hasattr(f
 _TABLE = JobRun._meta.db_table
 _PAUSES = JobPause._meta.db_table
 
+# The claim and the success commit without waiting for their WAL to reach the disk
+# (JOBS_WORKER_ASYNC_COMMIT): a PostgreSQL crash may then take back the last fraction of a
+# second of them, and the state it leaves is the one a worker killed a moment earlier
+# leaves, which recovery already moves on (docs/reliability.md). The setting is a
+# parameter (``_commit_mode``), evaluated once per statement as a one-time filter, and
+# lasts only for the statement's own transaction: inside a caller's transaction it is
+# left as it was.
+_COMMIT_MODE = (
+    "(SELECT set_config('synchronous_commit', COALESCE(%s, current_setting('synchronous_commit')), true)) IS NOT NULL"
+)
+
+
+def _commit_mode() -> str | None:
+    if settings.JOBS_WORKER_ASYNC_COMMIT and not connection.in_atomic_block:
+        return "off"
+    return None
+
+
 _CLAIM_SQL = f"""
     UPDATE {_TABLE} SET status = 'running', started_at = %s, heartbeat_at = %s, finished_at = NULL,
         worker = %s, task_id = %s, progress = NULL, updated_at = %s
     WHERE id = %s AND attempt = %s AND status = 'queued'
       AND NOT EXISTS (SELECT 1 FROM {_PAUSES} p WHERE p.name = {_TABLE}.name)
+      AND {_COMMIT_MODE}
     RETURNING {", ".join(_COLUMNS)}
 """
 
 _SUCCEED_SQL = f"""
     UPDATE {_TABLE} SET status = 'succeeded', finished_at = %s, result = %s::jsonb, error_code = '',
         error = '', history = history || %s::jsonb, updated_at = %s, progress = %s::jsonb
-    WHERE id = %s AND attempt = %s AND status = 'running'
+    WHERE id = %s AND attempt = %s AND status = 'running' AND {_COMMIT_MODE}
 """
 
 # A worker with more runs in its message records a success and claims the next run in one
@@ -110,12 +130,12 @@ def claim(run_id: int, attempt: int, *, worker: str, task_id: str) -> JobRun | N
     returns the claimed row."""
     now = timezone.now()
     with db.prepared_cursor(connection) as cursor:
-        cursor.execute(_CLAIM_SQL, [now, now, worker, task_id, now, run_id, attempt])
+        cursor.execute(_CLAIM_SQL, [now, now, worker, task_id, now, run_id, attempt, _commit_mode()])
         row = cursor.fetchone()
     return None if row is None else _run_from_row(row)
 
 
-def _succeed_params(run: JobRun, result: Any, progress: dict[str, Any] | None, now: Any) -> list[Any]:
+def _succeed_params(run: JobRun, result: Any, progress: dict[str, Any] | None, now: Any, mode: str | None) -> list[Any]:
     return [
         now,
         _json(result),
@@ -124,6 +144,7 @@ def _succeed_params(run: JobRun, result: Any, progress: dict[str, Any] | None, n
         _json(progress),
         run.pk,
         run.attempt,
+        mode,
     ]
 
 
@@ -145,7 +166,7 @@ def succeed(run: JobRun, result: Any, *, progress: dict[str, Any] | None, ack: i
     params: list[Any] = []
     if ack is not None:
         sql, params = djangoq.ORM_ACK_CTE + sql, [ack]
-    params += _succeed_params(run, result, progress, now)
+    params += _succeed_params(run, result, progress, now, _commit_mode())
     with db.prepared_cursor(connection) as cursor:
         cursor.execute(sql, params)
         updated = cursor.rowcount
@@ -168,7 +189,9 @@ def succeed_then_claim(
     statement: (whether the success was recorded, the claimed run or None)."""
     now = timezone.now()
     result = _plain(result)
-    params = [*_succeed_params(run, result, progress, now), now, now, worker, task_id, now, claim_id, claim_attempt]
+    mode = _commit_mode()
+    claim_params = [now, now, worker, task_id, now, claim_id, claim_attempt, mode]
+    params = [*_succeed_params(run, result, progress, now, mode), *claim_params]
     with db.prepared_cursor(connection) as cursor:
         cursor.execute(_SUCCEED_THEN_CLAIM_SQL, params)
         row = cursor.fetchone()
