@@ -248,8 +248,9 @@ JOBS_BATCH_WAIT = env_float("JOBS_BATCH_WAIT", 0.05, minimum=0, maximum=5)
 # (PostgreSQL's asynchronous commit, for those two statements only): a database crash may
 # take back the last fraction of a second of them, which leaves what a worker killed a
 # moment earlier leaves (a run re-run, or recovered as lost), as a Redis-backed queue
-# without fsync would. A third less database CPU per short job and up to 40 % more jobs
-# per second (docs/benchmarks.md, session 18). Enqueues, failures and retries always wait.
+# without fsync would. A quarter to a third less database CPU per short job, 8-53 % more
+# jobs per second in same-hour pairs (docs/benchmarks.md, session 18). Enqueues, failures
+# and retries always wait.
 JOBS_WORKER_ASYNC_COMMIT = env_bool("JOBS_WORKER_ASYNC_COMMIT", True)
 JOBS_RUN_RETENTION_DAYS = env_int("JOBS_RUN_RETENTION_DAYS", 7, minimum=1)
 # A cluster whose sentinel has not been seen for this long is reported as down, and its
