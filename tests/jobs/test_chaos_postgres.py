@@ -99,6 +99,26 @@ def _get(port: int, path: str, token: str = "") -> int:
         connection.close()
 
 
+def _migrated(url: str, name: str, **settings: str) -> dict[str, str]:
+    """The environment of a 2-worker ORM cluster of its own on ``url`` (migrated) and of
+    the other processes of a test, with ``settings`` on top."""
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DATABASE_URL": url,
+        "TEST_DATABASE_NAME": "",
+        "Q_CLUSTER_NAME": f"{name}-{uuid.uuid4().hex[:8]}",
+        "JOBS_BROKER": "orm",
+        "Q_WORKERS": "2",
+        "Q_SCHEDULER": "0",
+        "PYTHONUNBUFFERED": "1",
+        **settings,
+    }
+    migrate = [sys.executable, "manage.py", "migrate", "--run-syncdb", "-v0"]
+    subprocess.run(migrate, cwd=ROOT, env=env, check=True, capture_output=True)
+    return env
+
+
 @pytest.fixture
 def pg_home() -> Iterator[Path]:
     # Not under pytest's tmp_path: the server runs as another system user, which must be
@@ -115,24 +135,10 @@ def test_postgres_restarted_then_down_for_a_minute_everything_reconnects_and_not
     server = Server(pg_home / "pg")
     url = server.database("chaos")
     log = tmp_path / "processes.log"
-    queue = f"pgchaos-{uuid.uuid4().hex[:8]}"
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "DATABASE_URL": url,
-        "TEST_DATABASE_NAME": "",
-        "Q_CLUSTER_NAME": queue,
-        "JOBS_BROKER": "orm",
-        "Q_WORKERS": "2",
-        "Q_SCHEDULER": "0",
-        # A lost run would have to come from a dead worker, not from heartbeats that could
-        # not be written while the database was away.
-        "JOBS_LOST_AFTER": "600",
-        "WEB_PROBE_PORT": "0",
-        "PYTHONUNBUFFERED": "1",
-    }
+    # A lost run would have to come from a dead worker, not from heartbeats that could not
+    # be written while the database was away.
+    env = _migrated(url, "pgchaos", JOBS_LOST_AFTER="600", WEB_PROBE_PORT="0")
     manage = [sys.executable, "manage.py"]
-    subprocess.run([*manage, "migrate", "--run-syncdb", "-v0"], cwd=ROOT, env=env, check=True, capture_output=True)
     port = free_port()
     gunicorn = str(Path(sys.executable).parent / "gunicorn")
     processes = [
@@ -218,25 +224,17 @@ def test_postgres_crashed_under_a_stream_of_runs_every_run_still_ends_succeeded(
     server = Server(pg_home / "pg")
     url = server.database("crash")
     log = tmp_path / "processes.log"
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "DATABASE_URL": url,
-        "TEST_DATABASE_NAME": "",
-        "Q_CLUSTER_NAME": f"pgcrash-{uuid.uuid4().hex[:8]}",
-        "JOBS_BROKER": "orm",
-        "JOBS_WORKER_ASYNC_COMMIT": "true",
-        "Q_WORKERS": "2",
-        "Q_SCHEDULER": "0",
-        # A run whose success the crash took back is running on paper only: it is found
-        # lost after this long, and a message whose acknowledgement was taken back returns.
-        "JOBS_LOST_AFTER": "5",
-        "JOBS_LOST_CHECK_EVERY": "1",
-        "JOBS_MESSAGE_LEASE": "5",
-        "PYTHONUNBUFFERED": "1",
-    }
+    # A run whose success the crash took back is running on paper only: it is found lost
+    # after JOBS_LOST_AFTER, and a message whose acknowledgement was taken back returns.
+    env = _migrated(
+        url,
+        "pgcrash",
+        JOBS_WORKER_ASYNC_COMMIT="true",
+        JOBS_LOST_AFTER="5",
+        JOBS_LOST_CHECK_EVERY="1",
+        JOBS_MESSAGE_LEASE="5",
+    )
     manage = [sys.executable, "manage.py"]
-    subprocess.run([*manage, "migrate", "--run-syncdb", "-v0"], cwd=ROOT, env=env, check=True, capture_output=True)
     total = 6000
     code = f"from tests.support import jobs\njobs.noop.enqueue_many([{{}}] * {total})"
     subprocess.run([*manage, "shell", "-c", code], cwd=ROOT, env=env, check=True, capture_output=True)
