@@ -67,27 +67,21 @@ def execute(run_id: int, attempt: int) -> str:
     reached, the claim is tried again for up to ``JOBS_DB_RETRY_FOR`` seconds; after that
     the message is left for redelivery, never acknowledged unread."""
     task = _task.get()
-    began = _began_now()
+    _began.set(time.monotonic())
     started = pace.stopwatch()
     outcome = _execute(run_id, attempt, task, last=True)
-    _keep_if_database_failed(task, [(run_id, attempt)], began=began)
+    _keep_if_database_failed(task, [(run_id, attempt)])
     _paced(task, outcome, started)
     return outcome
 
 
-def _began_now() -> float:
-    began = time.monotonic()
-    _began.set(began)
-    return began
-
-
-def _keep_if_database_failed(task: dict[str, Any] | None, pairs: Sequence[tuple[int, int]], *, began: float) -> None:
+def _keep_if_database_failed(task: dict[str, Any] | None, pairs: Sequence[tuple[int, int]]) -> None:
     """Leave the message for redelivery, whole, when the database failed while it ran
     (``database_unavailable``, or a crash and a restart): a crash takes back the last
     asynchronous commits (JOBS_WORKER_ASYNC_COMMIT), so a run this worker claimed, or
     even saw succeed, may be queued again with no other message to bring it. Redelivered,
     the message claims what is queued, and the runs already done find nothing to claim."""
-    if djangoq.database_failed_since(began):
+    if djangoq.database_failed_since(_began.get()):
         logger.warning("the database failed during this message: it is left for redelivery")
         djangoq.redeliver_later(task, runs=pairs)
 
@@ -120,7 +114,7 @@ def execute_many(runs: Sequence[Sequence[int]]) -> str:
     from the process's watcher thread (``_Rest``). A message redelivered after its worker
     died starts again from its first run: the runs already done find nothing to claim."""
     task = _task.get()
-    began = _began_now()
+    _began.set(time.monotonic())
     pairs = [(int(run_id), int(attempt)) for run_id, attempt in runs]
     task_id = (task or {}).get("id", "")
     deadline = time.monotonic() + settings.JOBS_BATCH_BUDGET
@@ -162,7 +156,7 @@ def execute_many(runs: Sequence[Sequence[int]]) -> str:
             # An outcome the database did not take within the run's lost_after: the run is
             # recovered as lost, and the message comes back for the others.
             rest.take()
-            _keep_if_database_failed(task, pairs, began=began)
+            _keep_if_database_failed(task, pairs)
             raise
         if outcome == DATABASE_UNAVAILABLE:
             outcomes[outcome] += len(pairs) - index
@@ -170,7 +164,7 @@ def execute_many(runs: Sequence[Sequence[int]]) -> str:
         outcomes[outcome] += 1
         _paced(task, outcome, started)
         claimed = following
-    _keep_if_database_failed(task, pairs, began=began)
+    _keep_if_database_failed(task, pairs)
     return ", ".join(f"{count} {outcome}" for outcome, count in outcomes.items())
 
 
