@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 import psutil
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -77,7 +77,8 @@ def run_recover_lost(*, run_id: int, worker_dead: bool = False, database_fault: 
     its job's failure hook) when no attempts are left. A run an operator asked to cancel
     ends cancelled instead. ``worker_dead``: its sentinel saw the worker die;
     ``database_fault``: while the database was unavailable, so the same attempt runs again
-    (as a job failing on the database does, at most ``MAX_DATABASE_DEFERRALS`` times)."""
+    (as a job failing on the database does, at most ``MAX_DATABASE_DEFERRALS`` times); so
+    too when the server restarted since the run was last heard from."""
     with transaction.atomic():
         run = JobRun.objects.select_for_update(skip_locked=True).filter(pk=run_id, status=Status.RUNNING).first()
         if run is None or not (worker_dead or is_lost(run)):
@@ -89,7 +90,7 @@ def run_recover_lost(*, run_id: int, worker_dead: bool = False, database_fault: 
             reason = f"cancelled by {run.cancel_requested_by or 'an operator'}; {message}"
             transitions.finish(run, job, status=Status.CANCELLED, code="cancelled", message=reason)
             outcome = "cancelled"
-        elif database_fault and run.deferrals < MAX_DATABASE_DEFERRALS:
+        elif (database_fault or database_restarted_since(run.heartbeat_at)) and run.deferrals < MAX_DATABASE_DEFERRALS:
             transitions.defer(run, seconds=DATABASE_DEFER_SECONDS)
             outcome = "deferred"
         elif delay is not None:
@@ -141,6 +142,20 @@ def _of_queue(queue: str | None) -> Q:
         return Q()
     names = [job.name for job in declared.REGISTRY.values() if (job.queue or queue) == queue]
     return Q(queue=queue) | Q(queue="", name__in=names)
+
+
+def database_restarted_since(moment: datetime | None) -> bool:
+    """Whether the PostgreSQL server started after ``moment``. A run last heard from before
+    then was running when the server stopped: a crash may have taken back the outcome its
+    worker recorded (``JOBS_WORKER_ASYNC_COMMIT``), or the outage stopped the worker. Known
+    to every process that finds the run, on any host, which ``database_fault_recent`` is not:
+    a sentinel between two checks may never see the outage."""
+    if moment is None:
+        return False
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_postmaster_start_time() > %s", [moment])
+        row = cursor.fetchone()
+    return bool(row and row[0])
 
 
 def database_fault_recent() -> bool:

@@ -348,11 +348,14 @@ def _unclaimed(run_id: int, attempt: int) -> str:
         # unchanged, and the resume sends its message again.
         logger.info("run waits: its job is paused", extra={"job": run.name, "run_id": run.pk})
         return "paused"
-    if run.status == Status.RUNNING and run.attempt == attempt and is_lost(run):
+    mine = run.worker == _worker_id()
+    if run.status == Status.RUNNING and run.attempt == attempt and (mine or is_lost(run)):
         # django-q2 redelivered the message of a worker that died: recover it now rather
         # than waiting for the sweep (not charged if it died of a database outage this
-        # worker saw too, as its sentinel would judge it).
-        recovery.run_recover_lost(run_id=run.pk, database_fault=recovery.database_fault_recent())
+        # worker saw too, as its sentinel would judge it). A run "running" in this very
+        # worker, which is claiming another, is not running: a database crash took back
+        # the outcome the worker recorded, or the worker gave up recording it.
+        recovery.run_recover_lost(run_id=run.pk, worker_dead=mine, database_fault=recovery.database_fault_recent())
         return "recovered"
     logger.info(
         "duplicate delivery ignored",

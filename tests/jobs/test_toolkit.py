@@ -421,6 +421,64 @@ def test_a_redelivered_message_of_a_worker_that_died_in_a_database_outage_costs_
     assert (run.status, run.attempt, run.deferrals, charged) == expected
 
 
+@pytest.mark.parametrize(
+    ("outage_seen", "expected"), [(True, ("queued", 1, 1, [])), (False, ("queued", 2, 0, ["worker_lost"]))]
+)
+def test_a_redelivered_message_naming_a_run_running_in_the_very_worker_recovers_it_at_once(
+    monkeypatch, outage_seen, expected
+) -> None:
+    # The worker is claiming another run, so the one recorded as running in it is not: a
+    # database crash took back the success it recorded (asynchronous commit), or it gave
+    # up recording an outcome. Its heartbeat is fresh, so it would wait for lost_after.
+    import os
+    import socket
+
+    monkeypatch.setattr(djangoq, "_database_failed_at", None)
+    now = timezone.now()
+    run = JobRun.objects.create(
+        name="probe.slow",
+        kwargs={"key": "mine", "seconds": 0},
+        status="running",
+        worker=f"{socket.gethostname()}:{os.getpid()}",
+        started_at=now,
+        heartbeat_at=now,
+    )
+    if outage_seen:
+        djangoq.database_failed()
+    assert runner.execute(run.pk, 1) == "recovered"
+    run.refresh_from_db()
+    charged = [entry["error_code"] for entry in run.history]
+    assert (run.status, run.attempt, run.deferrals, charged) == expected
+
+
+@pytest.mark.parametrize(("heard_after_start", "expected"), [(False, "deferred"), (True, "failed")])
+def test_a_lost_run_last_heard_from_before_the_database_started_is_not_charged(
+    monkeypatch, heard_after_start, expected
+) -> None:
+    # The process that finds it (a sentinel between two checks, the minute sweep on another
+    # host) may never have seen the outage; the server's start time tells every process.
+    from django.db import connection
+
+    monkeypatch.setattr(djangoq, "_database_failed_at", None)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_postmaster_start_time()")
+        (started,) = cursor.fetchone()
+    heard = started + timedelta(seconds=1 if heard_after_start else -1)
+    run = JobRun.objects.create(
+        name="probe.ok",
+        kwargs={"key": "crash"},
+        status="running",
+        worker="elsewhere:1",
+        started_at=heard,
+        heartbeat_at=heard,
+    )
+    with time_machine.travel(heard + timedelta(seconds=120)):
+        assert recovery.run_recover_lost(run_id=run.pk) == expected
+    run.refresh_from_db()
+    assert run.attempt == 1
+    assert [entry["error_code"] for entry in run.history] == ([] if expected == "deferred" else ["worker_lost"])
+
+
 def test_a_start_alone_sends_again_only_the_runs_whose_messages_a_dead_cluster_had_pulled(monkeypatch) -> None:
     from django_q.conf import Conf
 
