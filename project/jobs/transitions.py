@@ -93,7 +93,7 @@ def _commit_mode() -> str | None:
 _CLAIM_SQL = f"""
     UPDATE {_TABLE} SET status = 'running', started_at = %s, heartbeat_at = %s, finished_at = NULL,
         worker = %s, task_id = %s, progress = NULL, updated_at = %s
-    WHERE id = %s AND attempt = %s AND status = 'queued'
+    WHERE id = %s AND attempt = %s AND status = 'queued' AND due_at <= %s
       AND NOT EXISTS (SELECT 1 FROM {_PAUSES} p WHERE p.name = {_TABLE}.name)
       AND {_COMMIT_MODE}
     RETURNING {", ".join(_COLUMNS)}
@@ -125,12 +125,19 @@ def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
 
 
+#: A run due this much later is claimed all the same: hosts' clocks differ a little, and a
+#: message sent at the run's due time by one host's clock must not come back as early.
+ON_TIME_SLACK = timedelta(seconds=1)
+
+
 def claim(run_id: int, attempt: int, *, worker: str, task_id: str) -> JobRun | None:
-    """queued → running for exactly this attempt, unless its job is paused. One UPDATE that
-    returns the claimed row."""
+    """queued → running for exactly this attempt once it is due, unless its job is paused.
+    One UPDATE that returns the claimed row."""
     now = timezone.now()
     with db.prepared_cursor(connection) as cursor:
-        cursor.execute(_CLAIM_SQL, [now, now, worker, task_id, now, run_id, attempt, _commit_mode()])
+        cursor.execute(
+            _CLAIM_SQL, [now, now, worker, task_id, now, run_id, attempt, now + ON_TIME_SLACK, _commit_mode()]
+        )
         row = cursor.fetchone()
     return None if row is None else _run_from_row(row)
 
@@ -190,7 +197,7 @@ def succeed_then_claim(
     now = timezone.now()
     result = _plain(result)
     mode = _commit_mode()
-    claim_params = [now, now, worker, task_id, now, claim_id, claim_attempt, mode]
+    claim_params = [now, now, worker, task_id, now, claim_id, claim_attempt, now + ON_TIME_SLACK, mode]
     params = [*_succeed_params(run, result, progress, now, mode), *claim_params]
     with db.prepared_cursor(connection) as cursor:
         cursor.execute(_SUCCEED_THEN_CLAIM_SQL, params)

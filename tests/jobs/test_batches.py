@@ -647,7 +647,8 @@ def test_a_single_redis_enqueue_sends_a_signed_message_that_names_its_run(
 
 
 def _all_due_now() -> int:
-    """Make every delayed message of this cluster's queue due at once (a backlog)."""
+    """Make every delayed message of this cluster's queue, and its runs, due at once (a backlog)."""
+    JobRun.objects.filter(status="queued").update(due_at=timezone.now())
     if djangoq.settings.JOBS_BROKER == "orm":
         return OrmQ.objects.filter(key=Conf.CLUSTER_NAME).update(lock=timezone.now())
     broker = djangoq.get_broker()

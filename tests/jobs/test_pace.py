@@ -240,6 +240,7 @@ def test_single_enqueues_of_a_short_job_share_messages_once_the_cluster_knows_it
         wait_for(lambda: done(taught), timeout=30, message=cluster.output)
         # Single messages a pull finds together, no more than the workers: not a backlog.
         runs = [probes.ok.enqueue(key=f"packed{n}", _delay=3600) for n in range(2 * cores)]
+        JobRun.objects.filter(pk__in=[r.pk for r in runs]).update(due_at=djangoq.timezone.now())
         OrmQ.objects.filter(key=Conf.CLUSTER_NAME).update(lock=djangoq.timezone.now())
         wait_for(lambda: done(runs), timeout=30, message=cluster.output)
     task_ids = JobRun.objects.filter(pk__in=[r.pk for r in runs]).values_list("task_id", flat=True)

@@ -322,14 +322,35 @@ def test_a_stale_message_for_an_older_attempt_is_ignored() -> None:
     assert not ProbeExecution.objects.exists()
 
 
+def test_a_message_that_comes_back_before_its_run_is_due_leaves_the_run_for_its_time(
+    django_capture_on_commit_callbacks,
+) -> None:
+    # The run was deferred after this message was sent (a lost run put back, a database
+    # fault): the message, come back after its lease, must not run it early.
+    run = JobRun.objects.create(name="probe.ok", kwargs={"key": "early"}, due_at=timezone.now() + timedelta(seconds=60))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert runner.execute(run.pk, 1) == "early"
+    assert not ProbeExecution.objects.exists()
+    assert JobRun.objects.get(pk=run.pk).status == "queued"
+    assert OrmQ.objects.get().lock == run.due_at  # sent again for its time, in case it had no other
+    with time_machine.travel(run.due_at):
+        assert runner.execute(run.pk, 1) == "succeeded"
+
+
+def test_a_run_due_within_a_second_is_claimed_on_time() -> None:
+    # Hosts' clocks differ a little: a message sent at the due time by another's must not bounce.
+    run = JobRun.objects.create(name="probe.ok", kwargs={"key": "soon"}, due_at=timezone.now() + timedelta(seconds=0.5))
+    assert runner.execute(run.pk, 1) == "succeeded"
+
+
 def test_retryable_failure_schedules_the_next_attempt_after_the_policy_delay(
     django_capture_on_commit_callbacks,
 ) -> None:
-    run = JobRun.objects.create(name="probe.flaky", kwargs={"key": "f", "failures": 5})
     with (
         time_machine.travel("2026-11-23 10:00:00Z", tick=False),
         django_capture_on_commit_callbacks(execute=True),
     ):
+        run = JobRun.objects.create(name="probe.flaky", kwargs={"key": "f", "failures": 5})
         assert runner.execute(run.pk, 1) == "retried"
     run.refresh_from_db()
     assert (run.status, run.attempt, run.error_code) == ("queued", 2, "probe_transient")
@@ -338,8 +359,8 @@ def test_retryable_failure_schedules_the_next_attempt_after_the_policy_delay(
 
 
 def test_retry_after_hint_lengthens_the_delay() -> None:
-    run = JobRun.objects.create(name="probe.fail_once", kwargs={"delay": 3.5})
     with time_machine.travel("2026-11-23 10:00:00Z", tick=False):
+        run = JobRun.objects.create(name="probe.fail_once", kwargs={"delay": 3.5})
         runner.execute(run.pk, 1)
     run.refresh_from_db()
     assert run.due_at.isoformat() == "2026-11-23T10:00:03.500000+00:00"
