@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
+import subprocess
 import time
 import uuid
 from datetime import timedelta
@@ -405,62 +408,40 @@ def test_lost_run_is_retried_by_the_sweep_then_failed_when_attempts_run_out(monk
     assert hooked == ["worker_lost"]
 
 
-def _run_of_a_dead_worker() -> JobRun:
-    """A running run whose worker, on this host, has exited."""
-    import socket
-    import subprocess
-
+def _worker_gone() -> str:
+    """A worker of this host that has exited."""
     dead = subprocess.Popen(["true"])
     dead.wait()
-    now = timezone.now()
-    return JobRun.objects.create(
-        name="probe.slow",
-        kwargs={"key": "outage", "seconds": 0},
-        status="running",
-        worker=f"{socket.gethostname()}:{dead.pid}",
-        started_at=now,
-        heartbeat_at=now,
-    )
+    return f"{socket.gethostname()}:{dead.pid}"
 
 
+@pytest.mark.parametrize(
+    "worker",
+    [
+        pytest.param(_worker_gone, id="a dead worker"),
+        # This worker is claiming another run, so the one recorded as running in it is
+        # not: a database crash took back the success it recorded (asynchronous commit),
+        # or it gave up recording an outcome. Its heartbeat is fresh: no waiting for
+        # lost_after.
+        pytest.param(lambda: f"{socket.gethostname()}:{os.getpid()}", id="this very worker"),
+    ],
+)
 @pytest.mark.parametrize(
     ("outage_seen", "expected"), [(True, ("queued", 1, 1, [])), (False, ("queued", 2, 0, ["worker_lost"]))]
 )
 def test_a_redelivered_message_of_a_worker_that_died_in_a_database_outage_costs_no_attempt(
-    monkeypatch, outage_seen, expected
+    monkeypatch, worker, outage_seen, expected
 ) -> None:
     # The worker that takes the message again saw the database fail a moment ago (its
     # claim waited for it): the dead worker most likely died of the same outage, stuck
     # recording its outcome until its budget ran out, as its sentinel would judge it.
     monkeypatch.setattr(djangoq, "_database_failed_at", None)
-    run = _run_of_a_dead_worker()
-    if outage_seen:
-        djangoq.database_failed()
-    assert runner.execute(run.pk, 1) == "recovered"
-    run.refresh_from_db()
-    charged = [entry["error_code"] for entry in run.history]
-    assert (run.status, run.attempt, run.deferrals, charged) == expected
-
-
-@pytest.mark.parametrize(
-    ("outage_seen", "expected"), [(True, ("queued", 1, 1, [])), (False, ("queued", 2, 0, ["worker_lost"]))]
-)
-def test_a_redelivered_message_naming_a_run_running_in_the_very_worker_recovers_it_at_once(
-    monkeypatch, outage_seen, expected
-) -> None:
-    # The worker is claiming another run, so the one recorded as running in it is not: a
-    # database crash took back the success it recorded (asynchronous commit), or it gave
-    # up recording an outcome. Its heartbeat is fresh, so it would wait for lost_after.
-    import os
-    import socket
-
-    monkeypatch.setattr(djangoq, "_database_failed_at", None)
     now = timezone.now()
     run = JobRun.objects.create(
         name="probe.slow",
-        kwargs={"key": "mine", "seconds": 0},
+        kwargs={"key": "outage", "seconds": 0},
         status="running",
-        worker=f"{socket.gethostname()}:{os.getpid()}",
+        worker=worker(),
         started_at=now,
         heartbeat_at=now,
     )
