@@ -46,6 +46,11 @@ def remember_task_id(sender: Any, func: Any = None, task: dict[str, Any] | None 
     _task.set(task)
 
 
+#: The runs this process executes now, in any thread (a run may execute another inline, in
+#: django-q2's sync mode): a run recorded as running here but not in this set is not running.
+_executing: set[int] = set()
+
+
 def current_run() -> JobRun | None:
     """The run being executed in this worker, if any."""
     return _current.get()
@@ -362,13 +367,13 @@ def _unclaimed(run_id: int, attempt: int) -> str:
         # unchanged, and the resume sends its message again.
         logger.info("run waits: its job is paused", extra={"job": run.name, "run_id": run.pk})
         return "paused"
-    mine = run.worker == _worker_id()
+    mine = run.worker == _worker_id() and run.pk not in _executing
     if run.status == Status.RUNNING and run.attempt == attempt and (mine or is_lost(run)):
         # django-q2 redelivered the message of a worker that died: recover it now rather
         # than waiting for the sweep (not charged if it died of a database outage this
         # worker saw too, as its sentinel would judge it). A run "running" in this very
-        # worker, which is claiming another, is not running: a database crash took back
-        # the outcome the worker recorded, or the worker gave up recording it.
+        # worker that none of its threads executes is not running: a database crash took
+        # back the outcome the worker recorded, or the worker gave up recording it.
         recovery.run_recover_lost(run_id=run.pk, worker_dead=mine, database_fault=recovery.database_fault_recent())
         return "recovered"
     logger.info(
@@ -430,6 +435,7 @@ def _run(
     }
     with context.bind(**bind):
         token = _current.set(run)
+        _executing.add(run.pk)
         started_total, start_lateness, in_flight, duration = _job_metrics(job.name)
         started_total.inc()
         start_lateness.observe(lateness)
@@ -470,6 +476,7 @@ def _run(
             progress.watch_stop(watch)
             in_flight.dec()
             _current.reset(token)
+            _executing.discard(run.pk)
             duration.observe(time.perf_counter() - started)
         finished = _finished_children.get((job.name, outcome))
         if finished is None:

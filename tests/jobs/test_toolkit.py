@@ -453,6 +453,13 @@ def test_a_redelivered_message_of_a_worker_that_died_in_a_database_outage_costs_
     assert (run.status, run.attempt, run.deferrals, charged) == expected
 
 
+def test_a_duplicate_message_for_a_run_this_worker_executes_is_ignored() -> None:
+    run = JobRun.objects.create(name="probe.delivered_twice")
+    assert runner.execute(run.pk, 1) == "succeeded"
+    run.refresh_from_db()
+    assert (run.status, run.result) == ("succeeded", "duplicate")
+
+
 @pytest.mark.parametrize(("heard_after_start", "expected"), [(False, "deferred"), (True, "failed")])
 def test_a_lost_run_last_heard_from_before_the_database_started_is_not_charged(
     monkeypatch, heard_after_start, expected

@@ -89,6 +89,16 @@ def once(*, key: str) -> None:
     _record(key)
 
 
+@job("probe.delivered_twice")
+def delivered_twice() -> str:
+    """Gets its own message again while it runs, handled inline (as in django-q2's sync
+    mode); returns what that delivery came to."""
+    from project.jobs import runner
+
+    run = current_run()
+    return runner.execute(run.pk, run.attempt)
+
+
 @job("probe.noop")
 def noop() -> None:
     """Does nothing (the throughput benchmark: the toolkit's own cost per run)."""
