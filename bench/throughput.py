@@ -35,6 +35,10 @@ Start lateness (single and bulk runs): p50, p95 and max of the time from a job's
 to its start, from our runs' ``due_at`` and ``started_at`` and from procrastinate's
 ``deferred`` and ``started`` events; stock django-q2 keeps no times (``Q_SAVE_LIMIT=-1``).
 
+Ratios: each of our runs' jobs/s and CPU per job over the same kind of run of each
+baseline, from the median rounds; and the jobs/s ratios round by round
+(``jobs_per_s_ratios_by_round``), which a machine whose speed drifts over a run moves less.
+
 Usage:
     DATABASE_URL=postgres://… REDIS_URL=redis://… .venv/bin/python bench/throughput.py \\
         [--jobs 5000] [--workers 10] [--rounds 1] [--only ours_orm_backlog,stock_orm_backlog,…]
@@ -810,17 +814,37 @@ def _run_system(system: System, selected: list[str], args: argparse.Namespace) -
 # --- report -------------------------------------------------------------------------------
 
 
+def _baselines(ours: str) -> tuple[str, str]:
+    """What one of our runs is set against. django-q2 has no bulk enqueue: our bulk runs are
+    set against its single one."""
+    mode = ours.rsplit("_", 1)[1]
+    return f"stock_orm_{'single' if mode == 'bulk' else mode}", f"procrastinate_{mode}"
+
+
+def _ratios_by_round(samples: dict[str, list[dict]]) -> dict[str, dict[str, list[float]]]:
+    """Jobs/s of each of our runs over its baselines' in the same round, round by round: the
+    systems run one after another within minutes, so a machine whose speed drifts over a
+    run moves these less than the ratio of the medians."""
+    ratios: dict[str, dict[str, list[float]]] = {}
+    for ours, mine in samples.items():
+        if ours.startswith("ours_"):
+            ratios[ours] = {
+                base: [round(a["jobs_per_s"] / b["jobs_per_s"], 2) for a, b in zip(mine, samples[base], strict=False)]
+                for base in _baselines(ours)
+                if samples.get(base)
+            }
+    return ratios
+
+
 def _ratios(runs: dict[str, dict]) -> dict[str, dict]:
     """Each of our runs against the same kind of run of each baseline: jobs/s ratio (higher
-    is better) and CPU per job ratio (lower is better). django-q2 has no bulk enqueue: our
-    bulk runs are set against its single one."""
+    is better) and CPU per job ratio (lower is better)."""
     ratios = {}
     for ours, mine in runs.items():
         if not ours.startswith("ours_"):
             continue
-        mode = ours.rsplit("_", 1)[1]
         against = {}
-        for base in (f"stock_orm_{'single' if mode == 'bulk' else mode}", f"procrastinate_{mode}"):
+        for base in _baselines(ours):
             theirs = runs.get(base)
             if theirs is not None:
                 against[base] = {
@@ -928,6 +952,7 @@ def main() -> None:
                 },
                 "runs": runs,
                 "ratios": ratios,
+                "jobs_per_s_ratios_by_round": _ratios_by_round(samples),
                 "goals": _goals(runs, ratios),
             },
             indent=2,
