@@ -213,7 +213,12 @@ def test_postgres_restarted_then_down_for_a_minute_everything_reconnects_and_not
     assert charged == [], f"attempts charged for the database's fault: {charged}"
 
 
-_UNFINISHED = "SELECT id, status, attempt, deferrals, history::text FROM job_runs WHERE status <> 'succeeded'"
+_UNFINISHED = (
+    "SELECT id, status, attempt, deferrals, worker, task_id, due_at::text, pushed_at::text, heartbeat_at::text,"
+    " history::text FROM job_runs WHERE status <> 'succeeded'"
+)
+# What a failure needs to tell a stranded run from a lost message: the queue's rows and leases.
+_MESSAGES = "SELECT id, key, lock::text, length(payload) FROM django_q_ormq ORDER BY id LIMIT 20"
 
 
 def test_postgres_crashed_under_a_stream_of_runs_every_run_still_ends_succeeded(tmp_path, pg_home) -> None:
@@ -252,7 +257,7 @@ def test_postgres_crashed_under_a_stream_of_runs_every_run_still_ends_succeeded(
             lambda: counts() == {"succeeded": total},
             progress=counts,
             stall=60,
-            message=lambda: f"{_rows(url, _UNFINISHED)}\n{log.read_text()[-3000:]}",
+            message=lambda: f"{_rows(url, _UNFINISHED)}\n{_rows(url, _MESSAGES)}\n{log.read_text()[-6000:]}",
         )
     finally:
         _stop(cluster)
