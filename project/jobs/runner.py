@@ -348,23 +348,17 @@ def _unclaimed(run_id: int, attempt: int) -> str:
     if run is None:
         logger.warning("message for a run that no longer exists", extra={"run_id": run_id})
         return "missing"
-    if (
-        run.status == Status.QUEUED
-        and run.attempt == attempt
-        and run.due_at > timezone.now() + transitions.ON_TIME_SLACK
-    ):
-        # A message that came back (its lease ran out, or its worker left it after a database
-        # failure) for a run deferred since to a later time: the run keeps its time. Sent
-        # again for that time, in case no other message will bring it (a duplicate finds
-        # nothing to claim).
-        logger.info(
-            "run not due yet: its message is sent again for its time", extra={"job": run.name, "run_id": run.pk}
-        )
-        transitions.repush([run])
-        return "early"
     if run.status == Status.QUEUED and run.attempt == attempt:
-        # Only a pause makes a claim of a queued run fail: the run waits, its attempt
-        # unchanged, and the resume sends its message again.
+        if run.due_at > timezone.now() + transitions.ON_TIME_SLACK:
+            # A message that came back (its lease ran out, or its worker left it after a
+            # database failure) for a run deferred since to a later time: the run keeps its
+            # time. Sent again for that time, in case no other message will bring it (a
+            # duplicate finds nothing to claim).
+            logger.info("run not due yet: sent again for its time", extra={"job": run.name, "run_id": run.pk})
+            transitions.repush([run])
+            return "early"
+        # Otherwise only a pause makes a claim of a queued run fail: the run waits, its
+        # attempt unchanged, and the resume sends its message again.
         logger.info("run waits: its job is paused", extra={"job": run.name, "run_id": run.pk})
         return "paused"
     mine = run.worker == _worker_id() and run.pk not in _executing
