@@ -75,7 +75,8 @@ _PAUSES = JobPause._meta.db_table
 # The claim and the success commit without waiting for their WAL to reach the disk
 # (JOBS_WORKER_ASYNC_COMMIT): a PostgreSQL crash may then take back the last fraction of a
 # second of them, and the state it leaves is the one a worker killed a moment earlier
-# leaves, which recovery already moves on (docs/reliability.md). The setting is a
+# leaves, which recovery moves on without charging the attempt, the server having started
+# after the run was last heard from (docs/reliability.md). The setting is a
 # parameter (``_commit_mode``), evaluated once per statement as a one-time filter, and
 # lasts only for the statement's own transaction: inside a caller's transaction it is
 # left as it was.
@@ -130,14 +131,17 @@ def _json(value: Any) -> str | None:
 ON_TIME_SLACK = timedelta(seconds=1)
 
 
+def _claim_params(run_id: int, attempt: int, worker: str, task_id: str, now: Any, mode: str | None) -> list[Any]:
+    """``_CLAIM_SQL``'s parameters, in its order (on its own and in ``_SUCCEED_THEN_CLAIM_SQL``)."""
+    return [now, now, worker, task_id, now, run_id, attempt, now + ON_TIME_SLACK, mode]
+
+
 def claim(run_id: int, attempt: int, *, worker: str, task_id: str) -> JobRun | None:
     """queued → running for exactly this attempt once it is due, unless its job is paused.
     One UPDATE that returns the claimed row."""
     now = timezone.now()
     with db.prepared_cursor(connection) as cursor:
-        cursor.execute(
-            _CLAIM_SQL, [now, now, worker, task_id, now, run_id, attempt, now + ON_TIME_SLACK, _commit_mode()]
-        )
+        cursor.execute(_CLAIM_SQL, _claim_params(run_id, attempt, worker, task_id, now, _commit_mode()))
         row = cursor.fetchone()
     return None if row is None else _run_from_row(row)
 
@@ -197,7 +201,7 @@ def succeed_then_claim(
     now = timezone.now()
     result = _plain(result)
     mode = _commit_mode()
-    claim_params = [now, now, worker, task_id, now, claim_id, claim_attempt, now + ON_TIME_SLACK, mode]
+    claim_params = _claim_params(claim_id, claim_attempt, worker, task_id, now, mode)
     params = [*_succeed_params(run, result, progress, now, mode), *claim_params]
     with db.prepared_cursor(connection) as cursor:
         cursor.execute(_SUCCEED_THEN_CLAIM_SQL, params)
