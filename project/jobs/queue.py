@@ -79,7 +79,7 @@ def runs_enqueue(
                     ]
             except IntegrityError:
                 return [queued.get()]
-            transaction.on_commit(lambda: runs_push(runs=runs), robust=True)
+            runs_push_on_commit(runs=runs)
     else:
         # One INSERT needs no transaction of its own: outside one it commits at once and the
         # message goes out right after (on_commit runs at once in autocommit), without the
@@ -104,7 +104,7 @@ def runs_enqueue(
                 row._state.adding, row._state.db = False, alias
         runs = rows
         if key is None:
-            transaction.on_commit(lambda: runs_push(runs=runs), robust=True)
+            runs_push_on_commit(runs=runs)
     metrics.JOBS_ENQUEUED.labels(job=job.name).inc(len(runs))
     return runs
 
@@ -145,6 +145,15 @@ def _run_insert(run: JobRun, *, message_key: str | None = None) -> None:
 
 #: While above zero, runs are recorded but no message is sent (``testing.messages_held``).
 _held = 0
+
+
+def runs_push_on_commit(*, runs: Sequence[JobRun], due: dt.datetime | None = None) -> None:
+    """``runs_push`` once the current transaction commits (at once outside one). Whether
+    messages are held is decided now: a transaction a test commits after its hold ended
+    must not send the runs it recorded during the hold to a cluster still running."""
+    if _held:
+        return
+    transaction.on_commit(lambda: runs_push(runs=runs, due=due), robust=True)
 
 
 def runs_push(*, runs: Sequence[JobRun], due: dt.datetime | None = None, batch: bool = True) -> None:

@@ -28,7 +28,7 @@ from django.utils import timezone
 from project import db
 from project.jobs import djangoq
 from project.jobs.models import JobPause, JobRun
-from project.jobs.queue import runs_push
+from project.jobs.queue import runs_push_on_commit
 from project.jobs.redact import redact
 
 if TYPE_CHECKING:
@@ -234,7 +234,7 @@ def retry(
         logger.warning("run was taken over before its retry was recorded", extra={"run_id": run.pk})
         return False
     run.attempt, run.due_at, run.status = run.attempt + 1, due, Status.QUEUED
-    transaction.on_commit(lambda: runs_push(runs=[run]), robust=True)
+    runs_push_on_commit(runs=[run])
     return True
 
 
@@ -247,7 +247,7 @@ def defer(run: JobRun, *, seconds: float) -> bool:
     )
     if updated:
         run.due_at, run.status = due, Status.QUEUED
-        transaction.on_commit(lambda: runs_push(runs=[run]), robust=True)
+        runs_push_on_commit(runs=[run])
     return bool(updated)
 
 
@@ -304,7 +304,7 @@ def retry_now(run: JobRun) -> bool:
     updated = _owned(run, (Status.QUEUED,)).update(due_at=now, pushed_at=now, updated_at=now)
     if updated:
         run.due_at = now
-        transaction.on_commit(lambda: runs_push(runs=[run], due=now), robust=True)
+        runs_push_on_commit(runs=[run], due=now)
     return bool(updated)
 
 
@@ -315,5 +315,5 @@ def repush(runs: Sequence[JobRun]) -> int:
         return 0
     now = timezone.now()
     JobRun.objects.filter(pk__in=[run.pk for run in runs], status=Status.QUEUED).update(pushed_at=now)
-    transaction.on_commit(lambda: runs_push(runs=runs), robust=True)
+    runs_push_on_commit(runs=runs)
     return len(runs)

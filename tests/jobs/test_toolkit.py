@@ -21,10 +21,10 @@ from django_q.signing import SignedPackage
 
 from project import context
 from project.errors import PermanentError, RetryableError
-from project.jobs import RetryPolicy, djangoq, recovery, registry, runner, schedules
+from project.jobs import RetryPolicy, djangoq, recovery, registry, runner, schedules, testing
 from project.jobs.djangoq import OrmBroker, RedisBroker
 from project.jobs.models import JobRun
-from tests.conftest import needs_redis
+from tests.conftest import BROKERS, needs_redis
 from tests.support import jobs as probes
 from tests.support.models import ProbeExecution
 
@@ -158,6 +158,30 @@ def test_a_redis_message_goes_out_only_after_commit(settings, django_capture_on_
         assert broker.depth()["ready"] == 1
     finally:
         broker.purge_queue()
+
+
+@pytest.mark.parametrize("broker", BROKERS)
+def test_runs_recorded_while_messages_are_held_send_none_when_their_transaction_commits_later(
+    broker, settings, django_capture_on_commit_callbacks
+) -> None:
+    # A test's transaction that commits after its hold ended once sent them to a cluster
+    # another test left running, whose claims then deadlocked with the test's teardown.
+    settings.JOBS_BROKER = broker
+    queue = djangoq.get_broker()
+    queue.purge_queue()
+    try:
+        with django_capture_on_commit_callbacks(execute=True) as callbacks, testing.messages_held():
+            probes.ok.enqueue(key="single")
+            probes.ok.enqueue_many([{"key": "a"}, {"key": "b"}])
+            probes.ok.enqueue(key="deduped", _dedupe_key="d")
+        assert (callbacks, queue.depth()["ready"]) == ([], 0)
+        # Without the hold, the same commit sends them.
+        with django_capture_on_commit_callbacks(execute=True) as callbacks:
+            probes.ok.enqueue_many([{"key": "c"}, {"key": "d"}])
+        assert len(callbacks) == 1
+        assert queue.depth()["ready"] > 0
+    finally:
+        queue.purge_queue()
 
 
 def test_enqueue_records_the_request_id(django_capture_on_commit_callbacks) -> None:
