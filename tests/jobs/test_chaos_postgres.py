@@ -221,6 +221,28 @@ _UNFINISHED = (
 _MESSAGES = "SELECT id, key, lock::text, length(payload) FROM django_q_ormq ORDER BY id LIMIT 20"
 
 
+def _stranded(url: str, log: str) -> str:
+    """The unfinished runs, the queue's messages, and what the processes said of those runs
+    and of the database's failure: the lines a failure needs are not always in the tail."""
+    unfinished = _rows(url, _UNFINISHED)
+    names = [f"run_id={row[0]}{end}" for row in unfinished for end in (" ", "]")]
+    lines = log.splitlines()
+    told = [line for line in lines if any(name in line for name in names)]
+    warned = [line for line in lines if " WARNING " in line or " ERROR " in line]
+    return "\n".join(
+        [
+            f"unfinished: {unfinished}",
+            f"messages: {_rows(url, _MESSAGES)}",
+            "lines naming them:",
+            *told[-40:],
+            "warnings and errors (last 40):",
+            *warned[-40:],
+            "tail:",
+            log[-3000:],
+        ]
+    )
+
+
 def test_postgres_crashed_under_a_stream_of_runs_every_run_still_ends_succeeded(tmp_path, pg_home) -> None:
     # A crash (no shutdown checkpoint) takes back the workers' last asynchronous commits
     # (JOBS_WORKER_ASYNC_COMMIT): claims and successes, with the acknowledgements written
@@ -257,7 +279,7 @@ def test_postgres_crashed_under_a_stream_of_runs_every_run_still_ends_succeeded(
             lambda: counts() == {"succeeded": total},
             progress=counts,
             stall=60,
-            message=lambda: f"{_rows(url, _UNFINISHED)}\n{_rows(url, _MESSAGES)}\n{log.read_text()[-6000:]}",
+            message=lambda: _stranded(url, log.read_text()),
         )
     finally:
         _stop(cluster)
