@@ -254,6 +254,11 @@ def _execute(
     except (OperationalError, InterfaceError):
         logger.error("database unavailable: message left for redelivery", extra={"run_id": run_id})
         return DATABASE_UNAVAILABLE
+    except TimeoutException:
+        # Out of time before the run was claimed (a claim tried again through a database
+        # outage): the message is acknowledged as failed, so the run gets one of its own.
+        _send_each([(run_id, attempt)], task)
+        raise
     return _run(run, task if last else None, following=following, on_overrun=on_overrun, overrun_at=overrun_at)
 
 

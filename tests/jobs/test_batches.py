@@ -190,6 +190,31 @@ class TestExecution:
         assert sent_on == [(run_id, 1) for run_id in rest]
         assert [run.pk for run in runs][: len(rest) + 1] == [first, *rest]
 
+    def test_a_message_out_of_time_while_its_claim_waits_for_the_database_sends_every_run_on(
+        self, settings, monkeypatch
+    ) -> None:
+        # Found by the PostgreSQL crash test: the first run of a message, its claim tried
+        # again through the outage past the message's timeout, was left queued with no
+        # message once django-q2 acknowledged the failed one.
+        settings.JOBS_DB_RETRY_FOR = 60
+        _enqueued(12)
+        task = _messages()[0]
+        pairs = [(run_id, 1) for run_id in runs_of(task)]
+
+        def claim(*args: Any, **kwargs: Any) -> JobRun | None:
+            raise OperationalError("the database system is starting up")
+
+        monkeypatch.setattr(transitions, "claim", claim)
+        with pytest.raises(djangoq.TimeoutException), TimeoutHandler(1):
+            executed(task)
+        assert set(JobRun.objects.filter(pk__in=runs_of(task)).values_list("status", flat=True)) == {"queued"}
+        sent = [each["args"] for each in _messages() if each["func"] == djangoq.RUNNER]
+        assert sent == pairs
+        monkeypatch.undo()
+        for each in _messages():
+            if each["func"] == djangoq.RUNNER:
+                assert executed(each) == "succeeded"
+
     def test_a_database_outage_at_a_claim_leaves_the_message_for_redelivery(self, settings, monkeypatch) -> None:
         settings.JOBS_DB_RETRY_FOR = 0
         _enqueued(12)
